@@ -1,0 +1,291 @@
+"""The ``roomwire`` command: run a server and manage its apps, keys and tokens.
+
+Every management command works on the same ``--data-dir`` as ``serve`` (a running server picks
+changes up within a second) and prints JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from .protocol import ALL_ACTIONS
+
+DEFAULT_DATA_DIR = "./roomwire-data"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get("ROOMWIRE_" + name, default)
+
+
+def _data_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=_env("DATA_DIR", DEFAULT_DATA_DIR),
+                   help="folder holding the SQLite store (env ROOMWIRE_DATA_DIR; "
+                        f"default {DEFAULT_DATA_DIR})")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="roomwire",
+        description="A self-hosted realtime rooms server for WebRTC, compatible with the "
+                    "Metered Realtime v1 protocol and its official SDKs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--host", default=None, help="address to bind (env ROOMWIRE_HOST; "
+                       "default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None,
+                       help="port for WebSocket and HTTP (env ROOMWIRE_PORT; default 7880)")
+    serve.add_argument("--data-dir", default=None,
+                       help=f"store folder (env ROOMWIRE_DATA_DIR; default {DEFAULT_DATA_DIR})")
+    serve.add_argument("--public-url", default=None,
+                       help="URL to advertise to clients (env ROOMWIRE_PUBLIC_URL)")
+    serve.add_argument("--log-level", default=None, help="debug, info, warning, error")
+    serve.add_argument("--json", action="store_true",
+                       help="print the startup information as one JSON line")
+
+    apps = sub.add_parser("apps", help="manage apps (tenants)")
+    apps_sub = apps.add_subparsers(dest="action", required=True)
+    a = apps_sub.add_parser("create", help="create an app")
+    a.add_argument("name")
+    a.add_argument("--max-connections", type=int, default=None)
+    a.add_argument("--max-messages", type=int, default=None,
+                   help="messages (publish + send) per calendar month")
+    a.add_argument("--rate-limit", type=float, default=None,
+                   help="requests per second per connection (0: unlimited)")
+    a.add_argument("--rate-burst", type=int, default=None)
+    _data_dir_arg(a)
+    a = apps_sub.add_parser("list", help="list apps")
+    _data_dir_arg(a)
+    for verb in ("suspend", "resume"):
+        a = apps_sub.add_parser(verb, help=f"{verb} an app")
+        a.add_argument("app_id")
+        _data_dir_arg(a)
+
+    keys = sub.add_parser("keys", help="manage keys")
+    keys_sub = keys.add_subparsers(dest="action", required=True)
+    k = keys_sub.add_parser("create", help="create a publishable or secret key")
+    k.add_argument("--app", required=True, help="app id")
+    k.add_argument("--kind", choices=("publishable", "secret"), required=True)
+    k.add_argument("--patterns", type=_csv, default=["**"],
+                   help="comma-separated channel patterns (default '**')")
+    k.add_argument("--actions", type=_csv, default=None,
+                   help="comma-separated actions out of publish,subscribe,presence,send "
+                        "(default: publishable publish,subscribe,presence; secret all)")
+    k.add_argument("--origins", type=_csv, default=[],
+                   help="comma-separated allowed browser origins (publishable keys)")
+    k.add_argument("--name", default="")
+    _data_dir_arg(k)
+    k = keys_sub.add_parser("list", help="list keys")
+    k.add_argument("--app", default=None, help="only this app's keys")
+    k.add_argument("--show-secrets", action="store_true", help="include secret key secrets")
+    _data_dir_arg(k)
+    k = keys_sub.add_parser("revoke", help="revoke a key (its sockets close with 4001)")
+    k.add_argument("key_id")
+    _data_dir_arg(k)
+
+    t = sub.add_parser("token", help="mint a JWT with a secret key")
+    t.add_argument("--app", default=None, help="app id (default: the default app)")
+    t.add_argument("--key", default=None, help="secret key id sk_id_... (default: the app's "
+                   "first active secret key)")
+    t.add_argument("--sub", required=True, help="the peer id")
+    t.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    t.add_argument("--channels", type=_csv, default=None, help="comma-separated patterns")
+    t.add_argument("--permissions", type=_csv, default=None, help="comma-separated actions")
+    t.add_argument("--peer-metadata", default=None, help="JSON object stamped on presence")
+    t.add_argument("--metadata", default=None, help="JSON object delivered in the welcome")
+    _data_dir_arg(t)
+    return parser
+
+
+def _print(obj: Any, as_json: bool, text: str) -> None:
+    if as_json:
+        print(json.dumps(obj, indent=None))
+    else:
+        print(text)
+
+
+def _store(data_dir: str) -> Any:
+    from .server.store import Store
+
+    return Store(Path(data_dir) / "roomwire.sqlite3")
+
+
+def _apps(args: argparse.Namespace) -> int:
+    store = _store(args.data_dir)
+    if args.action == "create":
+        app = store.create_app(args.name, max_connections=args.max_connections,
+                               max_messages_per_period=args.max_messages,
+                               rate_limit=args.rate_limit, rate_burst=args.rate_burst)
+        _print(app.public(), args.json, f"created app {app.id} ({app.name})")
+    elif args.action == "list":
+        rows = store.list_apps()
+        _print([a.public() for a in rows], args.json,
+               "\n".join(f"{a.id}  {a.name}{'  [suspended]' if a.suspended else ''}"
+                         for a in rows) or "no apps")
+    else:
+        app = store.set_suspended(args.app_id, args.action == "suspend")
+        _print(app.public(), args.json,
+               f"app {app.id} is {'suspended' if app.suspended else 'active'}")
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    store = _store(args.data_dir)
+    if args.action == "create":
+        key = store.create_key(args.app, args.kind, channel_patterns=args.patterns,
+                               actions=args.actions, allowed_origins=args.origins,
+                               name=args.name)
+        text = f"created {key.kind} key {key.id}"
+        if key.secret:
+            text += f"\nsecret: {key.secret}\n(shown here; also kept in the data dir)"
+        _print(key.public(include_secret=True), args.json, text)
+    elif args.action == "list":
+        rows = store.list_keys(args.app)
+        _print([k.public(include_secret=args.show_secrets) for k in rows], args.json,
+               "\n".join(
+                   f"{k.id}  {k.kind:<11}  app={k.app_id}  actions={','.join(sorted(k.actions))}"
+                   f"  patterns={','.join(k.channel_patterns)}"
+                   f"{'  [revoked]' if k.revoked else ''}" for k in rows) or "no keys")
+    else:
+        key = store.revoke_key(args.key_id)
+        _print(key.public(), args.json, f"revoked {key.id}")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from .server.auth import mint_token
+    from .server.store import SECRET
+
+    store = _store(args.data_dir)
+    if args.key:
+        key = store.get_key(args.key)
+    else:
+        app_id = args.app or store.ensure_default_app()[0].id
+        candidates = [k for k in store.list_keys(app_id, include_revoked=False)
+                      if k.kind == SECRET]
+        if not candidates:
+            raise ValueError(f"app {app_id} has no active secret key; create one first")
+        key = candidates[0]
+    if key.revoked:
+        raise ValueError(f"key {key.id} is revoked")
+    if args.permissions is not None and not set(args.permissions) <= ALL_ACTIONS:
+        raise ValueError("permissions are publish, subscribe, presence and send")
+    peer_metadata = _json_object(args.peer_metadata, "--peer-metadata")
+    metadata = _json_object(args.metadata, "--metadata")
+    token, exp = mint_token(key, args.sub, ttl=args.ttl, channels=args.channels,
+                            permissions=args.permissions, peer_metadata=peer_metadata,
+                            metadata=metadata)
+    _print({"token": token, "expiresAt": exp, "appId": key.app_id, "keyId": key.id},
+           args.json, token)
+    return 0
+
+
+def _json_object(raw: str | None, flag: str) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{flag} is not valid JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object")
+    return value
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server.config import ServerConfig
+    from .server.node import Node
+
+    config = ServerConfig.from_env(host=args.host, port=args.port, data_dir=args.data_dir,
+                                   public_url=args.public_url, log_level=args.log_level)
+    logging.basicConfig(level=config.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def run() -> None:
+        node = Node(config)
+        await node.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(node.shutdown()))
+        _announce(node, args.json)
+        await node.wait_stopped()
+
+    try:
+        import uvloop
+
+        uvloop.run(run())
+    except ImportError:
+        asyncio.run(run())
+    return 0
+
+
+def _announce(node: Any, as_json: bool) -> None:
+    url = node.config.connect_url
+    pk = next((k for k in node.default_keys if k.kind == "publishable"), None)
+    sk = next((k for k in node.default_keys if k.kind == "secret"), None)
+    info = {
+        "url": url,
+        "websocket": f"{url}/v1",
+        "port": node.port,
+        "appId": node.default_app.id,
+        "publishableKey": pk.id if pk else None,
+        "secretKeyId": sk.id if sk else None,
+        "secretKey": sk.secret if sk else None,
+        "dataDir": str(node.config.data_dir),
+        "createdDefaultApp": node.created_default,
+    }
+    if as_json:
+        print(json.dumps(info), flush=True)
+        return
+    lines = [
+        f"roomwire is listening on {url} (WebSocket at {url}/v1, HTTP on the same port)",
+        f"  data dir:        {node.config.data_dir}"
+        + ("  (new: created the default app)" if node.created_default else ""),
+        f"  app:             {node.default_app.id}",
+    ]
+    if pk:
+        lines.append(f"  publishable key: {pk.id}   (development key: all actions)")
+    if sk:
+        lines.append(f"  secret key:      {sk.id} : {sk.secret}")
+    if pk:
+        lines += [
+            "",
+            "Connect with an official SDK by pointing `url` at this server:",
+            f'  JS:     new MeteredPeer({{ apiKey: "{pk.id}", url: "{url}" }})',
+            f'  Python: MeteredPeer(api_key="{pk.id}", url="{url}")',
+            "Mint a token for a named peer:  roomwire token --sub alice",
+        ]
+    print("\n".join(lines), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "apps":
+            return _apps(args)
+        if args.command == "keys":
+            return _keys(args)
+        if args.command == "token":
+            return _token(args)
+    except ValueError as exc:
+        print(f"roomwire: error: {exc}", file=sys.stderr)
+        return 2
+    parser.error("unknown command")
+    return 2

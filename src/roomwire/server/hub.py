@@ -1,0 +1,345 @@
+"""The hub: channels, subscriptions, presence and the peer directory of one node.
+
+Plain synchronous logic over ``Link`` objects (a connection as the hub sees it), so every
+presence rule is testable without sockets. The ordering guarantees the official clients rely on
+(PROTOCOL-FACTS section 8) hold because each call runs to completion on the event loop:
+``subscribe`` has broadcast the newcomer's ``joined`` before it returns, and the caller then
+sends the ack and the snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..protocol import frames
+from .broker import Broker
+
+
+class Link(Protocol):
+    """A local connection, as the hub needs it."""
+
+    app_id: str
+    peer_id: str
+    peer_json: bytes
+    peer_metadata: bytes | None
+    presence_entry: bytes
+    receives_presence: bool
+
+    def send(self, payload: bytes) -> None:
+        """Queue one server frame (JSON bytes)."""
+
+    def send_wire(self, wire: bytes) -> None:
+        """Queue an already framed message (the same bytes go to many links)."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection with a WebSocket close code."""
+
+
+@dataclass
+class Room:
+    """One channel of one app on this node."""
+
+    name: str
+    name_json: bytes
+    plain: dict[Link, None] = field(default_factory=dict)
+    """Subscribers that did not ask for sender metadata (insertion-ordered set)."""
+    with_meta: dict[Link, None] = field(default_factory=dict)
+    """Subscribers that subscribed with ``includeSenderMetadata``."""
+    local: dict[str, int] = field(default_factory=dict)
+    """peerId -> number of its local sockets subscribed."""
+    remote: dict[str, int] = field(default_factory=dict)
+    """peerId -> number of other nodes where it is subscribed (cluster replica)."""
+    entries: dict[str, bytes] = field(default_factory=dict)
+    """peerId -> encoded presence entry, in join order."""
+
+    def __len__(self) -> int:
+        return len(self.plain) + len(self.with_meta)
+
+    def subscribers(self) -> Iterator[Link]:
+        yield from self.plain
+        yield from self.with_meta
+
+    def has(self, link: Link) -> bool:
+        return link in self.plain or link in self.with_meta
+
+    def present(self, peer_id: str) -> bool:
+        return self.local.get(peer_id, 0) > 0 or self.remote.get(peer_id, 0) > 0
+
+
+@dataclass
+class Tenant:
+    """Everything of one app on this node."""
+
+    rooms: dict[str, Room] = field(default_factory=dict)
+    peers: dict[str, dict[Link, None]] = field(default_factory=dict)
+    links: int = 0
+
+
+class Hub:
+    """Routes frames between the links of every app on this node."""
+
+    def __init__(self, wire: Callable[[bytes], bytes], broker: Broker) -> None:
+        self._wire = wire
+        self.broker = broker
+        self.tenants: dict[str, Tenant] = {}
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def tenant(self, app_id: str) -> Tenant:
+        t = self.tenants.get(app_id)
+        if t is None:
+            t = self.tenants[app_id] = Tenant()
+        return t
+
+    def connections(self, app_id: str) -> int:
+        t = self.tenants.get(app_id)
+        return t.links if t else 0
+
+    def attach(self, link: Link) -> None:
+        """A new authenticated connection."""
+        t = self.tenant(link.app_id)
+        t.links += 1
+        sockets = t.peers.get(link.peer_id)
+        if sockets is None:
+            sockets = t.peers[link.peer_id] = {}
+            self.broker.peer_connected(link.app_id, link.peer_id, True)
+        sockets[link] = None
+
+    def detach(self, link: Link, channels: list[str]) -> None:
+        """A connection is gone: leave its channels, then the peer directory."""
+        t = self.tenants.get(link.app_id)
+        if t is None:
+            return
+        for channel in channels:
+            self.unsubscribe(link, channel)
+        sockets = t.peers.get(link.peer_id)
+        if sockets is not None and link in sockets:
+            del sockets[link]
+            if not sockets:
+                del t.peers[link.peer_id]
+                self.broker.peer_connected(link.app_id, link.peer_id, False)
+        t.links -= 1
+        if t.links <= 0 and not t.rooms and not t.peers:
+            del self.tenants[link.app_id]
+
+    def peer_links(self, app_id: str, peer_id: str) -> list[Link]:
+        t = self.tenants.get(app_id)
+        if t is None:
+            return []
+        return list(t.peers.get(peer_id, ()))
+
+    # -- presence ------------------------------------------------------------------------------
+
+    def _room(self, app_id: str, channel: str, create: bool) -> Room | None:
+        t = self.tenant(app_id) if create else self.tenants.get(app_id)
+        if t is None:
+            return None
+        room = t.rooms.get(channel)
+        if room is None and create:
+            room = t.rooms[channel] = Room(channel, frames.encode_json(channel))
+        return room
+
+    def _broadcast_presence(
+        self, room: Room, joined: list[bytes], left: list[bytes], skip: Link | None = None
+    ) -> None:
+        payload = frames.encode_presence(room.name_json, joined, left)
+        wire = self._wire(payload)
+        for sub in room.subscribers():
+            if sub is not skip and sub.receives_presence:
+                sub.send_wire(wire)
+
+    def subscribe(self, link: Link, channel: str, include_sender_metadata: bool) -> bytes | None:
+        """Subscribe ``link``. Others hear ``joined`` before this returns (when the peer is new
+        to the channel). Returns the snapshot frame to send after the ack, or None when the
+        link may not see presence."""
+        room = self._room(link.app_id, channel, create=True)
+        assert room is not None
+        if room.has(link):
+            # Re-subscribe: the latest includeSenderMetadata wins, nobody hears a second joined.
+            room.plain.pop(link, None)
+            room.with_meta.pop(link, None)
+        else:
+            peer = link.peer_id
+            was_present = room.present(peer)
+            room.local[peer] = room.local.get(peer, 0) + 1
+            if room.local[peer] == 1:
+                room.entries[peer] = link.presence_entry
+                self.broker.presence(link.app_id, channel, peer, link.presence_entry, True)
+            if not was_present:
+                self._broadcast_presence(room, [link.presence_entry], [])
+        (room.with_meta if include_sender_metadata else room.plain)[link] = None
+        if not link.receives_presence:
+            return None
+        return self.snapshot_frame(room, exclude=link.peer_id)
+
+    def snapshot_frame(self, room: Room, exclude: str | None = None) -> bytes:
+        members = [e for p, e in room.entries.items() if p != exclude and room.present(p)]
+        return frames.encode_presence(room.name_json, members, [])
+
+    def unsubscribe(self, link: Link, channel: str) -> bool:
+        """Remove the subscription; others hear ``left`` when the peer's last socket leaves the
+        channel on every node. Returns whether the link was subscribed."""
+        room = self._room(link.app_id, channel, create=False)
+        if room is None or not room.has(link):
+            return False
+        room.plain.pop(link, None)
+        room.with_meta.pop(link, None)
+        peer = link.peer_id
+        count = room.local.get(peer, 0) - 1
+        if count > 0:
+            room.local[peer] = count
+        else:
+            room.local.pop(peer, None)
+            entry = room.entries.get(peer, link.presence_entry)
+            self.broker.presence(link.app_id, channel, peer, entry, False)
+            if not room.present(peer):
+                room.entries.pop(peer, None)
+                self._broadcast_presence(room, [], [entry])
+        self._maybe_drop_room(link.app_id, room)
+        return True
+
+    def _maybe_drop_room(self, app_id: str, room: Room) -> None:
+        if len(room) == 0 and not room.remote:
+            t = self.tenants.get(app_id)
+            if t is not None:
+                t.rooms.pop(room.name, None)
+
+    def members(self, app_id: str, channel: str) -> list[bytes]:
+        """Encoded presence entries of everyone present in the channel (cluster-wide)."""
+        room = self._room(app_id, channel, create=False)
+        if room is None:
+            return []
+        return [e for p, e in room.entries.items() if room.present(p)]
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def publish(
+        self,
+        app_id: str,
+        channel: str,
+        data: bytes,
+        sender_json: bytes,
+        sender_metadata: bytes | None,
+        skip: Link | None = None,
+    ) -> int:
+        """Fan a message out to the channel's subscribers except ``skip``. The frame is encoded
+        and framed once per variant, and every write is queued, never awaited."""
+        delivered = self._fan_out(app_id, channel, data, sender_json, sender_metadata, skip)
+        if self.broker.clustered:
+            self.broker.publish(app_id, channel, data, sender_json, sender_metadata)
+        return delivered
+
+    def _fan_out(
+        self,
+        app_id: str,
+        channel: str,
+        data: bytes,
+        sender_json: bytes,
+        sender_metadata: bytes | None,
+        skip: Link | None,
+    ) -> int:
+        t = self.tenants.get(app_id)
+        if t is None:
+            return 0
+        room = t.rooms.get(channel)
+        if room is None:
+            return 0
+        n = 0
+        if room.plain:
+            wire = self._wire(frames.encode_message(room.name_json, sender_json, data))
+            for sub in room.plain:
+                if sub is not skip:
+                    sub.send_wire(wire)
+                    n += 1
+        if room.with_meta:
+            wire = self._wire(frames.encode_message(room.name_json, sender_json, data,
+                                                    sender_metadata))
+            for sub in room.with_meta:
+                if sub is not skip:
+                    sub.send_wire(wire)
+                    n += 1
+        return n
+
+    def direct(
+        self, app_id: str, peer_id: str, data: bytes, sender_json: bytes,
+        sender_metadata: bytes | None,
+    ) -> int | None:
+        """Deliver to every socket of ``peer_id``. Returns the local delivery count, or None
+        when the peer is online nowhere (``peer_not_found``)."""
+        n = self.deliver_direct(app_id, peer_id, data, sender_json, sender_metadata)
+        if self.broker.clustered:
+            if self.broker.peer_online_elsewhere(app_id, peer_id):
+                self.broker.direct(app_id, peer_id, data, sender_json, sender_metadata)
+                return n
+        return n if n else None
+
+    # -- ClusterSink: events from other nodes ------------------------------------------------------
+
+    def deliver_publish(
+        self, app_id: str, channel: str, data: bytes, sender_json: bytes,
+        sender_metadata: bytes | None,
+    ) -> int:
+        return self._fan_out(app_id, channel, data, sender_json, sender_metadata, None)
+
+    def deliver_direct(
+        self, app_id: str, peer_id: str, data: bytes, sender_json: bytes,
+        sender_metadata: bytes | None,
+    ) -> int:
+        t = self.tenants.get(app_id)
+        if t is None:
+            return 0
+        sockets = t.peers.get(peer_id)
+        if not sockets:
+            return 0
+        payload = frames.encode_direct(sender_json, data, sender_metadata)
+        if len(sockets) == 1:
+            next(iter(sockets)).send(payload)
+            return 1
+        wire = self._wire(payload)
+        for link in sockets:
+            link.send_wire(wire)
+        return len(sockets)
+
+    def remote_presence(
+        self, app_id: str, channel: str, peer_id: str, entry: bytes, present: bool
+    ) -> None:
+        room = self._room(app_id, channel, create=present)
+        if room is None:
+            return
+        was = room.present(peer_id)
+        count = room.remote.get(peer_id, 0) + (1 if present else -1)
+        if count > 0:
+            room.remote[peer_id] = count
+        else:
+            room.remote.pop(peer_id, None)
+        now = room.present(peer_id)
+        if now and not was:
+            room.entries[peer_id] = entry
+            self._broadcast_presence(room, [entry], [])
+        elif was and not now:
+            old = room.entries.pop(peer_id, entry)
+            self._broadcast_presence(room, [], [old])
+        self._maybe_drop_room(app_id, room)
+
+    def disconnect_peer(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
+        links = self.peer_links(app_id, peer_id)
+        for link in links:
+            link.close(code, reason)
+        return len(links)
+
+    def close_app(self, app_id: str, code: int, reason: str) -> int:
+        t = self.tenants.get(app_id)
+        if t is None:
+            return 0
+        links = [link for sockets in t.peers.values() for link in sockets]
+        for link in links:
+            link.close(code, reason)
+        return len(links)
+
+    def stats(self, app_id: str) -> dict[str, int]:
+        t = self.tenants.get(app_id)
+        if t is None:
+            return {"connections": 0, "channels": 0, "peers": 0}
+        return {"connections": t.links, "channels": len(t.rooms), "peers": len(t.peers)}

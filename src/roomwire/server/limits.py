@@ -1,0 +1,118 @@
+"""Rate limits and quotas: plain logic with an injectable clock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` saved up. ``rate`` 0 means unlimited."""
+
+    __slots__ = ("_clock", "_last", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        self.rate = rate
+        self.burst = float(burst)
+        self._tokens = float(burst)
+        self._clock = clock
+        self._last = clock()
+
+    def take(self) -> bool:
+        """Spend one token; False when the bucket is empty."""
+        if self.rate <= 0:
+            return True
+        now = self._clock()
+        tokens = self._tokens + (now - self._last) * self.rate
+        self._last = now
+        if tokens > self.burst:
+            tokens = self.burst
+        if tokens < 1.0:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - 1.0
+        return True
+
+
+class ConnectLimiter:
+    """Connection attempts per source address: ``limit`` per ``window`` seconds, refilled
+    continuously. ``limit`` 0 disables it."""
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic):
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._buckets: dict[str, TokenBucket] = {}
+        self._last_sweep = clock()
+
+    def allow(self, address: str) -> bool:
+        if self.limit <= 0:
+            return True
+        now = self._clock()
+        if now - self._last_sweep > self.window:
+            self._sweep(now)
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            bucket = self._buckets[address] = TokenBucket(
+                self.limit / self.window, self.limit, self._clock
+            )
+        return bucket.take()
+
+    def _sweep(self, now: float) -> None:
+        # A bucket idle for a whole window is full again: forget it to bound memory.
+        self._last_sweep = now
+        stale = [a for a, b in self._buckets.items() if now - b._last >= self.window]
+        for a in stale:
+            del self._buckets[a]
+
+
+def month_period(now: float) -> tuple[int, int]:
+    """The calendar month (UTC) containing ``now``, as unix seconds [start, end)."""
+    d = datetime.fromtimestamp(now, UTC)
+    start = datetime(d.year, d.month, 1, tzinfo=UTC)
+    end = datetime(d.year + (d.month == 12), d.month % 12 + 1, 1, tzinfo=UTC)
+    return int(start.timestamp()), int(end.timestamp())
+
+
+@dataclass
+class AppUsage:
+    """Usage counters of one app in the current period."""
+
+    period_start: int
+    period_end: int
+    messages: int = 0
+    peak_connections: int = 0
+    rejected_messages: int = 0
+
+
+@dataclass
+class UsageMeter:
+    """Counts messages (publish and send) per app per calendar month, and peak connections."""
+
+    clock: Callable[[], float] = time.time
+    apps: dict[str, AppUsage] = field(default_factory=dict)
+
+    def usage(self, app_id: str) -> AppUsage:
+        now = self.clock()
+        u = self.apps.get(app_id)
+        if u is None or now >= u.period_end:
+            start, end = month_period(now)
+            u = self.apps[app_id] = AppUsage(start, end)
+        return u
+
+    def count_message(self, app_id: str, limit: int | None) -> bool:
+        """Count one publish or send attempt; False when it is over the app's quota (it is
+        still counted, as the hosted service counts soft-dropped messages)."""
+        u = self.usage(app_id)
+        u.messages += 1
+        if limit is not None and u.messages > limit:
+            u.rejected_messages += 1
+            return False
+        return True
+
+    def note_connections(self, app_id: str, current: int) -> None:
+        u = self.usage(app_id)
+        if current > u.peak_connections:
+            u.peak_connections = current

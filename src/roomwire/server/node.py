@@ -1,0 +1,236 @@
+"""A roomwire node: wires the store, auth, hub, broker and transport, and runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from ..protocol import CloseCode, frames
+from .auth import AuthFailure, Keyring, Principal, authenticate
+from .broker import Broker
+from .broker.memory import MemoryBroker
+from .config import ServerConfig
+from .gateway import FrontProtocol, Outbox, WsSession, upgrade_listener, ws_text_frame
+from .http import build_http_app
+from .hub import Hub
+from .limits import ConnectLimiter, UsageMeter
+from .metrics import Metrics
+from .store import App, Store
+
+log = logging.getLogger("roomwire.node")
+
+
+class Node:
+    """One server process. ``await start()``, then ``await stop()`` (or ``shutdown()``)."""
+
+    def __init__(self, config: ServerConfig, broker: Broker | None = None) -> None:
+        self.config = config
+        self.broker: Broker = broker or MemoryBroker()
+        self.hub = Hub(ws_text_frame, self.broker)
+        self.usage = UsageMeter()
+        self.metrics = Metrics()
+        self.connect_limiter = ConnectLimiter(config.connect_rate_limit, config.connect_rate_window)
+        self.sessions: set[WsSession] = set()
+        self.accepting = False
+        self.store: Store | None = None
+        self.keyring = Keyring({}, {})
+        self.port = config.port
+        self._server: asyncio.AbstractServer | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._data_version = -1
+        self._stopped = asyncio.Event()
+
+    # -- startup -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.outbox = Outbox(self.loop)
+        self.store = Store(self.config.database_path)
+        self.default_app, self.default_keys, self.created_default = (
+            self.store.ensure_default_app()
+        )
+        self.reload_keyring()
+        await self.broker.start(self.hub)
+        self._runner = web.AppRunner(build_http_app(self), access_log=None,
+                                     handle_signals=False)
+        await self._runner.setup()
+        http_server = self._runner.server
+        assert http_server is not None
+        self._server = await self.loop.create_server(
+            lambda: FrontProtocol(self, http_server),
+            self.config.host, self.config.port, reuse_address=True, backlog=2048,
+        )
+        sock = self._server.sockets[0]
+        self.port = sock.getsockname()[1]
+        self.config = dataclasses.replace(self.config, port=self.port)
+        self.accepting = True
+        self._tasks.append(self.loop.create_task(self._keepalive()))
+        self._tasks.append(self.loop.create_task(self._watch_store()))
+
+    def listener_factory(self, request: Any) -> Any:
+        return upgrade_listener(self, request)
+
+    # -- auth and admission -------------------------------------------------------------------
+
+    def app(self, app_id: str) -> App | None:
+        return self.keyring.app(app_id)
+
+    def authenticate(self, query: Mapping[str, str], origin: str | None) -> Principal | AuthFailure:
+        return authenticate(
+            query, origin, self.keyring, leeway=self.config.jwt_leeway,
+            allow_non_expiring=self.config.allow_non_expiring_tokens,
+        )
+
+    def admit(self, session: WsSession) -> bool:
+        """Checks at open: the app's concurrent-connection limit."""
+        app = self.app(session.app_id)
+        if app is None or app.suspended:
+            session.close(CloseCode.ACCOUNT_SUSPENDED, "this app is suspended")
+            return False
+        current = self.hub.connections(session.app_id)
+        if app.max_connections is not None and current >= app.max_connections:
+            session.close(CloseCode.OVER_CONCURRENT_LIMIT,
+                          "the app's concurrent connection limit is reached")
+            return False
+        self.sessions.add(session)
+        self.metrics.connections_total += 1
+        self.usage.note_connections(session.app_id, current + 1)
+        return True
+
+    def forget(self, session: WsSession) -> None:
+        self.sessions.discard(session)
+
+    def ice_servers_for(self, session: WsSession) -> list[dict[str, object]] | None:
+        return None
+
+    def count_frame(self, kind: str) -> None:
+        self.metrics.frames_in[kind] += 1
+
+    def count_error(self, code: str) -> None:
+        self.metrics.errors[code] += 1
+
+    def render_metrics(self) -> str:
+        gauges: dict[str, float] = {
+            "roomwire_connections": len(self.sessions),
+            "roomwire_subscriptions": sum(len(s.subscriptions) for s in self.sessions),
+            "roomwire_apps_active": len(self.hub.tenants),
+        }
+        return self.metrics.render(gauges)
+
+    # -- keeping the keyring fresh -------------------------------------------------------------
+
+    def reload_keyring(self) -> None:
+        assert self.store is not None
+        self._data_version = self.store.data_version()
+        apps = {a.id: a for a in self.store.list_apps()}
+        keys = {k.id: k for k in self.store.list_keys()}
+        old = self.keyring
+        self.keyring = Keyring(apps, keys)
+        if old.apps or old.keys:
+            self._apply_changes(old, self.keyring)
+
+    def _apply_changes(self, old: Keyring, new: Keyring) -> None:
+        for app in new.apps.values():
+            before = old.apps.get(app.id)
+            if app.suspended and (before is None or not before.suspended):
+                self.hub.close_app(app.id, CloseCode.ACCOUNT_SUSPENDED, "this app is suspended")
+        changed = {k for k, key in new.keys.items() if old.keys.get(k) != key}
+        if not changed:
+            return
+        for session in list(self.sessions):
+            key_id = session.principal.key_id
+            if key_id not in changed:
+                continue
+            key = new.keys[key_id]
+            if key.revoked:
+                session.close(CloseCode.INVALID_TOKEN, "the key was revoked")
+                continue
+            actions = key.actions
+            if session.principal.via_token:
+                actions = actions & session.principal.actions
+            session.principal = dataclasses.replace(
+                session.principal, key_patterns=key.channel_patterns, actions=actions
+            )
+            session._scope.clear()
+            session.receives_presence = "presence" in actions
+            lost = [c for c in session.subscriptions
+                    if not session.principal.channel_allowed(c) or "subscribe" not in actions]
+            if lost:
+                session.close(CloseCode.CHANNEL_NOT_AUTHORIZED,
+                              "the key no longer covers a subscribed channel")
+
+    async def _watch_store(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.store_poll_interval)
+            try:
+                assert self.store is not None
+                if self.store.data_version() != self._data_version:
+                    self.reload_keyring()
+            except Exception:
+                log.exception("reloading apps and keys failed; keeping the previous ones")
+
+    # -- keepalive -------------------------------------------------------------------------------
+
+    async def _keepalive(self) -> None:
+        cfg = self.config
+        while True:
+            await asyncio.sleep(cfg.ping_interval)
+            sent_at = time.monotonic()
+            pinged = list(self.sessions)
+            for s in pinged:
+                s.send_ping()
+            await asyncio.sleep(cfg.ping_grace)
+            for s in pinged:
+                if s.last_seen < sent_at and not s.closed:
+                    s.close(CloseCode.INTERNAL_ERROR, "no pong within the grace period")
+
+    # -- shutdown --------------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Graceful: stop accepting, ``going_away`` to everyone, short drain, close 1001."""
+        if not self.accepting and self._server is None:
+            return
+        self.accepting = False
+        if self._server is not None:
+            self._server.close()
+        going = frames.encode_going_away(self.config.going_away_retry_after_ms)
+        for s in list(self.sessions):
+            s.send(going)
+        self.outbox.flush()
+        await asyncio.sleep(self.config.shutdown_drain)
+        for s in list(self.sessions):
+            s.close(CloseCode.GOING_AWAY, "server shutting down")
+        deadline = time.monotonic() + 2.0
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await self.stop()
+
+    async def stop(self) -> None:
+        self.accepting = False
+        for t in self._tasks:
+            t.cancel()
+        self._tasks.clear()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for s in list(self.sessions):
+            if s._ws is not None:
+                s._ws.disconnect(graceful=False)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.broker.stop()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()

@@ -1,0 +1,264 @@
+"""One authenticated connection: request validation, dispatch and acks.
+
+``Session`` knows nothing about sockets: a transport subclass provides ``send``, ``send_wire``
+and ``close``. Every request is validated field by field so that each mistake gets its own
+error code, correlated by ``requestId`` whenever the request carried a valid one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Protocol
+
+import msgspec
+
+from ..protocol import Action, CloseCode, ErrorCode, frames
+from ..protocol.validate import channel_problem, is_reserved_channel, peer_id_problem
+from .auth import Principal
+from .config import ServerConfig
+from .hub import Hub
+from .limits import TokenBucket, UsageMeter
+from .store import App
+
+_SCOPE_CACHE_MAX = 256
+
+
+class Services(Protocol):
+    """What a session needs from its node."""
+
+    hub: Hub
+    config: ServerConfig
+    usage: UsageMeter
+
+    def app(self, app_id: str) -> App | None: ...
+
+    def count_frame(self, kind: str) -> None: ...
+
+    def count_error(self, code: str) -> None: ...
+
+
+class Session(ABC):
+    """The protocol side of a connection. Subclasses supply the transport."""
+
+    def __init__(self, services: Services, principal: Principal) -> None:
+        self.services = services
+        self.principal = principal
+        self.app_id = principal.app_id
+        self.peer_id = principal.peer_id
+        self.peer_json = frames.encode_json(principal.peer_id)
+        self.peer_metadata = principal.peer_metadata
+        self.presence_entry = frames.presence_entry(self.peer_json, principal.peer_metadata)
+        self.receives_presence = principal.can(Action.PRESENCE)
+        self.subscriptions: dict[str, bool] = {}
+        self._scope: dict[tuple[str, str], tuple[str, str] | None] = {}
+        app = services.app(principal.app_id)
+        cfg = services.config
+        rate = app.rate_limit if app and app.rate_limit is not None else cfg.rate_limit
+        burst = app.rate_burst if app and app.rate_burst is not None else cfg.rate_burst
+        self.bucket = TokenBucket(rate, burst)
+        self.closed = False
+
+    # -- transport ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def send(self, payload: bytes) -> None:
+        """Queue one frame."""
+
+    @abstractmethod
+    def send_wire(self, wire: bytes) -> None:
+        """Queue an already framed message."""
+
+    @abstractmethod
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection with a close code."""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def welcome_frame(self, server_time: int, ice_servers: list[dict[str, object]] | None) -> bytes:
+        p = self.principal
+        metadata = dict(p.metadata) if p.metadata else {}
+        if ice_servers and "iceServers" not in metadata:
+            metadata["iceServers"] = ice_servers
+        return frames.encode_welcome(
+            p.peer_id, p.expires_at, server_time, self.services.config.max_message_size,
+            metadata or None,
+        )
+
+    def opened(self) -> None:
+        self.services.hub.attach(self)
+
+    def ended(self) -> None:
+        """The connection is gone: leave every channel (others hear ``left``)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.services.hub.detach(self, list(self.subscriptions))
+        self.subscriptions.clear()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _error(self, code: str, message: str, request_id: str | None) -> None:
+        self.services.count_error(code)
+        self.send(frames.encode_error(code, message, request_id))
+
+    def handle_text(self, payload: bytes | str) -> None:
+        """Process one text frame from the client."""
+        try:
+            req = frames.decode_request(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            if self._spend():
+                self._error(ErrorCode.MALFORMED_MESSAGE, "frame is not a JSON object", None)
+            return
+        kind = req.type
+        if kind == "ping":
+            rid = req.requestId
+            self.services.count_frame("ping")
+            self.send(frames.encode_pong(rid if isinstance(rid, str) and rid else None))
+            return
+        if not self._spend():
+            return
+        rid = req.requestId
+        if rid is not None and (not isinstance(rid, str) or not rid or len(rid) > 128):
+            self._error(ErrorCode.MALFORMED_MESSAGE,
+                        "requestId must be a non-empty string of at most 128 characters", None)
+            return
+        if kind == "publish":
+            self.services.count_frame("publish")
+            self._publish(req, rid)
+        elif kind == "send":
+            self.services.count_frame("send")
+            self._send(req, rid)
+        elif kind == "subscribe":
+            self.services.count_frame("subscribe")
+            self._subscribe(req, rid)
+        elif kind == "unsubscribe":
+            self.services.count_frame("unsubscribe")
+            self._unsubscribe(req, rid)
+        elif isinstance(kind, str):
+            self.services.count_frame("unknown")
+            self._error(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {kind[:40]!r}", rid)
+        else:
+            self.services.count_frame("malformed")
+            self._error(ErrorCode.MALFORMED_MESSAGE, "frame has no string 'type'", rid)
+
+    def handle_binary(self) -> None:
+        """Binary frames carry nothing in this protocol."""
+        if self._spend():
+            self._error(ErrorCode.MALFORMED_MESSAGE, "binary frames are not supported; send text",
+                        None)
+
+    def _spend(self) -> bool:
+        if self.bucket.take():
+            return True
+        self.close(CloseCode.OVER_MESSAGE_RATE, "message rate limit exceeded")
+        return False
+
+    def _check_channel(self, channel: object, action: str) -> tuple[str, str] | None:
+        """None when ``action`` on ``channel`` is allowed, else (code, message). Cached per
+        channel, since clients publish to the same few channels over and over."""
+        if not isinstance(channel, str):
+            return ErrorCode.INVALID_CHANNEL, "channel must be a string"
+        cache_key = (action, channel)
+        try:
+            return self._scope[cache_key]
+        except KeyError:
+            pass
+        verdict: tuple[str, str] | None
+        problem = channel_problem(channel)
+        if problem is not None:
+            verdict = (ErrorCode.INVALID_CHANNEL, problem)
+        elif is_reserved_channel(channel):
+            verdict = (ErrorCode.CHANNEL_RESERVED,
+                       "channels starting with _metered/, _internal/ or _system/ are reserved")
+        elif not self.principal.can(action):
+            verdict = (ErrorCode.ACTION_NOT_PERMITTED, f"this credential may not {action}")
+        elif not self.principal.channel_allowed(channel):
+            verdict = (ErrorCode.CHANNEL_NOT_AUTHORIZED,
+                       "this credential's channel patterns do not cover this channel")
+        else:
+            verdict = None
+        if len(self._scope) >= _SCOPE_CACHE_MAX:
+            self._scope.clear()
+        self._scope[cache_key] = verdict
+        return verdict
+
+    def _quota_ok(self, rid: str | None) -> bool:
+        app = self.services.app(self.app_id)
+        limit = app.max_messages_per_period if app else None
+        if self.services.usage.count_message(self.app_id, limit):
+            return True
+        self._error(ErrorCode.OVER_MESSAGE_QUOTA,
+                    "the app's message quota for this period is used up", rid)
+        return False
+
+    def _publish(self, req: frames.Request, rid: str | None) -> None:
+        bad = self._check_channel(req.channel, Action.PUBLISH)
+        if bad is not None:
+            self._error(bad[0], bad[1], rid)
+            return
+        if not req.has_data:
+            self._error(ErrorCode.MISSING_DATA, "publish needs a 'data' field (null is allowed)",
+                        rid)
+            return
+        if not self._quota_ok(rid):
+            return
+        self.services.hub.publish(
+            self.app_id, req.channel, req.data, self.peer_json, self.peer_metadata, skip=self
+        )
+        if rid is not None:
+            self.send(frames.encode_ack(rid))
+
+    def _send(self, req: frames.Request, rid: str | None) -> None:
+        to = req.to
+        problem = peer_id_problem(to)
+        if problem is not None:
+            self._error(ErrorCode.INVALID_PEER_ID, f"'to': {problem}", rid)
+            return
+        if not self.principal.can(Action.SEND):
+            self._error(ErrorCode.ACTION_NOT_PERMITTED, "this credential may not send", rid)
+            return
+        if not req.has_data:
+            self._error(ErrorCode.MISSING_DATA, "send needs a 'data' field (null is allowed)", rid)
+            return
+        if not self._quota_ok(rid):
+            return
+        delivered = self.services.hub.direct(
+            self.app_id, to, req.data, self.peer_json, self.peer_metadata
+        )
+        if delivered is None:
+            self._error(ErrorCode.PEER_NOT_FOUND, "no peer with that id is connected", rid)
+            return
+        if rid is not None:
+            self.send(frames.encode_ack(rid))
+
+    def _subscribe(self, req: frames.Request, rid: str | None) -> None:
+        channel = req.channel
+        bad = self._check_channel(channel, Action.SUBSCRIBE)
+        if bad is not None:
+            self._error(bad[0], bad[1], rid)
+            return
+        assert isinstance(channel, str)
+        limit = self.services.config.max_channels_per_connection
+        if channel not in self.subscriptions and len(self.subscriptions) >= limit:
+            self._error(ErrorCode.CHANNEL_LIMIT_EXCEEDED,
+                        f"a connection may hold at most {limit} subscriptions", rid)
+            return
+        include = req.includeSenderMetadata is True
+        snapshot = self.services.hub.subscribe(self, channel, include)
+        self.subscriptions[channel] = include
+        if rid is not None:
+            self.send(frames.encode_ack(rid))
+        if snapshot is not None:
+            self.send(snapshot)
+
+    def _unsubscribe(self, req: frames.Request, rid: str | None) -> None:
+        channel = req.channel
+        problem = channel_problem(channel)
+        if problem is not None:
+            self._error(ErrorCode.INVALID_CHANNEL, problem, rid)
+            return
+        assert isinstance(channel, str)
+        if self.subscriptions.pop(channel, None) is not None:
+            self.services.hub.unsubscribe(self, channel)
+        if rid is not None:
+            self.send(frames.encode_ack(rid))

@@ -1,0 +1,384 @@
+"""Apps and keys, kept in SQLite (the single-node default).
+
+The CLI and a running node share one database file; the node notices changes through
+SQLite's ``data_version`` and reloads (see ``Keyring``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..protocol import ALL_ACTIONS
+from ..protocol.patterns import PatternError, tokenize
+
+PUBLISHABLE = "publishable"
+SECRET = "secret"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS apps (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    suspended INTEGER NOT NULL DEFAULT 0,
+    max_connections INTEGER,
+    max_messages_per_period INTEGER,
+    rate_limit REAL,
+    rate_burst INTEGER,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (
+    id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL REFERENCES apps(id),
+    kind TEXT NOT NULL CHECK (kind IN ('publishable', 'secret')),
+    secret TEXT,
+    name TEXT NOT NULL DEFAULT '',
+    channel_patterns TEXT NOT NULL,
+    actions TEXT NOT NULL,
+    allowed_origins TEXT NOT NULL DEFAULT '[]',
+    revoked INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS keys_app ON keys(app_id);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+"""
+
+
+class StoreError(ValueError):
+    """A store operation was refused; the message says why."""
+
+
+@dataclass(frozen=True)
+class App:
+    id: str
+    name: str
+    suspended: bool = False
+    max_connections: int | None = None
+    max_messages_per_period: int | None = None
+    rate_limit: float | None = None
+    rate_burst: int | None = None
+    created_at: int = 0
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "suspended": self.suspended,
+            "maxConnections": self.max_connections,
+            "maxMessagesPerPeriod": self.max_messages_per_period,
+            "rateLimit": self.rate_limit,
+            "rateBurst": self.rate_burst,
+            "createdAt": self.created_at,
+        }
+
+
+@dataclass(frozen=True)
+class Key:
+    id: str
+    app_id: str
+    kind: str
+    channel_patterns: tuple[str, ...]
+    actions: frozenset[str]
+    allowed_origins: tuple[str, ...] = ()
+    secret: str | None = field(default=None, repr=False)
+    name: str = ""
+    revoked: bool = False
+    created_at: int = 0
+
+    def public(self, *, include_secret: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "appId": self.app_id,
+            "kind": self.kind,
+            "name": self.name,
+            "channelPatterns": list(self.channel_patterns),
+            "actions": sorted(self.actions),
+            "allowedOrigins": list(self.allowed_origins),
+            "revoked": self.revoked,
+            "createdAt": self.created_at,
+        }
+        if include_secret and self.secret is not None:
+            out["secret"] = self.secret
+        return out
+
+
+def validate_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
+    if not patterns:
+        raise StoreError("a key needs at least one channel pattern (use '**' for every channel)")
+    for p in patterns:
+        try:
+            tokenize(p)
+        except PatternError as exc:
+            raise StoreError(str(exc)) from None
+    return tuple(patterns)
+
+
+def validate_actions(actions: Iterable[str]) -> frozenset[str]:
+    acts = frozenset(actions)
+    unknown = acts - ALL_ACTIONS
+    if unknown:
+        raise StoreError(
+            f"unknown action(s) {sorted(unknown)}; choose from publish, subscribe, presence, send"
+        )
+    return acts
+
+
+class Store:
+    """SQLite-backed store of apps and keys. Safe to open from several processes."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        self._db = sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None)
+        if new:
+            # Secrets live in this file: keep it private to the operator.
+            os.chmod(self.path, 0o600)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits to the database."""
+        row = self._db.execute("PRAGMA data_version").fetchone()
+        return int(row[0])
+
+    # -- apps --------------------------------------------------------------------------------
+
+    def create_app(
+        self,
+        name: str,
+        *,
+        max_connections: int | None = None,
+        max_messages_per_period: int | None = None,
+        rate_limit: float | None = None,
+        rate_burst: int | None = None,
+        app_id: str | None = None,
+    ) -> App:
+        if not name or len(name) > 200:
+            raise StoreError("an app name must be 1 to 200 characters")
+        _check_limits(max_connections, max_messages_per_period, rate_limit, rate_burst)
+        app = App(
+            id=app_id or "app_" + secrets.token_hex(8),
+            name=name,
+            max_connections=max_connections,
+            max_messages_per_period=max_messages_per_period,
+            rate_limit=rate_limit,
+            rate_burst=rate_burst,
+            created_at=int(time.time()),
+        )
+        self._db.execute(
+            "INSERT INTO apps (id, name, suspended, max_connections, max_messages_per_period,"
+            " rate_limit, rate_burst, created_at) VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
+            (app.id, app.name, app.max_connections, app.max_messages_per_period,
+             app.rate_limit, app.rate_burst, app.created_at),
+        )
+        return app
+
+    def list_apps(self) -> list[App]:
+        rows = self._db.execute(
+            "SELECT id, name, suspended, max_connections, max_messages_per_period, rate_limit,"
+            " rate_burst, created_at FROM apps ORDER BY created_at, id"
+        ).fetchall()
+        return [_app(r) for r in rows]
+
+    def get_app(self, app_id: str) -> App:
+        row = self._db.execute(
+            "SELECT id, name, suspended, max_connections, max_messages_per_period, rate_limit,"
+            " rate_burst, created_at FROM apps WHERE id = ?",
+            (app_id,),
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"no app with id {app_id!r}")
+        return _app(row)
+
+    def set_suspended(self, app_id: str, suspended: bool) -> App:
+        self.get_app(app_id)
+        self._db.execute("UPDATE apps SET suspended = ? WHERE id = ?", (int(suspended), app_id))
+        return self.get_app(app_id)
+
+    def update_limits(self, app_id: str, **limits: Any) -> App:
+        """Set any of max_connections, max_messages_per_period, rate_limit, rate_burst.
+        A value of None clears that limit."""
+        allowed = {"max_connections", "max_messages_per_period", "rate_limit", "rate_burst"}
+        unknown = set(limits) - allowed
+        if unknown:
+            raise StoreError(f"unknown limit(s): {sorted(unknown)}")
+        self.get_app(app_id)
+        merged = {k: getattr(self.get_app(app_id), k) for k in allowed}
+        merged.update(limits)
+        _check_limits(merged["max_connections"], merged["max_messages_per_period"],
+                      merged["rate_limit"], merged["rate_burst"])
+        for k, v in limits.items():
+            self._db.execute(f"UPDATE apps SET {k} = ? WHERE id = ?", (v, app_id))
+        return self.get_app(app_id)
+
+    # -- keys --------------------------------------------------------------------------------
+
+    def create_key(
+        self,
+        app_id: str,
+        kind: str,
+        *,
+        channel_patterns: Sequence[str] = ("**",),
+        actions: Iterable[str] | None = None,
+        allowed_origins: Sequence[str] = (),
+        name: str = "",
+    ) -> Key:
+        self.get_app(app_id)
+        if kind not in (PUBLISHABLE, SECRET):
+            raise StoreError("a key kind is 'publishable' or 'secret'")
+        count = self._db.execute(
+            "SELECT COUNT(*) FROM keys WHERE app_id = ? AND revoked = 0", (app_id,)
+        ).fetchone()[0]
+        if count >= 50:
+            raise StoreError("an app can have at most 50 active keys; revoke one first")
+        patterns = validate_patterns(list(channel_patterns))
+        if actions is None:
+            acts = (
+                frozenset({"publish", "subscribe", "presence"}) if kind == PUBLISHABLE
+                else ALL_ACTIONS
+            )
+        else:
+            acts = validate_actions(actions)
+        origins = tuple(allowed_origins)
+        for origin in origins:
+            if not origin or any(c.isspace() for c in origin):
+                raise StoreError(f"allowed origin {origin!r} is not a valid origin")
+        if kind == SECRET and origins:
+            raise StoreError("allowed origins apply to publishable keys only")
+        if kind == PUBLISHABLE:
+            key_id, secret = "pk_live_" + secrets.token_hex(16), None
+        else:
+            key_id, secret = "sk_id_" + secrets.token_hex(12), "sk_secret_" + secrets.token_hex(24)
+        key = Key(
+            id=key_id, app_id=app_id, kind=kind, channel_patterns=patterns, actions=acts,
+            allowed_origins=origins, secret=secret, name=name, created_at=int(time.time()),
+        )
+        self._db.execute(
+            "INSERT INTO keys (id, app_id, kind, secret, name, channel_patterns, actions,"
+            " allowed_origins, revoked, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+            (key.id, app_id, kind, secret, name, json.dumps(list(patterns)),
+             json.dumps(sorted(acts)), json.dumps(list(origins)), key.created_at),
+        )
+        return key
+
+    def list_keys(self, app_id: str | None = None, *, include_revoked: bool = True) -> list[Key]:
+        sql = (
+            "SELECT id, app_id, kind, secret, name, channel_patterns, actions, allowed_origins,"
+            " revoked, created_at FROM keys"
+        )
+        clauses, args = [], []
+        if app_id is not None:
+            clauses.append("app_id = ?")
+            args.append(app_id)
+        if not include_revoked:
+            clauses.append("revoked = 0")
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY created_at, id"
+        return [_key(r) for r in self._db.execute(sql, args).fetchall()]
+
+    def get_key(self, key_id: str) -> Key:
+        row = self._db.execute(
+            "SELECT id, app_id, kind, secret, name, channel_patterns, actions, allowed_origins,"
+            " revoked, created_at FROM keys WHERE id = ?",
+            (key_id,),
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"no key with id {key_id!r}")
+        return _key(row)
+
+    def revoke_key(self, key_id: str) -> Key:
+        self.get_key(key_id)
+        self._db.execute("UPDATE keys SET revoked = 1 WHERE id = ?", (key_id,))
+        return self.get_key(key_id)
+
+    def update_key_scope(
+        self,
+        key_id: str,
+        *,
+        channel_patterns: Sequence[str] | None = None,
+        actions: Iterable[str] | None = None,
+        allowed_origins: Sequence[str] | None = None,
+    ) -> Key:
+        key = self.get_key(key_id)
+        if channel_patterns is not None:
+            self._db.execute("UPDATE keys SET channel_patterns = ? WHERE id = ?",
+                             (json.dumps(list(validate_patterns(list(channel_patterns)))), key_id))
+        if actions is not None:
+            self._db.execute("UPDATE keys SET actions = ? WHERE id = ?",
+                             (json.dumps(sorted(validate_actions(actions))), key_id))
+        if allowed_origins is not None:
+            if key.kind == SECRET and allowed_origins:
+                raise StoreError("allowed origins apply to publishable keys only")
+            self._db.execute("UPDATE keys SET allowed_origins = ? WHERE id = ?",
+                             (json.dumps(list(allowed_origins)), key_id))
+        return self.get_key(key_id)
+
+    # -- first start ---------------------------------------------------------------------------
+
+    def ensure_default_app(self) -> tuple[App, list[Key], bool]:
+        """Create the default app with a development publishable key (all four actions) and a
+        secret key on first start. Returns the app, its active keys, and whether it was new."""
+        row = self._db.execute("SELECT v FROM meta WHERE k = 'default_app'").fetchone()
+        if row is not None:
+            app = self.get_app(row[0])
+            return app, self.list_keys(app.id, include_revoked=False), False
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self._db.execute("SELECT v FROM meta WHERE k = 'default_app'").fetchone()
+            if row is not None:
+                self._db.execute("COMMIT")
+                app = self.get_app(row[0])
+                return app, self.list_keys(app.id, include_revoked=False), False
+            app = self.create_app("default")
+            pk = self.create_key(app.id, PUBLISHABLE, actions=ALL_ACTIONS,
+                                 name="development (all actions)")
+            sk = self.create_key(app.id, SECRET, name="default secret")
+            self._db.execute("INSERT INTO meta (k, v) VALUES ('default_app', ?)", (app.id,))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return app, [pk, sk], True
+
+
+def _check_limits(
+    max_connections: int | None,
+    max_messages: int | None,
+    rate_limit: float | None,
+    rate_burst: int | None,
+) -> None:
+    if max_connections is not None and max_connections < 0:
+        raise StoreError("max_connections must be >= 0")
+    if max_messages is not None and max_messages < 0:
+        raise StoreError("max_messages_per_period must be >= 0")
+    if rate_limit is not None and rate_limit < 0:
+        raise StoreError("rate_limit must be >= 0 (0 disables it)")
+    if rate_burst is not None and rate_burst < 1:
+        raise StoreError("rate_burst must be >= 1")
+
+
+def _app(r: tuple[Any, ...]) -> App:
+    return App(
+        id=r[0], name=r[1], suspended=bool(r[2]), max_connections=r[3],
+        max_messages_per_period=r[4], rate_limit=r[5], rate_burst=r[6], created_at=r[7],
+    )
+
+
+def _key(r: tuple[Any, ...]) -> Key:
+    return Key(
+        id=r[0], app_id=r[1], kind=r[2], secret=r[3], name=r[4],
+        channel_patterns=tuple(json.loads(r[5])), actions=frozenset(json.loads(r[6])),
+        allowed_origins=tuple(json.loads(r[7])), revoked=bool(r[8]), created_at=r[9],
+    )
