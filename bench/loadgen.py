@@ -331,6 +331,7 @@ class Snapshot:
     count: int
     own_cpu: float
     server_cpu: float | None
+    machine_busy: float
 
 
 def snapshot(count: int, server_pid: int | None) -> Snapshot:
@@ -339,6 +340,7 @@ def snapshot(count: int, server_pid: int | None) -> Snapshot:
         count=count,
         own_cpu=own_cpu_seconds(),
         server_cpu=procstat.cpu_seconds(server_pid) if server_pid else None,
+        machine_busy=procstat.machine_busy_seconds(),
     )
 
 
@@ -357,6 +359,10 @@ def window_stats(s0: Snapshot, s1: Snapshot, unit: str, one: str) -> dict[str, A
         out["server_cpu_s"] = round(cpu, 3)
         out["server_cpu_util"] = round(cpu / elapsed, 3)
         out[f"server_cpu_us_per_{one}"] = round(cpu / n * 1e6, 3) if n else None
+        # Busy CPU time on the whole machine not charged to the server or to this process:
+        # other programs, plus interrupt time the kernel charges to no process.
+        other = (s1.machine_busy - s0.machine_busy) - cpu - (s1.own_cpu - s0.own_cpu)
+        out["other_cpu_util"] = round(max(0.0, other) / elapsed, 3)
     return out
 
 

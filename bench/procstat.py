@@ -7,6 +7,7 @@ descendants. Threads are already included in a process's own numbers.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 CLK_TCK: int = os.sysconf("SC_CLK_TCK")
@@ -78,3 +79,36 @@ def pin_to_cpu(cpu: int | None, pid: int = 0) -> str | None:
         return f"CPU {cpu} is not available (allowed: {sorted(available)}); not pinned"
     os.sched_setaffinity(pid, {cpu})
     return None
+
+
+def wait_idle(pid: int, limit: float = 10.0, busy: float = 0.05, step: float = 0.1) -> bool:
+    """Block until pid uses less than ``busy`` of one core over ``step`` seconds (bounded)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        c0 = cpu_seconds(pid)
+        time.sleep(step)
+        if cpu_seconds(pid) - c0 <= busy * step + 1e-9:
+            return True
+    return False
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all CPUs together spent not idle (user, system, irq, softirq, steal...)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    values = [int(v) for v in fields]
+    # user nice system idle iowait irq softirq steal guest guest_nice; guest time is
+    # already counted in user/nice.
+    idle = values[3] + values[4]
+    return (sum(values[:8]) - idle) / CLK_TCK
+
+
+def wait_machine_quiet(limit: float, busy: float = 0.3, step: float = 0.2) -> bool:
+    """Block until the whole machine uses less than ``busy`` cores over ``step`` (bounded)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        b0 = machine_busy_seconds()
+        time.sleep(step)
+        if machine_busy_seconds() - b0 <= busy * step:
+            return True
+    return False

@@ -21,6 +21,13 @@ from roomwire.server.node import Node  # noqa: E402
 from roomwire.server.store import Key  # noqa: E402
 
 
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
+    """Run the tests on uvloop, the loop `roomwire serve` uses in production."""
+    import uvloop
+
+    return {"uvloop": uvloop.new_event_loop}
+
+
 @dataclass
 class RunningServer:
     node: Node
@@ -154,7 +161,7 @@ class RawClient:
                     pass
         except websockets.ConnectionClosed:
             pass
-        rcvd = self.ws.close_rcvd
+        rcvd = self.ws.protocol.close_rcvd
         return (rcvd.code if rcvd else None, rcvd.reason if rcvd else "")
 
     async def close(self) -> None:

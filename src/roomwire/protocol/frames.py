@@ -25,9 +25,9 @@ __all__ = [
     "ErrorFrame",
     "GoingAway",
     "Message",
+    "Pong",
     "PresenceEntry",
     "PresenceFrame",
-    "Pong",
     "Request",
     "ServerFrame",
     "Welcome",
@@ -370,7 +370,9 @@ def parse_server_frame(text: str | bytes) -> ServerFrame | None:
         return Pong(rid if isinstance(rid, str) else None)
     if kind == "going_away":
         ms = frame.get("retryAfterMs")
-        return GoingAway(int(ms) if _finite(ms) and ms > 0 else 1000)
+        if isinstance(ms, int | float) and _finite(ms) and ms > 0:
+            return GoingAway(int(ms))
+        return GoingAway(1000)
     return None
 
 

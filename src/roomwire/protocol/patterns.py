@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache, lru_cache
 
 # Tokens of a parsed pattern: a literal character, STAR or DSTAR.
 STAR = "\x00*"
@@ -78,7 +78,7 @@ def covers(outer: str, inner: str) -> bool:
     a = tokenize(outer)
     b = tokenize(inner)
 
-    @lru_cache(maxsize=None)
+    @cache
     def go(i: int, j: int) -> bool:
         if i == len(a):
             return j == len(b)

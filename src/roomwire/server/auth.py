@@ -186,10 +186,14 @@ def _token(
         return _fail("token signature or claims are invalid")
 
     sub = claims.get("sub")
-    if peer_id_problem(sub) is not None:
+    if not isinstance(sub, str) or peer_id_problem(sub) is not None:
         return _fail("token 'sub' must be 1-128 printable ASCII characters")
     exp = claims.get("exp")
-    expires_at = int(exp) if isinstance(exp, int | float) else None
+    if exp is not None and (not isinstance(exp, int | float) or isinstance(exp, bool)):
+        # PyJWT accepts a numeric string; JWT's NumericDate is a JSON number, and a string
+        # here would otherwise yield a token that never expires.
+        return _fail("token 'exp' must be a number")
+    expires_at = int(exp) if exp is not None else None
 
     token_patterns: tuple[str, ...] | None = None
     channels = claims.get("channels")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -44,6 +45,23 @@ class ServerConfig:
     """How often the node looks for changes made to the store by other processes (the CLI)."""
     log_level: str = "info"
     log_json: bool = False
+
+    # -- operations (docs/operations.md) ---------------------------------------------------------
+    admin_token: str | None = field(default=None, repr=False)
+    """Bearer token of the operator admin API under ``/admin/v1``; unset disables that API."""
+    ice_servers: list[dict[str, Any]] = field(default_factory=list)
+    """Static ICE servers put in every welcome (``[{"urls": ..., "username"?, ...}]``)."""
+    turn_urls: list[str] = field(default_factory=list)
+    """TURN URLs that get per-connection credentials minted with ``turn_secret``."""
+    turn_secret: str | None = field(default=None, repr=False)
+    """coturn ``static-auth-secret`` (``use-auth-secret``); unset: no TURN credentials."""
+    turn_ttl: int = 0
+    """Lifetime of minted TURN credentials in seconds; 0: the token's lifetime (else 1 day)."""
+    usage_flush_interval: float = 10.0
+    """How often usage counters are written to the database (and at stop)."""
+    rest_rate_limit: float = 50.0
+    """REST requests per second per secret key (and per IP for failed auth); 0 disables."""
+    rest_rate_burst: int = 100
 
     @property
     def max_frame_size(self) -> int:
@@ -93,10 +111,29 @@ class ServerConfig:
             raise ValueError("ping_interval and ping_grace must be positive")
         if self.outbound_queue_bytes < 65536:
             raise ValueError("outbound_queue_bytes must be at least 65536")
+        if self.turn_ttl < 0 or self.usage_flush_interval <= 0:
+            raise ValueError("turn_ttl must be >= 0 and usage_flush_interval positive")
+        if self.turn_urls and not self.turn_secret:
+            raise ValueError("turn_urls needs turn_secret (coturn's static-auth-secret)")
+        if self.rest_rate_limit < 0 or self.rest_rate_burst < 1:
+            raise ValueError("rest_rate_limit must be >= 0 and rest_rate_burst >= 1")
 
 
 def _coerce(name: str, typ: Any, raw: str) -> Any:
     t = str(typ)
+    if t.startswith("list"):
+        # JSON for structured lists; a comma-separated string for lists of strings.
+        if raw.lstrip().startswith("["):
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                raise ValueError(f"{ENV_PREFIX}{name.upper()} is not valid JSON") from None
+            if not isinstance(value, list):
+                raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a JSON list")
+            return value
+        if "dict" in t:
+            raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a JSON list")
+        return [part.strip() for part in raw.split(",") if part.strip()]
     try:
         if "bool" in t:
             if raw.lower() in ("1", "true", "yes", "on"):

@@ -12,11 +12,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
 import picows
-from picows.picows import WSProtocol
+from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 from ..protocol import CloseCode
 from .auth import AuthFailure, Principal
@@ -68,7 +68,7 @@ class Outbox:
             conn.flush()
 
 
-class WsSession(Session, picows.WSListener):  # type: ignore[misc]
+class WsSession(Session, picows.WSListener):
     """A session on a picows WebSocket."""
 
     def __init__(self, node: Node, principal: Principal) -> None:
@@ -105,9 +105,12 @@ class WsSession(Session, picows.WSListener):  # type: ignore[misc]
 
     def on_ws_frame(self, transport: Any, frame: Any) -> None:
         self.last_seen = time.monotonic()
-        if self._closing:
-            return
         mt = frame.msg_type
+        if self._closing:
+            # We sent a close frame; the peer's close reply ends the connection at once.
+            if mt is _CLOSE:
+                transport.disconnect()
+            return
         if mt is _TEXT:
             if frame.fin:
                 self.handle_text(frame.get_payload_as_bytes())
@@ -187,7 +190,9 @@ class WsSession(Session, picows.WSListener):  # type: ignore[misc]
         self.node.metrics.frames_out += 1
         self._raw.write(data)
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, code: int, reason: str, *, leave: bool = True) -> None:
+        """Send a close frame and stop delivering. ``leave=False`` defers leaving the channels
+        to the caller (a shutdown closes everyone first so nobody hears the others leave)."""
         if self._closing or self._ws is None:
             return
         self.flush()
@@ -197,15 +202,19 @@ class WsSession(Session, picows.WSListener):  # type: ignore[misc]
             self._ws.send_close(picows.WSCloseCode(code), reason.encode()[:120])
         except ValueError:
             self._ws.send_close(picows.WSCloseCode.POLICY_VIOLATION, reason.encode()[:120])
-        # Give the peer a moment to answer the close, then drop the TCP connection.
-        self.node.loop.call_later(1.0, self._ws.disconnect)
+        # Leave every channel now: the others hear `left` without waiting for the TCP close.
+        if leave:
+            self.ended()
+        # Give the peer a moment to answer the close, then drop the connection even if its
+        # unread outbound buffer never drains (a slow consumer that stopped reading).
+        self.node.loop.call_later(1.0, self._ws.disconnect, False)
 
     def send_ping(self) -> None:
         if not self._closing and self._ws is not None:
             self._ws.send_ping()
 
 
-class _Refusal(picows.WSListener):  # type: ignore[misc]
+class _Refusal(picows.WSListener):
     """Upgrade, then close with a code: what the SDKs need to see for auth failures."""
 
     def __init__(self, node: Node, code: int, reason: str) -> None:
@@ -241,8 +250,8 @@ class FrontProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self._transport = cast(asyncio.Transport, transport)
         self._timer = self._node.loop.call_later(
             self._node.config.handshake_timeout, transport.close
         )
@@ -307,7 +316,7 @@ class FrontProtocol(asyncio.Protocol):
         if isinstance(proto, asyncio.BufferedProtocol):
             view = memoryview(data)
             while view:
-                buf = proto.get_buffer(len(view))
+                buf = memoryview(proto.get_buffer(len(view)))
                 n = min(len(buf), len(view))
                 if n == 0:
                     break
@@ -315,8 +324,7 @@ class FrontProtocol(asyncio.Protocol):
                 proto.buffer_updated(n)
                 view = view[n:]
         else:
-            assert isinstance(proto, asyncio.Protocol)
-            proto.data_received(data)
+            cast(asyncio.Protocol, proto).data_received(data)
 
 
 def parse_upgrade_target(path: bytes) -> tuple[str, dict[str, str]] | None:

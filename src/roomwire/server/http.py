@@ -1,18 +1,56 @@
 """The plain-HTTP side of the port: health, readiness, metrics and a landing page.
 
-REST control plane routes are added by ``rest.py`` when present.
+The REST control plane (``rest.py``, under ``/v1``) and the operator admin API (``admin.py``,
+under ``/admin/v1``) are added here. Every error is a JSON ``{"error", "message"}`` body.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+
+from .logs import scrub
 
 if TYPE_CHECKING:
     from .node import Node
 
 NODE_KEY: web.AppKey[Node] = web.AppKey("node")
+MAX_BODY = 32 * 1024
+
+log = logging.getLogger("roomwire.http")
+
+
+def json_error(status: int, error: str, message: str,
+               headers: dict[str, str] | None = None) -> web.Response:
+    """The common error body ``{"error": code, "message": text}``. The message is scrubbed of
+    anything that looks like a key secret or a token, even when the caller sent it."""
+    return web.json_response({"error": error, "message": scrub(message)}, status=status,
+                             headers=headers)
+
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Turn aiohttp's plain-text errors (unknown route, wrong method, body too large) and any
+    unexpected exception into JSON error bodies."""
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        return json_error(413, "invalid_request", f"the body is larger than {MAX_BODY} bytes")
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
+        return json_error(404, "not_found", "no such endpoint")
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return json_error(exc.status, "invalid_request", exc.reason)
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.rel_url.path)
+        return json_error(500, "internal_error", "internal error")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -57,11 +95,15 @@ async def websocket_on_keepalive(request: web.Request) -> web.Response:
 
 
 def build_http_app(node: Node) -> web.Application:
-    app = web.Application(client_max_size=32 * 1024)
+    from . import admin, rest
+
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
     app[NODE_KEY] = node
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
     app.router.add_get("/v1", websocket_on_keepalive)
+    rest.add_routes(app, node)
+    admin.add_routes(app, node)
     return app

@@ -269,10 +269,9 @@ class Hub:
         """Deliver to every socket of ``peer_id``. Returns the local delivery count, or None
         when the peer is online nowhere (``peer_not_found``)."""
         n = self.deliver_direct(app_id, peer_id, data, sender_json, sender_metadata)
-        if self.broker.clustered:
-            if self.broker.peer_online_elsewhere(app_id, peer_id):
-                self.broker.direct(app_id, peer_id, data, sender_json, sender_metadata)
-                return n
+        if self.broker.clustered and self.broker.peer_online_elsewhere(app_id, peer_id):
+            self.broker.direct(app_id, peer_id, data, sender_json, sender_metadata)
+            return n
         return n if n else None
 
     # -- ClusterSink: events from other nodes ------------------------------------------------------

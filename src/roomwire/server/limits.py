@@ -85,6 +85,8 @@ class AppUsage:
     messages: int = 0
     peak_connections: int = 0
     rejected_messages: int = 0
+    refused_connections: int = 0
+    """Connections refused with 4010 (over the concurrent-connection limit)."""
 
 
 @dataclass

@@ -2,7 +2,34 @@
 
 from __future__ import annotations
 
+import bisect
+import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+
+from .broker import Broker
+from .hub import Hub, Link, Room
+
+#: Upper bounds (seconds) of the fan-out latency histogram buckets.
+FANOUT_BUCKETS: tuple[float, ...] = (
+    0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+)
+
+
+def _escape(value: object) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(**labels: object) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
+
+
+def _num(value: float) -> str:
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
 
 
 class Metrics:
@@ -11,11 +38,16 @@ class Metrics:
     def __init__(self) -> None:
         self.frames_in: Counter[str] = Counter()
         self.frames_out = 0
+        self.frames_sent: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.closes: Counter[int] = Counter()
         self.queue_overflows = 0
         self.upgrades_rate_limited = 0
         self.connections_total = 0
+        self.rest_requests: Counter[tuple[str, int]] = Counter()
+        self.fanout_buckets = [0] * (len(FANOUT_BUCKETS) + 1)
+        self.fanout_sum = 0.0
+        self.fanout_count = 0
 
     def count_frame(self, kind: str) -> None:
         self.frames_in[kind] += 1
@@ -26,23 +58,46 @@ class Metrics:
     def count_close(self, code: int) -> None:
         self.closes[int(code)] += 1
 
-    def render(self, gauges: dict[str, float]) -> str:
+    def count_rest(self, endpoint: str, status: int) -> None:
+        self.rest_requests[(endpoint, status)] += 1
+
+    def observe_fanout(self, seconds: float) -> None:
+        self.fanout_buckets[bisect.bisect_left(FANOUT_BUCKETS, seconds)] += 1
+        self.fanout_sum += seconds
+        self.fanout_count += 1
+
+    def render(
+        self,
+        gauges: Mapping[str, float],
+        per_app: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> str:
+        """``gauges``: name -> value; ``per_app``: gauge name -> {app id -> value}."""
         lines: list[str] = []
 
-        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+        def metric(name: str, kind: str, help_: str, samples: Iterable[tuple[str, float]],
+                   ) -> None:
             lines.append(f"# HELP {name} {help_}")
             lines.append(f"# TYPE {name} {kind}")
             for labels, value in samples:
-                lines.append(f"{name}{labels} {value}")
+                lines.append(f"{name}{labels} {_num(value)}")
 
-        metric("roomwire_frames_received_total", "counter", "Client frames received by type.",
-               [(f'{{type="{k}"}}', v) for k, v in sorted(self.frames_in.items())])
+        metric("roomwire_frames_received_total", "counter",
+               "Client frames (and REST publishes) received, by type.",
+               [(_labels(type=k), v) for k, v in sorted(self.frames_in.items())])
+        sent = Counter(self.frames_sent)
+        sent["error"] += sum(self.errors.values())
+        sent["pong"] += self.frames_in.get("ping", 0)
+        sent["welcome"] += self.connections_total
+        metric("roomwire_frames_sent_total", "counter",
+               "Server frames sent, by type (message and presence count every recipient; "
+               "acks and presence snapshots are not counted).",
+               [(_labels(type=k), v) for k, v in sorted(sent.items())])
         metric("roomwire_socket_writes_total", "counter", "Coalesced socket writes.",
                [("", self.frames_out)])
         metric("roomwire_errors_total", "counter", "Error frames sent, by code.",
-               [(f'{{code="{k}"}}', v) for k, v in sorted(self.errors.items())])
+               [(_labels(code=k), v) for k, v in sorted(self.errors.items())])
         metric("roomwire_closes_total", "counter", "Connections closed by the server, by code.",
-               [(f'{{code="{k}"}}', v) for k, v in sorted(self.closes.items())])
+               [(_labels(code=k), v) for k, v in sorted(self.closes.items())])
         metric("roomwire_queue_overflows_total", "counter",
                "Connections closed because their outbound queue overflowed.",
                [("", self.queue_overflows)])
@@ -51,6 +106,77 @@ class Metrics:
                [("", self.upgrades_rate_limited)])
         metric("roomwire_connections_opened_total", "counter", "Connections accepted.",
                [("", self.connections_total)])
+        metric("roomwire_rest_requests_total", "counter",
+               "REST control-plane requests, by endpoint and HTTP status.",
+               [(_labels(endpoint=e, status=s), v)
+                for (e, s), v in sorted(self.rest_requests.items())])
+        hist: list[tuple[str, float]] = []
+        cumulative = 0
+        for bound, n in zip(FANOUT_BUCKETS, self.fanout_buckets, strict=False):
+            cumulative += n
+            hist.append((_labels(le=repr(bound)), cumulative))
+        hist.append((_labels(le="+Inf"), self.fanout_count))
+        lines.append("# HELP roomwire_fanout_seconds Time to fan one publish out to the "
+                     "local subscribers' queues.")
+        lines.append("# TYPE roomwire_fanout_seconds histogram")
+        for labels, value in hist:
+            lines.append(f"roomwire_fanout_seconds_bucket{labels} {_num(value)}")
+        lines.append(f"roomwire_fanout_seconds_sum {self.fanout_sum!r}")
+        lines.append(f"roomwire_fanout_seconds_count {self.fanout_count}")
         for name, value in sorted(gauges.items()):
             metric(name, "gauge", name.replace("_", " "), [("", value)])
+        for name, values in sorted((per_app or {}).items()):
+            metric(name, "gauge", name.replace("_", " ") + " (per app)",
+                   [(_labels(app=a), v) for a, v in sorted(values.items())])
         return "\n".join(lines) + "\n"
+
+
+class InstrumentedHub(Hub):
+    """A hub that counts the frames it fans out and times each publish. The additions are a
+    counter increment per call and two clock reads per publish."""
+
+    def __init__(self, wire: Callable[[bytes], bytes], broker: Broker, metrics: Metrics,
+                 ) -> None:
+        super().__init__(wire, broker)
+        self.metrics = metrics
+
+    def publish(
+        self,
+        app_id: str,
+        channel: str,
+        data: bytes,
+        sender_json: bytes,
+        sender_metadata: bytes | None,
+        skip: Link | None = None,
+    ) -> int:
+        start = time.perf_counter()
+        n = super().publish(app_id, channel, data, sender_json, sender_metadata, skip)
+        self.metrics.observe_fanout(time.perf_counter() - start)
+        return n
+
+    def _fan_out(
+        self,
+        app_id: str,
+        channel: str,
+        data: bytes,
+        sender_json: bytes,
+        sender_metadata: bytes | None,
+        skip: Link | None,
+    ) -> int:
+        n = super()._fan_out(app_id, channel, data, sender_json, sender_metadata, skip)
+        self.metrics.frames_sent["message"] += n
+        return n
+
+    def deliver_direct(
+        self, app_id: str, peer_id: str, data: bytes, sender_json: bytes,
+        sender_metadata: bytes | None,
+    ) -> int:
+        n = super().deliver_direct(app_id, peer_id, data, sender_json, sender_metadata)
+        self.metrics.frames_sent["message"] += n
+        return n
+
+    def _broadcast_presence(
+        self, room: Room, joined: list[bytes], left: list[bytes], skip: Link | None = None
+    ) -> None:
+        super()._broadcast_presence(room, joined, left, skip)
+        self.metrics.frames_sent["presence"] += len(room)

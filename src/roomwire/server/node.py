@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from ..protocol import CloseCode, frames
+from . import usage_store
 from .auth import AuthFailure, Keyring, Principal, authenticate
 from .broker import Broker
 from .broker.memory import MemoryBroker
@@ -19,8 +20,9 @@ from .config import ServerConfig
 from .gateway import FrontProtocol, Outbox, WsSession, upgrade_listener, ws_text_frame
 from .http import build_http_app
 from .hub import Hub
+from .ice import IceProvider
 from .limits import ConnectLimiter, UsageMeter
-from .metrics import Metrics
+from .metrics import InstrumentedHub, Metrics
 from .store import App, Store
 
 log = logging.getLogger("roomwire.node")
@@ -32,9 +34,11 @@ class Node:
     def __init__(self, config: ServerConfig, broker: Broker | None = None) -> None:
         self.config = config
         self.broker: Broker = broker or MemoryBroker()
-        self.hub = Hub(ws_text_frame, self.broker)
-        self.usage = UsageMeter()
         self.metrics = Metrics()
+        self.hub: Hub = InstrumentedHub(ws_text_frame, self.broker, self.metrics)
+        self.usage = UsageMeter()
+        self.ice = IceProvider(config.ice_servers, config.turn_urls, config.turn_secret,
+                               config.turn_ttl)
         self.connect_limiter = ConnectLimiter(config.connect_rate_limit, config.connect_rate_window)
         self.sessions: set[WsSession] = set()
         self.accepting = False
@@ -57,6 +61,7 @@ class Node:
             self.store.ensure_default_app()
         )
         self.reload_keyring()
+        usage_store.restore(self.usage, self.store)
         await self.broker.start(self.hub)
         self._runner = web.AppRunner(build_http_app(self), access_log=None,
                                      handle_signals=False)
@@ -73,6 +78,7 @@ class Node:
         self.accepting = True
         self._tasks.append(self.loop.create_task(self._keepalive()))
         self._tasks.append(self.loop.create_task(self._watch_store()))
+        self._tasks.append(self.loop.create_task(self._flush_usage_loop()))
 
     def listener_factory(self, request: Any) -> Any:
         return upgrade_listener(self, request)
@@ -96,6 +102,7 @@ class Node:
             return False
         current = self.hub.connections(session.app_id)
         if app.max_connections is not None and current >= app.max_connections:
+            self.usage.usage(session.app_id).refused_connections += 1
             session.close(CloseCode.OVER_CONCURRENT_LIMIT,
                           "the app's concurrent connection limit is reached")
             return False
@@ -108,7 +115,29 @@ class Node:
         self.sessions.discard(session)
 
     def ice_servers_for(self, session: WsSession) -> list[dict[str, object]] | None:
-        return None
+        """The welcome's ``iceServers``: the configured static list and minted TURN
+        credentials (a JWT's own ``metadata.iceServers`` wins, in ``welcome_frame``)."""
+        if not self.ice.enabled:
+            return None
+        md = session.principal.metadata
+        if md and "iceServers" in md:
+            return None
+        return self.ice.servers_for(session.peer_id, session.principal.expires_at)
+
+    def usage_document(self, app: App) -> dict[str, Any]:
+        return usage_store.usage_document(app, self.usage, self.hub)
+
+    def flush_usage(self) -> None:
+        if self.store is not None:
+            usage_store.flush(self.usage, self.store)
+
+    async def _flush_usage_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.usage_flush_interval)
+            try:
+                self.flush_usage()
+            except Exception:
+                log.exception("writing usage counters failed; will retry")
 
     def count_frame(self, kind: str) -> None:
         self.metrics.frames_in[kind] += 1
@@ -122,7 +151,18 @@ class Node:
             "roomwire_subscriptions": sum(len(s.subscriptions) for s in self.sessions),
             "roomwire_apps_active": len(self.hub.tenants),
         }
-        return self.metrics.render(gauges)
+        per_app: dict[str, dict[str, float]] = {
+            "roomwire_app_connections": {}, "roomwire_app_channels": {},
+            "roomwire_app_peers": {}, "roomwire_app_messages_period": {},
+        }
+        for app_id in list(self.hub.tenants):
+            stats = self.hub.stats(app_id)
+            per_app["roomwire_app_connections"][app_id] = stats["connections"]
+            per_app["roomwire_app_channels"][app_id] = stats["channels"]
+            per_app["roomwire_app_peers"][app_id] = stats["peers"]
+        for app_id, u in list(self.usage.apps.items()):
+            per_app["roomwire_app_messages_period"][app_id] = u.messages
+        return self.metrics.render(gauges, per_app)
 
     # -- keeping the keyring fresh -------------------------------------------------------------
 
@@ -205,8 +245,11 @@ class Node:
             s.send(going)
         self.outbox.flush()
         await asyncio.sleep(self.config.shutdown_drain)
-        for s in list(self.sessions):
-            s.close(CloseCode.GOING_AWAY, "server shutting down")
+        closing = list(self.sessions)
+        for s in closing:
+            s.close(CloseCode.GOING_AWAY, "server shutting down", leave=False)
+        for s in closing:
+            s.ended()
         deadline = time.monotonic() + 2.0
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -228,6 +271,10 @@ class Node:
             self._runner = None
         await self.broker.stop()
         if self.store is not None:
+            try:
+                self.flush_usage()
+            except Exception:
+                log.exception("writing usage counters at stop failed")
             self.store.close()
             self.store = None
         self._stopped.set()

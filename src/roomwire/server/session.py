@@ -7,6 +7,7 @@ error code, correlated by ``requestId`` whenever the request carried a valid one
 
 from __future__ import annotations
 
+import codecs
 from abc import ABC, abstractmethod
 from typing import Protocol
 
@@ -57,6 +58,8 @@ class Session(ABC):
         burst = app.rate_burst if app and app.rate_burst is not None else cfg.rate_burst
         self.bucket = TokenBucket(rate, burst)
         self.closed = False
+        self.attached = False
+        """True once ``opened`` registered the session with the hub."""
 
     # -- transport ---------------------------------------------------------------------------
 
@@ -86,13 +89,16 @@ class Session(ABC):
 
     def opened(self) -> None:
         self.services.hub.attach(self)
+        self.attached = True
 
     def ended(self) -> None:
-        """The connection is gone: leave every channel (others hear ``left``)."""
+        """The connection is gone: leave every channel (others hear ``left``). A session that
+        was refused at admission was never attached and has nothing to undo."""
         if self.closed:
             return
         self.closed = True
-        self.services.hub.detach(self, list(self.subscriptions))
+        if self.attached:
+            self.services.hub.detach(self, list(self.subscriptions))
         self.subscriptions.clear()
 
     # -- requests ----------------------------------------------------------------------------
@@ -105,7 +111,10 @@ class Session(ABC):
         """Process one text frame from the client."""
         try:
             req = frames.decode_request(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            # DecodeError (ValidationError included): not JSON, or not an object.
+            # UnicodeDecodeError: invalid UTF-8 inside a JSON string. RecursionError: nesting
+            # deeper than the decoder allows. All three are the client's malformed frame.
             if self._spend():
                 self._error(ErrorCode.MALFORMED_MESSAGE, "frame is not a JSON object", None)
             return
@@ -191,14 +200,27 @@ class Session(ABC):
                     "the app's message quota for this period is used up", rid)
         return False
 
+    def _data_ok(self, req: frames.Request, verb: str, rid: str | None) -> bool:
+        """``data`` must be present (``null`` counts) and valid UTF-8. The decoder keeps it as
+        raw bytes without checking their encoding, and it is relayed verbatim inside text
+        frames: invalid UTF-8 there would make every receiver fail its connection (RFC 6455)."""
+        if not req.has_data:
+            self._error(ErrorCode.MISSING_DATA,
+                        f"{verb} needs a 'data' field (null is allowed)", rid)
+            return False
+        try:
+            codecs.utf_8_decode(req.data, "strict", True)
+        except UnicodeDecodeError:
+            self._error(ErrorCode.MALFORMED_MESSAGE, "'data' is not valid UTF-8", rid)
+            return False
+        return True
+
     def _publish(self, req: frames.Request, rid: str | None) -> None:
         bad = self._check_channel(req.channel, Action.PUBLISH)
         if bad is not None:
             self._error(bad[0], bad[1], rid)
             return
-        if not req.has_data:
-            self._error(ErrorCode.MISSING_DATA, "publish needs a 'data' field (null is allowed)",
-                        rid)
+        if not self._data_ok(req, "publish", rid):
             return
         if not self._quota_ok(rid):
             return
@@ -217,8 +239,7 @@ class Session(ABC):
         if not self.principal.can(Action.SEND):
             self._error(ErrorCode.ACTION_NOT_PERMITTED, "this credential may not send", rid)
             return
-        if not req.has_data:
-            self._error(ErrorCode.MISSING_DATA, "send needs a 'data' field (null is allowed)", rid)
+        if not self._data_ok(req, "send", rid):
             return
         if not self._quota_ok(rid):
             return

@@ -47,11 +47,38 @@ CREATE TABLE IF NOT EXISTS keys (
 );
 CREATE INDEX IF NOT EXISTS keys_app ON keys(app_id);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS usage (
+    app_id TEXT NOT NULL,
+    period_start INTEGER NOT NULL,
+    period_end INTEGER NOT NULL,
+    messages INTEGER NOT NULL DEFAULT 0,
+    peak_connections INTEGER NOT NULL DEFAULT 0,
+    rejected_messages INTEGER NOT NULL DEFAULT 0,
+    refused_connections INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (app_id, period_start)
+);
 """
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """Usage counters of one app in one period, as stored."""
+
+    app_id: str
+    period_start: int
+    period_end: int
+    messages: int = 0
+    peak_connections: int = 0
+    rejected_messages: int = 0
+    refused_connections: int = 0
 
 
 class StoreError(ValueError):
     """A store operation was refused; the message says why."""
+
+
+class NotFoundError(StoreError):
+    """The app or key named does not exist."""
 
 
 @dataclass(frozen=True)
@@ -187,7 +214,7 @@ class Store:
     def list_apps(self) -> list[App]:
         rows = self._db.execute(
             "SELECT id, name, suspended, max_connections, max_messages_per_period, rate_limit,"
-            " rate_burst, created_at FROM apps ORDER BY created_at, id"
+            " rate_burst, created_at FROM apps ORDER BY rowid"
         ).fetchall()
         return [_app(r) for r in rows]
 
@@ -198,7 +225,7 @@ class Store:
             (app_id,),
         ).fetchone()
         if row is None:
-            raise StoreError(f"no app with id {app_id!r}")
+            raise NotFoundError(f"no app with id {app_id!r}")
         return _app(row)
 
     def set_suspended(self, app_id: str, suspended: bool) -> App:
@@ -285,7 +312,7 @@ class Store:
             clauses.append("revoked = 0")
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
-        sql += " ORDER BY created_at, id"
+        sql += " ORDER BY rowid"
         return [_key(r) for r in self._db.execute(sql, args).fetchall()]
 
     def get_key(self, key_id: str) -> Key:
@@ -295,7 +322,7 @@ class Store:
             (key_id,),
         ).fetchone()
         if row is None:
-            raise StoreError(f"no key with id {key_id!r}")
+            raise NotFoundError(f"no key with id {key_id!r}")
         return _key(row)
 
     def revoke_key(self, key_id: str) -> Key:
@@ -312,18 +339,67 @@ class Store:
         allowed_origins: Sequence[str] | None = None,
     ) -> Key:
         key = self.get_key(key_id)
+        # Validate everything first, so that a refused change leaves the key as it was.
+        updates: list[tuple[str, str]] = []
         if channel_patterns is not None:
-            self._db.execute("UPDATE keys SET channel_patterns = ? WHERE id = ?",
-                             (json.dumps(list(validate_patterns(list(channel_patterns)))), key_id))
+            updates.append(("channel_patterns",
+                            json.dumps(list(validate_patterns(list(channel_patterns))))))
         if actions is not None:
-            self._db.execute("UPDATE keys SET actions = ? WHERE id = ?",
-                             (json.dumps(sorted(validate_actions(actions))), key_id))
+            updates.append(("actions", json.dumps(sorted(validate_actions(actions)))))
         if allowed_origins is not None:
             if key.kind == SECRET and allowed_origins:
                 raise StoreError("allowed origins apply to publishable keys only")
-            self._db.execute("UPDATE keys SET allowed_origins = ? WHERE id = ?",
-                             (json.dumps(list(allowed_origins)), key_id))
+            for origin in allowed_origins:
+                if not origin or any(c.isspace() for c in origin):
+                    raise StoreError(f"allowed origin {origin!r} is not a valid origin")
+            updates.append(("allowed_origins", json.dumps(list(allowed_origins))))
+        if updates:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for column, value in updates:
+                    self._db.execute(f"UPDATE keys SET {column} = ? WHERE id = ?",
+                                     (value, key_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
         return self.get_key(key_id)
+
+    # -- usage -------------------------------------------------------------------------------
+
+    def save_usage(self, rows: Iterable[UsageRow]) -> None:
+        """Write usage counters (one transaction; the counters only grow within a period)."""
+        batch = list(rows)
+        if not batch:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany(
+                "INSERT INTO usage (app_id, period_start, period_end, messages, peak_connections,"
+                " rejected_messages, refused_connections) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (app_id, period_start) DO UPDATE SET"
+                " period_end = excluded.period_end,"
+                " messages = MAX(messages, excluded.messages),"
+                " peak_connections = MAX(peak_connections, excluded.peak_connections),"
+                " rejected_messages = MAX(rejected_messages, excluded.rejected_messages),"
+                " refused_connections = MAX(refused_connections, excluded.refused_connections)",
+                [(r.app_id, r.period_start, r.period_end, r.messages, r.peak_connections,
+                  r.rejected_messages, r.refused_connections) for r in batch],
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def load_usage(self, period_start: int | None = None) -> list[UsageRow]:
+        """Stored usage rows, optionally only those of the period starting at ``period_start``."""
+        sql = ("SELECT app_id, period_start, period_end, messages, peak_connections,"
+               " rejected_messages, refused_connections FROM usage")
+        args: list[Any] = []
+        if period_start is not None:
+            sql += " WHERE period_start = ?"
+            args.append(period_start)
+        return [UsageRow(*r) for r in self._db.execute(sql, args).fetchall()]
 
     # -- first start ---------------------------------------------------------------------------
 

@@ -1,0 +1,189 @@
+"""The operator admin API: apps, keys, limits, stats; the right sockets close with the right
+codes while other sockets stay up."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import RawClient, RunningServer, start_node
+
+from .helpers import Http
+
+ADMIN = "test-admin-token-0123456789"
+H = {"Authorization": f"Bearer {ADMIN}"}
+
+
+@pytest.fixture
+async def admin_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    srv = await start_node(tmp_path, admin_token=ADMIN)
+    try:
+        yield srv
+    finally:
+        await srv.node.stop()
+
+
+@pytest.fixture
+async def api(admin_server: RunningServer) -> AsyncIterator[Http]:
+    client = Http(admin_server.node.port)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def test_admin_api_is_absent_without_a_token(server: RunningServer) -> None:
+    client = Http(server.node.port)
+    try:
+        for path in ["/admin/v1/apps", "/admin/v1", "/admin/v1/openapi.json"]:
+            status, body, _ = await client.request("GET", path, headers=H)
+            assert (status, body["error"]) == (404, "not_found")
+    finally:
+        await client.close()
+
+
+async def test_admin_auth(admin_server: RunningServer, api: Http) -> None:
+    sk = admin_server.sk
+    for h in [{}, {"Authorization": "Bearer wrong"}, {"Authorization": ADMIN},
+              {"Authorization": f"Bearer {sk.id}:{sk.secret}"},
+              {"Authorization": f"Basic {ADMIN}"}]:
+        status, body, _ = await api.request("GET", "/admin/v1/apps", headers=h)
+        assert (status, body["error"]) == (401, "unauthorized"), h
+        assert ADMIN not in str(body)
+    # A tenant key never reaches the admin API, and the admin token is no tenant key.
+    status, body, _ = await api.request("GET", "/v1/usage", headers=H)
+    assert status == 401
+
+
+async def test_apps_crud_and_stats(admin_server: RunningServer, api: Http) -> None:
+    status, app, _ = await api.request("POST", "/admin/v1/apps", headers=H,
+                                       json={"name": "acme", "maxConnections": 5})
+    assert status == 201 and app["name"] == "acme" and app["maxConnections"] == 5
+    assert app["stats"] == {"connections": 0, "channels": 0, "peers": 0}
+    status, body, _ = await api.request("GET", "/admin/v1/apps", headers=H)
+    assert sorted(a["name"] for a in body["apps"]) == ["acme", "default"]
+    status, body, _ = await api.request("PATCH", f"/admin/v1/apps/{app['id']}", headers=H,
+                                        json={"maxConnections": None,
+                                              "maxMessagesPerPeriod": 100, "rateLimit": 5.5})
+    assert status == 200
+    assert (body["maxConnections"], body["maxMessagesPerPeriod"], body["rateLimit"]) == (
+        None, 100, 5.5)
+    assert body["usage"]["plan"]["maxMessagesPerPeriod"] == 100
+    c = await RawClient.connect(admin_server.key_url())
+    await c.subscribe("a")
+    await c.subscribe("b")
+    status, body, _ = await api.request("GET", f"/admin/v1/apps/{admin_server.app_id}/stats",
+                                        headers=H)
+    assert body == {"appId": admin_server.app_id, "connections": 1, "channels": 2, "peers": 1}
+    status, body, _ = await api.request("GET", "/admin/v1/stats", headers=H)
+    assert body["apps"][admin_server.app_id]["connections"] == 1
+    status, body, _ = await api.request("GET", f"/admin/v1/apps/{admin_server.app_id}/usage",
+                                        headers=H)
+    assert body["concurrentNow"] == 1
+    await c.close()
+
+
+@pytest.mark.parametrize(("method", "path", "payload", "status"), [
+    ("POST", "/admin/v1/apps", {}, 400),
+    ("POST", "/admin/v1/apps", {"name": ""}, 400),
+    ("POST", "/admin/v1/apps", {"name": "x", "maxConnections": -1}, 400),
+    ("POST", "/admin/v1/apps", {"name": "x", "maxConnections": "5"}, 400),
+    ("POST", "/admin/v1/apps", {"name": "x", "rateLimit": True}, 400),
+    ("PATCH", "/admin/v1/apps/app_nope", {"maxConnections": 1}, 404),
+    ("PATCH", "/admin/v1/apps/{app}", {"bogus": 1}, 400),
+    ("POST", "/admin/v1/apps/app_nope/suspend", None, 404),
+    ("GET", "/admin/v1/apps/app_nope/keys", None, 404),
+    ("POST", "/admin/v1/apps/{app}/keys", {"kind": "weird"}, 400),
+    ("POST", "/admin/v1/apps/{app}/keys", {"kind": "secret", "actions": ["fly"]}, 400),
+    ("POST", "/admin/v1/apps/{app}/keys", {"kind": "secret", "channelPatterns": []}, 400),
+    ("POST", "/admin/v1/apps/{app}/keys", {"kind": "secret", "channelPatterns": "x"}, 400),
+    ("POST", "/admin/v1/apps/{app}/keys",
+     {"kind": "secret", "allowedOrigins": ["https://a"]}, 400),
+    ("GET", "/admin/v1/keys/sk_id_nope", None, 404),
+    ("DELETE", "/admin/v1/keys/sk_id_nope", None, 404),
+    ("PATCH", "/admin/v1/keys/{sk}", {"channelPatterns": ["bad\\"]}, 400),
+    ("PATCH", "/admin/v1/keys/{sk}", {"other": 1}, 400),
+    ("GET", "/admin/v1/nothing", None, 404),
+    ("PUT", "/admin/v1/apps", None, 404),
+])
+async def test_admin_errors(admin_server: RunningServer, api: Http, method: str, path: str,
+                            payload: Any, status: int) -> None:
+    path = path.format(app=admin_server.app_id, sk=admin_server.sk.id)
+    got, body, _ = await api.request(method, path, headers=H, json=payload)
+    assert got == status, body
+    assert set(body) == {"error", "message"}
+
+
+async def test_suspend_closes_only_that_apps_sockets(admin_server: RunningServer,
+                                                     api: Http) -> None:
+    status, app, _ = await api.request("POST", "/admin/v1/apps", headers=H, json={"name": "b"})
+    status, pk, _ = await api.request("POST", f"/admin/v1/apps/{app['id']}/keys", headers=H,
+                                      json={"kind": "publishable"})
+    assert status == 201 and pk["id"].startswith("pk_live_") and "secret" not in pk
+    victim = await RawClient.connect(f"{admin_server.ws_url}?key={pk['id']}")
+    bystander = await RawClient.connect(admin_server.key_url())
+    status, body, _ = await api.request("POST", f"/admin/v1/apps/{app['id']}/suspend",
+                                        headers=H)
+    assert status == 200 and body["suspended"] is True
+    assert (await victim.closed())[0] == 4012
+    refused = await RawClient.connect(f"{admin_server.ws_url}?key={pk['id']}", welcome=False)
+    assert (await refused.closed())[0] == 4012
+    assert (await bystander.request({"type": "subscribe", "channel": "x"}))["type"] == "ack"
+    status, body, _ = await api.request("POST", f"/admin/v1/apps/{app['id']}/resume",
+                                        headers=H)
+    assert body["suspended"] is False
+    again = await RawClient.connect(f"{admin_server.ws_url}?key={pk['id']}")
+    await again.close()
+    await bystander.close()
+
+
+async def test_revoke_closes_the_keys_sockets_with_4001(admin_server: RunningServer,
+                                                       api: Http) -> None:
+    status, sk, _ = await api.request(
+        "POST", f"/admin/v1/apps/{admin_server.app_id}/keys", headers=H,
+        json={"kind": "secret", "name": "backend"})
+    assert status == 201 and sk["secret"].startswith("sk_secret_")
+    status, keys, _ = await api.request("GET", f"/admin/v1/apps/{admin_server.app_id}/keys",
+                                        headers=H)
+    assert sk["id"] in [k["id"] for k in keys["keys"]]
+    assert all("secret" not in k for k in keys["keys"])
+    key = admin_server.store.get_key(sk["id"])
+    victim = await RawClient.connect(admin_server.token_url("v", key=key))
+    bystander = await RawClient.connect(admin_server.token_url("b"))
+    status, body, _ = await api.request("DELETE", f"/admin/v1/keys/{sk['id']}", headers=H)
+    assert status == 200 and body["revoked"] is True
+    assert (await victim.closed())[0] == 4001
+    assert (await bystander.request({"type": "subscribe", "channel": "x"}))["type"] == "ack"
+    await bystander.close()
+
+
+async def test_narrowing_closes_sockets_on_lost_channels_with_4003(
+        admin_server: RunningServer, api: Http) -> None:
+    status, pk, _ = await api.request(
+        "POST", f"/admin/v1/apps/{admin_server.app_id}/keys", headers=H,
+        json={"kind": "publishable", "channelPatterns": ["**"]})
+    url = f"{admin_server.ws_url}?key={pk['id']}"
+    on_room = await RawClient.connect(url)
+    await on_room.subscribe("room/1")
+    on_lobby = await RawClient.connect(url)
+    await on_lobby.subscribe("lobby")
+    status, body, _ = await api.request("PATCH", f"/admin/v1/keys/{pk['id']}", headers=H,
+                                        json={"channelPatterns": ["room/*"]})
+    assert status == 200 and body["channelPatterns"] == ["room/*"]
+    assert (await on_lobby.closed())[0] == 4003
+    assert (await on_room.request({"type": "publish", "channel": "room/1", "data": 1}))[
+        "type"] == "ack"
+    reply = await on_room.request({"type": "subscribe", "channel": "lobby"})
+    assert reply["code"] == "channel_not_authorized"
+    await on_room.close()
+
+
+async def test_admin_openapi_document(admin_server: RunningServer, api: Http) -> None:
+    status, doc, _ = await api.request("GET", "/admin/v1/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.")
+    assert "/apps" in doc["paths"]
+    status, doc, _ = await api.request("GET", "/v1/openapi.json")
+    assert status == 200 and "/tokens" in doc["paths"]

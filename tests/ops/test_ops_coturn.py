@@ -1,0 +1,153 @@
+"""The real thing: coturn with ``use-auth-secret`` on 127.0.0.1, and two aiortc peers restricted
+to relay candidates that connect through it with the credentials from their welcomes.
+
+Skipped when ``turnserver`` (Debian package coturn) or aiortc is not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import RawClient, start_node
+
+aiortc = pytest.importorskip("aiortc")
+TURNSERVER = shutil.which("turnserver")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(TURNSERVER is None, reason="coturn (turnserver) is not installed"),
+]
+
+SECRET = "coturn-shared-secret-for-tests"
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def coturn(tmp_path: Path) -> Iterator[int]:
+    port = _free_udp_port()
+    log = tmp_path / "turn.log"
+    assert TURNSERVER is not None
+    proc = subprocess.Popen(
+        [TURNSERVER, "-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1",
+         f"--listening-port={port}", "--use-auth-secret", f"--static-auth-secret={SECRET}",
+         "--realm=roomwire.test", "--no-tls", "--no-dtls", "--no-cli", "--no-tcp-relay",
+         "--allow-loopback-peers", "--min-port=49300", "--max-port=49400",
+         f"--log-file={log}", "--simple-log", "--verbose"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError("turnserver exited: " + log.read_text()[-2000:])
+            if log.exists() and "listener" in log.read_text().lower():
+                break
+            time.sleep(0.05)
+        time.sleep(0.2)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _config(welcome: dict[str, Any]) -> Any:
+    from aiortc import RTCConfiguration, RTCIceServer
+    from aiortc.rtcconfiguration import RTCIceTransportPolicy
+
+    servers = [RTCIceServer(urls=s["urls"], username=s.get("username"),
+                            credential=s.get("credential"))
+               for s in welcome["metadata"]["iceServers"]]
+    return RTCConfiguration(iceServers=servers, iceTransportPolicy=RTCIceTransportPolicy.RELAY)
+
+
+async def test_two_aiortc_peers_connect_through_coturn(tmp_path: Path, coturn: int) -> None:
+    from aiortc import RTCPeerConnection
+
+    srv = await start_node(tmp_path, turn_urls=[f"turn:127.0.0.1:{coturn}?transport=udp"],
+                           turn_secret=SECRET)
+    pcs: list[Any] = []
+    try:
+        alice = await RawClient.connect(srv.token_url("alice"))
+        bob = await RawClient.connect(srv.token_url("bob"))
+        for c in (alice, bob):
+            turn = c.welcome["metadata"]["iceServers"][0]
+            assert turn["username"].endswith(":" + c.peer_id)
+
+        pc_a = RTCPeerConnection(_config(alice.welcome))
+        pc_b = RTCPeerConnection(_config(bob.welcome))
+        pcs += [pc_a, pc_b]
+        got: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        channel = pc_a.createDataChannel("chat")
+
+        @pc_b.on("datachannel")
+        def on_datachannel(ch: Any) -> None:
+            @ch.on("message")
+            def on_message(msg: str) -> None:
+                if not got.done():
+                    got.set_result(msg)
+
+        opened = asyncio.Event()
+        channel.on("open", opened.set)
+
+        # Signal through roomwire itself: the offer and answer travel as `send` frames.
+        await pc_a.setLocalDescription(await pc_a.createOffer())
+        assert "typ relay" in pc_a.localDescription.sdp
+        assert "typ host" not in pc_a.localDescription.sdp
+        await alice.request({"type": "send", "to": "bob", "data": {
+            "sdp": pc_a.localDescription.sdp, "type": pc_a.localDescription.type}})
+        offer = (await bob.recv_type("message"))["data"]
+        from aiortc import RTCSessionDescription
+
+        await pc_b.setRemoteDescription(RTCSessionDescription(**offer))
+        await pc_b.setLocalDescription(await pc_b.createAnswer())
+        await bob.request({"type": "send", "to": "alice", "data": {
+            "sdp": pc_b.localDescription.sdp, "type": pc_b.localDescription.type}})
+        answer = (await alice.recv_type("message"))["data"]
+        await pc_a.setRemoteDescription(RTCSessionDescription(**answer))
+
+        await asyncio.wait_for(opened.wait(), 20)
+        channel.send("hello through the relay")
+        assert await asyncio.wait_for(got, 10) == "hello through the relay"
+        # The nominated pair uses relay candidates.
+        ice = pc_a.sctp.transport.transport
+        pair = ice._connection._nominated
+        assert pair, "no nominated candidate pair"
+        for p in pair.values():
+            assert p.local_candidate.type == "relay"
+    finally:
+        for pc in pcs:
+            await pc.close()
+        await srv.node.stop()
+
+
+async def test_coturn_refuses_a_forged_credential(tmp_path: Path, coturn: int) -> None:
+    """The same setup with a credential minted from the wrong secret never connects."""
+    from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+    from aiortc.rtcconfiguration import RTCIceTransportPolicy
+
+    from roomwire.server.ice import mint_turn
+
+    entry = mint_turn([f"turn:127.0.0.1:{coturn}?transport=udp"], "wrong-secret", "mallory")
+    pc = RTCPeerConnection(RTCConfiguration(
+        iceServers=[RTCIceServer(**entry)], iceTransportPolicy=RTCIceTransportPolicy.RELAY))
+    try:
+        pc.createDataChannel("x")
+        await pc.setLocalDescription(await pc.createOffer())
+        assert "typ relay" not in pc.localDescription.sdp
+    finally:
+        await pc.close()

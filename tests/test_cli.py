@@ -1,0 +1,136 @@
+"""The `roomwire` command as an operator and a script use it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import websockets
+from conftest import RawClient
+
+PY = sys.executable
+
+
+def cli(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PY, "-m", "roomwire", *args, "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=30, check=check,
+    )
+
+
+def cli_json(data_dir: Path, *args: str) -> Any:
+    return json.loads(cli(data_dir, *args, "--json").stdout)
+
+
+def test_apps_keys_and_tokens(tmp_path: Path) -> None:
+    app = cli_json(tmp_path, "apps", "create", "acme", "--max-connections", "5")
+    assert app["name"] == "acme" and app["maxConnections"] == 5 and not app["suspended"]
+    assert [a["id"] for a in cli_json(tmp_path, "apps", "list")] == [app["id"]]
+
+    pk = cli_json(tmp_path, "keys", "create", "--app", app["id"], "--kind", "publishable",
+                  "--patterns", "rooms/*,lobby", "--origins", "https://acme.example")
+    assert pk["id"].startswith("pk_live_") and "secret" not in pk
+    assert pk["actions"] == ["presence", "publish", "subscribe"]  # send is off by default
+    assert pk["channelPatterns"] == ["rooms/*", "lobby"]
+    sk = cli_json(tmp_path, "keys", "create", "--app", app["id"], "--kind", "secret")
+    assert sk["id"].startswith("sk_id_") and sk["secret"].startswith("sk_secret_")
+
+    listed = cli_json(tmp_path, "keys", "list", "--app", app["id"])
+    assert {k["id"] for k in listed} == {pk["id"], sk["id"]}
+    assert all("secret" not in k for k in listed)  # secrets only on request
+
+    tok = cli_json(tmp_path, "token", "--app", app["id"], "--sub", "alice", "--ttl", "120",
+                   "--channels", "rooms/**", "--permissions", "subscribe,publish",
+                   "--peer-metadata", '{"name": "Alice"}')
+    claims = jwt.decode(tok["token"], sk["secret"], algorithms=["HS256"])
+    assert jwt.get_unverified_header(tok["token"])["kid"] == sk["id"]
+    assert claims["sub"] == "alice" and claims["exp"] == tok["expiresAt"]
+    assert claims["channels"] == ["rooms/**"] and claims["peerMetadata"] == {"name": "Alice"}
+
+    revoked = cli_json(tmp_path, "keys", "revoke", pk["id"])
+    assert revoked["revoked"] is True
+    assert cli_json(tmp_path, "apps", "suspend", app["id"])["suspended"] is True
+    assert cli_json(tmp_path, "apps", "resume", app["id"])["suspended"] is False
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("keys", "create", "--app", "app_nope", "--kind", "secret"), "no app with id"),
+        (("token", "--sub", "bob", "--key", "sk_id_nope"), "no key with id"),
+        (("token", "--sub", "bob", "--peer-metadata", "[1]"), "must be a JSON object"),
+        (("token", "--sub", "b\u00f6b"), "printable ASCII"),
+    ],
+)
+def test_bad_input_is_a_clear_error(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    result = cli(tmp_path, *args, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_key_patterns_and_actions(tmp_path: Path) -> None:
+    app = cli_json(tmp_path, "apps", "create", "x")
+    bad = cli(tmp_path, "keys", "create", "--app", app["id"], "--kind", "secret",
+              "--actions", "publish,fly", check=False)
+    assert bad.returncode == 2 and "unknown action" in bad.stderr
+    bad = cli(tmp_path, "keys", "create", "--app", app["id"], "--kind", "secret",
+              "--patterns", "a\\b", check=False)
+    assert bad.returncode == 2 and "must be followed by" in bad.stderr
+
+
+async def _start_serve(data_dir: Path) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+    proc = await asyncio.create_subprocess_exec(
+        PY, "-m", "roomwire", "serve", "--port", "0", "--data-dir", str(data_dir), "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "ROOMWIRE_CONNECT_RATE_LIMIT": "0"},
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 20)
+    return proc, json.loads(line)
+
+
+async def test_serve_creates_defaults_once_and_stops_gracefully(tmp_path: Path) -> None:
+    proc, info = await _start_serve(tmp_path)
+    try:
+        assert info["createdDefaultApp"] is True
+        assert info["publishableKey"].startswith("pk_live_")
+        assert info["url"] == f"ws://127.0.0.1:{info['port']}"
+        client = await RawClient.connect(f"{info['url']}/v1?key={info['publishableKey']}")
+        await client.subscribe("room")
+        # A key created by the CLI while the server runs works within a second or so.
+        sk = cli_json(tmp_path, "keys", "create", "--app", info["appId"], "--kind", "secret")
+        tok = cli_json(tmp_path, "token", "--key", sk["id"], "--sub", "carol")["token"]
+        for _ in range(40):
+            try:
+                carol = await RawClient.connect(f"{info['url']}/v1?token={tok}")
+                break
+            except (AssertionError, websockets.ConnectionClosed):
+                await asyncio.sleep(0.1)
+        assert carol.peer_id == "carol"
+        proc.send_signal(signal.SIGTERM)
+        going = await client.recv()
+        assert going == {"type": "going_away", "retryAfterMs": 1000}
+        code, _ = await client.closed()
+        assert code == 1001
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+    proc2, info2 = await _start_serve(tmp_path)
+    try:
+        assert info2["createdDefaultApp"] is False
+        assert info2["publishableKey"] == info["publishableKey"]
+        assert info2["secretKeyId"] == info["secretKeyId"]
+    finally:
+        proc2.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc2.wait(), 10)

@@ -1,0 +1,446 @@
+"""PeerNegotiator end to end: negotiators in one process, wired through in-memory signalling,
+ICE on 127.0.0.1. Media is decoded (frames counted through iter_frames), not just announced."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import av
+import pytest
+from aiortc import RTCDataChannel
+
+from roomwire.client.media import AudioSource, VideoSource, iter_frames
+from roomwire.client.negotiation import (
+    ConnectionResetEvent,
+    DataChannelEvent,
+    IceRecoveryExhaustedError,
+    NegotiationErrorEvent,
+    NegotiationTimings,
+    PeerNegotiator,
+    PeerState,
+    RemoteTrackEndedEvent,
+    RemoteTrackEvent,
+    StateChangeEvent,
+    StreamAddedEvent,
+    StreamRemovedEvent,
+)
+
+from .harness import Mesh, Peer, count_frames
+
+W, H = 160, 120
+
+
+def media(peer: Peer, stream: str, role: str, *, audio: bool = True) -> list[Any]:
+    """Attach a small test-pattern camera (and a tone) under ``stream``."""
+    cam = VideoSource(W, H, fps=20)
+    peer.neg.add_track(cam, stream, {"role": role, "owner": peer.id})
+    out: list[Any] = [cam]
+    if audio:
+        mic = AudioSource(48_000, "stereo")
+        mic.push_nowait(bytes(48_000 * 4 // 2))  # half a second of (silent) audio
+        peer.neg.add_track(mic, stream, {"role": "mic", "owner": peer.id})
+        out.append(mic)
+    return out
+
+
+async def connected(*peers: Peer, timeout: float = 5.0) -> None:
+    await asyncio.gather(*(p.wait_state(PeerState.CONNECTED, timeout) for p in peers))
+
+
+async def channel_message(channel: RTCDataChannel, timeout: float = 3.0) -> Any:
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def on_message(msg: Any) -> None:
+        if not fut.done():
+            fut.set_result(msg)
+
+    channel.on("message", on_message)
+    try:
+        return await asyncio.wait_for(fut, timeout)
+    finally:
+        channel.remove_listener("message", on_message)
+
+
+def stop_all(*tracks: Any) -> None:
+    for t in tracks:
+        t.stop()
+
+
+async def test_audio_video_and_data_both_ways(mesh_factory: Any) -> None:
+    mesh: Mesh = mesh_factory(["a", "b"])
+    a, b = mesh["a", "b"], mesh["b", "a"]
+    assert a.neg.polite and not b.neg.polite
+    src_a = media(a, "stream-a", "camera")
+    src_b = media(b, "stream-b", "camera")
+    chat = a.neg.create_data_channel("chat")
+    ctl = b.neg.create_data_channel("ctl", ordered=False)
+    await connected(a, b)
+
+    # Tracks arrive with their metadata already resolved, ids as the sender's.
+    for peer, sources, stream in ((a, src_b, "stream-b"), (b, src_a, "stream-a")):
+        events = await peer.log.wait_for(RemoteTrackEvent, count=2)
+        by_kind = {e.kind: e for e in events}
+        assert by_kind["video"].track_id == sources[0].id == by_kind["video"].track.id
+        assert by_kind["audio"].track_id == sources[1].id
+        assert {e.stream_id for e in events} == {stream}
+        assert by_kind["video"].metadata == {"role": "camera", "owner": peer.neg.remote_id}
+        assert by_kind["audio"].metadata == {"role": "mic", "owner": peer.neg.remote_id}
+        added = await peer.log.wait_for(StreamAddedEvent)
+        assert added[0].stream_id == stream and added[0].metadata is not None
+
+    # Metadata went out before any description, on both sides.
+    for src, dst in (("a", "b"), ("b", "a")):
+        kinds = mesh.wires[src, dst].kinds(src, dst)
+        first_sdp = min(kinds.index(k) for k in ("offer", "answer") if k in kinds)
+        assert kinds[:2] == ["meta", "meta"] and first_sdp == 2, kinds
+
+    # Decoded frames flow in all four directions.
+    tracks = [e.track for p in (a, b) for e in p.tracks()]
+    counts = await asyncio.gather(*(
+        count_frames(t, 10 if t.kind == "video" else 20) for t in tracks))
+    assert counts == [10 if t.kind == "video" else 20 for t in tracks], counts
+
+    # Data channels both ways, each side's channel seen by the other.
+    b_chat = (await b.log.wait_for(DataChannelEvent, lambda e: not e.local))[0].channel
+    a_ctl = (await a.log.wait_for(DataChannelEvent, lambda e: not e.local))[0].channel
+    assert (b_chat.label, a_ctl.label) == ("chat", "ctl")
+    await a.log.wait_for(DataChannelEvent, lambda e: e.local and e.channel is chat)
+    reply = asyncio.ensure_future(channel_message(chat))
+    b_chat.on("message", lambda m: b_chat.send(f"echo:{m}"))
+    chat.send("hello")
+    assert await reply == "echo:hello"
+    got = asyncio.ensure_future(channel_message(a_ctl))
+    await b.log.wait_for(DataChannelEvent, lambda e: e.local and e.channel is ctl)
+    ctl.send(b"\x01\x02")
+    assert await got == b"\x01\x02"
+
+    # The flicker filter: idle -> connecting -> connected, nothing else.
+    for peer in (a, b):
+        assert [(e.previous, e.current) for e in peer.log.of(StateChangeEvent)] == [
+            (PeerState.IDLE, PeerState.CONNECTING), (PeerState.CONNECTING, PeerState.CONNECTED)]
+        assert not peer.log.of(NegotiationErrorEvent)
+    stop_all(*src_a, *src_b)
+
+
+async def test_second_stream_alongside_the_first(mesh_factory: Any) -> None:
+    mesh: Mesh = mesh_factory(["a", "b"])
+    a, b = mesh["a", "b"], mesh["b", "a"]
+    cam = media(a, "cam", "camera", audio=False)
+    await connected(a, b)
+    await b.log.wait_for(StreamAddedEvent)
+    screen = VideoSource(W, H, fps=20)
+    a.neg.add_track(screen, "screen", {"role": "screen", "label": "shared window"})
+    added = await b.log.wait_for(StreamAddedEvent, lambda e: e.stream_id == "screen")
+    assert added[0].metadata == {"role": "screen", "label": "shared window"}
+    videos = {e.stream_id: e for e in b.tracks("video")}
+    assert set(videos) == {"cam", "screen"}
+    assert videos["screen"].track_id == screen.id and videos["screen"].generation == 0
+    counts = await asyncio.gather(*(count_frames(e.track, 10) for e in videos.values()))
+    assert counts == [10, 10]
+    assert not a.log.of(ConnectionResetEvent) and not b.log.of(ConnectionResetEvent)
+    stop_all(*cam, screen)
+
+
+async def test_replace_track_without_renegotiation(mesh_factory: Any) -> None:
+    mesh: Mesh = mesh_factory(["a", "b"])
+    a, b = mesh["a", "b"], mesh["b", "a"]
+    (cam,) = media(a, "cam", "camera", audio=False)
+    await connected(a, b)
+    (event,) = await b.log.wait_for(RemoteTrackEvent)
+    assert await count_frames(event.track, 5) == 5
+    wire = mesh.wires["a", "b"]
+    descriptions_before = wire.kinds("a", "b").count("offer") + wire.kinds("a", "b").count(
+        "answer")
+
+    smaller = VideoSource(96, 64, fps=20)
+    await a.neg.replace_track(cam, smaller)
+    assert a.neg.local_tracks == [smaller]
+    seen_new = False
+    async with asyncio.timeout(5):
+        async for frame in iter_frames(event.track):
+            assert isinstance(frame, av.VideoFrame)
+            if (frame.width, frame.height) == (96, 64):
+                seen_new = True
+                break
+    assert seen_new
+    kinds = wire.kinds("a", "b")
+    assert kinds.count("offer") + kinds.count("answer") == descriptions_before
+    # Metadata re-keyed: clear the old id, then set the new one.
+    metas = [d["__meteredTrackMeta"] for s, _, d in wire.log
+             if s == "a" and "__meteredTrackMeta" in d]
+    assert metas[-2] == {"trackId": cam.id}
+    assert metas[-1]["trackId"] == smaller.id and metas[-1]["metadata"]["role"] == "camera"
+    with pytest.raises(ValueError):
+        await a.neg.replace_track(smaller, AudioSource())
+    with pytest.raises(KeyError):
+        await a.neg.replace_track(cam, smaller)
+    # Replacing with None silences the sender and forgets the track.
+    await a.neg.replace_track(smaller, None)
+    assert a.neg.local_tracks == []
+    stop_all(cam, smaller)
+
+
+async def test_remove_is_seen_by_the_other_side(mesh_factory: Any) -> None:
+    mesh: Mesh = mesh_factory(["a", "b"])
+    a, b = mesh["a", "b"], mesh["b", "a"]
+    cam, mic = media(a, "s1", "camera")
+    await connected(a, b)
+    events = await b.log.wait_for(RemoteTrackEvent, count=2)
+    video = next(e.track for e in events if e.kind == "video")
+    assert await count_frames(video, 3) == 3
+
+    assert a.neg.remove_track(cam)
+    assert not a.neg.remove_track(cam)
+    ended = await b.log.wait_for(RemoteTrackEndedEvent)
+    assert ended[0].track is video and ended[0].kind == "video"
+    # The consumer's iteration ends (after any frames still queued).
+    async with asyncio.timeout(3):
+        async for _ in iter_frames(video):
+            pass
+    assert video.readyState == "ended"
+    assert not b.log.of(StreamRemovedEvent)  # the mic is still in s1
+    assert cam.id not in b.neg.metadata_cache  # the sender cleared it
+
+    a.neg.remove_track(mic)
+    removed = await b.log.wait_for(StreamRemovedEvent)
+    assert removed[0].stream_id == "s1"
+    assert b.neg.remote_tracks == []
+    assert a.neg.state is PeerState.CONNECTED and b.neg.state is PeerState.CONNECTED
+    stop_all(cam, mic)
+
+
+async def test_glare_both_offer_at_once_converges(mesh_factory: Any) -> None:
+    timings = NegotiationTimings(
+        debounce=0.0, polite_offer_delay=0.0, rebuild_interval=0.2, answer_timeout=4.0,
+        recovery_ladder=(0.0, 0.2), recovery_probe=4.0, close_timeout=1.0)
+    mesh: Mesh = mesh_factory(["a", "b"], timings)
+    a, b = mesh["a", "b"], mesh["b", "a"]
+    src_a = media(a, "sa", "camera", audio=False)
+    src_b = media(b, "sb", "camera", audio=False)
+    chat = a.neg.create_data_channel("chat")  # on the polite side's doomed connection
+    await connected(a, b)
+    wire = mesh.wires["a", "b"]
+    assert wire.kinds("a", "b").count("offer") >= 1 and wire.kinds("b", "a").count("offer") >= 1
+    resets = a.log.of(ConnectionResetEvent)
+    assert [r.reason for r in resets] == ["glare"] and not resets[0].was_connected
+    assert not b.log.of(ConnectionResetEvent)
+    for peer in (a, b):
+        (event,) = await peer.log.wait_for(
+            RemoteTrackEvent, lambda e, p=peer: e.generation == p.neg.generation)
+        assert await count_frames(event.track, 5) == 5
+    # The polite side's unopened channel moved to the new connection and opens.
+    remote_chat = await b.log.wait_for(DataChannelEvent, lambda e: e.channel.label == "chat")
+    assert remote_chat and chat.readyState == "open"
+    stop_all(*src_a, *src_b)
+
+
+@pytest.mark.slow
+async def test_glare_on_a_live_connection_converges(mesh_factory: Any) -> None:
+    mesh: Mesh = mesh_factory(["a", "b"])
+    a, b = mesh["a", "b"], mesh["b", "a"]
+    src = media(a, "sa", "camera", audio=False) + media(b, "sb", "camera", audio=False)
+    await connected(a, b)
+    extra_a, extra_b = VideoSource(W, H, fps=20), VideoSource(W, H, fps=20)
+    # Both renegotiate at the same moment.
+    a.neg.add_track(extra_a, "xa", {"role": "screen"})
+    b.neg.add_track(extra_b, "xb", {"role": "screen"})
+    for peer in (a, b):
+        await peer.log.wait_for(
+            RemoteTrackEvent,
+            lambda e, p=peer: e.generation == p.neg.generation and e.stream_id in ("xa", "xb"),
+            timeout=8)
+    await connected(a, b, timeout=8)
+    for peer in (a, b):
+        live = [e for e in peer.tracks() if e.generation == peer.neg.generation]
+        assert {e.stream_id for e in live} == ({"sb", "xb"} if peer is a else {"sa", "xa"})
+        counts = await asyncio.gather(*(count_frames(e.track, 5) for e in live))
+        assert counts == [5, 5]
+        assert not [e for e in peer.log.of(NegotiationErrorEvent) if e.fatal]
+    stop_all(*src, extra_a, extra_b)
+
+
+def force_failure(peer: Peer) -> None:
+    """Make the current connection report "failed" (as aioice would after consent loss)."""
+    pc = peer.neg.pc
+    pc.__dict__["_RTCPeerConnection__connectionState"] = "failed"
+    pc.emit("connectionstatechange")
+
+
+@pytest.mark.parametrize("side", ["impolite", "polite"])
+async def test_ice_failure_rebuild_recovers_media(mesh_factory: Any, side: str) -> None:
+    mesh: Mesh = mesh_factory(["a", "b"])
+    a, b = mesh["a", "b"], mesh["b", "a"]
+    src = media(a, "sa", "camera", audio=False) + media(b, "sb", "camera", audio=False)
+    await connected(a, b)
+    failing, other = (b, a) if side == "impolite" else (a, b)
+    old_pc = failing.neg.pc
+    force_failure(failing)
+    await failing.log.wait_for(ConnectionResetEvent)
+    assert failing.neg.pc is not old_pc
+    await failing.log.wait_for(
+        StateChangeEvent, lambda e: e.current is PeerState.CONNECTED, count=2, timeout=6)
+    await other.wait_state(PeerState.CONNECTED)
+    states = [e.current for e in failing.log.of(StateChangeEvent)]
+    assert states == [PeerState.CONNECTING, PeerState.CONNECTED, PeerState.RECONNECTING,
+                      PeerState.CONNECTED], states  # no "connecting" flicker in between
+    reasons = [r.reason for r in other.log.of(ConnectionResetEvent)]
+    assert reasons and set(reasons) <= {"remote-restart", "ice-closed", "ice-failed"}
+    for peer in (a, b):
+        fresh = await peer.log.wait_for(
+            RemoteTrackEvent, lambda e, p=peer: e.generation == p.neg.generation and e.generation)
+        assert fresh[-1].metadata is not None and fresh[-1].metadata["role"] == "camera"
+        assert await count_frames(fresh[-1].track, 5) == 5
+    stop_all(*src)
+
+
+async def test_reset_swaps_the_connection_and_the_remote_follows(mesh_factory: Any) -> None:
+    mesh: Mesh = mesh_factory(["a", "b"])
+    a, b = mesh["a", "b"], mesh["b", "a"]
+    src = media(a, "sa", "camera", audio=False) + media(b, "sb", "camera", audio=False)
+    await connected(a, b)
+    first = (await a.log.wait_for(RemoteTrackEvent))[0]
+    b.neg.hold_reconnecting()
+    assert b.neg.state is PeerState.RECONNECTING
+    sent_before = len(mesh.wires["a", "b"].kinds("b", "a"))
+    await b.neg.reset()
+    # a follows: either b's fresh offer (new ICE ufrag) or b's old connection closing (DTLS
+    # close_notify) makes it rebuild too.
+    try:
+        await a.log.wait_for(ConnectionResetEvent, lambda e: e.reason in ("remote-restart",
+                                                                           "ice-closed"))
+    except TimeoutError:
+        print("A EVENTS", a.log.events)
+        print("B EVENTS", b.log.events)
+        print("WIRE", [(s, d.get("type") or "meta", (d.get("description") or {}).get("type")) for s,_,d in mesh.wires["a","b"].log])
+        print("STATE", a.neg.pc.connectionState, a.neg.pc.signalingState, b.neg.pc.connectionState, b.neg.pc.signalingState, a.neg._inbox, a.neg._inbox_task, b.neg._outbox, b.neg._outbox_task, b.neg._negotiation_task)
+        raise
+    await connected(a, b)
+    fresh = await a.log.wait_for(RemoteTrackEvent, lambda e: e.generation == a.neg.generation)
+    # The metadata was re-sent before the fresh offer.
+    assert mesh.wires["a", "b"].kinds("b", "a")[sent_before:][:2] == ["meta", "offer"]
+    assert fresh[0].track is not first.track and fresh[0].track_id == first.track_id
+    assert await count_frames(fresh[0].track, 5) == 5
+    # The old track ended with the old connection; no stream-removed for a swap.
+    async with asyncio.timeout(2):
+        async for _ in iter_frames(first.track):
+            pass  # ends with the old connection
+    assert not a.log.of(StreamRemovedEvent)
+    assert len(a.log.of(StreamAddedEvent)) == 2
+    stop_all(*src)
+
+
+async def test_trickled_candidates_and_stale_answers(mesh_factory: Any) -> None:
+    mesh: Mesh = mesh_factory(["a", "b"])
+    a, b = mesh["a", "b"], mesh["b", "a"]
+    wire = mesh.wires["a", "b"]
+    stale: list[dict[str, Any]] = []
+
+    def trickle(src: str, dst: str, data: dict[str, Any]) -> list[dict[str, Any]] | None:
+        # Deliver a's descriptions like a browser would: no candidates in the SDP, each one
+        # trickled (with the "candidate:" prefix), plus junk that must be ignored.
+        if src != "a" or data.get("type") != "rtc-description":
+            return None
+        sdp = data["description"]["sdp"]
+        lines = sdp.split("\r\n")
+        cands = [ln[2:] for ln in lines if ln.startswith("a=candidate:")]
+        ufrag = next(ln.split(":", 1)[1] for ln in lines if ln.startswith("a=ice-ufrag:"))
+        stripped = "\r\n".join(ln for ln in lines if not ln.startswith(
+            ("a=candidate:", "a=end-of-candidates")))
+        if data["description"]["type"] == "answer":
+            stale.append(data)
+        out = [{"type": "rtc-description",
+                "description": {"type": data["description"]["type"], "sdp": stripped}}]
+        out.append({"type": "rtc-ice", "candidate": {"candidate": "garbage", "sdpMid": "0"}})
+        out.append({"type": "rtc-ice", "candidate": {
+            "candidate": cands[0], "sdpMid": "0", "sdpMLineIndex": 0,
+            "usernameFragment": "someone-else"}})
+        for c in cands:
+            out.append({"type": "rtc-ice", "candidate": {
+                "candidate": c, "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": ufrag}})
+        out.append({"type": "rtc-ice", "candidate": {"candidate": "", "sdpMid": "0",
+                                                     "sdpMLineIndex": 0}})
+        return out
+
+    wire.filters.append(trickle)
+    src = media(a, "sa", "camera", audio=False) + media(b, "sb", "camera", audio=False)
+    await connected(a, b)
+    assert stale  # a answered b's offer
+    b.neg.on_remote_signal(stale[0])  # a stale answer: dropped quietly
+    (event,) = await b.log.wait_for(RemoteTrackEvent)
+    assert await count_frames(event.track, 5) == 5
+    await asyncio.sleep(0.05)
+    assert not b.log.of(NegotiationErrorEvent) and not b.log.of(ConnectionResetEvent)
+    stop_all(*src)
+
+
+async def test_data_channel_only(mesh_factory: Any) -> None:
+    mesh: Mesh = mesh_factory(["a", "b"])
+    a, b = mesh["a", "b"], mesh["b", "a"]
+    assert a.neg.state is PeerState.IDLE
+    await asyncio.sleep(0.05)
+    assert mesh.wires["a", "b"].log == []  # nothing to negotiate: nobody offers
+    chan = a.neg.create_data_channel("only")  # polite side: offers after its short wait
+    await connected(a, b)
+    remote = (await b.log.wait_for(DataChannelEvent))[0].channel
+    got = asyncio.ensure_future(channel_message(remote))
+    await a.log.wait_for(DataChannelEvent, lambda e: e.local)
+    chan.send("x")
+    assert await got == "x"
+    assert a.neg.pc.getTransceivers() == []
+
+
+async def test_recovery_ladder_ends_with_one_fatal_error() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def nowhere(data: dict[str, Any]) -> None:
+        sent.append(data)
+
+    timings = NegotiationTimings(debounce=0.0, polite_offer_delay=0.0, answer_timeout=0.2,
+                                 recovery_ladder=(0.0, 0.05, 0.05), recovery_probe=0.2,
+                                 close_timeout=0.5)
+    neg = PeerNegotiator("z", "y", nowhere, timings=timings)
+    events: list[Any] = []
+    neg.add_listener(events.append)
+    neg.create_data_channel("c")
+    async with asyncio.timeout(5):
+        while not [e for e in events if isinstance(e, NegotiationErrorEvent)]:
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    fatal = [e for e in events if isinstance(e, NegotiationErrorEvent)]
+    assert len(fatal) == 1 and fatal[0].fatal
+    assert isinstance(fatal[0].error, IceRecoveryExhaustedError)
+    assert [e.reason for e in events if isinstance(e, ConnectionResetEvent)] == [
+        "answer-timeout"] * 3
+    assert neg.generation == 3 and neg.state is PeerState.CONNECTING
+    # Every offer went out as full SDP followed by the end-of-candidates marker.
+    offers = [i for i, d in enumerate(sent) if d.get("type") == "rtc-description"]
+    assert len(offers) == 4 and all(sent[i + 1] == {"type": "rtc-ice", "candidate": None}
+                                    for i in offers)
+    await neg.close()
+    await neg.close()
+    assert neg.state is PeerState.CLOSED
+    with pytest.raises(RuntimeError):
+        neg.create_data_channel("late")
+
+
+@pytest.mark.slow
+async def test_three_peers_share_one_source_through_relays(mesh_factory: Any) -> None:
+    ids = ["a", "b", "c"]
+    mesh: Mesh = mesh_factory(ids)
+    sources = {i: VideoSource(W, H, fps=20) for i in ids}
+    for x in ids:
+        for y in ids:
+            if x != y:
+                mesh[x, y].neg.add_track(sources[x], f"cam-{x}", {"role": "camera", "of": x})
+    await connected(*mesh.peers.values())
+    events = [(await mesh[x, y].log.wait_for(RemoteTrackEvent))[0]
+              for x in ids for y in ids if x != y]
+    assert all(e.metadata == {"role": "camera", "of": e.stream_id[-1]} for e in events)
+    # One source feeds two peers through one relay: each receiver gets the full rate (a track
+    # read by two senders directly would split its frames between them).
+    await asyncio.sleep(0.3)
+    start = [e.track for e in events]
+    counts = await asyncio.gather(*(count_frames(t, 10**6, timeout=1.5) for t in start))
+    assert all(c >= 20 for c in counts), counts
+    stop_all(*sources.values())
