@@ -134,3 +134,22 @@ async def test_serve_creates_defaults_once_and_stops_gracefully(tmp_path: Path) 
     finally:
         proc2.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc2.wait(), 10)
+
+
+def test_update_limits_and_key_scope(tmp_path: Path) -> None:
+    app = cli_json(tmp_path, "apps", "create", "acme", "--max-messages", "100")
+    assert app["maxMessagesPerPeriod"] == 100
+    app = cli_json(tmp_path, "apps", "update", app["id"], "--max-messages", "none",
+                   "--max-connections", "7", "--rate-limit", "50")
+    assert app["maxMessagesPerPeriod"] is None
+    assert app["maxConnections"] == 7 and app["rateLimit"] == 50
+    bad = cli(tmp_path, "apps", "update", app["id"], "--rate-burst", "lots", check=False)
+    assert bad.returncode == 2 and "takes a number or 'none'" in bad.stderr
+
+    key = cli_json(tmp_path, "keys", "create", "--app", app["id"], "--kind", "publishable")
+    key = cli_json(tmp_path, "keys", "update", key["id"], "--patterns", "rooms/*",
+                   "--actions", "subscribe,presence")
+    assert key["channelPatterns"] == ["rooms/*"]
+    assert key["actions"] == ["presence", "subscribe"]
+    bad = cli(tmp_path, "keys", "update", key["id"], "--actions", "teleport", check=False)
+    assert bad.returncode == 2 and "unknown action" in bad.stderr

@@ -29,7 +29,15 @@ def _data_dir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=_env("DATA_DIR", DEFAULT_DATA_DIR),
                    help="folder holding the SQLite store (env ROOMWIRE_DATA_DIR; "
                         f"default {DEFAULT_DATA_DIR})")
+    p.add_argument("--database-url", default=_env("DATABASE_URL"),
+                   help="use the PostgreSQL store of a cluster instead (env "
+                        "ROOMWIRE_DATABASE_URL)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def _limit(value: str) -> str:
+    """A limit on the command line: a number, or 'none' to clear it."""
+    return value
 
 
 def _csv(value: str) -> list[str]:
@@ -53,7 +61,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"store folder (env ROOMWIRE_DATA_DIR; default {DEFAULT_DATA_DIR})")
     serve.add_argument("--public-url", default=None,
                        help="URL to advertise to clients (env ROOMWIRE_PUBLIC_URL)")
+    serve.add_argument("--config", default=None,
+                       help="TOML settings file (env ROOMWIRE_CONFIG); env vars and flags "
+                            "override it")
     serve.add_argument("--log-level", default=None, help="debug, info, warning, error")
+    serve.add_argument("--log-json", action="store_true", default=None,
+                       help="log one JSON object per line")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="run N processes sharing the port (SO_REUSEPORT); needs "
+                            "--redis-url (default 1)")
+    serve.add_argument("--redis-url", default=None,
+                       help="Redis shared by the nodes of a cluster, redis://host:6379/0 "
+                            "(env ROOMWIRE_REDIS_URL)")
+    serve.add_argument("--database-url", default=None,
+                       help="PostgreSQL store for apps, keys and usage, postgresql://... "
+                            "(env ROOMWIRE_DATABASE_URL; default: SQLite in the data dir)")
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--json", action="store_true",
                        help="print the startup information as one JSON line")
 
@@ -69,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--rate-burst", type=int, default=None)
     _data_dir_arg(a)
     a = apps_sub.add_parser("list", help="list apps")
+    _data_dir_arg(a)
+    a = apps_sub.add_parser("update", help="change an app's limits ('none' clears one)")
+    a.add_argument("app_id")
+    a.add_argument("--max-connections", type=_limit, default=None)
+    a.add_argument("--max-messages", type=_limit, default=None)
+    a.add_argument("--rate-limit", type=_limit, default=None)
+    a.add_argument("--rate-burst", type=_limit, default=None)
     _data_dir_arg(a)
     for verb in ("suspend", "resume"):
         a = apps_sub.add_parser(verb, help=f"{verb} an app")
@@ -92,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     k = keys_sub.add_parser("list", help="list keys")
     k.add_argument("--app", default=None, help="only this app's keys")
     k.add_argument("--show-secrets", action="store_true", help="include secret key secrets")
+    _data_dir_arg(k)
+    k = keys_sub.add_parser("update", help="change a key's scope (sockets on channels it no "
+                            "longer covers close with 4003)")
+    k.add_argument("key_id")
+    k.add_argument("--patterns", type=_csv, default=None)
+    k.add_argument("--actions", type=_csv, default=None)
+    k.add_argument("--origins", type=_csv, default=None)
     _data_dir_arg(k)
     k = keys_sub.add_parser("revoke", help="revoke a key (its sockets close with 4001)")
     k.add_argument("key_id")
@@ -118,51 +155,88 @@ def _print(obj: Any, as_json: bool, text: str) -> None:
         print(text)
 
 
-def _store(data_dir: str) -> Any:
-    from .server.store import Store
+def _store(args: argparse.Namespace) -> Any:
+    from .server.config import ServerConfig
+    from .server.store_postgres import open_store
 
-    return Store(Path(data_dir) / "roomwire.sqlite3")
+    config = ServerConfig.from_env(data_dir=args.data_dir, database_url=args.database_url)
+    return open_store(config)
+
+
+_LIMIT_FLAGS = (("max_connections", "maxConnections"), ("max_messages", "maxMessagesPerPeriod"),
+                ("rate_limit", "rateLimit"), ("rate_burst", "rateBurst"))
+
+
+def _limits_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The limit flags given, in the admin API's names; 'none' clears a limit."""
+    out: dict[str, Any] = {}
+    for attr, name in _LIMIT_FLAGS:
+        raw = getattr(args, attr)
+        if raw is None:
+            continue
+        if isinstance(raw, str):
+            if raw.lower() == "none":
+                out[name] = None
+                continue
+            try:
+                raw = float(raw) if attr == "rate_limit" else int(raw)
+            except ValueError:
+                raise ValueError(f"--{attr.replace('_', '-')} takes a number or 'none'") from None
+        out[name] = raw
+    return out
+
+
+def _app_line(a: dict[str, Any]) -> str:
+    return f"{a['id']}  {a['name']}{'  [suspended]' if a['suspended'] else ''}"
 
 
 def _apps(args: argparse.Namespace) -> int:
-    store = _store(args.data_dir)
+    from .server.admin_ops import AdminOps
+
+    ops = AdminOps(_store(args))
     if args.action == "create":
-        app = store.create_app(args.name, max_connections=args.max_connections,
-                               max_messages_per_period=args.max_messages,
-                               rate_limit=args.rate_limit, rate_burst=args.rate_burst)
-        _print(app.public(), args.json, f"created app {app.id} ({app.name})")
+        app = ops.create_app(args.name, _limits_from(args))
+        _print(app, args.json, f"created app {app['id']} ({app['name']})")
     elif args.action == "list":
-        rows = store.list_apps()
-        _print([a.public() for a in rows], args.json,
-               "\n".join(f"{a.id}  {a.name}{'  [suspended]' if a.suspended else ''}"
-                         for a in rows) or "no apps")
+        rows = ops.list_apps()
+        _print(rows, args.json, "\n".join(_app_line(a) for a in rows) or "no apps")
+    elif args.action == "update":
+        app = ops.update_limits(args.app_id, _limits_from(args))
+        _print(app, args.json, f"updated app {app['id']}: " + ", ".join(
+            f"{k}={app[k]}" for _, k in _LIMIT_FLAGS))
     else:
-        app = store.set_suspended(args.app_id, args.action == "suspend")
-        _print(app.public(), args.json,
-               f"app {app.id} is {'suspended' if app.suspended else 'active'}")
+        app = ops.set_suspended(args.app_id, args.action == "suspend")
+        _print(app, args.json,
+               f"app {app['id']} is {'suspended' if app['suspended'] else 'active'}")
     return 0
 
 
 def _keys(args: argparse.Namespace) -> int:
-    store = _store(args.data_dir)
+    from .server.admin_ops import AdminOps
+
+    ops = AdminOps(_store(args))
     if args.action == "create":
-        key = store.create_key(args.app, args.kind, channel_patterns=args.patterns,
-                               actions=args.actions, allowed_origins=args.origins,
-                               name=args.name)
-        text = f"created {key.kind} key {key.id}"
-        if key.secret:
-            text += f"\nsecret: {key.secret}\n(shown here; also kept in the data dir)"
-        _print(key.public(include_secret=True), args.json, text)
+        key = ops.create_key(args.app, args.kind, channel_patterns=args.patterns,
+                             actions=args.actions, allowed_origins=args.origins,
+                             name=args.name)
+        text = f"created {key['kind']} key {key['id']}"
+        if key.get("secret"):
+            text += f"\nsecret: {key['secret']}\n(shown here; also kept in the store)"
+        _print(key, args.json, text)
     elif args.action == "list":
-        rows = store.list_keys(args.app)
-        _print([k.public(include_secret=args.show_secrets) for k in rows], args.json,
-               "\n".join(
-                   f"{k.id}  {k.kind:<11}  app={k.app_id}  actions={','.join(sorted(k.actions))}"
-                   f"  patterns={','.join(k.channel_patterns)}"
-                   f"{'  [revoked]' if k.revoked else ''}" for k in rows) or "no keys")
+        rows = ops.list_keys(args.app, show_secrets=args.show_secrets)
+        _print(rows, args.json, "\n".join(
+            f"{k['id']}  {k['kind']:<11}  app={k['appId']}  actions={','.join(k['actions'])}"
+            f"  patterns={','.join(k['channelPatterns'])}"
+            f"{'  [revoked]' if k['revoked'] else ''}" for k in rows) or "no keys")
+    elif args.action == "update":
+        key = ops.update_key_scope(args.key_id, channel_patterns=args.patterns,
+                                   actions=args.actions, allowed_origins=args.origins)
+        _print(key, args.json, f"updated {key['id']}: patterns="
+               f"{','.join(key['channelPatterns'])} actions={','.join(key['actions'])}")
     else:
-        key = store.revoke_key(args.key_id)
-        _print(key.public(), args.json, f"revoked {key.id}")
+        key = ops.revoke_key(args.key_id)
+        _print(key, args.json, f"revoked {key['id']}")
     return 0
 
 
@@ -170,7 +244,7 @@ def _token(args: argparse.Namespace) -> int:
     from .server.auth import mint_token
     from .server.store import SECRET
 
-    store = _store(args.data_dir)
+    store = _store(args)
     if args.key:
         key = store.get_key(args.key)
     else:
@@ -210,10 +284,21 @@ def _serve(args: argparse.Namespace) -> int:
     from .server.config import ServerConfig
     from .server.node import Node
 
-    config = ServerConfig.from_env(host=args.host, port=args.port, data_dir=args.data_dir,
-                                   public_url=args.public_url, log_level=args.log_level)
-    logging.basicConfig(level=config.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .server.logs import configure_logging
+    from .server.settings import load_config
+
+    config = load_config(args.config, flags={
+        "host": args.host, "port": args.port, "data_dir": args.data_dir,
+        "public_url": args.public_url, "log_level": args.log_level, "log_json": args.log_json,
+        "redis_url": args.redis_url, "database_url": args.database_url,
+    })
+    configure_logging(config.log_level, config.log_json,
+                      secrets=[v for v in (config.admin_token, config.turn_secret) if v])
+    if args.workers != 1 and args.worker_index is None:
+        from .server import workers
+
+        workers.check(config, args.workers)
+        return workers.run(config, args.workers, _serve_passthrough(args))
 
     async def run() -> None:
         node = Node(config)
@@ -221,7 +306,8 @@ def _serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(node.shutdown()))
-        _announce(node, args.json)
+        if not args.worker_index:
+            _announce(node, args.json)
         await node.wait_stopped()
 
     try:
@@ -231,6 +317,22 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError:
         asyncio.run(run())
     return 0
+
+
+def _serve_passthrough(args: argparse.Namespace) -> list[str]:
+    """The ``serve`` flags a ``--workers`` parent hands to each worker."""
+    out: list[str] = []
+    for flag, value in (("--config", args.config), ("--host", args.host),
+                        ("--data-dir", args.data_dir),
+                        ("--public-url", args.public_url), ("--log-level", args.log_level),
+                        ("--redis-url", args.redis_url), ("--database-url", args.database_url)):
+        if value is not None:
+            out += [flag, str(value)]
+    if args.json:
+        out.append("--json")
+    if args.log_json:
+        out.append("--log-json")
+    return out
 
 
 def _announce(node: Any, as_json: bool) -> None:

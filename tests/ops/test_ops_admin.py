@@ -3,6 +3,7 @@ codes while other sockets stay up."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -187,3 +188,30 @@ async def test_admin_openapi_document(admin_server: RunningServer, api: Http) ->
     assert "/apps" in doc["paths"]
     status, doc, _ = await api.request("GET", "/v1/openapi.json")
     assert status == 200 and "/tokens" in doc["paths"]
+
+
+async def test_admin_ops_without_a_node_is_the_cli_path(admin_server: RunningServer) -> None:
+    """AdminOps on the database alone (what the CLI does): the running node notices the change
+    through the store poll and closes the right sockets."""
+    from roomwire.server.admin_ops import AdminOps
+    from roomwire.server.store import Store, StoreError
+
+    store = Store(admin_server.node.config.database_path)
+    try:
+        ops = AdminOps(store)
+        key = ops.create_key(admin_server.app_id, "secret", name="cli")
+        assert key["secret"].startswith("sk_secret_")
+        with pytest.raises(StoreError):
+            ops.update_limits(admin_server.app_id, {"maxConnections": "x"})
+        with pytest.raises(StoreError):
+            ops.stats(admin_server.app_id)
+        await asyncio.sleep(0.5)  # store_poll_interval is 0.2 s in the tests
+        sk = admin_server.store.get_key(key["id"])
+        victim = await RawClient.connect(admin_server.token_url("v", key=sk))
+        bystander = await RawClient.connect(admin_server.key_url())
+        ops.revoke_key(key["id"])
+        assert (await victim.closed(timeout=3))[0] == 4001
+        assert (await bystander.request({"type": "subscribe", "channel": "x"}))["type"] == "ack"
+        await bystander.close()
+    finally:
+        store.close()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conftest import RawClient, start_node
 
 aiortc = pytest.importorskip("aiortc")
@@ -110,14 +111,14 @@ async def test_two_aiortc_peers_connect_through_coturn(tmp_path: Path, coturn: i
         assert "typ host" not in pc_a.localDescription.sdp
         await alice.request({"type": "send", "to": "bob", "data": {
             "sdp": pc_a.localDescription.sdp, "type": pc_a.localDescription.type}})
-        offer = (await bob.recv_type("message"))["data"]
+        offer = (await bob.recv_type("direct"))["data"]
         from aiortc import RTCSessionDescription
 
         await pc_b.setRemoteDescription(RTCSessionDescription(**offer))
         await pc_b.setLocalDescription(await pc_b.createAnswer())
         await bob.request({"type": "send", "to": "alice", "data": {
             "sdp": pc_b.localDescription.sdp, "type": pc_b.localDescription.type}})
-        answer = (await alice.recv_type("message"))["data"]
+        answer = (await alice.recv_type("direct"))["data"]
         await pc_a.setRemoteDescription(RTCSessionDescription(**answer))
 
         await asyncio.wait_for(opened.wait(), 20)

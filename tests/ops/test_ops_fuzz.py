@@ -14,10 +14,10 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from conftest import RawClient, RunningServer, start_node
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import RawClient, RunningServer, start_node
 from roomwire.server.openapi import admin_document, rest_document
 from roomwire.server.store import Key
 

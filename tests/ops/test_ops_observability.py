@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RawClient, RunningServer, start_node
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import RawClient, RunningServer, start_node
 from roomwire.server.logs import JsonFormatter, Redactor, configure_logging, scrub
 
 from .helpers import Http, bearer

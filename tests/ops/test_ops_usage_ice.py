@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RawClient, start_node
 
+from conftest import RawClient, start_node
 from roomwire.server.config import ServerConfig
 from roomwire.server.ice import IceProvider, ice_problem, mint_turn, turn_credential
 from roomwire.server.settings import load_config, load_file

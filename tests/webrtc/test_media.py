@@ -117,15 +117,17 @@ async def test_audio_source_accepts_frames_and_clear() -> None:
 
 async def test_video_source_and_iter_frames() -> None:
     src = VideoSource(160, 120, fps=50)
-    frames = []
+    frames: list[av.VideoFrame] = []
     start = time.monotonic()
     async for frame in iter_frames(src):
+        assert isinstance(frame, av.VideoFrame) and frame.pts is not None
         frames.append(frame)
         if len(frames) == 10:
             src.stop()
     elapsed = time.monotonic() - start
     assert len(frames) == 10 and src.frames_sent == 10
     assert (frames[0].width, frames[0].height, frames[0].format.name) == (160, 120, "yuv420p")
+    assert frames[1].pts is not None and frames[0].pts is not None
     assert frames[1].pts - frames[0].pts == 90_000 // 50
     assert 0.12 <= elapsed <= 0.5
     assert bytes(frames[0].planes[0]) != bytes(frames[5].planes[0])  # it moves

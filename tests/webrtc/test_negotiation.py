@@ -4,6 +4,7 @@ ICE on 127.0.0.1. Media is decoded (frames counted through iter_frames), not jus
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import av
@@ -226,8 +227,7 @@ async def test_glare_both_offer_at_once_converges(mesh_factory: Any) -> None:
     assert [r.reason for r in resets] == ["glare"] and not resets[0].was_connected
     assert not b.log.of(ConnectionResetEvent)
     for peer in (a, b):
-        (event,) = await peer.log.wait_for(
-            RemoteTrackEvent, lambda e, p=peer: e.generation == p.neg.generation)
+        (event,) = await peer.log.wait_for(RemoteTrackEvent, on_current(peer))
         assert await count_frames(event.track, 5) == 5
     # The polite side's unopened channel moved to the new connection and opens.
     remote_chat = await b.log.wait_for(DataChannelEvent, lambda e: e.channel.label == "chat")
@@ -246,10 +246,7 @@ async def test_glare_on_a_live_connection_converges(mesh_factory: Any) -> None:
     a.neg.add_track(extra_a, "xa", {"role": "screen"})
     b.neg.add_track(extra_b, "xb", {"role": "screen"})
     for peer in (a, b):
-        await peer.log.wait_for(
-            RemoteTrackEvent,
-            lambda e, p=peer: e.generation == p.neg.generation and e.stream_id in ("xa", "xb"),
-            timeout=8)
+        await peer.log.wait_for(RemoteTrackEvent, on_current(peer, "xa", "xb"), timeout=8)
     await connected(a, b, timeout=8)
     for peer in (a, b):
         live = [e for e in peer.tracks() if e.generation == peer.neg.generation]
@@ -258,6 +255,20 @@ async def test_glare_on_a_live_connection_converges(mesh_factory: Any) -> None:
         assert counts == [5, 5]
         assert not [e for e in peer.log.of(NegotiationErrorEvent) if e.fatal]
     stop_all(*src, extra_a, extra_b)
+
+
+def on_current(peer: Peer, *streams: str) -> Callable[[RemoteTrackEvent], bool]:
+    """Matches track events of the peer's current connection (optionally of some streams)."""
+
+    def match(event: RemoteTrackEvent) -> bool:
+        return event.generation == peer.neg.generation and (
+            not streams or event.stream_id in streams)
+
+    return match
+
+
+def state_of(neg: PeerNegotiator) -> PeerState:
+    return neg.state  # (a call, so that the type checker does not pin a narrowed value)
 
 
 def force_failure(peer: Peer) -> None:
@@ -285,10 +296,10 @@ async def test_ice_failure_rebuild_recovers_media(mesh_factory: Any, side: str) 
     assert states == [PeerState.CONNECTING, PeerState.CONNECTED, PeerState.RECONNECTING,
                       PeerState.CONNECTED], states  # no "connecting" flicker in between
     reasons = [r.reason for r in other.log.of(ConnectionResetEvent)]
-    assert reasons and set(reasons) <= {"remote-restart", "ice-closed", "ice-failed"}
+    assert reasons and set(reasons) <= {"remote-restart", "ice-closed", "connection-closed"}
     for peer in (a, b):
-        fresh = await peer.log.wait_for(
-            RemoteTrackEvent, lambda e, p=peer: e.generation == p.neg.generation and e.generation)
+        fresh = await peer.log.wait_for(RemoteTrackEvent, on_current(peer))
+        assert fresh[-1].generation > 0
         assert fresh[-1].metadata is not None and fresh[-1].metadata["role"] == "camera"
         assert await count_frames(fresh[-1].track, 5) == 5
     stop_all(*src)
@@ -306,15 +317,8 @@ async def test_reset_swaps_the_connection_and_the_remote_follows(mesh_factory: A
     await b.neg.reset()
     # a follows: either b's fresh offer (new ICE ufrag) or b's old connection closing (DTLS
     # close_notify) makes it rebuild too.
-    try:
-        await a.log.wait_for(ConnectionResetEvent, lambda e: e.reason in ("remote-restart",
-                                                                           "ice-closed"))
-    except TimeoutError:
-        print("A EVENTS", a.log.events)
-        print("B EVENTS", b.log.events)
-        print("WIRE", [(s, d.get("type") or "meta", (d.get("description") or {}).get("type")) for s,_,d in mesh.wires["a","b"].log])
-        print("STATE", a.neg.pc.connectionState, a.neg.pc.signalingState, b.neg.pc.connectionState, b.neg.pc.signalingState, a.neg._inbox, a.neg._inbox_task, b.neg._outbox, b.neg._outbox_task, b.neg._negotiation_task)
-        raise
+    (reset,) = await a.log.wait_for(ConnectionResetEvent)
+    assert reset.reason in ("remote-restart", "ice-closed", "connection-closed"), a.log.events
     await connected(a, b)
     fresh = await a.log.wait_for(RemoteTrackEvent, lambda e: e.generation == a.neg.generation)
     # The metadata was re-sent before the fresh offer.
@@ -419,7 +423,7 @@ async def test_recovery_ladder_ends_with_one_fatal_error() -> None:
                                     for i in offers)
     await neg.close()
     await neg.close()
-    assert neg.state is PeerState.CLOSED
+    assert state_of(neg) is PeerState.CLOSED
     with pytest.raises(RuntimeError):
         neg.create_data_channel("late")
 
@@ -436,11 +440,14 @@ async def test_three_peers_share_one_source_through_relays(mesh_factory: Any) ->
     await connected(*mesh.peers.values())
     events = [(await mesh[x, y].log.wait_for(RemoteTrackEvent))[0]
               for x in ids for y in ids if x != y]
-    assert all(e.metadata == {"role": "camera", "of": e.stream_id[-1]} for e in events)
-    # One source feeds two peers through one relay: each receiver gets the full rate (a track
-    # read by two senders directly would split its frames between them).
+    assert all(e.metadata == {"role": "camera", "of": (e.stream_id or "?")[-1]} for e in events)
+    # One source feeds two peers through one relay: each receiver gets every frame the
+    # source makes (a track read by two senders directly would split its frames in half).
     await asyncio.sleep(0.3)
-    start = [e.track for e in events]
-    counts = await asyncio.gather(*(count_frames(t, 10**6, timeout=1.5) for t in start))
-    assert all(c >= 20 for c in counts), counts
+    before = {x: sources[x].frames_sent for x in ids}
+    counts = await asyncio.gather(*(count_frames(e.track, 10**6, timeout=1.5) for e in events))
+    produced = {x: sources[x].frames_sent - before[x] for x in ids}
+    for event, got in zip(events, counts, strict=True):
+        sender = event.stream_id[-1] if event.stream_id else "?"
+        assert got >= 0.75 * produced[sender] > 10, (counts, produced)
     stop_all(*sources.values())

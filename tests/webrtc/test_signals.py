@@ -119,7 +119,7 @@ def test_classify_track_meta() -> None:
     # JS senders send only trackId + metadata.
     assert classify({"__meteredTrackMeta": {"trackId": "t", "metadata": {}}}) \
         == TrackMeta("t", {})
-    for bad in (
+    bad_metas: list[dict[str, Any]] = [
         {"__meteredTrackMeta": {"trackId": ""}},
         {"__meteredTrackMeta": {"trackId": 5}},
         {"__meteredTrackMeta": {"metadata": {}}},
@@ -129,7 +129,8 @@ def test_classify_track_meta() -> None:
         {"__meteredTrackMeta": {"trackId": "t", "metadata": {}, "kind": 3}},
         {"__meteredTrackMeta": {"trackId": "t", "metadata": {}, "streamId": "s" * 257}},
         {"__meteredTrackMeta": "t"},
-    ):
+    ]
+    for bad in bad_metas:
         assert classify(bad) is None, bad
     assert classify({"__meteredTrackMeta": {"trackId": "t", "metadata": {},
                                             "streamId": "s" * 256}}) is not None

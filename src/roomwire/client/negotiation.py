@@ -39,7 +39,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -575,11 +575,8 @@ class PeerNegotiator:
 
     # -- tasks ---------------------------------------------------------------------------------
 
-    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
-        async def runner() -> Any:
-            return await coro
-
-        task = asyncio.get_running_loop().create_task(runner(), name=f"{name}:{self.remote_id}")
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=f"{name}:{self.remote_id}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -681,7 +678,11 @@ class PeerNegotiator:
         pc = gen.pc
         ufrag = ice_ufrag(sdp)
         reason: str | None = None
-        if self._making_offer or pc.signalingState != "stable":
+        if pc.signalingState == "closed" or pc.connectionState in ("failed", "closed"):
+            # A dead (or closing) connection cannot answer: rebuild whatever our politeness.
+            dead = "closed" if pc.signalingState == "closed" else pc.connectionState
+            reason = "connection-" + dead
+        elif self._making_offer or pc.signalingState != "stable":
             if not self.polite:
                 self._log.debug("ignoring a colliding offer from %s (impolite)", self.remote_id)
                 gen.ignoring_offer = True
@@ -689,8 +690,6 @@ class PeerNegotiator:
             reason = "glare"
         elif gen.remote_ufrag is not None and ufrag is not None and ufrag != gen.remote_ufrag:
             reason = "remote-restart"
-        elif pc.connectionState in ("failed", "closed"):
-            reason = "connection-" + pc.connectionState
         if reason is not None:
             await self._limiter.acquire()
             if self._closed:
@@ -888,7 +887,7 @@ class PeerNegotiator:
         gen.answer_timer = None
         if gen is self._gen and not self._closed and gen.pc.signalingState == "have-local-offer":
             self._log.info("no answer from %s; rebuilding the connection", self.remote_id)
-            self._start_recovery("answer-timeout")
+            self._start_recovery("answer-timeout", gen)
 
     # -- connection state, recovery ------------------------------------------------------------
 
@@ -906,16 +905,16 @@ class PeerNegotiator:
         elif state in ("failed", "closed"):
             if self._state is PeerState.CONNECTED:
                 self._set_state(PeerState.RECONNECTING)
-            self._start_recovery("ice-" + state)
+            self._start_recovery("ice-" + state, gen)
         elif state in ("new", "connecting") and self._state is PeerState.IDLE:
             self._set_state(PeerState.CONNECTING)
 
-    def _start_recovery(self, reason: str) -> None:
+    def _start_recovery(self, reason: str, failed: _Generation) -> None:
         if self._closed or self._fatal_latched:
             return  # after the ladder is exhausted, only a reset or a remote offer helps
         if self._recovery_task is not None and not self._recovery_task.done():
             return
-        self._recovery_task = self._spawn(self._recover(reason), "ice-recovery")
+        self._recovery_task = self._spawn(self._recover(reason, failed), "ice-recovery")
 
     async def _wait_for_pc(self, timeout: float) -> bool:
         """Wait up to ``timeout`` for the current connection to be connected; returns early
@@ -937,23 +936,25 @@ class PeerNegotiator:
                 await asyncio.wait_for(gen.state_changed.wait(), min(remaining, 0.5))
         return False
 
-    async def _recover(self, reason: str) -> None:
+    async def _recover(self, reason: str, failed: _Generation) -> None:
+        """The rebuild ladder. ``failed`` is the connection that failed; a rebuild that
+        happened meanwhile for another reason (a remote offer) is probed, not replaced."""
         for attempt, delay in enumerate(self.timings.recovery_ladder, start=1):
-            if delay > 0:
-                if await self._wait_for_pc(delay):
-                    return  # fixed meanwhile (the remote rebuilt and we answered)
-            elif self._gen.pc.connectionState == "connected":
-                return
-            if self._closed:
-                return
+            if delay > 0 and await self._wait_for_pc(delay):
+                return  # fixed meanwhile (the remote rebuilt and we answered)
             async with self._op_lock:
                 if self._closed:
                     return
-                self._log.info("rebuilding the connection to %s (%s, attempt %d)",
-                               self.remote_id, reason, attempt)
-                await self._rebuild(reason)
+                current = self._gen
+                if current.pc.connectionState == "connected":
+                    return
+                if current is failed or current.pc.connectionState in ("failed", "closed"):
+                    self._log.info("rebuilding the connection to %s (%s, attempt %d)",
+                                   self.remote_id, reason, attempt)
+                    await self._rebuild(reason)
             if await self._wait_for_pc(self.timings.recovery_probe):
                 return
+            failed = self._gen  # this one did not make it in time either
         if not self._closed and not self._fatal_latched:
             self._fatal_latched = True
             err = IceRecoveryExhaustedError(

@@ -27,6 +27,15 @@ log = logging.getLogger("roomwire.admin")
 PREFIX = "/admin/v1"
 
 
+def _ident(seg: str, what: str) -> str:
+    """An app or key id from the path. Ids are short printable ASCII: anything else cannot
+    name an existing app or key (and never reaches the store)."""
+    value = decode_segment(seg, what)
+    if not value or len(value) > 200 or not value.isascii() or not value.isprintable():
+        raise ApiError(404, "not_found", f"no such {what}")
+    return value
+
+
 class AdminApi:
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -83,7 +92,7 @@ class AdminApi:
             return {"apps": {a["id"]: self.node.hub.stats(a["id"])
                              for a in ops.list_apps()}}
         if n >= 2 and segs[0] == "apps":
-            app_id = decode_segment(segs[1], "app id")
+            app_id = _ident(segs[1], "app")
             if n == 2:
                 if method == "GET":
                     return ops.app_info(app_id)
@@ -111,7 +120,7 @@ class AdminApi:
                     )
                     return {**key, "_created": True}
         if n == 2 and segs[0] == "keys":
-            key_id = decode_segment(segs[1], "key id")
+            key_id = _ident(segs[1], "key")
             if method == "GET":
                 return ops.get_key(key_id)
             if method == "DELETE":

@@ -63,6 +63,26 @@ class ServerConfig:
     """REST requests per second per secret key (and per IP for failed auth); 0 disables."""
     rest_rate_burst: int = 100
 
+    # -- cluster (docs/cluster.md) --------------------------------------------------------------
+    redis_url: str | None = None
+    """Redis shared by the nodes of a cluster (``redis://host:6379/0``); unset: one node."""
+    redis_prefix: str = "roomwire:"
+    """Prefix of every Redis key and channel the cluster uses (one prefix per cluster)."""
+    database_url: str | None = field(default=None, repr=False)
+    """PostgreSQL store for apps, keys and usage (``postgresql://...``); unset: SQLite."""
+    database_schema: str | None = None
+    """PostgreSQL schema holding roomwire's tables (default: the connection's search_path)."""
+    node_id: str | None = None
+    """This node's name in the cluster (default: hostname-pid)."""
+    presence_ttl: float = 15.0
+    """Seconds after which a node that stopped heartbeating is dropped and its peers `left`."""
+    heartbeat_interval: float = 0.0
+    """Seconds between a node's heartbeats; 0: presence_ttl / 5."""
+    usage_sync_interval: float = 1.0
+    """Seconds between merges of the message counters into the cluster's (quota lag)."""
+    reuse_port: bool = False
+    """Bind with SO_REUSEPORT (``serve --workers N`` sets it for its workers)."""
+
     @property
     def max_frame_size(self) -> int:
         return self.max_message_size + self.frame_envelope_allowance
@@ -117,6 +137,10 @@ class ServerConfig:
             raise ValueError("turn_urls needs turn_secret (coturn's static-auth-secret)")
         if self.rest_rate_limit < 0 or self.rest_rate_burst < 1:
             raise ValueError("rest_rate_limit must be >= 0 and rest_rate_burst >= 1")
+        if self.presence_ttl <= 0 or self.heartbeat_interval < 0:
+            raise ValueError("presence_ttl must be positive and heartbeat_interval >= 0")
+        if self.heartbeat_interval and self.heartbeat_interval >= self.presence_ttl:
+            raise ValueError("heartbeat_interval must be shorter than presence_ttl")
 
 
 def _coerce(name: str, typ: Any, raw: str) -> Any:

@@ -77,6 +77,7 @@ async def index(request: web.Request) -> web.Response:
             "roomwire: a Metered Realtime v1 compatible server.\n"
             f"WebSocket endpoint: {node.config.connect_url}/v1\n"
             "Point an official SDK's `url` option at the base URL above.\n"
+            f"Demo call page: {node.config.connect_url.replace('ws', 'http', 1)}/demo\n"
         ),
         content_type="text/plain",
     )
@@ -95,7 +96,7 @@ async def websocket_on_keepalive(request: web.Request) -> web.Response:
 
 
 def build_http_app(node: Node) -> web.Application:
-    from . import admin, rest
+    from . import admin, demo, rest
 
     app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
     app[NODE_KEY] = node
@@ -106,4 +107,5 @@ def build_http_app(node: Node) -> web.Application:
     app.router.add_get("/v1", websocket_on_keepalive)
     rest.add_routes(app, node)
     admin.add_routes(app, node)
+    demo.add_routes(app, node)
     return app

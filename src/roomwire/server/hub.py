@@ -322,11 +322,46 @@ class Hub:
             self._broadcast_presence(room, [], [old])
         self._maybe_drop_room(app_id, room)
 
-    def disconnect_peer(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
+    def deliver_disconnect(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
         links = self.peer_links(app_id, peer_id)
         for link in links:
             link.close(code, reason)
         return len(links)
+
+    # -- cluster-wide actions and state --------------------------------------------------------
+
+    def disconnect_peer(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
+        """Close every socket of ``peer_id`` on this node and (in a cluster) ask the other
+        nodes to do the same. Returns the number closed here; ``kick`` also counts the others."""
+        n = self.deliver_disconnect(app_id, peer_id, code, reason)
+        if self.broker.clustered:
+            self.broker.disconnect_peer(app_id, peer_id, code, reason)
+        return n
+
+    async def kick(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
+        """``disconnect_peer`` on every node; returns the number of sockets closed everywhere
+        (the other nodes' answers are awaited for a bounded time)."""
+        n = self.deliver_disconnect(app_id, peer_id, code, reason)
+        if self.broker.clustered:
+            n += await self.broker.kick(app_id, peer_id, code, reason)
+        return n
+
+    def connections_everywhere(self, app_id: str) -> int:
+        """Open connections of ``app_id`` on every node (other nodes as last reported)."""
+        return self.connections(app_id) + self.broker.connections_elsewhere(app_id)
+
+    def local_state(self) -> tuple[list[tuple[str, str, str, bytes]], list[tuple[str, str]]]:
+        presence: list[tuple[str, str, str, bytes]] = []
+        peers: list[tuple[str, str]] = []
+        for app_id, t in self.tenants.items():
+            for name, room in t.rooms.items():
+                for peer in room.local:
+                    presence.append((app_id, name, peer, room.entries[peer]))
+            peers.extend((app_id, peer) for peer in t.peers)
+        return presence, peers
+
+    def local_connections(self) -> dict[str, int]:
+        return {app_id: t.links for app_id, t in self.tenants.items() if t.links > 0}
 
     def close_app(self, app_id: str, code: int, reason: str) -> int:
         t = self.tenants.get(app_id)

@@ -24,6 +24,7 @@ from .ice import IceProvider
 from .limits import ConnectLimiter, UsageMeter
 from .metrics import InstrumentedHub, Metrics
 from .store import App, Store
+from .store_postgres import open_store
 
 log = logging.getLogger("roomwire.node")
 
@@ -33,10 +34,13 @@ class Node:
 
     def __init__(self, config: ServerConfig, broker: Broker | None = None) -> None:
         self.config = config
-        self.broker: Broker = broker or MemoryBroker()
+        self.broker: Broker = broker or _broker_for(config)
         self.metrics = Metrics()
         self.hub: Hub = InstrumentedHub(ws_text_frame, self.broker, self.metrics)
         self.usage = UsageMeter()
+        self.broker.health_listener = self._backplane_health
+        if getattr(self.broker, "usage", False) is None:
+            self.broker.usage = self.usage  # type: ignore[attr-defined]
         self.ice = IceProvider(config.ice_servers, config.turn_urls, config.turn_secret,
                                config.turn_ttl)
         self.connect_limiter = ConnectLimiter(config.connect_rate_limit, config.connect_rate_window)
@@ -50,13 +54,14 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._data_version = -1
         self._stopped = asyncio.Event()
+        self._shutting_down = False
 
     # -- startup -------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.outbox = Outbox(self.loop)
-        self.store = Store(self.config.database_path)
+        self.store = open_store(self.config)
         self.default_app, self.default_keys, self.created_default = (
             self.store.ensure_default_app()
         )
@@ -71,6 +76,7 @@ class Node:
         self._server = await self.loop.create_server(
             lambda: FrontProtocol(self, http_server),
             self.config.host, self.config.port, reuse_address=True, backlog=2048,
+            reuse_port=self.config.reuse_port or None,
         )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
@@ -100,7 +106,7 @@ class Node:
         if app is None or app.suspended:
             session.close(CloseCode.ACCOUNT_SUSPENDED, "this app is suspended")
             return False
-        current = self.hub.connections(session.app_id)
+        current = self.hub.connections_everywhere(session.app_id)
         if app.max_connections is not None and current >= app.max_connections:
             self.usage.usage(session.app_id).refused_connections += 1
             session.close(CloseCode.OVER_CONCURRENT_LIMIT,
@@ -231,12 +237,29 @@ class Node:
                 if s.last_seen < sent_at and not s.closed:
                     s.close(CloseCode.INTERNAL_ERROR, "no pong within the grace period")
 
+    # -- cluster backplane -----------------------------------------------------------------------
+
+    def _backplane_health(self, healthy: bool) -> None:
+        """The broker lost (or regained) Redis. Without it this node cannot keep presence
+        consistent: refuse upgrades (readyz 503), send ``going_away`` and close every socket
+        with 1001, which the SDKs retry (possibly on another node)."""
+        if healthy:
+            if self._server is not None and not self._shutting_down:
+                self.accepting = True
+            return
+        self.accepting = False
+        going = frames.encode_going_away(self.config.going_away_retry_after_ms)
+        for s in list(self.sessions):
+            s.send(going)
+            s.close(CloseCode.GOING_AWAY, "lost the cluster backplane; reconnect")
+
     # -- shutdown --------------------------------------------------------------------------------
 
     async def shutdown(self) -> None:
         """Graceful: stop accepting, ``going_away`` to everyone, short drain, close 1001."""
         if not self.accepting and self._server is None:
             return
+        self._shutting_down = True
         self.accepting = False
         if self._server is not None:
             self._server.close()
@@ -256,6 +279,7 @@ class Node:
         await self.stop()
 
     async def stop(self) -> None:
+        self._shutting_down = True
         self.accepting = False
         for t in self._tasks:
             t.cancel()
@@ -281,3 +305,16 @@ class Node:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+def _broker_for(config: ServerConfig) -> Broker:
+    """Redis when the config names one (a cluster), else the single-node broker."""
+    if not config.redis_url:
+        return MemoryBroker()
+    from .broker.redis import RedisBroker
+
+    return RedisBroker(
+        config.redis_url, prefix=config.redis_prefix, node_id=config.node_id,
+        presence_ttl=config.presence_ttl, heartbeat_interval=config.heartbeat_interval or None,
+        usage_sync_interval=config.usage_sync_interval,
+    )

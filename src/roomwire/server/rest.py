@@ -170,7 +170,7 @@ class RestApi:
             if len(segs) == 2 and segs[0] == "peers" and method == "DELETE":
                 endpoint = "peer_delete"
                 key = self.authenticate(request)
-                return self.kick(key, decode_segment(segs[1], "peer id"))
+                return await self.kick(key, decode_segment(segs[1], "peer id"))
             if segs == ["usage"] and method == "GET":
                 endpoint = "usage"
                 return self.usage(self.authenticate(request))
@@ -307,12 +307,13 @@ class RestApi:
             return self._ok("channel_publish", {"channel": channel, "accepted": True})
         return self._ok("channel_publish", {"channel": channel, "delivered": delivered})
 
-    def kick(self, key: Key, peer_id: str) -> web.Response:
+    async def kick(self, key: Key, peer_id: str) -> web.Response:
         problem = peer_id_problem(peer_id)
         if problem is not None:
             raise bad_request(f"peer id: {problem}")
-        closed = self.node.hub.disconnect_peer(key.app_id, peer_id, CloseCode.ADMIN_DISCONNECT,
-                                               "disconnected by the app's backend")
+        # Every node closes the peer's sockets; the count covers the whole cluster.
+        closed = await self.node.hub.kick(key.app_id, peer_id, CloseCode.ADMIN_DISCONNECT,
+                                          "disconnected by the app's backend")
         return self._ok("peer_delete", {"peerId": peer_id, "closed": closed})
 
     def usage(self, key: Key) -> web.Response:

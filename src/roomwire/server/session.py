@@ -14,7 +14,12 @@ from typing import Protocol
 import msgspec
 
 from ..protocol import Action, CloseCode, ErrorCode, frames
-from ..protocol.validate import channel_problem, is_reserved_channel, peer_id_problem
+from ..protocol.validate import (
+    channel_problem,
+    is_reserved_channel,
+    peer_id_problem,
+    request_id_problem,
+)
 from .auth import Principal
 from .config import ServerConfig
 from .hub import Hub
@@ -122,7 +127,8 @@ class Session(ABC):
         if kind == "ping":
             rid = req.requestId
             self.services.count_frame("ping")
-            self.send(frames.encode_pong(rid if isinstance(rid, str) and rid else None))
+            # Echo only a valid requestId: a ping must not become an amplifier.
+            self.send(frames.encode_pong(rid if request_id_problem(rid) is None else None))
             return
         if not self._spend():
             return

@@ -48,7 +48,7 @@ def usage_document(app: App, meter: UsageMeter, hub: Hub) -> dict[str, Any]:
     ``overageConnections`` counts connections refused with 4010, in the current period.
     """
     u = meter.usage(app.id)
-    now_conns = hub.connections(app.id)
+    now_conns = hub.connections_everywhere(app.id)
     return {
         "appId": app.id,
         "periodStartUnix": u.period_start,

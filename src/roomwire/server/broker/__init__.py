@@ -3,7 +3,7 @@
 The hub routes everything it can locally and tells the broker about each event, so that a
 broker can carry it to other nodes; events from other nodes come back to the hub through the
 ``ClusterSink`` methods. One node needs no carrying: ``MemoryBroker`` (``memory.py``). A cluster
-uses Redis (``redis.py``, planned).
+uses Redis (``redis.py``, see docs/cluster.md).
 
 Presence stays consistent across nodes because each node keeps a replica of the remote
 members of the channels it serves, fed in order by the broker; the hub counts a peer as present
@@ -13,6 +13,7 @@ while any socket of it, on any node, is subscribed.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -33,7 +34,22 @@ class ClusterSink(Protocol):
         self, app_id: str, channel: str, peer_id: str, entry: bytes, present: bool
     ) -> None: ...
 
-    def disconnect_peer(self, app_id: str, peer_id: str, code: int, reason: str) -> int: ...
+    def deliver_disconnect(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
+        """Close the local sockets of ``peer_id`` (a kick that came from another node)."""
+        ...
+
+    def local_state(self) -> tuple[list[tuple[str, str, str, bytes]], list[tuple[str, str]]]:
+        """This node's presence ``(app, channel, peer, entry)`` and online peers ``(app, peer)``
+        (what a broker announces again after its view of the cluster was lost)."""
+        ...
+
+    def local_connections(self) -> dict[str, int]:
+        """Open connections per app on this node."""
+        ...
+
+
+#: Called by a broker when it loses (False) or regains (True) the cluster backplane.
+HealthListener = Callable[[bool], None]
 
 
 class Broker(ABC):
@@ -41,6 +57,10 @@ class Broker(ABC):
 
     #: Whether other nodes exist; the hub skips remote bookkeeping when False.
     clustered: bool = False
+    #: Whether the backplane is reachable; a node accepts sockets only while True.
+    healthy: bool = True
+    #: Set by the node: told when ``healthy`` changes.
+    health_listener: HealthListener | None = None
 
     @abstractmethod
     async def start(self, sink: ClusterSink) -> None:
@@ -79,4 +99,12 @@ class Broker(ABC):
 
     @abstractmethod
     def disconnect_peer(self, app_id: str, peer_id: str, code: int, reason: str) -> None:
-        """Close the sockets of ``peer_id`` on the other nodes."""
+        """Close the sockets of ``peer_id`` on the other nodes (fire and forget)."""
+
+    async def kick(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
+        """Close the sockets of ``peer_id`` on the other nodes and return how many closed."""
+        return 0
+
+    def connections_elsewhere(self, app_id: str) -> int:
+        """Open connections of ``app_id`` on the other nodes (as last reported)."""
+        return 0

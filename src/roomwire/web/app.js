@@ -1,0 +1,535 @@
+// roomwire demo call page. Uses the official browser SDK (@metered-ca/realtime, MeteredPeer)
+// through its documented API only; the SDK itself is served by roomwire from an npm install
+// at /demo/sdk.js.
+//
+// URL options: ?room=NAME&name=YOUR_NAME&autojoin=1, and #token=JWT (a token minted with
+// `roomwire token --sub alice --peer-metadata '{"name": "Alice"}'`) instead of the development
+// key. window.demo exposes the state for the console and for the browser tests.
+
+const config = JSON.parse(document.getElementById("roomwire-config").textContent);
+const params = new URLSearchParams(location.search);
+const hashParams = new URLSearchParams(location.hash.slice(1));
+const $ = (id) => document.getElementById(id);
+
+const els = {
+  conn: $("conn"), connText: $("conn-text"), banner: $("banner"), help: $("setup-help"),
+  joinForm: $("join-form"), name: $("name"), room: $("room"), keyRow: $("key-row"),
+  credential: $("credential"), join: $("join"), leave: $("leave"), screen: $("screen"),
+  tiles: $("tiles"), roster: $("roster"), count: $("count"), chatLog: $("chat-log"),
+  chatForm: $("chat-form"), chatInput: $("chat-input"), chatSend: $("chat-send"),
+  footer: $("footer"),
+};
+
+let sdk = null;          // the imported SDK module
+let peer = null;         // MeteredPeer
+let myName = "";
+let localStream = null;  // camera + microphone
+let screenStream = null; // screen share, sent as a second stream with role "screen"
+const remotes = new Map(); // peerId -> { remote, tile, streams: Map(streamId -> {stream, meta, tile}) }
+const chat = [];
+const events = [];
+
+function note(kind, detail) {
+  events.push({ t: Math.round(performance.now()), kind, ...detail });
+  if (params.get("debug") === "1") console.log(Date.now() % 100000, "demo", kind, JSON.stringify(detail));
+  if (events.length > 500) events.shift();
+}
+
+function shortId(id) { return id ? String(id).slice(0, 8) : "?"; }
+
+// -- connection state and banner ---------------------------------------------------------------
+
+const STATE_TEXT = {
+  idle: "not connected", joining: "connecting…", joined: "connected",
+  reconnecting: "reconnecting…", leaving: "leaving…", closed: "disconnected",
+};
+
+function setConn(state) {
+  els.conn.dataset.state = state;
+  let text = STATE_TEXT[state] || state;
+  if (state === "joined" && peer?.peerId) text += ` as ${shortId(peer.peerId)} in ${peer.channel}`;
+  els.connText.textContent = text;
+  if (state === "reconnecting") {
+    showBanner("Reconnecting to the server… the call resumes by itself.");
+  } else if (state === "joined" || state === "idle") {
+    hideBanner();
+  }
+}
+
+function showBanner(text, error = false) {
+  els.banner.textContent = text;
+  els.banner.classList.toggle("error", error);
+  els.banner.hidden = false;
+}
+
+function hideBanner() { els.banner.hidden = true; }
+
+// -- tiles -------------------------------------------------------------------------------------
+
+function makeTile({ stream, label, local = false, role = "camera", peerId = "" }) {
+  const tile = document.createElement("div");
+  tile.className = `tile ${local ? "local" : "remote"} ${role === "screen" ? "screen" : ""}`;
+  tile.dataset.role = role;
+  if (peerId) tile.dataset.peer = peerId;
+  const video = document.createElement("video");
+  video.autoplay = true;
+  video.playsInline = true;
+  video.muted = local; // never play back our own microphone
+  const lab = document.createElement("div");
+  lab.className = "label";
+  lab.textContent = label;
+  const ps = document.createElement("div");
+  ps.className = "pstate";
+  tile.append(video, lab, ps);
+  els.tiles.append(tile);
+  if (stream) attach(tile, stream);
+  return tile;
+}
+
+function attach(tile, stream) {
+  const video = tile.querySelector("video");
+  if (video.srcObject !== stream) video.srcObject = stream;
+  video.play().catch(() => {
+    // Autoplay with sound needs a user gesture: start muted, unmute on click.
+    video.muted = true;
+    video.play().catch(() => {});
+    tile.title = "click to unmute";
+    tile.addEventListener("click", () => { video.muted = false; }, { once: true });
+  });
+}
+
+function setLabel(tile, text) { tile.querySelector(".label").textContent = text; }
+
+// -- naming remote peers: presence metadata first (server-stamped), then track metadata --------
+
+function cameraMeta(entry) {
+  for (const s of entry.streams.values()) if (s.meta && s.meta.role !== "screen") return s.meta;
+  return entry.anyMeta || null;
+}
+
+function displayName(entry) {
+  const pm = entry.remote.metadata || {};
+  const tm = cameraMeta(entry) || {};
+  return String(pm.name || pm.displayName || tm.name || tm.label || entry.card?.name
+                || entry.chatName || shortId(entry.remote.id));
+}
+
+// -- stream cards ------------------------------------------------------------------------------
+// The SDK labels a remote track from track metadata keyed by track id. When both sides send
+// media from the start, Chromium hands the receiver pre-created tracks whose ids differ from
+// the sender's, so the SDK's stream-added/track events come without metadata. Stream ids do
+// survive (SDP msid), so each peer also answers a direct {type: "card?"} with its stream
+// metadata keyed by stream id. Same data, one more lookup; SDK metadata wins when present.
+
+function localCard() {
+  const streams = {};
+  if (localStream) streams[localStream.id] = peer.getStreamMetadata(localStream) || null;
+  if (screenStream) streams[screenStream.id] = peer.getStreamMetadata(screenStream) || null;
+  return { type: "card", name: myName, streams };
+}
+
+function askCard(entry, streamId) {
+  if (entry.asked.has(streamId)) return;
+  entry.asked.add(streamId);
+  note("card-ask", { peerId: entry.remote.id, streamId });
+  peer.sendTo(entry.remote.id, { type: "card?" }).catch((err) => note("card-ask-failed", { err: String(err) }));
+}
+
+function cleanMeta(m) {
+  if (!m || typeof m !== "object") return null;
+  const out = {};
+  for (const k of ["role", "label", "name"]) if (typeof m[k] === "string") out[k] = m[k].slice(0, 80);
+  return out;
+}
+
+function onCard(entry, data) {
+  const streams = {};
+  if (data.streams && typeof data.streams === "object") {
+    for (const [id, m] of Object.entries(data.streams).slice(0, 8)) {
+      const c = cleanMeta(m);
+      if (c) streams[String(id)] = c;
+    }
+  }
+  entry.card = { name: typeof data.name === "string" ? data.name.slice(0, 40) : null, streams };
+  note("card", { peerId: entry.remote.id, streams: Object.keys(streams) });
+  for (const [id, s] of entry.streams) {
+    if (!s.meta && streams[id]) {
+      s.meta = streams[id];
+      if (s.meta.role === "screen" && s.tile === entry.tile) {
+        // Now known as a screen share: move it to a tile of its own.
+        entry.streams.delete(id);
+        entry.tile.querySelector("video").srcObject = null;
+        addRemoteStream(entry, s.stream, s.meta);
+      }
+    }
+  }
+  const cam = [...entry.streams.values()].find((x) => x.tile === entry.tile);
+  if (cam) attach(entry.tile, cam.stream);
+  refreshRemote(entry);
+}
+
+function refreshRemote(entry) {
+  const name = displayName(entry);
+  setLabel(entry.tile, name);
+  entry.tile.querySelector(".pstate").textContent = entry.remote.state;
+  for (const s of entry.streams.values()) {
+    if (s.tile && s.tile !== entry.tile) {
+      setLabel(s.tile, s.meta?.label || `${name}'s screen`);
+    }
+  }
+  renderRoster();
+}
+
+function renderRoster() {
+  els.roster.textContent = "";
+  if (peer?.peerId) {
+    const li = document.createElement("li");
+    li.className = "me";
+    li.textContent = `${myName} (you)`;
+    els.roster.append(li);
+  }
+  for (const entry of remotes.values()) {
+    const li = document.createElement("li");
+    li.dataset.peer = entry.remote.id;
+    const screens = [...entry.streams.values()].filter((s) => s.meta?.role === "screen").length;
+    li.textContent = `${displayName(entry)}${screens ? " · sharing screen" : ""}`;
+    els.roster.append(li);
+  }
+  els.count.textContent = String(remotes.size + (peer?.peerId ? 1 : 0));
+}
+
+function onPeerJoined(remote) {
+  const entry = { remote, tile: null, streams: new Map(), anyMeta: null, chatName: null,
+                  card: null, asked: new Set() };
+  entry.tile = makeTile({ label: shortId(remote.id), peerId: remote.id });
+  remotes.set(remote.id, entry);
+  note("peer-joined", { peerId: remote.id });
+
+  remote.on("stream-added", ({ stream, metadata }) => {
+    note("stream-added", { peerId: remote.id, streamId: stream.id, role: metadata?.role });
+    addRemoteStream(entry, stream, metadata);
+  });
+  remote.on("track", ({ track, streams, metadata }) => {
+    note("track", { peerId: remote.id, trackKind: track.kind, trackId: track.id, role: metadata?.role,
+                    streams: (streams || []).map((x) => x.id) });
+    if (metadata && !entry.anyMeta) entry.anyMeta = metadata;
+    if (!streams || streams.length === 0) addRemoteStream(entry, new MediaStream([track]), metadata);
+  });
+  remote.on("stream-removed", ({ stream }) => {
+    note("stream-removed", { peerId: remote.id, streamId: stream.id });
+    removeRemoteStream(entry, stream.id);
+  });
+  remote.on("state-change", ({ to }) => {
+    note("remote-state", { peerId: remote.id, to });
+    refreshRemote(entry);
+  });
+  remote.on("connection-reset", () => {
+    // The SDK swapped in a new RTCPeerConnection: the streams come again on it.
+    note("connection-reset", { peerId: remote.id });
+    for (const id of [...entry.streams.keys()]) removeRemoteStream(entry, id);
+  });
+  refreshRemote(entry);
+}
+
+function addRemoteStream(entry, stream, meta) {
+  const old = entry.streams.get(stream.id);
+  meta = meta || old?.meta || entry.card?.streams[stream.id] || null;
+  if (!meta) askCard(entry, stream.id);
+  const role = meta?.role === "screen" ? "screen" : "camera";
+  let tile;
+  if (role === "screen") {
+    tile = old?.tile || makeTile({ stream, label: "", role: "screen", peerId: entry.remote.id });
+  } else {
+    tile = entry.tile;
+  }
+  entry.streams.set(stream.id, { stream, meta, tile });
+  attach(tile, stream);
+  stream.addEventListener("removetrack", () => {
+    if (stream.getTracks().length === 0) removeRemoteStream(entry, stream.id);
+  });
+  refreshRemote(entry);
+}
+
+function removeRemoteStream(entry, streamId) {
+  const s = entry.streams.get(streamId);
+  if (!s) return;
+  entry.streams.delete(streamId);
+  if (s.tile === entry.tile) {
+    const video = entry.tile.querySelector("video");
+    if (video.srcObject === s.stream) video.srcObject = null;
+  } else {
+    s.tile.remove();
+  }
+  refreshRemote(entry);
+}
+
+function onPeerLeft(remote) {
+  const entry = remotes.get(remote.id);
+  note("peer-left", { peerId: remote.id });
+  if (!entry) return;
+  remotes.delete(remote.id);
+  for (const s of entry.streams.values()) if (s.tile !== entry.tile) s.tile.remove();
+  entry.tile.remove();
+  renderRoster();
+}
+
+// -- chat --------------------------------------------------------------------------------------
+
+function addChat(fromId, name, text, self = false) {
+  chat.push({ from: fromId, name, text, self });
+  const li = document.createElement("li");
+  const who = document.createElement("span");
+  who.className = "who";
+  who.textContent = self ? `${name} (you)` : name;
+  li.append(who, document.createTextNode(text));
+  els.chatLog.append(li);
+  els.chatLog.scrollTop = els.chatLog.scrollHeight;
+}
+
+function addSys(text) {
+  const li = document.createElement("li");
+  li.className = "sys";
+  li.textContent = text;
+  els.chatLog.append(li);
+}
+
+async function sendChat(text) {
+  text = String(text).trim();
+  if (!text || !peer) return;
+  await peer.send({ type: "chat", text, name: myName });
+  addChat(peer.peerId, myName, text, true);
+}
+
+function onData({ senderPeerId, data, kind }) {
+  const from = remotes.get(senderPeerId);
+  if (from && data && typeof data === "object" && kind === "direct") {
+    if (data.type === "card?") {
+      peer.sendTo(senderPeerId, localCard()).catch((err) => note("card-failed", { err: String(err) }));
+      return;
+    }
+    if (data.type === "card") return onCard(from, data);
+  }
+  if (!data || typeof data !== "object" || data.type !== "chat" || typeof data.text !== "string") return;
+  const entry = remotes.get(senderPeerId);
+  if (entry && typeof data.name === "string" && !entry.chatName) {
+    entry.chatName = data.name.slice(0, 40);
+    refreshRemote(entry);
+  }
+  const name = entry ? displayName(entry) : shortId(senderPeerId);
+  addChat(senderPeerId, name, data.text.slice(0, 500));
+}
+
+// -- screen share ------------------------------------------------------------------------------
+
+let localScreenTile = null;
+
+async function toggleScreen() {
+  if (!peer) return;
+  if (screenStream) return stopScreen();
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
+  } catch (err) {
+    addSys(`screen share not started: ${err.name}`);
+    return;
+  }
+  screenStream = stream;
+  stream.getVideoTracks()[0]?.addEventListener("ended", () => stopScreen());
+  peer.addStream(stream, { role: "screen", label: `${myName}'s screen`, name: myName });
+  localScreenTile = makeTile({ stream, label: "your screen", local: true, role: "screen" });
+  els.screen.textContent = "Stop sharing";
+  els.screen.classList.add("on");
+  note("screen", { on: true });
+}
+
+function stopScreen() {
+  if (!screenStream) return;
+  const stream = screenStream;
+  screenStream = null;
+  try { peer?.removeStream(stream); } catch (err) { console.warn(err); }
+  for (const t of stream.getTracks()) t.stop();
+  localScreenTile?.remove();
+  localScreenTile = null;
+  els.screen.textContent = "Share screen";
+  els.screen.classList.remove("on");
+  note("screen", { on: false });
+}
+
+// -- join / leave ------------------------------------------------------------------------------
+
+function credentials() {
+  const token = hashParams.get("token");
+  if (token) return { tokenProvider: async () => token };
+  const typed = els.credential.value.trim();
+  if (typed) return typed.startsWith("pk_") ? { apiKey: typed } : { tokenProvider: async () => typed };
+  if (config.apiKey) return { apiKey: config.apiKey };
+  return null;
+}
+
+function serverUrl() {
+  if (config.url) return config.url;
+  return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}`;
+}
+
+async function getLocalMedia() {
+  for (const c of [{ video: true, audio: true }, { video: true }, { audio: true }]) {
+    try { return await navigator.mediaDevices.getUserMedia(c); } catch (err) {
+      note("gum-failed", { constraints: Object.keys(c).join("+"), err: err.name });
+    }
+  }
+  addSys("no camera or microphone: joining to watch and chat only");
+  return null;
+}
+
+async function join() {
+  const creds = credentials();
+  if (!creds) {
+    els.keyRow.hidden = false;
+    showBanner("No development key on this server: paste a publishable key or a token.", true);
+    return;
+  }
+  myName = els.name.value.trim() || `guest-${Math.random().toString(36).slice(2, 6)}`;
+  const room = els.room.value.trim() || "demo";
+  els.join.disabled = true;
+  for (const i of [els.name, els.room, els.credential]) i.disabled = true;
+
+  localStream = await getLocalMedia();
+  if (localStream) makeTile({ stream: localStream, label: `${myName} (you)`, local: true });
+
+  const debug = params.get("debug") === "1";
+  peer = new sdk.MeteredPeer({ ...creds, url: serverUrl(), ...(debug ? { logger: sdk.ConsoleLogger } : {}) });
+  window.demo.peer = peer;
+  peer.on("state-change", ({ from, to }) => { note("state", { from, to }); setConn(to); renderRoster(); });
+  peer.on("peer-joined", ({ peer: remote }) => onPeerJoined(remote));
+  peer.on("peer-left", ({ peer: remote }) => onPeerLeft(remote));
+  peer.on("data", onData);
+  peer.on("error", ({ err }) => {
+    note("error", { name: err?.name, message: err?.message });
+    showBanner(`Error: ${err?.name || "error"}${err?.message ? `: ${err.message}` : ""}`, true);
+  });
+  peer.on("left", () => {
+    showBanner("Disconnected. Reload the page to join again.", true);
+    setConn("closed");
+  });
+  if (localStream) peer.addStream(localStream, { role: "camera", label: myName, name: myName });
+
+  try {
+    await peer.join(room);
+  } catch (err) {
+    note("join-failed", { name: err?.name, message: err?.message });
+    showBanner(`Could not join: ${err?.message || err}`, true);
+    setConn("closed");
+    return;
+  }
+  els.join.hidden = true;
+  els.keyRow.hidden = true;
+  els.leave.hidden = false;
+  els.screen.disabled = false;
+  els.chatInput.disabled = false;
+  els.chatSend.disabled = false;
+  renderRoster();
+}
+
+async function leave() {
+  stopScreen();
+  await peer?.close("left the call");
+  for (const t of localStream?.getTracks() || []) t.stop();
+  els.leave.hidden = true;
+  els.screen.disabled = true;
+  els.chatInput.disabled = true;
+  els.chatSend.disabled = true;
+}
+
+// -- stats for the console and the tests -------------------------------------------------------
+
+async function stats() {
+  const out = {};
+  for (const [id, entry] of remotes) {
+    const agg = { video: { framesDecoded: 0, packetsReceived: 0, bytesReceived: 0 },
+                  audio: { totalSamplesReceived: 0, packetsReceived: 0, totalAudioEnergy: 0 },
+                  inbound: [] };
+    let report;
+    try { report = await entry.remote.pc.getStats(); } catch { out[id] = agg; continue; }
+    report.forEach((r) => {
+      if (r.type !== "inbound-rtp") return;
+      const kind = r.kind || r.mediaType;
+      agg.inbound.push({ kind, trackIdentifier: r.trackIdentifier, mid: r.mid,
+                         framesDecoded: r.framesDecoded, packetsReceived: r.packetsReceived,
+                         totalSamplesReceived: r.totalSamplesReceived });
+      const a = agg[kind];
+      if (!a) return;
+      for (const k of Object.keys(a)) a[k] += Number(r[k] || 0);
+    });
+    out[id] = agg;
+  }
+  return out;
+}
+
+function summary() {
+  return {
+    state: peer?.state || "idle",
+    peerId: peer?.peerId || null,
+    name: myName,
+    banner: els.banner.hidden ? null : els.banner.textContent,
+    remotes: [...remotes.values()].map((e) => ({
+      id: e.remote.id,
+      name: displayName(e),
+      presenceMetadata: e.remote.metadata || null,
+      state: e.remote.state,
+      streams: [...e.streams.values()].map((s) => ({
+        id: s.stream.id, role: s.meta?.role || null, label: s.meta?.label || null,
+        tracks: s.stream.getTracks().map((t) => t.kind),
+      })),
+    })),
+    chat: chat.slice(),
+    tiles: [...els.tiles.querySelectorAll(".tile")].map((t) => ({
+      role: t.dataset.role, peer: t.dataset.peer || null, local: t.classList.contains("local"),
+      label: t.querySelector(".label").textContent,
+    })),
+  };
+}
+
+window.demo = { peer: null, config, events, join, leave, sendChat, toggleScreen, stats, summary };
+
+// -- boot --------------------------------------------------------------------------------------
+
+async function boot() {
+  els.name.value = params.get("name") || "";
+  if (params.get("room")) els.room.value = params.get("room");
+  if (!config.apiKey && !hashParams.get("token")) els.keyRow.hidden = false;
+
+  if (!config.sdk) {
+    els.help.hidden = false;
+    els.join.disabled = true;
+    setConn("idle");
+    els.connText.textContent = "SDK missing";
+    window.demo.ready = "no-sdk";
+    return;
+  }
+  try {
+    sdk = await import(config.sdk);
+  } catch (err) {
+    els.help.hidden = false;
+    els.join.disabled = true;
+    window.demo.ready = "no-sdk";
+    console.error(err);
+    return;
+  }
+  els.footer.textContent =
+    `@metered-ca/realtime ${config.sdkVersion || ""} · server ${serverUrl()} · ` +
+    (hashParams.get("token") ? "token from the URL" : config.apiKey ? "development key" : "no key");
+
+  els.joinForm.addEventListener("submit", (ev) => { ev.preventDefault(); join(); });
+  els.leave.addEventListener("click", () => leave());
+  els.screen.addEventListener("click", () => toggleScreen());
+  els.chatForm.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const text = els.chatInput.value;
+    els.chatInput.value = "";
+    sendChat(text).catch((err) => addSys(`not sent: ${err?.message || err}`));
+  });
+  window.demo.ready = "ok";
+  if (params.get("autojoin") === "1") join();
+}
+
+boot();

@@ -1,0 +1,102 @@
+"""A cluster in one process: 3 roomwire nodes on different ports sharing a real Redis.
+
+Each test gets its own Redis key prefix (in database ``ROOMWIRE_TEST_REDIS_DB``, 9 by default)
+and deletes its keys afterwards. Redis and PostgreSQL must be running:
+``scripts/setup-services.sh`` starts them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "server"))
+
+from conftest import RunningServer, start_node  # noqa: E402
+
+REDIS_HOST = os.environ.get("ROOMWIRE_TEST_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("ROOMWIRE_TEST_REDIS_PORT", "6379"))
+REDIS_DB = int(os.environ.get("ROOMWIRE_TEST_REDIS_DB", "9"))
+REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+PG_URL = os.environ.get("ROOMWIRE_TEST_DATABASE_URL",
+                        "postgresql://postgres@127.0.0.1:5432/test")
+
+#: Fast failure detection for tests: a node is declared dead 1 s after its last heartbeat.
+FAST = {"presence_ttl": 1.0, "heartbeat_interval": 0.2}
+
+
+async def redis_client() -> Any:
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await r.ping()
+    except Exception as exc:  # pragma: no cover - environment problem
+        await r.aclose()
+        pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}); run "
+                    "scripts/setup-services.sh")
+    return r
+
+
+async def delete_prefix(prefix: str) -> None:
+    r = await redis_client()
+    try:
+        keys = [k async for k in r.scan_iter(match=prefix + "*", count=500)]
+        if keys:
+            await r.delete(*keys)
+    finally:
+        await r.aclose()
+
+
+class Cluster:
+    """Nodes sharing one Redis prefix and one store (so one default app and its keys)."""
+
+    def __init__(self, tmp_path: Path, prefix: str, **settings: Any) -> None:
+        self.tmp_path = tmp_path
+        self.prefix = prefix
+        self.settings = {"redis_url": REDIS_URL, "redis_prefix": prefix, **FAST, **settings}
+        self.nodes: list[RunningServer] = []
+
+    async def add(self, **overrides: Any) -> RunningServer:
+        srv = await start_node(self.tmp_path, node_id=f"n{len(self.nodes)}",
+                               **{**self.settings, **overrides})
+        self.nodes.append(srv)
+        return srv
+
+    def __getitem__(self, i: int) -> RunningServer:
+        return self.nodes[i]
+
+    async def stop(self) -> None:
+        for srv in self.nodes:
+            if srv.node.store is not None or srv.node.accepting:
+                await srv.node.stop()
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    prefix = f"rwtest:{secrets.token_hex(4)}:"
+    c = Cluster(tmp_path, prefix)
+    try:
+        for _ in range(3):
+            await c.add()
+        yield c
+    finally:
+        await c.stop()
+        await delete_prefix(prefix)
+
+
+@pytest.fixture
+async def empty_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    prefix = f"rwtest:{secrets.token_hex(4)}:"
+    c = Cluster(tmp_path, prefix)
+    try:
+        yield c
+    finally:
+        await c.stop()
+        await delete_prefix(prefix)
