@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import loadgen  # noqa: E402
+import loadgen
 
 
 def free_port() -> int:
@@ -169,7 +169,7 @@ def main() -> int:
             keys = list(r.scan_iter(match=prefix + "*", count=500))
             if keys:
                 r.delete(*keys)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             print(f"could not clean Redis keys {prefix}*: {exc}", file=sys.stderr)
 
     def med(label: str, key: str) -> float | None:
@@ -177,7 +177,7 @@ def main() -> int:
         return statistics.median(vals) if vals else None
 
     f1, f2 = med("fanout single", "deliveries_per_s"), med("fanout workers2", "deliveries_per_s")
-    print(f"| measurement | single node | cluster | ratio |\n|---|---|---|---|")
+    print("| measurement | single node | cluster | ratio |\n|---|---|---|---|")
     if f1 and f2:
         print(f"| fan-out N={n}, deliveries/s | {f1:,.0f} | {f2:,.0f} (--workers 2) | "
               f"{f2 / f1:.2f} |")

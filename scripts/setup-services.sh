@@ -44,4 +44,13 @@ if have psql; then
         psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE test" postgres >/dev/null
     fi
 fi
-echo "services ready: redis 127.0.0.1:6379, postgresql 127.0.0.1:5432/test"
+
+
+# -- coturn (the TURN relay test of tests/ops) ----------------------------------------------
+# Only the binary is needed: the test starts its own turnserver on 127.0.0.1.
+if ! have turnserver; then
+    apt_install coturn
+    # Debian enables the system service on install; the tests run their own instance.
+    (systemctl disable --now coturn >/dev/null 2>&1 || service coturn stop >/dev/null 2>&1) || true
+fi
+echo "services ready: redis 127.0.0.1:6379, postgresql 127.0.0.1:5432/test, coturn binary"

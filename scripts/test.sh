@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
+scripts/setup-services.sh
 if [ -x scripts/setup-official-sdk.sh ]; then
     scripts/setup-official-sdk.sh
 fi

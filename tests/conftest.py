@@ -15,10 +15,10 @@ import websockets
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from roomwire.server.auth import mint_token  # noqa: E402
-from roomwire.server.config import ServerConfig  # noqa: E402
-from roomwire.server.node import Node  # noqa: E402
-from roomwire.server.store import Key  # noqa: E402
+from roomwire.server.auth import mint_token
+from roomwire.server.config import ServerConfig
+from roomwire.server.node import Node
+from roomwire.server.store import Key
 
 
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:

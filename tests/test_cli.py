@@ -14,6 +14,7 @@ from typing import Any
 import jwt
 import pytest
 import websockets
+
 from conftest import RawClient
 
 PY = sys.executable

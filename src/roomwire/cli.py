@@ -9,11 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 from .protocol import ALL_ACTIONS
@@ -281,10 +279,8 @@ def _json_object(raw: str | None, flag: str) -> dict[str, Any] | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server.config import ServerConfig
-    from .server.node import Node
-
     from .server.logs import configure_logging
+    from .server.node import Node
     from .server.settings import load_config
 
     config = load_config(args.config, flags={

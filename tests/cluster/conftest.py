@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "server"))
 
-from conftest import RunningServer, start_node  # noqa: E402
+from conftest import RunningServer, start_node
 
 REDIS_HOST = os.environ.get("ROOMWIRE_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("ROOMWIRE_TEST_REDIS_PORT", "6379"))

@@ -135,7 +135,7 @@ async def test_reference_counting_across_nodes(cluster: Cluster) -> None:
 
 
 async def test_tenants_are_isolated_across_nodes(cluster: Cluster) -> None:
-    app2, pk2, _sk2 = new_app(cluster[0])
+    _app2, pk2, _sk2 = new_app(cluster[0])
     for srv in cluster.nodes[1:]:
         srv.reload()
     a = await conn(cluster[0].token_url("same"))
@@ -181,7 +181,7 @@ async def test_hub_kick_counts_sockets_on_every_node(cluster: Cluster) -> None:
 
 
 async def test_message_quota_holds_cluster_wide(cluster: Cluster) -> None:
-    app_id, pk, _sk = new_app(cluster[0], "quota", max_messages_per_period=10)
+    _app_id, pk, _sk = new_app(cluster[0], "quota", max_messages_per_period=10)
     for srv in cluster.nodes[1:]:
         srv.reload()
     pubs = [await conn(cluster[i].key_url(pk.id)) for i in range(3)]
@@ -196,7 +196,7 @@ async def test_message_quota_holds_cluster_wide(cluster: Cluster) -> None:
 
 
 async def test_connection_limit_counts_other_nodes(cluster: Cluster) -> None:
-    app_id, pk, _sk = new_app(cluster[0], "limited", max_connections=2)
+    _app_id, pk, _sk = new_app(cluster[0], "limited", max_connections=2)
     for srv in cluster.nodes[1:]:
         srv.reload()
     await conn(cluster[0].key_url(pk.id))

@@ -4,14 +4,17 @@ ICE on 127.0.0.1. Media is decoded (frames counted through iter_frames), not jus
 from __future__ import annotations
 
 import asyncio
+import math
+from array import array
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import av
 import pytest
 from aiortc import RTCDataChannel
 
-from roomwire.client.media import AudioSource, VideoSource, iter_frames
+from roomwire.client.media import AudioSource, Recorder, VideoSource, from_file, iter_frames
 from roomwire.client.negotiation import (
     ConnectionResetEvent,
     DataChannelEvent,
@@ -257,6 +260,16 @@ async def test_glare_on_a_live_connection_converges(mesh_factory: Any) -> None:
     stop_all(*src, extra_a, extra_b)
 
 
+def peak(frame: av.AudioFrame) -> float:
+    """Peak amplitude of the first plane, on the s16 scale (no numpy needed)."""
+    data = bytes(frame.planes[0])
+    if frame.format.name.startswith("flt"):
+        samples = array("f", data[: len(data) // 4 * 4])
+        return max((abs(x) for x in samples), default=0.0) * 32768
+    ints = array("h", data[: len(data) // 2 * 2])
+    return float(max((abs(x) for x in ints), default=0))
+
+
 def on_current(peer: Peer, *streams: str) -> Callable[[RemoteTrackEvent], bool]:
     """Matches track events of the peer's current connection (optionally of some streams)."""
 
@@ -451,3 +464,55 @@ async def test_three_peers_share_one_source_through_relays(mesh_factory: Any) ->
         sender = event.stream_id[-1] if event.stream_id else "?"
         assert got >= 0.75 * produced[sender] > 10, (counts, produced)
     stop_all(*sources.values())
+
+
+async def test_late_track_reuses_the_remote_mline(mesh_factory: Any) -> None:
+    mesh: Mesh = mesh_factory(["a", "b"])
+    a, b = mesh["a", "b"], mesh["b", "a"]
+    (cam_b,) = media(b, "sb", "camera", audio=False)
+    await connected(a, b)
+    assert len(a.neg.pc.getTransceivers()) == 1  # b's video, received only
+    cam_a = VideoSource(W, H, fps=20)
+    a.neg.add_track(cam_a, "sa", {"role": "camera"})
+    (event,) = await b.log.wait_for(RemoteTrackEvent)
+    assert (event.stream_id, event.track_id, event.metadata) == ("sa", cam_a.id,
+                                                                 {"role": "camera"})
+    assert await count_frames(event.track, 5) == 5
+    assert len(a.neg.pc.getTransceivers()) == 1 and len(b.neg.pc.getTransceivers()) == 1
+    (back,) = a.tracks()
+    assert await count_frames(back.track, 5) == 5
+    stop_all(cam_a, cam_b)
+
+
+@pytest.mark.slow
+async def test_record_a_remote_peer(mesh_factory: Any, tmp_path: Path) -> None:
+    mesh: Mesh = mesh_factory(["a", "b"])
+    a, b = mesh["a", "b"], mesh["b", "a"]
+    cam = VideoSource(W, H, fps=20)
+    voice = AudioSource(16_000)
+    tone = bytes(b"".join(
+        int(8000 * math.sin(2 * math.pi * 440 * i / 16_000)).to_bytes(2, "little", signed=True)
+        for i in range(16_000)))
+    await voice.push(tone)
+    a.neg.add_track(cam, "sa", {"role": "camera"})
+    a.neg.add_track(voice, "sa", {"role": "voice"})
+    added = (await b.log.wait_for(StreamAddedEvent))[0]
+    path = tmp_path / "call.mp4"
+    async with Recorder(path, tracks=added.tracks):
+        await asyncio.sleep(1.0)
+    player = from_file(path)
+    assert player.video is not None and player.audio is not None
+    counts = {"video": 0, "loud": 0}
+
+    async def read(track: Any) -> None:
+        async for frame in iter_frames(track):
+            if isinstance(frame, av.VideoFrame):
+                counts["video"] += 1
+            elif peak(frame) > 1000:
+                counts["loud"] += 1
+
+    async with asyncio.timeout(5):  # both at once: the player stops at the first EOF
+        await asyncio.gather(read(player.video), read(player.audio))
+    videos, loud = counts["video"], counts["loud"]
+    assert videos >= 5 and loud >= 5, (videos, loud)
+    stop_all(cam, voice)

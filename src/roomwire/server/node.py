@@ -257,8 +257,8 @@ class Node:
 
     async def shutdown(self) -> None:
         """Graceful: stop accepting, ``going_away`` to everyone, short drain, close 1001."""
-        if not self.accepting and self._server is None:
-            return
+        if self._shutting_down or (not self.accepting and self._server is None):
+            return  # a second SIGTERM while draining changes nothing
         self._shutting_down = True
         self.accepting = False
         if self._server is not None:

@@ -210,6 +210,7 @@ class RedisBroker(Broker):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained(), self.command_timeout)
             self._live = False
+            await self._cancel_tasks()  # no heartbeat may land after the goodbye
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 await asyncio.wait_for(self._goodbye(self.inst), self.command_timeout)
         self._live = False
