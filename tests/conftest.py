@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import secrets
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,15 +30,79 @@ def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
     return {"uvloop": uvloop.new_event_loop}
 
 
+#: ``ROOMWIRE_TEST_CLUSTER=3`` runs the ``server`` fixture (and ``start_server``) as that many
+#: nodes sharing Redis and one store; unset or 0/1: one in-process node (the default).
+CLUSTER_NODES = int(os.environ.get("ROOMWIRE_TEST_CLUSTER", "0") or 0)
+CLUSTER = CLUSTER_NODES > 1
+REDIS_URL = "redis://{}:{}/{}".format(
+    os.environ.get("ROOMWIRE_TEST_REDIS_HOST", "127.0.0.1"),
+    os.environ.get("ROOMWIRE_TEST_REDIS_PORT", "6379"),
+    os.environ.get("ROOMWIRE_TEST_REDIS_DB", "9"),
+)
+#: Cluster timings for the conformance pass: quick heartbeats (so connection counts and
+#: failure detection settle fast) and a quick usage sync (quotas), with a ttl that tolerates
+#: a busy event loop shared by 3 nodes and the clients.
+CLUSTER_SETTINGS: dict[str, Any] = {
+    "presence_ttl": 3.0, "heartbeat_interval": 0.1, "usage_sync_interval": 0.1,
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "single_node(reason): concerns one node only; skipped when ROOMWIRE_TEST_CLUSTER is set",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not CLUSTER:
+        return
+    for item in items:
+        mark = item.get_closest_marker("single_node")
+        if mark is not None:
+            why = mark.kwargs.get("reason") or (mark.args[0] if mark.args else "one node")
+            item.add_marker(pytest.mark.skip(reason=f"single-node test: {why}"))
+
+
 @dataclass
 class RunningServer:
+    """One node, or (cluster mode) several nodes sharing Redis and one store.
+
+    ``node`` is always node 0: its store, config and metrics. Every call of ``url`` (and so of
+    ``ws_url``, ``key_url``, ``token_url``) and ``next_port`` hands out the next node's
+    address, round-robin, so consecutive clients of a test land on different nodes.
+    ``reload`` applies store changes on every node."""
+
     node: Node
-    url: str
+    base_url: str
     app_id: str
     pk: str
     sk: Key
     data_dir: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    nodes: list[Node] = field(default_factory=list)
+    redis_prefix: str | None = None
+    _turn: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.nodes:
+            self.nodes = [self.node]
+
+    @property
+    def clustered(self) -> bool:
+        return len(self.nodes) > 1
+
+    def next_node(self) -> Node:
+        node = self.nodes[self._turn % len(self.nodes)]
+        self._turn += 1
+        return node
+
+    def next_port(self) -> int:
+        return self.next_node().port
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.next_port()}"
 
     @property
     def ws_url(self) -> str:
@@ -58,11 +124,78 @@ class RunningServer:
         return self.node.store
 
     def reload(self) -> None:
-        """Apply store changes now rather than waiting for the poll."""
-        self.node.reload_keyring()
+        """Apply store changes now (on every node) rather than waiting for the poll."""
+        for node in self.nodes:
+            node.reload_keyring()
+
+    def _replicas_converged(self) -> bool:
+        brokers = [n.broker for n in self.nodes]
+        for b in brokers:
+            if b._ops or b._groups or b._reset or not b._idle.is_set():  # type: ignore
+                return False  # something is still to be sent
+        for b in brokers:
+            for other in brokers:
+                if other is b:
+                    continue
+                view = b._nodes.get(other.inst)  # type: ignore[attr-defined]
+                if (view is None or view.buffer is not None or view.resyncing
+                        or view.seq != other._seq):  # type: ignore[attr-defined]
+                    return False
+        return True
+
+    async def settle_replicas(self, timeout: float = 3.0) -> None:
+        """Cluster mode: wait (bounded) until every node has applied every other node's
+        presence and peer-directory events, i.e. what one client did is visible to a client on
+        any node. On one node this is always true at once: no-op."""
+        if not self.clustered:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._replicas_converged():
+            assert loop.time() < deadline, "the nodes' replicas did not converge"
+            await asyncio.sleep(0.001)
+
+    async def settle(self, timeout: float = 3.0) -> None:
+        """Cluster mode: ``settle_replicas``, then wait until every node knows every other
+        node's connection counts (heartbeats: the 4010 limit) and message counts (usage sync:
+        quotas), which the cluster only shares periodically by design. No-op on one node."""
+        if not self.clustered:
+            return
+        await self.settle_replicas(timeout)
+        for _ in range(2):  # push every node's counts, then take the totals back
+            for node in self.nodes:
+                await node.broker.sync_usage()  # type: ignore[attr-defined]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            want = {n.broker.inst: n.hub.local_connections() for n in self.nodes}  # type: ignore
+            if all(view.conns == want.get(inst)
+                   for n in self.nodes
+                   for inst, view in n.broker._nodes.items()):  # type: ignore[attr-defined]
+                return
+            assert loop.time() < deadline, "connection counts did not converge"
+            await asyncio.sleep(0.005)
+
+    async def stop(self) -> None:
+        if RawClient.settle_hook == self.settle_replicas:
+            RawClient.settle_hook = None
+        for node in self.nodes:
+            if node.store is not None or node.accepting:
+                await node.stop()
+        if self.redis_prefix is not None:
+            await _delete_redis_prefix(self.redis_prefix)
+
+
+def _running(node: Node, tmp_path: Path, **kw: Any) -> RunningServer:
+    pk = next(k for k in node.default_keys if k.kind == "publishable")
+    sk = next(k for k in node.default_keys if k.kind == "secret")
+    return RunningServer(node, f"ws://127.0.0.1:{node.port}", node.default_app.id, pk.id, sk,
+                         tmp_path / "data", **kw)
 
 
 async def start_node(tmp_path: Path, **overrides: Any) -> RunningServer:
+    """One node (also in cluster mode: the building block of ``start_server`` and of
+    tests/cluster)."""
     settings: dict[str, Any] = {
         "host": "127.0.0.1", "port": 0, "data_dir": tmp_path / "data",
         "connect_rate_limit": 0, "store_poll_interval": 0.2,
@@ -70,23 +203,68 @@ async def start_node(tmp_path: Path, **overrides: Any) -> RunningServer:
     settings.update(overrides)
     node = Node(ServerConfig(**settings))
     await node.start()
-    pk = next(k for k in node.default_keys if k.kind == "publishable")
-    sk = next(k for k in node.default_keys if k.kind == "secret")
-    return RunningServer(node, f"ws://127.0.0.1:{node.port}", node.default_app.id, pk.id, sk,
-                         tmp_path / "data")
+    return _running(node, tmp_path)
+
+
+async def _delete_redis_prefix(prefix: str) -> None:
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        keys = [k async for k in r.scan_iter(match=prefix + "*", count=500)]
+        if keys:
+            await r.delete(*keys)
+    finally:
+        await r.aclose()
+
+
+async def start_server(tmp_path: Path, **overrides: Any) -> RunningServer:
+    """What the ``server`` fixture runs: one node, or with ``ROOMWIRE_TEST_CLUSTER=N`` N nodes
+    sharing Redis (DB 9, a fresh key prefix, deleted at ``stop``) and one SQLite store.
+    ``overrides`` apply to every node. Stop it with ``await srv.stop()``."""
+    if not CLUSTER:
+        return await start_node(tmp_path, **overrides)
+    prefix = f"rwtest:{secrets.token_hex(4)}:"
+    settings = {"redis_url": REDIS_URL, "redis_prefix": prefix, **CLUSTER_SETTINGS, **overrides}
+    nodes: list[Node] = []
+    try:
+        for i in range(CLUSTER_NODES):
+            nodes.append((await start_node(tmp_path, node_id=f"n{i}", **settings)).node)
+        # Clients may come once every node knows every other one.
+        async with asyncio.timeout(5):
+            while any(len(n.broker.cluster_nodes()) < CLUSTER_NODES - 1  # type: ignore
+                      for n in nodes):
+                await asyncio.sleep(0.01)
+    except BaseException:
+        for node in nodes:
+            await node.stop()
+        await _delete_redis_prefix(prefix)
+        raise
+    srv = _running(nodes[0], tmp_path, nodes=nodes, redis_prefix=prefix)
+    RawClient.settle_hook = srv.settle_replicas
+    return srv
 
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    srv = await start_node(tmp_path)
+    srv = await start_server(tmp_path)
     try:
         yield srv
     finally:
-        await srv.node.stop()
+        await srv.stop()
 
 
 class RawClient:
-    """A bare protocol client: JSON frames over a websockets connection."""
+    """A bare protocol client: JSON frames over a websockets connection.
+
+    In cluster mode a test step of this client (its welcome; a subscribe or unsubscribe
+    through ``subscribe``/``request``) ends when the nodes' replicas have converged
+    (``settle_hook``, bounded): on one node everything a client did is visible to the
+    others by the time it gets its answer, and the tests' next steps assume so. Frames a
+    test pipelines with ``send`` get no such wait, so the ordering guarantees across nodes
+    are still exercised within a step."""
+
+    settle_hook: Callable[[], Awaitable[None]] | None = None
 
     def __init__(self, ws: Any) -> None:
         self.ws = ws
@@ -100,6 +278,7 @@ class RawClient:
         if welcome:
             c.welcome = await c.recv(timeout=5)
             assert c.welcome["type"] == "welcome", c.welcome
+            await c._settle()
         return c
 
     @property
@@ -130,6 +309,10 @@ class RawClient:
             return
         raise AssertionError(f"expected no frame, got {frame}")
 
+    async def _settle(self) -> None:
+        if RawClient.settle_hook is not None:
+            await RawClient.settle_hook()
+
     def rid(self) -> str:
         self._n += 1
         return f"r{self._n}"
@@ -141,6 +324,8 @@ class RawClient:
         while True:
             reply = await self.recv()
             if reply.get("requestId") == rid and reply["type"] in ("ack", "error"):
+                if frame.get("type") in ("subscribe", "unsubscribe"):
+                    await self._settle()
                 return reply
 
     async def subscribe(self, channel: str, **kw: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -151,6 +336,7 @@ class RawClient:
         assert ack == {"type": "ack", "requestId": rid}, ack
         snap = await self.recv()
         assert snap["type"] == "presence" and snap["channel"] == channel, snap
+        await self._settle()
         return ack, snap
 
     async def closed(self, timeout: float = 3.0) -> tuple[int | None, str]:

@@ -60,6 +60,7 @@ async def _assert_back(client: OfficialClient, srv: RunningServer, *, old_peer: 
     await raw.close()
 
 
+@pytest.mark.single_node(reason="restarts the one node on the same port")
 @pytest.mark.parametrize("cred", ["key", "token"])
 @pytest.mark.parametrize("how", ["graceful", "hard"])
 async def test_reconnects_and_resubscribes_after_restart(
@@ -97,6 +98,7 @@ async def test_reconnects_and_resubscribes_after_restart(
         await _stop_all(servers)
 
 
+@pytest.mark.single_node(reason="restarts the one node on the same port")
 async def test_keeps_retrying_while_the_server_is_down(tmp_path: Path, official: Launch) -> None:
     srv = await start_node(tmp_path)
     servers = [srv]

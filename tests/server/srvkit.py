@@ -244,11 +244,12 @@ class HandClient:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
-        await loop.sock_connect(sock, ("127.0.0.1", srv.node.port))
+        port = srv.next_port()  # round-robin over the nodes in cluster mode
+        await loop.sock_connect(sock, ("127.0.0.1", port))
         reader, writer = await asyncio.open_connection(sock=sock, limit=2**22)
         key = base64.b64encode(os.urandom(16)).decode()
         head = (
-            f"GET /v1?{query} HTTP/1.1\r\nHost: 127.0.0.1:{srv.node.port}\r\n"
+            f"GET /v1?{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         ).encode()

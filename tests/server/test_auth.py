@@ -294,6 +294,7 @@ async def test_max_connections_refuses_with_4010(server: RunningServer) -> None:
     server.reload()
     a = await conn(server.key_url())
     b = await conn(server.token_url("bob"))
+    await server.settle()  # cluster mode: every node has heard of both connections
     # Refused attempts must not free a slot: every one of these is over the limit.
     for _ in range(3):
         assert await refused(server.key_url()) == (4010, [])
@@ -303,8 +304,10 @@ async def test_max_connections_refuses_with_4010(server: RunningServer) -> None:
     await b.alive()
     await a.close()
     await asyncio.sleep(0.1)
+    await server.settle()
     c = await conn(server.key_url())
     await c.alive()
+    await server.settle()
     assert await refused(server.key_url()) == (4010, [])
     await b.close()
     await c.close()
@@ -316,6 +319,7 @@ async def test_max_connections_is_per_app(server: RunningServer) -> None:
     _, other_pk, _ = new_app(server)
     a = await conn(server.key_url())
     others = [await conn(server.key_url(other_pk.id)) for _ in range(3)]
+    await server.settle()  # cluster mode: every node has heard of every connection
     assert await refused(server.key_url()) == (4010, [])
     await a.close()
     for o in others:
@@ -351,6 +355,7 @@ async def test_empty_allowed_origins_allow_every_origin(server: RunningServer) -
     await c.close()
 
 
+@pytest.mark.single_node(reason="the per-IP connect limiter is per node")
 async def test_per_ip_connect_limit_answers_429(tmp_path: Path) -> None:
     srv = await start_node(tmp_path, connect_rate_limit=3)
     try:

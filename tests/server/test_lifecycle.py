@@ -13,7 +13,7 @@ import pytest
 import websockets
 from srvkit import Conn, HandClient, close_received, conn, refused
 
-from conftest import RunningServer, start_node
+from conftest import RunningServer, start_node, start_server
 
 ROOM = "room/1"
 LIMIT = 65536 + 4096  # maxMessageSize + the envelope allowance (DECISIONS 7)
@@ -270,7 +270,7 @@ class Flood:
 
 
 async def test_slow_consumer_is_closed_1008_and_others_keep_going(tmp_path: Path) -> None:
-    srv = await start_node(tmp_path, outbound_queue_bytes=65536, rate_limit=0)
+    srv = await start_server(tmp_path, outbound_queue_bytes=65536, rate_limit=0)
     flood = Flood(srv)
     try:
         await flood.start()
@@ -300,13 +300,13 @@ async def test_slow_consumer_is_closed_1008_and_others_keep_going(tmp_path: Path
              "left": [{"peerId": flood.slow_id}]}]
     finally:
         await flood.stop()
-        await srv.node.stop()
+        await srv.stop()
 
 
 async def test_slow_consumer_that_never_reads_again_is_dropped(tmp_path: Path) -> None:
     """A closed slow consumer must leave its channels even if it never reads again: the
     others hear ``left`` within a couple of seconds."""
-    srv = await start_node(tmp_path, outbound_queue_bytes=65536, rate_limit=0)
+    srv = await start_server(tmp_path, outbound_queue_bytes=65536, rate_limit=0)
     flood = Flood(srv)
     try:
         await flood.start()
@@ -320,7 +320,7 @@ async def test_slow_consumer_that_never_reads_again_is_dropped(tmp_path: Path) -
              "left": [{"peerId": flood.slow_id}]}]
     finally:
         await flood.stop()
-        await srv.node.stop()
+        await srv.stop()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,7 +328,7 @@ async def test_slow_consumer_that_never_reads_again_is_dropped(tmp_path: Path) -
 
 
 async def test_keepalive_closes_unresponsive_clients_1011(tmp_path: Path) -> None:
-    srv = await start_node(tmp_path, ping_interval=0.5, ping_grace=0.5)
+    srv = await start_server(tmp_path, ping_interval=0.5, ping_grace=0.5)
     try:
         deaf = await HandClient.connect(srv, f"key={srv.pk}")
         await deaf.read_json()
@@ -351,13 +351,14 @@ async def test_keepalive_closes_unresponsive_clients_1011(tmp_path: Path) -> Non
         await lively.alive()
         assert await lively.drain(0.05) == []
     finally:
-        await srv.node.stop()
+        await srv.stop()
 
 
 # ---------------------------------------------------------------------------------------------
 # Graceful shutdown (DECISIONS 15)
 
 
+@pytest.mark.single_node(reason="shuts down one node and expects its port to be closed")
 async def test_graceful_shutdown_going_away_then_1001(tmp_path: Path) -> None:
     srv = await start_node(tmp_path)
     clients = [await conn(srv.key_url()), await conn(srv.token_url("alice"))]

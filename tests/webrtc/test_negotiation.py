@@ -23,9 +23,9 @@ from roomwire.client.negotiation import (
     NegotiationTimings,
     PeerNegotiator,
     PeerState,
+    PeerStateChangeEvent,
     RemoteTrackEndedEvent,
     RemoteTrackEvent,
-    StateChangeEvent,
     StreamAddedEvent,
     StreamRemovedEvent,
 )
@@ -121,7 +121,7 @@ async def test_audio_video_and_data_both_ways(mesh_factory: Any) -> None:
 
     # The flicker filter: idle -> connecting -> connected, nothing else.
     for peer in (a, b):
-        assert [(e.previous, e.current) for e in peer.log.of(StateChangeEvent)] == [
+        assert [(e.previous, e.current) for e in peer.log.of(PeerStateChangeEvent)] == [
             (PeerState.IDLE, PeerState.CONNECTING), (PeerState.CONNECTING, PeerState.CONNECTED)]
         assert not peer.log.of(NegotiationErrorEvent)
     stop_all(*src_a, *src_b)
@@ -303,9 +303,9 @@ async def test_ice_failure_rebuild_recovers_media(mesh_factory: Any, side: str) 
     await failing.log.wait_for(ConnectionResetEvent)
     assert failing.neg.pc is not old_pc
     await failing.log.wait_for(
-        StateChangeEvent, lambda e: e.current is PeerState.CONNECTED, count=2, timeout=6)
+        PeerStateChangeEvent, lambda e: e.current is PeerState.CONNECTED, count=2, timeout=6)
     await other.wait_state(PeerState.CONNECTED)
-    states = [e.current for e in failing.log.of(StateChangeEvent)]
+    states = [e.current for e in failing.log.of(PeerStateChangeEvent)]
     assert states == [PeerState.CONNECTING, PeerState.CONNECTED, PeerState.RECONNECTING,
                       PeerState.CONNECTED], states  # no "connecting" flicker in between
     reasons = [r.reason for r in other.log.of(ConnectionResetEvent)]

@@ -86,11 +86,11 @@ __all__ = [
     "NegotiatorEvent",
     "PeerNegotiator",
     "PeerState",
+    "PeerStateChangeEvent",
     "ReceivedTrack",
     "RemoteTrackEndedEvent",
     "RemoteTrackEvent",
     "SendSignal",
-    "StateChangeEvent",
     "StreamAddedEvent",
     "StreamRemovedEvent",
     "TrackMetadataEvent",
@@ -205,7 +205,7 @@ class TrackMetadataEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class StateChangeEvent:
+class PeerStateChangeEvent:
     name: ClassVar[str] = "state-change"
     previous: PeerState
     current: PeerState
@@ -251,7 +251,7 @@ NegotiatorEvent = (
     | StreamAddedEvent
     | StreamRemovedEvent
     | TrackMetadataEvent
-    | StateChangeEvent
+    | PeerStateChangeEvent
     | DataChannelEvent
     | ConnectionResetEvent
     | NegotiationErrorEvent
@@ -432,6 +432,9 @@ class PeerNegotiator:
         if neg.on_remote_signal(data): ...  # it was a signal or track metadata
         ...
         await neg.close()
+
+    Use it from the event loop's thread only (every method that changes something schedules
+    work on the running loop). Listeners run synchronously and must not block.
     """
 
     def __init__(
@@ -551,7 +554,7 @@ class PeerNegotiator:
         if new is old or old is PeerState.CLOSED:
             return
         self._state = new
-        self._emit(StateChangeEvent(old, new))
+        self._emit(PeerStateChangeEvent(old, new))
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -1320,12 +1323,13 @@ class PeerNegotiator:
         for rec in ended:
             rec.track._finish()
             self._emit(RemoteTrackEndedEvent(rec.track, rec.kind, rec.stream_id, rec.track_id))
-            members = gen.streams.get(rec.stream_id) if rec.stream_id is not None else None
-            if members is not None:
+            sid = rec.stream_id
+            members = gen.streams.get(sid) if sid is not None else None
+            if sid is not None and members is not None:
                 members.discard(rec)
                 if not members:
-                    del gen.streams[rec.stream_id]  # type: ignore[arg-type]
-                    removed_streams.append(rec.stream_id)  # type: ignore[arg-type]
+                    del gen.streams[sid]
+                    removed_streams.append(sid)
         for rec in added:
             self._emit(self._track_event(rec))
         new_streams: dict[str, list[_RemoteTrack]] = {}

@@ -48,7 +48,14 @@ def ws_text_frame(payload: bytes) -> bytes:
 
 
 class Outbox:
-    """Per-loop-turn write coalescing: sockets with queued frames are flushed together."""
+    """Write coalescing: the frames queued for one socket go out in one ``write()``.
+
+    A session flushes after the last frame of each read buffer (picows hands over every frame
+    of one read in a row), so a burst of publishes costs each subscriber one syscall and a
+    lone publish is written without waiting for the next loop iteration. Frames queued from
+    anywhere else (timers, REST, the cluster broker) are flushed by a ``call_soon`` at the end
+    of the loop turn; that callback also catches anything a read left behind.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -59,10 +66,15 @@ class Outbox:
         self._dirty.append(conn)
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self.flush)
+            self._loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._scheduled = False
+        self.flush()
 
     def flush(self) -> None:
-        self._scheduled = False
+        if not self._dirty:
+            return
         dirty, self._dirty = self._dirty, []
         for conn in dirty:
             conn.flush()
@@ -114,6 +126,8 @@ class WsSession(Session, picows.WSListener):
         if mt is _TEXT:
             if frame.fin:
                 self.handle_text(frame.get_payload_as_bytes())
+                if frame.last_in_buffer:
+                    self._outbox.flush()
             else:
                 self._begin_fragments(frame, binary=False)
         elif mt is _CONT:

@@ -1,0 +1,232 @@
+"""``RemotePeer``: another peer of the channel, as a ``MeteredPeer`` sees it.
+
+One object per remote peer for as long as it stays in the channel, across signalling
+reconnects: the WebRTC session underneath (a ``PeerNegotiator``) swaps its
+``RTCPeerConnection`` when needed, so ``remote.pc`` must be re-read after every
+``connection-reset``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
+
+from .logging import ClientLogger
+from .negotiation import (
+    ConnectionResetEvent,
+    DataChannelEvent,
+    NegotiationErrorEvent,
+    NegotiatorEvent,
+    PeerNegotiator,
+    PeerState,
+    PeerStateChangeEvent,
+    RemoteTrackEndedEvent,
+    RemoteTrackEvent,
+    StreamAddedEvent,
+    StreamRemovedEvent,
+    TrackMetadataEvent,
+)
+from .peer_errors import MeteredPeerStateError
+from .peer_events import (
+    REMOTE_PEER_EVENT_TYPES,
+    Emitter,
+    EventKey,
+    MediaStream,
+    RemoteConnectionResetEvent,
+    RemoteDataChannelEvent,
+    RemoteNegotiationErrorEvent,
+    RemoteStateChangeEvent,
+    RemoteStreamAddedEvent,
+    RemoteStreamRemovedEvent,
+    RemoteTrackMetadataEvent,
+    TrackEvent,
+)
+
+if TYPE_CHECKING:
+    from .peer import MeteredPeer
+
+__all__ = ["RemotePeer"]
+
+H = TypeVar("H", bound=Callable[..., object])
+
+
+class RemotePeer:
+    """A remote peer: ``id``, ``metadata`` (its JWT ``peerMetadata`` from presence, refreshed
+    on every reconcile), ``state`` (``idle``/``connecting``/``connected``/``reconnecting``/
+    ``closed``), ``pc`` (the current RTCPeerConnection) and ``polite``.
+
+    Events: ``track``, ``stream-added``, ``stream-removed``, ``state-change``,
+    ``connection-reset``, plus ``datachannel``, ``negotiation-error`` and
+    ``track-metadata``. Built by ``MeteredPeer`` only.
+    """
+
+    def __init__(self, owner: MeteredPeer, peer_id: str, metadata: dict[str, Any] | None,
+                 negotiator: PeerNegotiator, log: ClientLogger) -> None:
+        self._owner = owner
+        self._id = peer_id
+        self._metadata = metadata
+        self._neg = negotiator
+        self._log = log
+        self._emitter = Emitter(REMOTE_PEER_EVENT_TYPES, log)
+        self._state = negotiator.state
+        self._closed = False
+        self._streams: dict[str, MediaStream] = {}
+        negotiator.add_listener(self._on_engine_event)
+
+    # -- read-only -------------------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def metadata(self) -> dict[str, Any] | None:
+        return self._metadata
+
+    @property
+    def state(self) -> str:
+        return self._state.value
+
+    @property
+    def pc(self) -> RTCPeerConnection:
+        """The current peer connection; stale after a ``connection-reset``."""
+        return self._neg.pc
+
+    @property
+    def polite(self) -> bool:
+        return self._neg.polite
+
+    @property
+    def negotiator(self) -> PeerNegotiator:
+        """The WebRTC engine underneath (advanced use)."""
+        return self._neg
+
+    @property
+    def remote_tracks(self) -> list[MediaStreamTrack]:
+        """The live remote tracks of the current connection."""
+        return [e.track for e in self._neg.remote_tracks]
+
+    def __repr__(self) -> str:
+        return f"RemotePeer(id={self._id!r}, state={self.state!r})"
+
+    # -- events ----------------------------------------------------------------------------------
+
+    @overload
+    def on(self, event: EventKey, handler: H) -> H: ...
+
+    @overload
+    def on(self, event: EventKey, handler: None = None) -> Callable[[H], H]: ...
+
+    def on(self, event: EventKey, handler: H | None = None) -> H | Callable[[H], H]:
+        return self._emitter.on(event, handler)
+
+    @overload
+    def once(self, event: EventKey, handler: H) -> H: ...
+
+    @overload
+    def once(self, event: EventKey, handler: None = None) -> Callable[[H], H]: ...
+
+    def once(self, event: EventKey, handler: H | None = None) -> H | Callable[[H], H]:
+        return self._emitter.once(event, handler)
+
+    def off(self, event: EventKey, handler: Callable[..., object]) -> None:
+        self._emitter.off(event, handler)
+
+    # -- actions ---------------------------------------------------------------------------------
+
+    def create_data_channel(
+        self,
+        label: str,
+        *,
+        ordered: bool = True,
+        max_packet_life_time: int | None = None,
+        max_retransmits: int | None = None,
+        protocol: str = "",
+        negotiated: bool = False,
+        id: int | None = None,
+    ) -> RTCDataChannel:
+        """A P2P data channel on the current connection (negotiated for you). It dies with
+        the connection: re-create it after ``connection-reset``."""
+        if self._closed:
+            raise MeteredPeerStateError("invalid_state", "create_data_channel", "closed")
+        return self._neg.create_data_channel(
+            label, ordered=ordered, max_packet_life_time=max_packet_life_time,
+            max_retransmits=max_retransmits, protocol=protocol, negotiated=negotiated, id=id)
+
+    async def send(self, data: Any) -> None:
+        """``owner.send_to(self.id, data)``, with every gate of it; refused once this remote
+        peer is closed (its id may be reused by someone else)."""
+        if self._closed:
+            raise MeteredPeerStateError("invalid_state", "send", "closed")
+        await self._owner.send_to(self._id, data)
+
+    # -- internals (MeteredPeer) -----------------------------------------------------------------
+
+    def _set_metadata(self, metadata: dict[str, Any] | None) -> None:
+        self._metadata = metadata
+
+    def _mark_closed(self) -> None:
+        """Closed now (state-change fires synchronously); the connection closes later."""
+        if self._closed:
+            return
+        self._closed = True
+        old, self._state = self._state, PeerState.CLOSED
+        if old is not PeerState.CLOSED:
+            self._emitter.emit(RemoteStateChangeEvent(old.value, PeerState.CLOSED.value))
+
+    async def _close(self) -> None:
+        self._mark_closed()
+        await self._neg.close()
+
+    async def _drain(self, timeout: float) -> None:
+        await self._emitter.drain(timeout)
+        self._emitter.clear()
+
+    def _stream(self, stream_id: str) -> MediaStream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            stream = self._streams[stream_id] = MediaStream(id=stream_id)
+        return stream
+
+    def _on_engine_event(self, event: NegotiatorEvent) -> None:
+        if self._closed:
+            return
+        if isinstance(event, RemoteTrackEvent):
+            streams: tuple[MediaStream, ...] = ()
+            if event.stream_id is not None:
+                stream = self._stream(event.stream_id)
+                stream.add_track(event.track)
+                streams = (stream,)
+            self._emitter.emit(TrackEvent(event.track, streams, event.metadata, event.kind))
+        elif isinstance(event, StreamAddedEvent):
+            stream = self._stream(event.stream_id)
+            for t in event.tracks:
+                stream.add_track(t)
+            self._emitter.emit(RemoteStreamAddedEvent(stream, event.metadata))
+        elif isinstance(event, RemoteTrackEndedEvent):
+            if event.stream_id is not None and event.stream_id in self._streams:
+                self._streams[event.stream_id].remove_track(event.track)
+        elif isinstance(event, StreamRemovedEvent):
+            removed = self._streams.pop(event.stream_id, None) or MediaStream(id=event.stream_id)
+            self._emitter.emit(RemoteStreamRemovedEvent(removed))
+        elif isinstance(event, PeerStateChangeEvent):
+            if event.current is PeerState.CLOSED:
+                self._mark_closed()
+                return
+            old, self._state = self._state, event.current
+            if old is not event.current:
+                self._emitter.emit(RemoteStateChangeEvent(old.value, event.current.value))
+        elif isinstance(event, ConnectionResetEvent):
+            self._streams = {}
+            self._emitter.emit(RemoteConnectionResetEvent(event.new_pc, event.old_pc,
+                                                          event.reason))
+        elif isinstance(event, DataChannelEvent):
+            self._emitter.emit(RemoteDataChannelEvent(event.channel, event.local))
+        elif isinstance(event, NegotiationErrorEvent):
+            self._emitter.emit(RemoteNegotiationErrorEvent(event.error, event.fatal))
+        elif isinstance(event, TrackMetadataEvent):
+            self._emitter.emit(RemoteTrackMetadataEvent(event.track, event.metadata))
+
+
