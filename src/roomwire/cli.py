@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--peer-metadata", default=None, help="JSON object stamped on presence")
     t.add_argument("--metadata", default=None, help="JSON object delivered in the welcome")
     _data_dir_arg(t)
+
+    from .client.join_cli import add_join_parser
+
+    add_join_parser(sub)
     return parser
 
 
@@ -382,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
             return _keys(args)
         if args.command == "token":
             return _token(args)
+        if args.command == "join":
+            from .client.join_cli import run_join
+
+            return run_join(args)
     except ValueError as exc:
         print(f"roomwire: error: {exc}", file=sys.stderr)
         return 2

@@ -284,6 +284,18 @@ def _retire_proxy(proxy: MediaStreamTrack | None) -> None:
         proxy._new_frame_event.set()
 
 
+def _restart_encoder(transceiver: RTCRtpTransceiver, proxy: RelayStreamTrack) -> None:
+    """After a proxy was re-pointed at another source: drop a frame of the old source still
+    pending in the proxy and give the sender a fresh encoder. The new source's timestamps
+    start afresh, and libvpx refuses a frame whose pts goes backwards (the sender's task
+    would die and the track freeze); a new encoder starts with a keyframe as well."""
+    if proxy._new_frame_event is not None:
+        proxy._new_frame_event.clear()
+    sender: Any = transceiver.sender
+    with contextlib.suppress(AttributeError):
+        sender._RTCRtpSender__encoder = None
+
+
 class _RebuildLimiter:
     """Token bucket for rebuilds forced by the remote peer."""
 
@@ -1216,6 +1228,8 @@ class PeerNegotiator:
             self._relay._stop(proxy)
             proxy._source = new
             self._relay._start(proxy)
+            if transceiver is not None:
+                _restart_encoder(transceiver, proxy)
         elif transceiver is not None:
             _retire_proxy(proxy)
             entry.proxy = self._relay.subscribe(new, buffered=False)

@@ -85,15 +85,18 @@ from .remote_peer import RemotePeer
 from .signalling import SignallingClient, TokenProvider
 from .signals import build_track_meta, has_reserved_key
 from .transport import WebSocketFactory
+from .url import DEFAULT_URL
 
 __all__ = ["DEFAULT_URL", "MAX_PEERS", "MeteredPeer", "MeteredPeerState", "StreamMetadata"]
 
-DEFAULT_URL = "wss://rms.metered.ca"
 MAX_PEERS = 256
 """Remote peers kept per channel; presence beyond this is ignored (with a warning)."""
 RECONCILE_DEADLINE = 10.0
 MAX_RECONCILE_RESUBSCRIBES = 2
 SEND_BUFFER_CAP = 256
+REJOIN_GRACE = 5.0
+"""Seconds a peer missing from the roster after our reconnect is kept (it may be
+reconnecting as well) before ``peer-left``."""
 _DRAIN = 1.0
 
 StreamMetadata = dict[str, Any]
@@ -146,6 +149,16 @@ class _Pending:
     future: asyncio.Future[None]
 
 
+@dataclass(eq=False)
+class _Missing:
+    """A known peer absent from the roster after our reconnect: it may be reconnecting too
+    (a server restart drops everyone). Kept for a grace period before ``peer-left``."""
+
+    remote: RemotePeer
+    dropped_at: float
+    timer: asyncio.TimerHandle | None = None
+
+
 @dataclass
 class _Reconnect:
     """State of one reconnect cycle (from the drop to ``joined``)."""
@@ -168,7 +181,10 @@ class MeteredPeer:
     RTCPeerConnection``), ``web_socket_factory``, ``ice_servers`` (overrides the welcome's
     ``iceServers``), ``loopback_candidates`` (local development: make aioice offer
     127.0.0.1, see ``roomwire.client.loopback``), ``send_buffer_size`` (sends kept while
-    reconnecting), ``reconcile_timeout`` and ``timings`` (engine delays).
+    reconnecting), ``reconcile_timeout`` (seconds to wait for the roster after a reconnect,
+    twice re-subscribing, before giving up), ``rejoin_grace`` (how long a peer missing from
+    that roster may take to come back as the same ``RemotePeer``) and ``timings`` (engine
+    delays).
     """
 
     def __init__(
@@ -188,6 +204,7 @@ class MeteredPeer:
         loopback_candidates: bool | LoopbackMode = False,
         send_buffer_size: int = SEND_BUFFER_CAP,
         reconcile_timeout: float = RECONCILE_DEADLINE,
+        rejoin_grace: float = REJOIN_GRACE,
         timings: NegotiationTimings | None = None,
     ) -> None:
         self._client = SignallingClient(
@@ -216,6 +233,8 @@ class MeteredPeer:
             raise ValueError("send_buffer_size must be >= 0")
         self._buffer_cap = send_buffer_size
         self._reconcile_timeout = reconcile_timeout
+        self._rejoin_grace = rejoin_grace
+        self._missing: dict[str, _Missing] = {}
         self._timings = timings
         self._emitter = Emitter(PEER_EVENT_TYPES, self._log)
         self._state = _S.IDLE
@@ -406,6 +425,10 @@ class MeteredPeer:
 
     async def _teardown(self, reason: str) -> None:
         self._cancel_reconnect()
+        for missing in self._missing.values():
+            if missing.timer is not None:
+                missing.timer.cancel()
+        self._missing.clear()
         self._fail_buffer(MeteredPeerClosedError(f"the peer closed ({reason})"))
         current = asyncio.current_task()
         for task in list(self._tasks):
@@ -453,6 +476,8 @@ class MeteredPeer:
             # A failed join left the client connected: it gave up; nothing else to end.
             return
         self._set_state(_S.CLOSED)
+        self._left_sent = True  # left fires as the state reaches closed
+        self._emitter.emit(LeftEvent(self._last_peer_id, channel, reason))
         try:
             await self._teardown(reason)
         finally:
@@ -535,12 +560,14 @@ class MeteredPeer:
             raise MeteredPeerSendError("invalid_args", exc.message) from None
 
     def _start_flush(self) -> None:
-        if self._flushing is None and self._buffer:
+        if self._flushing is None and self._buffer and self._state is _S.JOINED:
             self._flushing = self._spawn(self._flush(), "flush-sends")
 
     async def _flush(self) -> None:
         try:
             while self._buffer and self._state is _S.JOINED:
+                if self._missing:
+                    break  # peers may still be coming back from a reconnect: wait for them
                 item = self._buffer[0]
                 try:
                     await self._wire_send(item.kind, item.target, item.data)
@@ -735,6 +762,12 @@ class MeteredPeer:
         return remote
 
     def _drop_peer(self, remote: RemotePeer, *, announce: bool = True) -> None:
+        missing = self._missing.get(remote.id)
+        if missing is not None and missing.remote is remote:
+            del self._missing[remote.id]
+            if missing.timer is not None:
+                missing.timer.cancel()
+            self._start_flush()
         if self._peers.get(remote.id) is remote:
             del self._peers[remote.id]
         remote._mark_closed()
@@ -850,8 +883,16 @@ class MeteredPeer:
                 self._drop_peer(remote)
         for joined in ev.joined:
             existing = self._peers.get(joined.peer_id)
+            missing = self._missing.pop(joined.peer_id, None)
             if existing is None:
                 self._add_peer(joined)
+            elif missing is not None:
+                # Back from its own reconnect: the same RemotePeer, a fresh connection.
+                if missing.timer is not None:
+                    missing.timer.cancel()
+                self._start_flush()
+                existing._set_metadata(joined.metadata)
+                self._spawn(self._swap(existing, missing.dropped_at), f"swap:{existing.id}")
             elif self._state is _S.RECONNECTING:
                 existing._set_metadata(joined.metadata)
 
@@ -905,8 +946,12 @@ class MeteredPeer:
         me = self._client.peer_id
         roster = {e.peer_id: e for e in ev.joined if e.peer_id != me}
         for pid, remote in list(self._peers.items()):
-            if pid not in roster:
-                self._drop_peer(remote)  # leavers first
+            if pid not in roster and pid not in self._missing:
+                # Gone, or reconnecting as well: wait a little before peer-left.
+                missing = _Missing(remote, rc.dropped_at)
+                missing.timer = asyncio.get_running_loop().call_later(
+                    self._rejoin_grace, self._missing_expired, missing)
+                self._missing[pid] = missing
         survivors: list[RemotePeer] = []
         for pid, entry in roster.items():
             known = self._peers.get(pid)
@@ -918,7 +963,7 @@ class MeteredPeer:
                 self._add_peer(entry)  # newcomers: attached now (fan-out still deferred)
         self._arm_deadline(rc)
         for remote in survivors:
-            task = self._spawn(self._swap(rc, remote), f"swap:{remote.id}")
+            task = self._spawn(self._swap(remote, rc.dropped_at), f"swap:{remote.id}")
             rc.swaps.add(task)
             task.add_done_callback(rc.swaps.discard)
         if not survivors:
@@ -926,13 +971,22 @@ class MeteredPeer:
         else:
             self._spawn(self._await_swaps(rc), "reconcile")
 
-    async def _swap(self, rc: _Reconnect, remote: RemotePeer) -> None:
+    def _missing_expired(self, missing: _Missing) -> None:
+        missing.timer = None
+        if self._missing.get(missing.remote.id) is missing:
+            del self._missing[missing.remote.id]
+            if self._peers.get(missing.remote.id) is missing.remote:
+                self._drop_peer(missing.remote)
+        self._start_flush()
+
+    async def _swap(self, remote: RemotePeer, dropped_at: float) -> None:
+        """Give a survivor a fresh connection: metadata first, then media, renegotiated."""
         neg = remote.negotiator
-        if neg.closed or self._state is not _S.RECONNECTING:
+        if neg.closed or self._state not in (_S.RECONNECTING, _S.JOINED):
             return
         self._sync_local(remote)
         me = self._client.peer_id
-        if neg.last_rebuild_at is not None and neg.last_rebuild_at > rc.dropped_at:
+        if neg.last_rebuild_at is not None and neg.last_rebuild_at > dropped_at:
             # The engine already rebuilt the connection since the drop (the remote offered
             # from a fresh connection): re-announce the metadata, keep the connection.
             neg.announce_metadata()

@@ -83,7 +83,7 @@ from .transport import (
     close_info,
     websockets_factory,
 )
-from .url import connect_url, endpoint_url
+from .url import DEFAULT_URL, connect_url, endpoint_url
 
 __all__ = ["SignallingClient", "TokenProvider"]
 
@@ -148,7 +148,8 @@ class SignallingClient:
 
     Exactly one credential: ``api_key`` (a publishable key) or ``token_provider`` (a callable
     returning a JWT, called before every connect). ``url`` is the server's base URL
-    (``wss://host[:port]``; ``ws://`` for localhost only); ``/v1`` is appended.
+    (``wss://host[:port]``; ``ws://`` for localhost only; default: the hosted service, as in
+    the official SDKs, so a roomwire user always passes it); ``/v1`` is appended.
 
     Times are in seconds. See ``docs/sdk-signalling.md`` for the events and the reconnect rules.
     """
@@ -156,7 +157,7 @@ class SignallingClient:
     def __init__(
         self,
         *,
-        url: str,
+        url: str = DEFAULT_URL,
         api_key: str | None = None,
         token_provider: TokenProvider | None = None,
         logger: LoggerLike | None = None,

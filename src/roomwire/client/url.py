@@ -8,6 +8,9 @@ from urllib.parse import quote, urlsplit
 __all__ = ["LOOPBACK_HOSTS", "connect_url", "endpoint_url"]
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+#: The hosted Metered service, the official SDKs' default; point ``url`` at a roomwire server.
+DEFAULT_URL = "wss://rms.metered.ca"
 """Hosts for which a plain ``ws://`` URL is accepted."""
 
 _PATH = "/v1"

@@ -156,6 +156,113 @@ def validate_actions(actions: Iterable[str]) -> frozenset[str]:
     return acts
 
 
+MAX_ACTIVE_KEYS = 50
+LIMIT_COLUMNS = ("max_connections", "max_messages_per_period", "rate_limit", "rate_burst")
+
+
+def new_app(
+    name: str,
+    *,
+    max_connections: int | None = None,
+    max_messages_per_period: int | None = None,
+    rate_limit: float | None = None,
+    rate_burst: int | None = None,
+    app_id: str | None = None,
+) -> App:
+    """A validated new app, not yet stored (shared by every store)."""
+    if not name or len(name) > 200:
+        raise StoreError("an app name must be 1 to 200 characters")
+    _check_limits(max_connections, max_messages_per_period, rate_limit, rate_burst)
+    return App(
+        id=app_id or "app_" + secrets.token_hex(8), name=name,
+        max_connections=max_connections, max_messages_per_period=max_messages_per_period,
+        rate_limit=rate_limit, rate_burst=rate_burst, created_at=int(time.time()),
+    )
+
+
+def checked_limits(current: App, limits: dict[str, Any]) -> dict[str, Any]:
+    """``limits`` validated against the app's other limits; raises StoreError."""
+    unknown = set(limits) - set(LIMIT_COLUMNS)
+    if unknown:
+        raise StoreError(f"unknown limit(s): {sorted(unknown)}")
+    merged = {k: getattr(current, k) for k in LIMIT_COLUMNS}
+    merged.update(limits)
+    _check_limits(merged["max_connections"], merged["max_messages_per_period"],
+                  merged["rate_limit"], merged["rate_burst"])
+    return dict(limits)
+
+
+def _check_origins(kind: str, origins: Sequence[str]) -> tuple[str, ...]:
+    for origin in origins:
+        if not origin or any(c.isspace() for c in origin):
+            raise StoreError(f"allowed origin {origin!r} is not a valid origin")
+    if kind == SECRET and origins:
+        raise StoreError("allowed origins apply to publishable keys only")
+    return tuple(origins)
+
+
+def new_key(
+    app_id: str,
+    kind: str,
+    *,
+    channel_patterns: Sequence[str] = ("**",),
+    actions: Iterable[str] | None = None,
+    allowed_origins: Sequence[str] = (),
+    name: str = "",
+) -> Key:
+    """A validated new key with fresh credentials, not yet stored (shared by every store).
+    Publishable keys default to publish, subscribe and presence (send is off, as hosted)."""
+    if kind not in (PUBLISHABLE, SECRET):
+        raise StoreError("a key kind is 'publishable' or 'secret'")
+    patterns = validate_patterns(list(channel_patterns))
+    if actions is None:
+        acts = (frozenset({"publish", "subscribe", "presence"}) if kind == PUBLISHABLE
+                else ALL_ACTIONS)
+    else:
+        acts = validate_actions(actions)
+    origins = _check_origins(kind, allowed_origins)
+    if kind == PUBLISHABLE:
+        key_id, secret = "pk_live_" + secrets.token_hex(16), None
+    else:
+        key_id, secret = "sk_id_" + secrets.token_hex(12), "sk_secret_" + secrets.token_hex(24)
+    return Key(
+        id=key_id, app_id=app_id, kind=kind, channel_patterns=patterns, actions=acts,
+        allowed_origins=origins, secret=secret, name=name, created_at=int(time.time()),
+    )
+
+
+def scope_updates(
+    key: Key,
+    channel_patterns: Sequence[str] | None,
+    actions: Iterable[str] | None,
+    allowed_origins: Sequence[str] | None,
+) -> list[tuple[str, str]]:
+    """Validated (column, JSON value) pairs for a scope change; all checked before any is
+    written, so a refused change leaves the key as it was."""
+    updates: list[tuple[str, str]] = []
+    if channel_patterns is not None:
+        updates.append(("channel_patterns",
+                        json.dumps(list(validate_patterns(list(channel_patterns))))))
+    if actions is not None:
+        updates.append(("actions", json.dumps(sorted(validate_actions(actions)))))
+    if allowed_origins is not None:
+        updates.append(("allowed_origins",
+                        json.dumps(list(_check_origins(key.kind, allowed_origins)))))
+    return updates
+
+
+def key_row(key: Key) -> tuple[Any, ...]:
+    """The column values of a new key, in the INSERT order both stores use."""
+    return (key.id, key.app_id, key.kind, key.secret, key.name,
+            json.dumps(list(key.channel_patterns)), json.dumps(sorted(key.actions)),
+            json.dumps(list(key.allowed_origins)), key.created_at)
+
+
+def app_row(app: App) -> tuple[Any, ...]:
+    return (app.id, app.name, app.max_connections, app.max_messages_per_period,
+            app.rate_limit, app.rate_burst, app.created_at)
+
+
 class Store:
     """SQLite-backed store of apps and keys. Safe to open from several processes."""
 
@@ -191,23 +298,13 @@ class Store:
         rate_burst: int | None = None,
         app_id: str | None = None,
     ) -> App:
-        if not name or len(name) > 200:
-            raise StoreError("an app name must be 1 to 200 characters")
-        _check_limits(max_connections, max_messages_per_period, rate_limit, rate_burst)
-        app = App(
-            id=app_id or "app_" + secrets.token_hex(8),
-            name=name,
-            max_connections=max_connections,
-            max_messages_per_period=max_messages_per_period,
-            rate_limit=rate_limit,
-            rate_burst=rate_burst,
-            created_at=int(time.time()),
-        )
+        app = new_app(name, max_connections=max_connections,
+                      max_messages_per_period=max_messages_per_period, rate_limit=rate_limit,
+                      rate_burst=rate_burst, app_id=app_id)
         self._db.execute(
             "INSERT INTO apps (id, name, suspended, max_connections, max_messages_per_period,"
             " rate_limit, rate_burst, created_at) VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
-            (app.id, app.name, app.max_connections, app.max_messages_per_period,
-             app.rate_limit, app.rate_burst, app.created_at),
+            app_row(app),
         )
         return app
 
@@ -236,16 +333,7 @@ class Store:
     def update_limits(self, app_id: str, **limits: Any) -> App:
         """Set any of max_connections, max_messages_per_period, rate_limit, rate_burst.
         A value of None clears that limit."""
-        allowed = {"max_connections", "max_messages_per_period", "rate_limit", "rate_burst"}
-        unknown = set(limits) - allowed
-        if unknown:
-            raise StoreError(f"unknown limit(s): {sorted(unknown)}")
-        self.get_app(app_id)
-        merged = {k: getattr(self.get_app(app_id), k) for k in allowed}
-        merged.update(limits)
-        _check_limits(merged["max_connections"], merged["max_messages_per_period"],
-                      merged["rate_limit"], merged["rate_burst"])
-        for k, v in limits.items():
+        for k, v in checked_limits(self.get_app(app_id), limits).items():
             self._db.execute(f"UPDATE apps SET {k} = ? WHERE id = ?", (v, app_id))
         return self.get_app(app_id)
 
@@ -262,40 +350,18 @@ class Store:
         name: str = "",
     ) -> Key:
         self.get_app(app_id)
-        if kind not in (PUBLISHABLE, SECRET):
-            raise StoreError("a key kind is 'publishable' or 'secret'")
+        key = new_key(app_id, kind, channel_patterns=channel_patterns, actions=actions,
+                      allowed_origins=allowed_origins, name=name)
         count = self._db.execute(
             "SELECT COUNT(*) FROM keys WHERE app_id = ? AND revoked = 0", (app_id,)
         ).fetchone()[0]
-        if count >= 50:
-            raise StoreError("an app can have at most 50 active keys; revoke one first")
-        patterns = validate_patterns(list(channel_patterns))
-        if actions is None:
-            acts = (
-                frozenset({"publish", "subscribe", "presence"}) if kind == PUBLISHABLE
-                else ALL_ACTIONS
-            )
-        else:
-            acts = validate_actions(actions)
-        origins = tuple(allowed_origins)
-        for origin in origins:
-            if not origin or any(c.isspace() for c in origin):
-                raise StoreError(f"allowed origin {origin!r} is not a valid origin")
-        if kind == SECRET and origins:
-            raise StoreError("allowed origins apply to publishable keys only")
-        if kind == PUBLISHABLE:
-            key_id, secret = "pk_live_" + secrets.token_hex(16), None
-        else:
-            key_id, secret = "sk_id_" + secrets.token_hex(12), "sk_secret_" + secrets.token_hex(24)
-        key = Key(
-            id=key_id, app_id=app_id, kind=kind, channel_patterns=patterns, actions=acts,
-            allowed_origins=origins, secret=secret, name=name, created_at=int(time.time()),
-        )
+        if count >= MAX_ACTIVE_KEYS:
+            raise StoreError(f"an app can have at most {MAX_ACTIVE_KEYS} active keys; "
+                             "revoke one first")
         self._db.execute(
             "INSERT INTO keys (id, app_id, kind, secret, name, channel_patterns, actions,"
             " allowed_origins, revoked, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
-            (key.id, app_id, kind, secret, name, json.dumps(list(patterns)),
-             json.dumps(sorted(acts)), json.dumps(list(origins)), key.created_at),
+            key_row(key),
         )
         return key
 
@@ -338,21 +404,8 @@ class Store:
         actions: Iterable[str] | None = None,
         allowed_origins: Sequence[str] | None = None,
     ) -> Key:
-        key = self.get_key(key_id)
-        # Validate everything first, so that a refused change leaves the key as it was.
-        updates: list[tuple[str, str]] = []
-        if channel_patterns is not None:
-            updates.append(("channel_patterns",
-                            json.dumps(list(validate_patterns(list(channel_patterns))))))
-        if actions is not None:
-            updates.append(("actions", json.dumps(sorted(validate_actions(actions)))))
-        if allowed_origins is not None:
-            if key.kind == SECRET and allowed_origins:
-                raise StoreError("allowed origins apply to publishable keys only")
-            for origin in allowed_origins:
-                if not origin or any(c.isspace() for c in origin):
-                    raise StoreError(f"allowed origin {origin!r} is not a valid origin")
-            updates.append(("allowed_origins", json.dumps(list(allowed_origins))))
+        updates = scope_updates(self.get_key(key_id), channel_patterns, actions,
+                                allowed_origins)
         if updates:
             self._db.execute("BEGIN IMMEDIATE")
             try:

@@ -10,16 +10,14 @@ same transaction (the node polls ``data_version`` as it does SQLite's).
 
 from __future__ import annotations
 
-import json
 import re
-import secrets
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..protocol import ALL_ACTIONS
 from .store import (
+    MAX_ACTIVE_KEYS,
     PUBLISHABLE,
     SECRET,
     App,
@@ -29,10 +27,13 @@ from .store import (
     StoreError,
     UsageRow,
     _app,
-    _check_limits,
     _key,
-    validate_actions,
-    validate_patterns,
+    app_row,
+    checked_limits,
+    key_row,
+    new_app,
+    new_key,
+    scope_updates,
 )
 
 if TYPE_CHECKING:
@@ -160,21 +161,15 @@ class PostgresStore(Store):
         rate_burst: int | None = None,
         app_id: str | None = None,
     ) -> App:
-        if not name or len(name) > 200:
-            raise StoreError("an app name must be 1 to 200 characters")
-        _check_limits(max_connections, max_messages_per_period, rate_limit, rate_burst)
-        app = App(
-            id=app_id or "app_" + secrets.token_hex(8), name=name,
-            max_connections=max_connections, max_messages_per_period=max_messages_per_period,
-            rate_limit=rate_limit, rate_burst=rate_burst, created_at=int(time.time()),
-        )
+        app = new_app(name, max_connections=max_connections,
+                      max_messages_per_period=max_messages_per_period, rate_limit=rate_limit,
+                      rate_burst=rate_burst, app_id=app_id)
         with self._tx() as cur:
             cur.execute(
                 "INSERT INTO apps (id, name, suspended, max_connections,"
                 " max_messages_per_period, rate_limit, rate_burst, created_at)"
                 " VALUES (%s, %s, FALSE, %s, %s, %s, %s, %s)",
-                (app.id, app.name, app.max_connections, app.max_messages_per_period,
-                 app.rate_limit, app.rate_burst, app.created_at),
+                app_row(app),
             )
             self._bump(cur)
         return app
@@ -196,17 +191,9 @@ class PostgresStore(Store):
         return self.get_app(app_id)
 
     def update_limits(self, app_id: str, **limits: Any) -> App:
-        allowed = {"max_connections", "max_messages_per_period", "rate_limit", "rate_burst"}
-        unknown = set(limits) - allowed
-        if unknown:
-            raise StoreError(f"unknown limit(s): {sorted(unknown)}")
-        current = self.get_app(app_id)
-        merged = {k: getattr(current, k) for k in allowed}
-        merged.update(limits)
-        _check_limits(merged["max_connections"], merged["max_messages_per_period"],
-                      merged["rate_limit"], merged["rate_burst"])
+        checked = checked_limits(self.get_app(app_id), limits)
         with self._tx() as cur:
-            for k, v in limits.items():
+            for k, v in checked.items():
                 cur.execute(f"UPDATE apps SET {k} = %s WHERE id = %s", (v, app_id))
             self._bump(cur)
         return self.get_app(app_id)
@@ -224,38 +211,18 @@ class PostgresStore(Store):
         name: str = "",
     ) -> Key:
         self.get_app(app_id)
-        if kind not in (PUBLISHABLE, SECRET):
-            raise StoreError("a key kind is 'publishable' or 'secret'")
+        key = new_key(app_id, kind, channel_patterns=channel_patterns, actions=actions,
+                      allowed_origins=allowed_origins, name=name)
         row = self._one("SELECT COUNT(*) FROM keys WHERE app_id = %s AND NOT revoked", (app_id,))
-        if row is not None and row[0] >= 50:
-            raise StoreError("an app can have at most 50 active keys; revoke one first")
-        patterns = validate_patterns(list(channel_patterns))
-        if actions is None:
-            acts = (frozenset({"publish", "subscribe", "presence"}) if kind == PUBLISHABLE
-                    else ALL_ACTIONS)
-        else:
-            acts = validate_actions(actions)
-        origins = tuple(allowed_origins)
-        for origin in origins:
-            if not origin or any(c.isspace() for c in origin):
-                raise StoreError(f"allowed origin {origin!r} is not a valid origin")
-        if kind == SECRET and origins:
-            raise StoreError("allowed origins apply to publishable keys only")
-        if kind == PUBLISHABLE:
-            key_id, secret = "pk_live_" + secrets.token_hex(16), None
-        else:
-            key_id, secret = "sk_id_" + secrets.token_hex(12), "sk_secret_" + secrets.token_hex(24)
-        key = Key(
-            id=key_id, app_id=app_id, kind=kind, channel_patterns=patterns, actions=acts,
-            allowed_origins=origins, secret=secret, name=name, created_at=int(time.time()),
-        )
+        if row is not None and row[0] >= MAX_ACTIVE_KEYS:
+            raise StoreError(f"an app can have at most {MAX_ACTIVE_KEYS} active keys; "
+                             "revoke one first")
         with self._tx() as cur:
             cur.execute(
                 "INSERT INTO keys (id, app_id, kind, secret, name, channel_patterns, actions,"
                 " allowed_origins, revoked, created_at)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, FALSE, %s)",
-                (key.id, app_id, kind, secret, name, json.dumps(list(patterns)),
-                 json.dumps(sorted(acts)), json.dumps(list(origins)), key.created_at),
+                key_row(key),
             )
             self._bump(cur)
         return key
@@ -294,20 +261,8 @@ class PostgresStore(Store):
         actions: Iterable[str] | None = None,
         allowed_origins: Sequence[str] | None = None,
     ) -> Key:
-        key = self.get_key(key_id)
-        updates: list[tuple[str, str]] = []
-        if channel_patterns is not None:
-            updates.append(("channel_patterns",
-                            json.dumps(list(validate_patterns(list(channel_patterns))))))
-        if actions is not None:
-            updates.append(("actions", json.dumps(sorted(validate_actions(actions)))))
-        if allowed_origins is not None:
-            if key.kind == SECRET and allowed_origins:
-                raise StoreError("allowed origins apply to publishable keys only")
-            for origin in allowed_origins:
-                if not origin or any(c.isspace() for c in origin):
-                    raise StoreError(f"allowed origin {origin!r} is not a valid origin")
-            updates.append(("allowed_origins", json.dumps(list(allowed_origins))))
+        updates = scope_updates(self.get_key(key_id), channel_patterns, actions,
+                                allowed_origins)
         if updates:
             with self._tx() as cur:
                 for column, value in updates:

@@ -1,0 +1,176 @@
+"""A roomwire MeteredPeer and the official ``metered-realtime`` MeteredPeer in one room on our
+server: media and data both ways, metadata labels both ways, each side joining (and
+offering) first in turn."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from conftest import RunningServer
+from roomwire.client.loopback import loopback_candidates
+from roomwire.client.media import AudioSource, VideoSource
+from roomwire.client.peer import MeteredPeer
+from roomwire.client.peer_events import MediaStream
+
+from .official import DRIVERS, REPO, OfficialClient, _child_env, official_python
+
+ROOM = "room/interop-peer"
+RW_META = {"role": "camera", "label": "roomwire cam"}
+OFF_META = {"role": "camera", "label": "official cam"}
+
+
+class OfficialPeer(OfficialClient):
+    """The official MeteredPeer in a driver process (drivers/metered_peer.py)."""
+
+    @classmethod
+    async def start(cls, url: str, token: str, name: str) -> OfficialPeer:
+        proc = await asyncio.create_subprocess_exec(
+            str(official_python()), str(DRIVERS / "metered_peer.py"), "--url", url,
+            "--token", token, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=_child_env(), cwd=str(REPO), limit=8 * 2**20)
+        peer = cls(proc, name)
+        await peer.next("ready", timeout=15)
+        return peer
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only() -> Iterator[None]:
+    with loopback_candidates("only"):
+        yield
+
+
+Start = Callable[[str], Awaitable[OfficialPeer]]
+
+
+@pytest.fixture
+async def official_peer(server: RunningServer) -> AsyncIterator[Start]:
+    started: list[OfficialPeer] = []
+
+    async def start(sub: str) -> OfficialPeer:
+        p = await OfficialPeer.start(server.url, server.token(
+            sub, peer_metadata={"name": sub}), f"official:{sub}")
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        await p.stop()
+    complaints = {p.name: p.complaints() for p in started if p.complaints()}
+    assert not complaints, f"the official SDK complained: {complaints}"
+
+
+class Seen:
+    """What the roomwire peer saw of one remote peer."""
+
+    def __init__(self) -> None:
+        self.tracks: dict[str, Any] = {}
+        self.streams: list[Any] = []
+        self.data: list[Any] = []
+        self.changed = asyncio.Event()
+
+    async def until(self, pred: Callable[[], bool], timeout: float = 15.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not pred():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+def watch(peer: MeteredPeer) -> Seen:
+    seen = Seen()
+
+    def joined(ev: Any) -> None:
+        def on_track(t: Any) -> None:
+            seen.tracks[t.kind] = t
+            seen.changed.set()
+
+        def on_stream(s: Any) -> None:
+            seen.streams.append(s)
+            seen.changed.set()
+
+        ev.peer.on("track", on_track)
+        ev.peer.on("stream-added", on_stream)
+
+    def data(ev: Any) -> None:
+        seen.data.append(ev)
+        seen.changed.set()
+
+    peer.on("peer-joined", joined)
+    peer.on("data", data)
+    return seen
+
+
+async def decoded(track: Any, want: int = 5, timeout: float = 10.0) -> int:
+    n = 0
+    async with asyncio.timeout(timeout):
+        while n < want:
+            await track.recv()
+            n += 1
+    return n
+
+
+@pytest.mark.parametrize("first", ["roomwire", "official"])
+async def test_roomwire_and_official_peers_share_a_room(
+        server: RunningServer, official_peer: Start, first: str) -> None:
+    # Politeness is by peer id: the side that joins first is also the impolite one, so it
+    # is the side that offers first.
+    rw_id, off_id = ("z-rw", "a-off") if first == "roomwire" else ("a-rw", "z-off")
+    rw = MeteredPeer(token_provider=lambda: server.token(rw_id, peer_metadata={"name": rw_id}),
+                     url=server.url)
+    seen = watch(rw)
+    stream = MediaStream([AudioSource(), VideoSource(320, 240)])
+    rw.add_stream(stream, RW_META)
+    off = await official_peer(off_id)
+    await off.ok("add_stream", metadata=OFF_META)
+    try:
+        if first == "roomwire":
+            await rw.join(ROOM, include_sender_metadata=True)
+            await off.ok("join", channel=ROOM, include_sender_metadata=True, timeout=10)
+        else:
+            await off.ok("join", channel=ROOM, include_sender_metadata=True, timeout=10)
+            await rw.join(ROOM, include_sender_metadata=True)
+
+        # Official -> roomwire: tracks with their metadata label, frames decoded.
+        await seen.until(lambda: {"audio", "video"} <= set(seen.tracks))
+        for kind in ("audio", "video"):
+            assert seen.tracks[kind].metadata == OFF_META, seen.tracks[kind]
+            assert await decoded(seen.tracks[kind].track) == 5
+        await seen.until(lambda: bool(seen.streams))
+        assert seen.streams[0].metadata == OFF_META
+
+        # Roomwire -> official: same.
+        for kind in ("audio", "video"):
+            def is_kind(e: dict[str, Any], k: str = kind) -> bool:
+                return bool(e["kind"] == k)
+
+            tr = await off.next("track", peer_id=rw_id, timeout=15, where=is_kind)
+            assert tr["metadata"] == RW_META, tr
+            assert tr["stream_id"] == stream.id
+            await off.next("frames", peer_id=rw_id, timeout=15, where=is_kind)
+        added = await off.next("stream_added", peer_id=rw_id)
+        assert added["metadata"] == RW_META and added["kinds"]
+
+        # Data both ways, broadcast and direct, with sender metadata.
+        await rw.send({"hello": "everyone"})
+        await rw.send_to(off_id, {"hello": "you"})
+        b = await off.next("data", where=lambda e: e["kind"] == "broadcast")
+        assert (b["from"], b["data"], b["sender_metadata"]) == (
+            rw_id, {"hello": "everyone"}, {"name": rw_id})
+        d = await off.next("data", where=lambda e: e["kind"] == "direct")
+        assert (d["from"], d["data"]) == (rw_id, {"hello": "you"})
+        await off.ok("send", data={"back": "all"})
+        await off.ok("send_to", to=rw_id, data={"back": "you"})
+        await seen.until(lambda: len(seen.data) >= 2)
+        got = sorted((e.kind, e.sender_peer_id, str(e.data), str(e.sender_metadata))
+                     for e in seen.data)
+        assert got == [("broadcast", off_id, "{'back': 'all'}", f"{{'name': '{off_id}'}}"),
+                       ("direct", off_id, "{'back': 'you'}", f"{{'name': '{off_id}'}}")]
+
+        # Leaving: the official side sees peer_left.
+        await rw.close()
+        await off.next("peer_left", peer_id=rw_id)
+    finally:
+        await rw.close()
