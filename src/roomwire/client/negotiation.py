@@ -261,15 +261,73 @@ Listener = Callable[[NegotiatorEvent], None]
 
 # -- helpers -----------------------------------------------------------------------------------
 
+class SourceRelay(MediaRelay):
+    """Fans one local source track out to one proxy per peer connection, like aiortc's
+    ``MediaRelay``, but stops reading a source once its last proxy is retired. aiortc's relay
+    reads a live source for ever, which burns CPU after every peer has gone and steals frames
+    from anyone else the application lets read that track."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._consumers: dict[MediaStreamTrack, set[RelayStreamTrack]] = {}
+        self._readers: dict[MediaStreamTrack, asyncio.Future[None]] = {}
+
+    def subscribe(self, track: MediaStreamTrack, buffered: bool = True) -> MediaStreamTrack:
+        self._consumers.setdefault(track, set())
+        return RelayStreamTrack(self, track, buffered)
+
+    def _start(self, proxy: RelayStreamTrack) -> None:
+        source = proxy._source
+        if source is None:
+            return
+        self._consumers.setdefault(source, set()).add(proxy)
+        if source not in self._readers:
+            self._readers[source] = asyncio.ensure_future(self._read(source))
+
+    def _stop(self, proxy: RelayStreamTrack) -> None:
+        source = proxy._source
+        consumers = self._consumers.get(source) if source is not None else None
+        if consumers is None:
+            return
+        consumers.discard(proxy)
+        if not consumers:
+            del self._consumers[source]  # type: ignore[arg-type]
+            reader = self._readers.pop(source, None)  # type: ignore[arg-type]
+            if reader is not None:
+                reader.cancel()
+
+    def reading(self, source: MediaStreamTrack) -> bool:
+        """Whether the relay is reading ``source`` now."""
+        return source in self._readers
+
+    async def _read(self, source: MediaStreamTrack) -> None:
+        while True:
+            frame: Frame | Packet[Any] | None
+            try:
+                frame = await source.recv()
+            except MediaStreamError:
+                frame = None
+            for proxy in list(self._consumers.get(source, ())):
+                if proxy._queue is not None:
+                    proxy._queue.put_nowait(frame)
+                elif proxy._new_frame_event is not None:
+                    proxy._frame = frame
+                    proxy._new_frame_event.set()
+            if frame is None:
+                break
+        self._readers.pop(source, None)
+        self._consumers.pop(source, None)
+
+
 _default_relay: MediaRelay | None = None
 
 
 def default_relay() -> MediaRelay:
-    """A process-wide ``MediaRelay``. Every consumer of one source track must use the same
+    """A process-wide ``SourceRelay``. Every consumer of one source track must use the same
     relay (two relays reading one track split its frames between them)."""
     global _default_relay
     if _default_relay is None:
-        _default_relay = MediaRelay()
+        _default_relay = SourceRelay()
     return _default_relay
 
 
