@@ -39,13 +39,17 @@ async def run(scenario: str, workdir: Path) -> dict[str, Any]:
                                        actions=["subscribe", "presence"], name="restricted")
     node.reload_keyring()
     alice, _ = mint_token(sk, "alice", ttl=900, peer_metadata={"name": "Alice"})
+    # Python-peer scenarios: the Python peer is "py"; a browser is "alice" (polite towards
+    # "py": the Python side offers first) or "zoe" (impolite: the browser offers first).
+    zoe, _ = mint_token(sk, "zoe", ttl=900, peer_metadata={"name": "Zoe"})
+    py_token, _ = mint_token(sk, "py", ttl=900, peer_metadata={"name": "Py"})
 
     env = {
         "base": f"http://127.0.0.1:{node.port}",
         "ws": f"ws://127.0.0.1:{node.port}",
         "pk": pk.id,
         "keys": {"restricted": restricted.id},
-        "tokens": {"alice": alice},
+        "tokens": {"alice": alice, "zoe": zoe},
         "webDir": os.environ.get("ROOMWIRE_WEB_DIR", str(REPO / "web")),
         "chromium": os.environ.get("ROOMWIRE_CHROMIUM", "/usr/bin/chromium"),
         "screenshot": os.environ.get("ROOMWIRE_SCREENSHOT") or None,
@@ -61,6 +65,7 @@ async def run(scenario: str, workdir: Path) -> dict[str, Any]:
     )
     assert proc.stdin is not None and proc.stdout is not None
     result: dict[str, Any] = {"ok": False, "error": "the driver printed no RESULT line"}
+    pypeer: asyncio.subprocess.Process | None = None
     try:
         while True:
             raw = await proc.stdout.readline()
@@ -79,6 +84,16 @@ async def run(scenario: str, workdir: Path) -> dict[str, Any]:
                     reply = f"ERR {exc!r}"
                 proc.stdin.write(f"{reply}\n".encode())
                 await proc.stdin.drain()
+            elif line.startswith("CMD py "):
+                # A request for the Python peer (pypeer.py, started on first use).
+                try:
+                    if pypeer is None:
+                        pypeer = await start_pypeer(node.port, py_token)
+                    reply = await ask_pypeer(pypeer, line[len("CMD py "):])
+                except Exception as exc:
+                    reply = f"ERR pypeer: {exc!r}"
+                proc.stdin.write(f"{reply}\n".encode())
+                await proc.stdin.drain()
             else:
                 print(line, file=sys.stderr)
         await proc.wait()
@@ -86,9 +101,45 @@ async def run(scenario: str, workdir: Path) -> dict[str, Any]:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        if pypeer is not None:
+            await stop_pypeer(pypeer)
         await node.stop()
     result["driverExit"] = proc.returncode
     return result
+
+
+async def start_pypeer(port: int, token: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, str(HERE / "pypeer.py"),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "ROOMWIRE_PYPEER_URL": f"ws://127.0.0.1:{port}",
+             "ROOMWIRE_PYPEER_TOKEN": token},
+        limit=1 << 24,
+    )
+
+
+async def ask_pypeer(pypeer: asyncio.subprocess.Process, request: str) -> str:
+    """One request line to the Python peer, its reply as ``OK <json>`` or ``ERR ...``."""
+    assert pypeer.stdin is not None and pypeer.stdout is not None
+    pypeer.stdin.write(request.encode() + b"\n")
+    await pypeer.stdin.drain()
+    raw = await asyncio.wait_for(pypeer.stdout.readline(), 90)
+    if not raw:
+        raise RuntimeError(f"the Python peer exited ({await pypeer.wait()})")
+    reply = json.loads(raw)
+    if not reply.get("ok"):
+        return f"ERR pypeer: {reply.get('error')}"
+    return "OK " + json.dumps(reply.get("result"))
+
+
+async def stop_pypeer(pypeer: asyncio.subprocess.Process) -> None:
+    if pypeer.returncode is None and pypeer.stdin is not None:
+        pypeer.stdin.close()  # EOF: it closes its peer and exits
+        try:
+            await asyncio.wait_for(pypeer.wait(), 5)
+        except TimeoutError:
+            pypeer.kill()
+            await pypeer.wait()
 
 
 def main() -> None:
