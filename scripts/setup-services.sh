@@ -53,4 +53,7 @@ if ! have turnserver; then
     # Debian enables the system service on install; the tests run their own instance.
     (systemctl disable --now coturn >/dev/null 2>&1 || service coturn stop >/dev/null 2>&1) || true
 fi
-echo "services ready: redis 127.0.0.1:6379, postgresql 127.0.0.1:5432/test, coturn binary"
+# -- espeak-ng (`roomwire join --say` and its test) -------------------------------------------
+have espeak-ng || apt_install espeak-ng
+
+echo "services ready: redis 127.0.0.1:6379, postgresql 127.0.0.1:5432/test, coturn, espeak-ng"

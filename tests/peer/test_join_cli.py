@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
 import io
 import json
@@ -14,7 +15,7 @@ import pytest
 
 from conftest import RunningServer
 from roomwire.client.join_cli import CliError, build_join_parser, join_command, main
-from roomwire.client.media import AudioSource
+from roomwire.client.media import AudioSource, iter_frames
 
 from .conftest import MakePeer
 from .kit import Tap, count_frames
@@ -66,6 +67,31 @@ async def test_join_plays_a_file_records_and_prints(
     assert events[-1] == "left"
     assert rec.exists() and rec.stat().st_size > 1000
     await t.log.wait("peer-left")
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                    reason="espeak-ng is not installed (scripts/setup-services.sh installs it)")
+async def test_join_says_text_as_audible_speech(
+        server: RunningServer, make_peer: MakePeer) -> None:
+    listener = make_peer("listener")
+    listener.add_track(AudioSource(), None, {"role": "voice"})
+    await listener.join(ROOM)
+    args = build_join_parser().parse_args([
+        ROOM, "--url", server.url, "--token", server.token("speaker"), "--duration", "4",
+        "--say", "hello from roomwire", "--json"])
+    task = asyncio.create_task(join_command(args, io.StringIO()))
+    t: Tap = listener.tap  # type: ignore[attr-defined]
+    ev = await t.track("speaker", "audio")
+    loudest = 0
+    async with asyncio.timeout(6):
+        async for frame in iter_frames(ev.track):
+            samples = array.array("h", bytes(frame.planes[0]))
+            loudest = max(loudest, max((abs(v) for v in samples), default=0))
+            if loudest > 2000:
+                break
+    # Silence is zeros; espeak's voice peaks far above the threshold.
+    assert loudest > 2000
+    assert await asyncio.wait_for(task, 10) == 0
 
 
 async def test_join_errors(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,8 +12,8 @@ It joins ``ROOM`` on any Metered-compatible server as a ``MeteredPeer``, prints 
 * ``--duration S``: leaves after S seconds (default: until Ctrl-C).
 
 Credentials: ``--key`` (a publishable key) or ``--token`` (a JWT), or the ``ROOMWIRE_KEY`` /
-``ROOMWIRE_TOKEN`` environment variables. ``--url`` (or ``ROOMWIRE_URL``) defaults to the
-Metered service. ``--loopback`` lets WebRTC use 127.0.0.1 (local development on one machine).
+``ROOMWIRE_TOKEN`` environment variables. ``--url`` (or ``ROOMWIRE_URL``) defaults to a
+local ``roomwire serve`` (``ws://127.0.0.1:7880``). ``--loopback`` lets WebRTC use 127.0.0.1 (local development on one machine).
 
 Wiring into a parent CLI: ``add_join_parser(subparsers)`` registers the ``join`` command and
 ``run_join(args)`` runs it (returns the exit status); ``main(argv)`` runs it standalone.
@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -90,8 +91,6 @@ def _speech_wav(texts: Sequence[str], folder: str) -> list[str]:
     paths = []
     for i, text in enumerate(texts):
         path = os.path.join(folder, f"say{i}.wav")
-        import subprocess
-
         done = subprocess.run([exe, "-w", path, "--", text], capture_output=True, timeout=60)
         if done.returncode != 0 or not os.path.exists(path):
             raise CliError(f"espeak-ng failed: {done.stderr.decode(errors='replace')[-200:]}")
