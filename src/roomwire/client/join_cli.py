@@ -13,7 +13,8 @@ It joins ``ROOM`` on any Metered-compatible server as a ``MeteredPeer``, prints 
 
 Credentials: ``--key`` (a publishable key) or ``--token`` (a JWT), or the ``ROOMWIRE_KEY`` /
 ``ROOMWIRE_TOKEN`` environment variables. ``--url`` (or ``ROOMWIRE_URL``) defaults to a
-local ``roomwire serve`` (``ws://127.0.0.1:7880``). ``--loopback`` lets WebRTC use 127.0.0.1 (local development on one machine).
+local ``roomwire serve`` (``ws://127.0.0.1:7880``). ``--loopback`` lets WebRTC use
+127.0.0.1 (local development on one machine).
 
 Wiring into a parent CLI: ``add_join_parser(subparsers)`` registers the ``join`` command and
 ``run_join(args)`` runs it (returns the exit status); ``main(argv)`` runs it standalone.
