@@ -58,33 +58,60 @@ def browser_ready() -> None:
                     f"{probe.stderr.strip()}")
 
 
+def _run_harness(scenario: str, workdir: Path, **env: str) -> dict[str, Any]:
+    """Run ``harness.py <scenario>`` (roomwire node + driver.mjs) in a fresh namespace; return
+    the driver's result, after asserting it succeeded."""
+    script = (f"ip link set lo up && exec {shlex.quote(sys.executable)} "
+              f"{shlex.quote(str(HERE / 'harness.py'))} {scenario} "
+              f"{shlex.quote(str(workdir))}")
+    started = time.monotonic()
+    proc = subprocess.run(
+        [*_netns_prefix(), "bash", "-c", script], capture_output=True, text=True,
+        timeout=SCENARIO_TIMEOUT, env={**os.environ, **env},
+    )
+    elapsed = time.monotonic() - started
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not lines:
+        raise AssertionError(f"no result from the harness (exit {proc.returncode});\n"
+                             f"stderr:\n{proc.stderr[-6000:]}")
+    result: dict[str, Any] = json.loads(lines[-1][len("RESULT "):])
+    result["wallSeconds"] = round(elapsed, 2)
+    sys.stderr.write(proc.stderr[-3000:])
+    assert result.get("ok"), (
+        f"{scenario} failed: {result.get('error')}\n"
+        f"diag: {json.dumps(result.get('diag'), indent=1)[:6000]}\n"
+        f"stderr:\n{proc.stderr[-4000:]}"
+    )
+    return result
+
+
 @pytest.fixture
 def run_scenario(browser_ready: None, tmp_path: Path) -> Callable[..., dict[str, Any]]:
     """Run ``harness.py <scenario>`` (roomwire node + driver.mjs) in a fresh namespace; return
     the driver's result, after asserting it succeeded."""
 
     def run(scenario: str, **env: str) -> dict[str, Any]:
-        script = (f"ip link set lo up && exec {shlex.quote(sys.executable)} "
-                  f"{shlex.quote(str(HERE / 'harness.py'))} {scenario} "
-                  f"{shlex.quote(str(tmp_path))}")
-        started = time.monotonic()
-        proc = subprocess.run(
-            [*_netns_prefix(), "bash", "-c", script], capture_output=True, text=True,
-            timeout=SCENARIO_TIMEOUT, env={**os.environ, **env},
-        )
-        elapsed = time.monotonic() - started
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if not lines:
-            raise AssertionError(f"no result from the harness (exit {proc.returncode});\n"
-                                 f"stderr:\n{proc.stderr[-6000:]}")
-        result: dict[str, Any] = json.loads(lines[-1][len("RESULT "):])
-        result["wallSeconds"] = round(elapsed, 2)
-        sys.stderr.write(proc.stderr[-3000:])
-        assert result.get("ok"), (
-            f"{scenario} failed: {result.get('error')}\n"
-            f"diag: {json.dumps(result.get('diag'), indent=1)[:6000]}\n"
-            f"stderr:\n{proc.stderr[-4000:]}"
-        )
-        return result
+        return _run_harness(scenario, tmp_path, **env)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def scenario_once(browser_ready: None,
+                  tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], dict[str, Any]]:
+    """Like ``run_scenario``, but each scenario runs once per session and its result is shared
+    by the tests that assert on it (a failed run fails each of them)."""
+    results: dict[str, dict[str, Any] | BaseException] = {}
+
+    def run(scenario: str) -> dict[str, Any]:
+        if scenario not in results:
+            try:
+                results[scenario] = _run_harness(scenario, tmp_path_factory.mktemp(scenario))
+            except (AssertionError, subprocess.TimeoutExpired) as exc:
+                results[scenario] = exc
+        got = results[scenario]
+        if isinstance(got, BaseException):
+            raise AssertionError(f"scenario {scenario} failed (first run): {got}")
+        return got
 
     return run

@@ -1,7 +1,8 @@
 // Browser test driver: headless Debian chromium through playwright-core (no browser download).
 // Started by harness.py inside an empty network namespace, next to a roomwire node.
 //
-//   node driver.mjs <scenario>        scenario: call | restart | pubsub
+//   node driver.mjs <scenario>        scenario: call | restart | pubsub | py-browser-first |
+//                                     py-python-first | py-restart | py-screen-stop | bench
 //
 // Input: ROOMWIRE_BROWSER_ENV (JSON: base, ws, pk, tokens, keys, webDir, screenshot, chromium).
 // Talks to the harness over stdio: "CMD <name>" lines out, one reply line in.
@@ -348,9 +349,331 @@ async function scenarioPubsub(ctx) {
   }, env);
 }
 
+// -- a browser and a roomwire Python peer ----------------------------------------------------
+// The Python MeteredPeer runs in pypeer.py, started by the harness in the same namespace; the
+// driver sends it requests with py(op, args) ("CMD py {...}" on the control channel).
+
+async function py(op, args = {}) {
+  const line = await command(`py ${JSON.stringify({ op, ...args })}`);
+  return JSON.parse(line.slice(3));
+}
+
+// Installed before the demo page loads: records what the official SDK delivers (its
+// RemotePeer events, hooked the moment the demo creates its MeteredPeer) and what reaches the
+// page on the wire (track metadata and SDP descriptions, both directions).
+function recorder() {
+  const rec = window.__rw = { sdk: [], wire: [], remotes: {} };
+  const W = window.WebSocket;
+  const look = (raw, dir) => {
+    let f; try { f = JSON.parse(raw); } catch { return; }
+    const x = f && f.data;
+    if (!x || typeof x !== "object") return;
+    const peer = dir === "in" ? f.from : f.to;
+    if (x.__meteredTrackMeta) rec.wire.push({ t: Date.now(), dir, peer, meta: x.__meteredTrackMeta });
+    else if (x.type === "rtc-description") rec.wire.push({ t: Date.now(), dir, peer, sdpType: x.description?.type, sdp: x.description?.sdp });
+  };
+  window.WebSocket = class extends W {
+    constructor(...a) { super(...a); this.addEventListener("message", (e) => look(e.data, "in")); }
+    send(d) { look(d, "out"); return super.send(d); }
+  };
+  const hook = (peer) => {
+    const push = (ev, d) => rec.sdk.push({ t: Date.now(), ev, ...d });
+    peer.on("data", (e) => push("data", { peer: e.senderPeerId, kind: e.kind, data: e.data }));
+    peer.on("peer-joined", ({ peer: r }) => {
+      rec.remotes[r.id] = r;
+      push("peer-joined", { peer: r.id });
+      r.on("track", (e) => push("track", { peer: r.id, kind: e.track.kind, trackId: e.track.id,
+        streams: (e.streams || []).map((x) => x.id), metadata: e.metadata ?? null }));
+      r.on("stream-added", (e) => push("stream-added", { peer: r.id, streamId: e.stream.id, metadata: e.metadata ?? null }));
+      r.on("stream-removed", (e) => push("stream-removed", { peer: r.id, streamId: e.stream.id }));
+      r.on("negotiation-error", (e) => push("negotiation-error", { peer: r.id,
+        error: String(e?.error?.message || e?.error || e?.message || JSON.stringify(e)) }));
+      r.on("connection-reset", () => push("connection-reset", { peer: r.id }));
+    });
+  };
+  let demo;
+  Object.defineProperty(window, "demo", {
+    configurable: true, get: () => demo,
+    set: (v) => {
+      demo = v;
+      let p = v && v.peer;
+      if (v) Object.defineProperty(v, "peer", { configurable: true, enumerable: true,
+        get: () => p, set: (x) => { p = x; if (x) hook(x); } });
+    },
+  });
+}
+
+const consoleErrors = [];
+
+// A demo tab with the recorder. join: "auto" (autojoin), "manual" (the caller joins).
+async function openTab(ctx, tag, { room, name, token, join = "auto" }) {
+  const page = await ctx.newPage();
+  watchConsole(page, tag);
+  page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(`${tag}: ${m.text()}`); });
+  await page.addInitScript(recorder);
+  const q = new URLSearchParams({ room, name, ...(join === "auto" ? { autojoin: "1" } : {}),
+                                  ...(env.debug ? { debug: "1" } : {}) });
+  const url = `${env.base}/demo?${q}${token ? `#token=${encodeURIComponent(token)}` : ""}`;
+  await page.goto(url, { waitUntil: "load", timeout: 30_000 });
+  if (join === "auto") {
+    await until(page, `${tag} joined`, summary, (s) => s.state === "joined", 20_000);
+  } else {
+    await until(page, `${tag} ready`, () => window.demo.ready, (v) => v === "ok", 20_000);
+  }
+  return page;
+}
+
+const rec = () => window.__rw ? { sdk: window.__rw.sdk, wire: window.__rw.wire } : null;
+const sdkEvents = (page, pred) => page.evaluate(() => window.__rw.sdk).then((l) => l.filter(pred));
+
+async function untilSdk(page, what, pred, count = 1, timeoutMs = 20_000) {
+  return await until(page, what, () => window.__rw.sdk, (l) => l.filter(pred).length >= count, timeoutMs)
+    .then((l) => l.filter(pred));
+}
+
+// Python frames: retries inside pypeer; fails loudly when fewer than `want` arrive.
+async function pyFrames(what, args) {
+  const r = await py("frames", { want: 10, timeout: 25, ...args });
+  if (r.frames < (args.want ?? 10)) throw new Error(`Python: ${what}: ${JSON.stringify(r).slice(0, 1500)}`);
+  return r;
+}
+
+// Browser tab B and the Python peer in one room; `first` says who joins first.
+async function setupPyCall(ctx, room, { first, token }) {
+  await py("start", { width: 320, height: 240, fps: 30,
+                      metadata: { role: "camera", label: "Py cam", name: "Py" } });
+  let b;
+  if (first === "browser") {
+    b = await openTab(ctx, "B", { room, name: "Browser", token });
+    mark("browser_joined");
+    await py("join", { room });
+    mark("py_joined");
+  } else {
+    await py("join", { room });
+    mark("py_joined");
+    b = await openTab(ctx, "B", { room, name: "Browser", token });
+    mark("browser_joined");
+  }
+  const bs = await until(b, "B sees the Python peer", summary, oneRemote, 15_000);
+  const remote = await py("remote", { id: bs.peerId, timeout: 15 });
+  mark("presence_both");
+  const statsB = await until(b, "B decodes the Python peer's video and audio", stats, mediaFlowing, 30_000);
+  const pyVideo = await pyFrames("decode the browser's camera video", { remote: bs.peerId, kind: "video", role: "camera" });
+  const pyAudio = await pyFrames("decode the browser's microphone", { remote: bs.peerId, kind: "audio" });
+  mark("media_both");
+  return { b, browserId: bs.peerId, remote, statsB: Object.values(statsB)[0], pyVideo, pyAudio };
+}
+
+// send/send_to both ways (the Python peer is "py").
+async function pyData(b, browserId, tag) {
+  await b.evaluate((t) => window.demo.sendChat(`broadcast from the browser ${t}`), tag);
+  await b.evaluate((t) => window.demo.peer.sendTo("py", { type: "dm", text: `direct from the browser ${t}` }), tag);
+  await py("send", { data: { type: "chat", text: `broadcast from Python ${tag}`, name: "Py" } });
+  await py("send_to", { to: browserId, data: { type: "dm", text: `direct from Python ${tag}` } });
+  const fromBrowser = await py("data", { want: 2, timeout: 10, contains: tag });
+  const toBrowser = await untilSdk(b, "B gets Python's data", (e) => e.ev === "data" && JSON.stringify(e.data).includes(tag), 2, 10_000);
+  return { toPython: fromBrowser, toBrowser };
+}
+
+async function pyMediaScenario(ctx, first, token) {
+  const room = `py-${first}-${Math.random().toString(36).slice(2, 8)}`;
+  const call = await setupPyCall(ctx, room, { first, token });
+  const { b, browserId } = call;
+  const data = await pyData(b, browserId, "#1");
+  mark("data_both");
+
+  // Second streams, both ways: Python adds a "screen" stream (a renegotiation), and the
+  // browser shares its screen (a second stream with role "screen", from the demo page).
+  const pyScreen = await py("add_stream", { name: "screen", metadata: { role: "screen", label: "Py screen" } });
+  const screenAdded = await untilSdk(b, "B's SDK reports the Python screen stream",
+    (e) => e.ev === "stream-added" && e.streamId === pyScreen.streamId, 1, 20_000);
+  await until(b, "B decodes two videos from Python", stats, (st) => {
+    const e = Object.values(st)[0];
+    return (e?.inbound || []).filter((i) => i.kind === "video" && i.framesDecoded > 0).length >= 2;
+  }, 20_000);
+  await b.click("#screen");
+  const pyGotScreen = await pyFrames("decode the browser's screen share", { remote: browserId, kind: "video", role: "screen", want: 5 });
+  mark("second_streams");
+
+  const pyEvents = await py("events");
+  return {
+    browserId, first, remote: call.remote, statsB: call.statsB, pyVideo: call.pyVideo, pyAudio: call.pyAudio,
+    data, pyScreen, screenAdded, pyGotScreen, pyEvents,
+    recB: await b.evaluate(rec), summaryB: await b.evaluate(summary),
+    statsAfter: Object.values(await b.evaluate(stats))[0],
+  };
+}
+
+// 1 and 3: the browser joins first; it is "alice", polite towards "py": Python offers.
+const scenarioPyBrowserFirst = (ctx) => pyMediaScenario(ctx, "browser", env.tokens.alice);
+// 2 and 3: the Python peer joins first; the browser is "zoe", impolite: the browser offers.
+const scenarioPyPythonFirst = (ctx) => pyMediaScenario(ctx, "python", env.tokens.zoe);
+
+// 4: the server restarts (same port and data dir): both sides recover, media flows again.
+async function scenarioPyRestart(ctx) {
+  const room = `py-restart-${Math.random().toString(36).slice(2, 8)}`;
+  const { b, browserId } = await setupPyCall(ctx, room, { first: "browser", token: env.tokens.alice });
+  await command("restart");
+  mark("server_restarted");
+  await until(b, "B reconnecting", () => window.demo.events.some((e) => e.kind === "state" && e.to === "reconnecting"), (v) => v, 15_000);
+  mark("b_reconnecting");
+  await until(b, "B rejoined with the Python peer", summary, (s) => oneRemote(s) && !s.banner, 30_000);
+  mark("b_rejoined");
+  await py("wait_state", { state: "joined", timeout: 40 });
+  mark("py_rejoined");
+  const pyState = await py("wait_state", { state: "joined", remoteState: "connected", timeout: 40 });
+  mark("rejoined");
+  const mediaB = await mediaGrowing(b, "B after the restart", 30_000);
+  const pyVideo = await pyFrames("decode the browser's video after the restart", { remote: browserId, kind: "video", fresh: true, timeout: 30 });
+  const pyAudio = await pyFrames("decode the browser's audio after the restart", { remote: browserId, kind: "audio", fresh: true, timeout: 20 });
+  mark("media_again");
+  const data = await pyData(b, browserId, "#after-restart");
+  mark("data_again");
+  return {
+    browserId, pyState, mediaB, pyVideo, pyAudio, data,
+    statesB: await b.evaluate(() => window.demo.events.filter((e) => e.kind === "state").map((e) => e.to)),
+    summaryB: await b.evaluate(summary), pyEvents: await py("events"),
+  };
+}
+
+// 5: the browser stops its screen-share transceiver (transceiver.stop(), not the SDK's
+// removeStream) and renegotiates with the Python peer: its offer rejects that m-line. Then it
+// shares again. Chromium must accept the Python answers, and the second share must decode.
+async function scenarioPyScreenStop(ctx) {
+  const room = `py-stop-${Math.random().toString(36).slice(2, 8)}`;
+  const { b, browserId } = await setupPyCall(ctx, room, { first: "browser", token: env.tokens.alice });
+  await b.click("#screen");
+  const first = await pyFrames("decode the first screen share", { remote: browserId, kind: "video", role: "screen", want: 5 });
+  mark("shared");
+
+  const stopped = await b.evaluate(async () => {
+    const r = window.__rw.remotes.py;
+    const pc = r.pc;
+    const video = document.querySelector(".tile.local.screen video");
+    const track = video.srcObject.getVideoTracks()[0];
+    const t = pc.getTransceivers().find((x) => x.sender.track === track);
+    if (!t) return { error: "no transceiver sends the screen track" };
+    const mid = t.mid;
+    t.stop(); // fires negotiationneeded: the SDK offers, with this m-line rejected (port 0)
+    return { mid, transceivers: pc.getTransceivers().length };
+  });
+  if (stopped.error) throw new Error(stopped.error);
+  // The renegotiation completes: back to stable, the stopped transceiver gone.
+  const settled = await until(b, "B's renegotiation after stop() completes", (mid) => {
+    const pc = window.__rw.remotes.py.pc;
+    const answers = window.__rw.wire.filter((w) => w.sdpType === "answer" && w.dir === "in");
+    const last = answers[answers.length - 1];
+    return { state: pc.signalingState, mids: pc.getTransceivers().map((t) => t.mid),
+             stoppedGone: !pc.getTransceivers().some((t) => t.mid === mid),
+             answerRejects: Boolean(last && last.sdp.includes(`a=mid:${mid}`)
+               && !/a=group:BUNDLE[^\r\n]*/.exec(last.sdp)[0].split(" ").includes(mid)) };
+  }, (v) => v.state === "stable" && v.stoppedGone && v.answerRejects, 20_000, stopped.mid);
+  const offerCheck = await b.evaluate(async () => {
+    try { await window.__rw.remotes.py.pc.createOffer(); return "ok"; } catch (e) { return String(e); }
+  });
+  const removedOnPython = await py("events").then((e) => e.remotes[browserId].filter((x) => x.ev === "stream-removed"));
+  mark("stopped");
+
+  // The app's own cleanup (removeStream on an already stopped sender), then share again.
+  await b.evaluate(() => window.demo.toggleScreen());
+  await until(b, "B's screen tile gone", summary, (s) => !s.tiles.some((t) => t.role === "screen" && t.local), 5_000);
+  await b.evaluate(() => window.demo.toggleScreen());
+  await until(b, "B shares again", summary, (s) => s.tiles.some((t) => t.role === "screen" && t.local), 10_000);
+  const secondStreamId = await b.evaluate(() => document.querySelector(".tile.local.screen video").srcObject.id);
+  const second = await pyFrames("decode the second screen share", { remote: browserId, kind: "video", role: "screen", streamId: secondStreamId, want: 10, timeout: 30 });
+  mark("shared_again");
+  const camStill = await pyFrames("still decode the browser's camera", { remote: browserId, kind: "video", role: "camera", fresh: true, want: 5 });
+  const mediaB = await mediaGrowing(b, "B still decodes Python", 15_000);
+  const final = await b.evaluate(() => ({ state: window.__rw.remotes.py.pc.signalingState,
+    conn: window.__rw.remotes.py.pc.connectionState }));
+  return {
+    browserId, first, stopped, settled, offerCheck, removedOnPython, secondStreamId, second, camStill,
+    mediaB, final, recB: await b.evaluate(rec), pyEvents: await py("events"),
+    consoleErrors: consoleErrors.slice(),
+  };
+}
+
+// -- benchmark: a browser's join to the first decoded frame on the other side -----------------
+
+function pct(xs, p) {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.floor(p * (s.length - 1) + 0.5))] : null;
+}
+
+// In the page: wall time (ms) of the first decoded video frame from any remote.
+async function firstDecoded(timeoutMs) {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    const st = await window.demo.stats();
+    if (Object.values(st).some((e) => e.video.framesDecoded > 0)) return Date.now();
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return null;
+}
+
+async function scenarioBench(ctx) {
+  const runs = Number(process.env.ROOMWIRE_BENCH_RUNS || 10);
+  const which = (process.env.ROOMWIRE_BENCH_PAIRS || "bb,bp").split(",");
+  const out = { runs, bb: [], bp: [], failures: { bb: 0, bp: 0 } };
+  for (let i = 0; i < runs && which.includes("bb"); i++) {
+    const room = `bench-bb-${i}-${Math.random().toString(36).slice(2, 6)}`;
+    const a = await openTab(ctx, "A", { room, name: "A" });
+    const b = await openTab(ctx, "B", { room, name: "B", join: "manual" });
+    const t0 = Date.now();
+    await b.evaluate(() => { window.demo.join(); });
+    const [ta, tb] = await Promise.all([
+      a.evaluate(firstDecoded, 30_000),
+      b.evaluate(firstDecoded, 30_000),
+    ]);
+    if (ta == null || tb == null) {
+      // Counted, not fatal: two tabs of the JS SDK sometimes never get media (see the report).
+      out.failures.bb += 1;
+      log(`bench bb ${i}: no decoded frame within 30 s (other ${ta}, joiner ${tb})`);
+      await a.close(); await b.close();
+      continue;
+    }
+    out.bb.push({ other: ta - t0, joiner: tb - t0 });
+    log(`bench bb ${i}: other side ${ta - t0} ms, joiner ${tb - t0} ms`);
+    await a.close(); await b.close();
+  }
+  for (let i = 0; i < runs && which.includes("bp"); i++) {
+    const room = `bench-bp-${i}-${Math.random().toString(36).slice(2, 6)}`;
+    await py("start", { width: 320, height: 240, fps: 30 });
+    await py("join", { room });
+    const b = await openTab(ctx, "B", { room, name: "B", join: "manual" });
+    const t0 = Date.now();
+    await b.evaluate(() => { window.demo.join(); });
+    const tb = await b.evaluate(firstDecoded, 30_000);
+    const bid = await b.evaluate(() => window.demo.peer.peerId);
+    const tp = await py("first_frame", { remote: bid, kind: "video", timeout: 30 }).catch(() => null);
+    if (tb == null || tp == null) {
+      out.failures.bp += 1;
+      log(`bench bp ${i}: no decoded frame within 30 s (python ${tp}, browser ${tb})`);
+      await b.close(); await py("close");
+      continue;
+    }
+    out.bp.push({ other: Math.round(tp - t0), joiner: tb - t0 });
+    log(`bench bp ${i}: Python ${Math.round(tp - t0)} ms, browser ${tb - t0} ms`);
+    await b.close();
+    await py("close");
+  }
+  out.summary = {};
+  for (const k of ["bb", "bp"]) {
+    if (!out[k].length) continue;
+    const o = out[k].map((r) => r.other), j = out[k].map((r) => r.joiner);
+    out.summary[k] = { n: o.length, failed: out.failures[k], otherP50: pct(o, 0.5), otherMin: Math.min(...o), otherMax: Math.max(...o),
+                       joinerP50: pct(j, 0.5) };
+  }
+  return out;
+}
+
 // -- main ------------------------------------------------------------------------------------
 
-const scenarios = { call: scenarioCall, restart: scenarioRestart, pubsub: scenarioPubsub };
+const scenarios = {
+  call: scenarioCall, restart: scenarioRestart, pubsub: scenarioPubsub,
+  "py-browser-first": scenarioPyBrowserFirst, "py-python-first": scenarioPyPythonFirst,
+  "py-restart": scenarioPyRestart, "py-screen-stop": scenarioPyScreenStop, bench: scenarioBench,
+};
 
 async function main() {
   const name = process.argv[2];
@@ -366,6 +689,10 @@ async function main() {
     for (const [i, p] of ctx.pages().entries()) {
       try {
         diag[`page${i}`] = await p.evaluate(() => window.demo ? { summary: window.demo.summary(), events: window.demo.events.slice(-40) } : null);
+        const r = await p.evaluate(() => window.__rw ? { sdk: window.__rw.sdk, wire: window.__rw.wire.map((w) => w.sdp
+          ? { dir: w.dir, sdpType: w.sdpType, lines: w.sdp.split("\r\n").filter((l) => /^(m=|a=mid|a=msid|a=group|a=sendrecv|a=sendonly|a=recvonly|a=inactive)/.test(l)) }
+          : w) } : null);
+        if (r) diag[`page${i}rec`] = r;
       } catch (e) { diag[`page${i}`] = String(e); }
     }
     throw Object.assign(err, { diag });
@@ -378,7 +705,7 @@ async function main() {
 }
 
 const watchdog = setTimeout(() => {
-  process.stdout.write(`RESULT ${JSON.stringify({ ok: false, error: "driver watchdog: over 100 s", timings })}\n`);
+  process.stdout.write(`RESULT ${JSON.stringify({ ok: false, error: `driver watchdog: over ${Number(env.driverTimeoutMs || 100_000) / 1000} s`, timings })}\n`);
   process.exit(3);
 }, Number(env.driverTimeoutMs || 100_000));
 

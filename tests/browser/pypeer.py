@@ -22,12 +22,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "peer"))
 
-from kit import Tap, drain  # noqa: E402  (tests/peer/kit.py)
+from kit import Tap, drain
 
-from roomwire.client.media import AudioSource, VideoSource  # noqa: E402
-from roomwire.client.negotiation import NegotiationTimings  # noqa: E402
-from roomwire.client.peer import MeteredPeer  # noqa: E402
-from roomwire.client.peer_events import MediaStream  # noqa: E402
+from roomwire.client.media import AudioSource, VideoSource
+from roomwire.client.negotiation import NegotiationTimings
+from roomwire.client.peer import MeteredPeer
+from roomwire.client.peer_events import MediaStream
 
 log = logging.getLogger("pypeer")
 
@@ -90,7 +90,8 @@ class PyPeer:
               stream_id: str | None) -> Any | None:
         found = None
         for e in self._tracks(remote_id):
-            if e.kind != kind or e.track.readyState != "live":
+            if (e.kind != kind or e.track.readyState != "live"
+                    or getattr(e.track, "_finished", False)):
                 continue
             if role is not None and (e.metadata or {}).get("role") != role:
                 continue
@@ -158,27 +159,29 @@ class PyPeer:
         role, stream_id = req.get("role"), req.get("streamId")
         timeout, want = float(req.get("timeout", 15)), int(req.get("want", 10))
         deadline = time.monotonic() + timeout
-        ev = None
-        while ev is None:
+        got, size, ev, drained = 0, None, None, set()
+        while got < want and time.monotonic() < deadline:
             ev = self._pick(remote, kind, role, stream_id)
             if ev is None:
-                if time.monotonic() > deadline:
-                    return {"frames": 0, "found": False,
-                            "tracks": self._describe_tracks(remote)}
                 await asyncio.sleep(0.05)
-        if req.get("fresh"):
-            drain(ev.track)
-        got, size = 0, None
-        try:
-            async with asyncio.timeout(max(0.5, deadline - time.monotonic())):
-                while got < want:
-                    frame = await ev.track.recv()
-                    got += 1
-                    if hasattr(frame, "width"):
-                        size = [frame.width, frame.height]
-        except (TimeoutError, Exception) as exc:  # noqa: BLE001 - a count is the answer
-            if not isinstance(exc, TimeoutError):
+                continue
+            if req.get("fresh") and id(ev.track) not in drained:
+                drained.add(id(ev.track))
+                drain(ev.track)
+            try:
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                    while got < want:
+                        frame = await ev.track.recv()
+                        got += 1
+                        if hasattr(frame, "width"):
+                            size = [frame.width, frame.height]
+            except TimeoutError:
+                break
+            except Exception as exc:
                 log.info("frames: %r", exc)
+                await asyncio.sleep(0.05)
+        if ev is None:
+            return {"frames": 0, "found": False, "tracks": self._describe_tracks(remote)}
         return {"frames": got, "found": True, "size": size, "metadata": ev.metadata,
                 "streamId": ev.stream.id if ev.stream else None, "trackId": ev.track.id}
 
@@ -221,7 +224,10 @@ class PyPeer:
         deadline = time.monotonic() + timeout
         while True:
             got = [{"kind": e.kind, "from": e.sender_peer_id, "data": _jsonable(e.data),
-                    "senderMetadata": e.sender_metadata} for e in tap.log.of("data")]
+                    "senderMetadata": e.sender_metadata} for e in tap.log.of("data")
+                   if not (isinstance(e.data, dict) and e.data.get("type") == "card?")]
+            if req.get("contains"):
+                got = [g for g in got if req["contains"] in json.dumps(g["data"])]
             if len(got) >= want or time.monotonic() > deadline:
                 return got
             await asyncio.sleep(0.05)
@@ -295,7 +301,7 @@ async def main() -> None:
             if fn is None:
                 raise ValueError(f"unknown op {req.get('op')!r}")
             reply = {"ok": True, "result": await fn(req)}
-        except Exception as exc:  # noqa: BLE001 - reported to the driver
+        except Exception as exc:
             log.warning("op failed: %r", exc)
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         sys.stdout.write(json.dumps(reply, default=repr) + "\n")

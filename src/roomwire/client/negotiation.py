@@ -457,6 +457,8 @@ class _RemoteTrack:
     stream_id: str | None
     track_id: str | None
     active: bool = True
+    meta_key: str | None = None
+    """The id of metadata adopted for this track (see ``_adopt_orphan_metadata``)."""
 
 
 @dataclass(eq=False)
@@ -556,6 +558,8 @@ class PeerNegotiator:
         self._recovery_task: asyncio.Task[None] | None = None
         self.last_rebuild_at: float | None = None
         """``time.monotonic()`` of the latest connection swap, or None."""
+        self._meta_seen: dict[str, None] = {}  # inbound metadata ids, in arrival order
+        self._meta_bound: set[str] = set()  # metadata ids that ever labelled a track
         self._gen = _Generation(0, self._new_pc())
 
     # -- read-only state ---------------------------------------------------------------------
@@ -739,10 +743,15 @@ class PeerNegotiator:
                 self._emit(NegotiationErrorEvent(exc, fatal=False))
 
     def _apply_track_meta(self, meta: TrackMeta) -> None:
+        if not meta.is_clear:
+            self._meta_seen.pop(meta.track_id, None)
+            self._meta_seen[meta.track_id] = None
+            while len(self._meta_seen) > self.metadata_cache.capacity:
+                del self._meta_seen[next(iter(self._meta_seen))]
         if not self.metadata_cache.apply(meta):
             return
         for rec in self._gen.remote.values():
-            if rec.active and meta.track_id in (rec.track_id, rec.track.id):
+            if rec.active and meta.track_id in (rec.track_id, rec.track.id, rec.meta_key):
                 self._emit(TrackMetadataEvent(rec.track, meta.track_id,
                                               self._lookup_metadata(rec)))
 
@@ -1337,8 +1346,47 @@ class PeerNegotiator:
     # -- remote tracks -------------------------------------------------------------------------
 
     def _lookup_metadata(self, rec: _RemoteTrack) -> dict[str, Any] | None:
-        return self.metadata_cache.lookup(msid_track_id=rec.track_id, track_id=rec.track.id,
-                                          stream_id=rec.stream_id, kind=rec.kind)
+        found = self.metadata_cache.lookup(msid_track_id=rec.track_id, track_id=rec.track.id,
+                                           stream_id=rec.stream_id, kind=rec.kind)
+        if found is None and rec.meta_key is not None:
+            found = self.metadata_cache.get(rec.meta_key)
+        return found
+
+    def _adopt_orphan_metadata(self, info: Any, added: list[_RemoteTrack]) -> None:
+        """Label new tracks whose msid names no metadata entry with an "orphan" entry.
+
+        A browser that ``addTrack``s onto a transceiver the remote's offer created (Chromium
+        reuses one that never sent) announces that transceiver's own sender id in the msid,
+        not ``track.id``; the official JS SDK keys its ``__meteredTrackMeta`` by ``track.id``,
+        so the ids never meet. An orphan is a metadata entry that no m-section of the remote
+        description announces and that never labelled a track. A track without metadata
+        adopts the oldest orphan compatible with it (same kind and stream when the entry says
+        so) only when every such orphan carries the same metadata (never a guess between two
+        labels)."""
+        for rec in added:
+            if rec.track_id:
+                for key in (rec.track_id, rec.track.id):
+                    if self.metadata_cache.get(key) is not None:
+                        self._meta_bound.add(key)
+        missing = [r for r in added if self._lookup_metadata(r) is None]
+        if not missing:
+            return
+        announced = {s.track_id for s in info.sections if s.track_id}
+        for rec in missing:
+            candidates = []
+            for key in self._meta_seen:
+                entry = self.metadata_cache.entry(key)
+                if (entry is None or entry.metadata is None or key in announced
+                        or key in self._meta_bound):
+                    continue
+                if entry.kind not in (None, rec.kind):
+                    continue
+                if entry.stream_id is not None and entry.stream_id != rec.stream_id:
+                    continue
+                candidates.append(entry)
+            if candidates and all(c.metadata == candidates[0].metadata for c in candidates):
+                rec.meta_key = candidates[0].track_id
+                self._meta_bound.add(rec.meta_key)
 
     def resolve_metadata(self, track: MediaStreamTrack) -> dict[str, Any] | None:
         """The metadata for a remote track of the current connection, or None."""
@@ -1387,6 +1435,7 @@ class PeerNegotiator:
             added.append(rec)
             if t not in gen.pumps:
                 gen.pumps[t] = self._spawn(self._pump(gen, t, source), "pump")
+        self._adopt_orphan_metadata(info, added)
         self._announce_remote_changes(gen, added, ended)
 
     def _announce_remote_changes(self, gen: _Generation, added: list[_RemoteTrack],
