@@ -245,13 +245,27 @@ async def start_server(tmp_path: Path, **overrides: Any) -> RunningServer:
     return srv
 
 
+def dump_tasks_if_slow(what: str, after: float = 20.0) -> asyncio.TimerHandle:
+    """Print every task's stack to stderr if ``what`` is still running after ``after`` s (a
+    teardown that hangs); cancel the returned handle when done."""
+
+    def dump() -> None:
+        print(f"\n--- {what} still running after {after} s; tasks:", file=sys.stderr)
+        for task in asyncio.all_tasks():
+            task.print_stack(file=sys.stderr)
+
+    return asyncio.get_running_loop().call_later(after, dump)
+
+
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
     srv = await start_server(tmp_path)
     try:
         yield srv
     finally:
+        watch = dump_tasks_if_slow("server teardown")
         await srv.stop()
+        watch.cancel()
 
 
 class RawClient:

@@ -371,6 +371,7 @@ function recorder() {
     const peer = dir === "in" ? f.from : f.to;
     if (x.__meteredTrackMeta) rec.wire.push({ t: Date.now(), dir, peer, meta: x.__meteredTrackMeta });
     else if (x.type === "rtc-description") rec.wire.push({ t: Date.now(), dir, peer, sdpType: x.description?.type, sdp: x.description?.sdp });
+    else if (x.type === "rtc-ice") rec.wire.push({ t: Date.now(), dir, peer, ice: x.candidate ? `${x.candidate.candidate} ufrag=${x.candidate.usernameFragment}` : null });
   };
   window.WebSocket = class extends W {
     constructor(...a) { super(...a); this.addEventListener("message", (e) => look(e.data, "in")); }
@@ -649,6 +650,17 @@ async function scenarioBench(ctx) {
     if (tb == null || tp == null) {
       out.failures.bp += 1;
       log(`bench bp ${i}: no decoded frame within 30 s (python ${tp}, browser ${tb})`);
+      if (env.debug) {
+        const dump = await b.evaluate(() => ({
+          wire: window.__rw.wire.map((w) => ({ ...w, sdp: w.sdp && w.sdp.split("\r\n").filter((l) => /^a=(ice-ufrag|candidate|setup)/.test(l)) })),
+          sdk: window.__rw.sdk,
+          pcs: Object.fromEntries(Object.entries(window.__rw.remotes).map(([k, r]) => [k, r.pc && {
+            sig: r.pc.signalingState, ice: r.pc.iceConnectionState, gath: r.pc.iceGatheringState, conn: r.pc.connectionState,
+            local: r.pc.localDescription?.sdp.split("\r\n").filter((l) => /^a=(ice-ufrag|candidate)/.test(l)),
+            remote: r.pc.remoteDescription?.sdp.split("\r\n").filter((l) => /^a=(ice-ufrag|candidate)/.test(l)) }])),
+        }));
+        log(`bench bp ${i} browser dump: ${JSON.stringify(dump)}`);
+      }
       await b.close(); await py("close");
       continue;
     }

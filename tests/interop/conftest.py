@@ -46,7 +46,11 @@ async def official() -> AsyncIterator[Launch]:
         return client
 
     yield launch
+    from conftest import dump_tasks_if_slow
+
+    watch = dump_tasks_if_slow("official clients' teardown")
     for client in clients:
         await client.stop()
+    watch.cancel()
     complaints = {c.name: c.complaints() for c in clients if c.complaints()}
     assert not complaints, f"the official SDK complained: {complaints}"

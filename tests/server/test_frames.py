@@ -406,8 +406,8 @@ async def test_over_message_quota(server: RunningServer) -> None:
                        "over_message_quota", None)
     # Subscribing is not a message; the quota is per app.
     await c.subscribe("room")
-    await server.settle()  # cluster mode: the nodes share message counts every sync interval
     d = await conn(server.key_url())
+    await server.settle()  # cluster mode: the nodes share message counts every sync interval
     await expect_error(d, {"type": "publish", "channel": "room", "data": 7, "requestId": "q"},
                        "over_message_quota", "q")
     frames = await other.drain()

@@ -7,7 +7,7 @@ import json
 import random
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from srvkit import check_frame, conn
 
@@ -283,8 +283,20 @@ def _valid_request_id(value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) <= 128
 
 
+def _unicode_clean(payload: bytes, req: Any) -> bool:
+    """Whether the frame is valid UTF-8 JSON without lone surrogates (``"\\ud800"``): the
+    server cannot decode anything else and answers an uncorrelated malformed_message."""
+    try:
+        payload.decode("utf-8")
+        json.dumps(req, ensure_ascii=False).encode("utf-8")
+    except (UnicodeError, ValueError):
+        return False
+    return True
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(raw_frame, min_size=1, max_size=25))
+@example([b'{"type":"ping","requestId":"\\ud800"}', b'{"type":"ping","requestId":"ok"}'])
 def test_session_answers_every_frame_with_well_formed_frames(batch: list[bytes]) -> None:
     services = _Services()
     me = CaptureSession(services, _principal("p1", b'{"n":1}'))
@@ -311,8 +323,11 @@ def test_session_answers_every_frame_with_well_formed_frames(batch: list[bytes])
             rid = req["requestId"]
             answers = [r for r in replies if r.get("requestId") == rid
                        and r["type"] in ("ack", "error", "pong")]
-            if req.get("type") == "ping":
+            if req.get("type") == "ping" and _unicode_clean(payload, req):
                 assert answers == [{"type": "pong", "requestId": rid}], (req, replies)
+            elif req.get("type") == "ping":
+                assert [(r["type"], r.get("code"), "requestId" in r) for r in replies] == [
+                    ("error", "malformed_message", False)], (req, replies)
             else:
                 # Exactly one correlated answer... unless the frame was not a JSON object the
                 # server could decode (then it cannot know the requestId).

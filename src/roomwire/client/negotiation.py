@@ -131,6 +131,12 @@ class NegotiationTimings:
     """...up to this many tokens (a glare on a live connection needs two rebuilds)."""
     answer_timeout: float = 15.0
     """An offer unanswered for this long counts as a failed connection."""
+    connect_timeout: float = 10.0
+    """A connection that never reached "connected" this long after its offer/answer
+    exchange completed counts as failed (rebuilt through the recovery ladder). aioice never
+    fails a check list before the remote's end-of-candidates, so a remote that gathers no
+    candidates (Chromium sometimes does not, after rolling back a colliding offer) would
+    otherwise leave the connection in "checking" for ever."""
     recovery_ladder: tuple[float, ...] = RECOVERY_LADDER
     """Delay before each rebuild after an ICE failure (the first is immediate)."""
     recovery_probe: float = 15.0
@@ -486,6 +492,7 @@ class _Generation:
     channels: list[RTCDataChannel] = field(default_factory=list)
     ignoring_offer: bool = False
     answer_timer: asyncio.TimerHandle | None = None
+    connect_timer: asyncio.TimerHandle | None = None
     connected: bool = False
 
 
@@ -782,6 +789,7 @@ class PeerNegotiator:
         gen.ignoring_offer = False
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         self._remote_description_applied(gen, ufrag)
+        await self._flush_pending_candidates(gen)
         gen.remote_offer.set()
         answer = await pc.createAnswer()
         for t in pc.getTransceivers():
@@ -796,6 +804,7 @@ class PeerNegotiator:
         local_sdp = reject_answer_mlines(pc.localDescription.sdp, sdp)
         self._enqueue(build_description("answer", local_sdp), generation=gen.number)
         self._enqueue(build_end_of_candidates(), generation=gen.number)
+        self._arm_connect_timer(gen)
         if self._state is PeerState.IDLE:
             self._set_state(PeerState.CONNECTING)
         if self._needs_offer(gen):
@@ -817,8 +826,14 @@ class PeerNegotiator:
                 await self._rebuild("remote-restart", offer_now=True)
             return
         self._cancel_answer_timer(gen)
+        # The collision (if any) is over: the remote rolled back and answered our offer. Its
+        # candidates from now on belong to this answer (W3C: ignoreOffer is recomputed, false,
+        # for every answer).
+        gen.ignoring_offer = False
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         self._remote_description_applied(gen, ufrag)
+        await self._flush_pending_candidates(gen)
+        self._arm_connect_timer(gen)
         if self._dirty:
             self._request_negotiation()
 
@@ -827,23 +842,34 @@ class PeerNegotiator:
             gen.budget.reset()
         gen.remote_ufrag = ufrag or gen.remote_ufrag
         self._sync_remote_tracks(gen)
+
+    async def _flush_pending_candidates(self, gen: _Generation) -> None:
+        """Add the candidates held until a remote description, in order and before the inbox
+        moves on: an end-of-candidates right behind them must not overtake them (aioice
+        refuses any candidate after end-of-candidates)."""
         pending, gen.pending_candidates = gen.pending_candidates, []
         for cand in pending:
-            self._spawn(self._add_candidate(gen, cand), "candidate")
+            await self._add_candidate(gen, cand)
 
     async def _handle_candidate(self, signal: IceSignal) -> None:
         gen = self._gen
-        if signal.malformed or gen.ignoring_offer:
+        if signal.malformed:
             return
         if signal.candidate is None:
-            if gen.pc.remoteDescription is not None:
+            # While a colliding offer is ignored, an end-of-candidates may end that offer's
+            # candidates only: it must not end the ones of the answer the remote sends next.
+            if gen.pc.remoteDescription is not None and not gen.ignoring_offer:
                 with contextlib.suppress(Exception):
                     await gen.pc.addIceCandidate(None)
             return
         cand = signal.candidate
         if not gen.budget.take(cand):
             return
-        if gen.pc.remoteDescription is None:
+        if gen.pc.remoteDescription is None or gen.ignoring_offer:
+            # Held until the next remote description. While we ignore a colliding offer,
+            # the remote (polite) rolls back and answers ours: candidates that follow may
+            # belong to that answer. Those of the ignored offer's ICE generation are
+            # filtered out by ufrag when the held candidates are applied.
             if len(gen.pending_candidates) < _PENDING_CANDIDATES_CAP:
                 gen.pending_candidates.append(cand)
             return
@@ -965,6 +991,31 @@ class PeerNegotiator:
             gen.answer_timer.cancel()
             gen.answer_timer = None
 
+    def _arm_connect_timer(self, gen: _Generation) -> None:
+        """Watch a connection that never connected since its exchange completed."""
+        if gen.connected or gen.connect_timer is not None or self.timings.connect_timeout <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        gen.connect_timer = loop.call_later(self.timings.connect_timeout,
+                                            self._on_connect_timeout, gen)
+
+    @staticmethod
+    def _cancel_connect_timer(gen: _Generation) -> None:
+        if gen.connect_timer is not None:
+            gen.connect_timer.cancel()
+            gen.connect_timer = None
+
+    def _on_connect_timeout(self, gen: _Generation) -> None:
+        gen.connect_timer = None
+        if gen is not self._gen or self._closed or gen.connected:
+            return
+        if gen.pc.connectionState == "connected":
+            return
+        self._log.info("the connection to %s did not connect within %g s (ice %s); "
+                       "rebuilding it", self.remote_id, self.timings.connect_timeout,
+                       gen.pc.iceConnectionState)
+        self._start_recovery("connect-timeout", gen)
+
     def _on_answer_timeout(self, gen: _Generation) -> None:
         gen.answer_timer = None
         if gen is self._gen and not self._closed and gen.pc.signalingState == "have-local-offer":
@@ -981,6 +1032,7 @@ class PeerNegotiator:
         state = pc.connectionState
         if state == "connected":
             gen.connected = True
+            self._cancel_connect_timer(gen)
             self._fatal_latched = False
             if not self._held:
                 self._set_state(PeerState.CONNECTED)
@@ -1053,6 +1105,7 @@ class PeerNegotiator:
         old = self._gen
         was_connected = old.connected
         self._cancel_answer_timer(old)
+        self._cancel_connect_timer(old)
         new = _Generation(old.number + 1, self._new_pc())
         self._gen = new
         self.last_rebuild_at = time.monotonic()
@@ -1500,6 +1553,7 @@ class PeerNegotiator:
         self._closed = True
         gen = self._gen
         self._cancel_answer_timer(gen)
+        self._cancel_connect_timer(gen)
         current = asyncio.current_task()
         for task in list(self._tasks):
             if task is not current:

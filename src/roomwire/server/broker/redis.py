@@ -165,6 +165,7 @@ class RedisBroker(Broker):
         self._kicks: dict[int, _Kick] = {}
         self._kick_ids = itertools.count(1)
         self._usage_sent: dict[tuple[str, int], int] = {}
+        self._usage_lock = asyncio.Lock()
         self.stats = {"published": 0, "received": 0, "resyncs": 0, "reaped": 0, "lost": 0}
 
     # -- keys ----------------------------------------------------------------------------------
@@ -280,6 +281,13 @@ class RedisBroker(Broker):
         for t in tasks:
             t.cancel()
         for t in tasks:
+            # Cancel again should a task have swallowed the first cancellation, rather than
+            # wait for it forever.
+            while not t.done():
+                await asyncio.wait({t}, timeout=0.5)
+                if not t.done():
+                    log.warning("task %s ignored its cancellation; cancelling again", t)
+                    t.cancel()
             with contextlib.suppress(BaseException):
                 await t
 
@@ -493,7 +501,11 @@ class RedisBroker(Broker):
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             try:
-                await asyncio.wait_for(self._beat(), self.command_timeout)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that lands as the inner call finishes, and this loop would
+                # then outlive stop() (which awaits it: a hang).
+                async with asyncio.timeout(self.command_timeout):
+                    await self._beat()
             except (RedisError, OSError, TimeoutError) as exc:
                 self._lost(exc or "heartbeat timed out")
                 return
@@ -779,14 +791,21 @@ class RedisBroker(Broker):
         while True:
             await asyncio.sleep(self.usage_sync_interval)
             try:
-                await asyncio.wait_for(self.sync_usage(), self.command_timeout)
+                async with asyncio.timeout(self.command_timeout):  # see _heartbeat
+                    await self.sync_usage()
             except (RedisError, OSError, TimeoutError) as exc:
                 self._lost(exc or "usage sync timed out")
                 return
 
     async def sync_usage(self) -> None:
         """Add this node's new message counts to the cluster's counters and take the cluster
-        totals back, so quotas hold across nodes (within one sync interval)."""
+        totals back, so quotas hold across nodes (within one sync interval). Serialised: two
+        rounds in flight at once would both send the counts since the same base (counted
+        twice)."""
+        async with self._usage_lock:
+            await self._sync_usage_round()
+
+    async def _sync_usage_round(self) -> None:
         meter, r = self.usage, self._redis
         if meter is None or r is None:
             return
