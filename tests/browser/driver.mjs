@@ -612,6 +612,18 @@ async function firstDecoded(timeoutMs) {
   return null;
 }
 
+// Debugging aid (ROOMWIRE_BROWSER_DEBUG=1): a tab's signalling trace and peer connections.
+function pcDump() {
+  const cut = (sdp) => sdp && sdp.split("\r\n").filter((l) => /^a=(ice-ufrag|candidate|setup)/.test(l));
+  return {
+    wire: window.__rw.wire.map((w) => ({ ...w, sdp: cut(w.sdp) })),
+    sdk: window.__rw.sdk,
+    pcs: Object.fromEntries(Object.entries(window.__rw.remotes).map(([k, r]) => [k, r.pc && {
+      sig: r.pc.signalingState, ice: r.pc.iceConnectionState, gath: r.pc.iceGatheringState,
+      conn: r.pc.connectionState, local: cut(r.pc.localDescription?.sdp), remote: cut(r.pc.remoteDescription?.sdp) }])),
+  };
+}
+
 async function scenarioBench(ctx) {
   const runs = Number(process.env.ROOMWIRE_BENCH_RUNS || 10);
   const which = (process.env.ROOMWIRE_BENCH_PAIRS || "bb,bp").split(",");
@@ -630,6 +642,10 @@ async function scenarioBench(ctx) {
       // Counted, not fatal: two tabs of the JS SDK sometimes never get media (see the report).
       out.failures.bb += 1;
       log(`bench bb ${i}: no decoded frame within 30 s (other ${ta}, joiner ${tb})`);
+      if (env.debug) {
+        log(`bench bb ${i} A dump: ${JSON.stringify(await a.evaluate(pcDump))}`);
+        log(`bench bb ${i} B dump: ${JSON.stringify(await b.evaluate(pcDump))}`);
+      }
       await a.close(); await b.close();
       continue;
     }
@@ -650,17 +666,7 @@ async function scenarioBench(ctx) {
     if (tb == null || tp == null) {
       out.failures.bp += 1;
       log(`bench bp ${i}: no decoded frame within 30 s (python ${tp}, browser ${tb})`);
-      if (env.debug) {
-        const dump = await b.evaluate(() => ({
-          wire: window.__rw.wire.map((w) => ({ ...w, sdp: w.sdp && w.sdp.split("\r\n").filter((l) => /^a=(ice-ufrag|candidate|setup)/.test(l)) })),
-          sdk: window.__rw.sdk,
-          pcs: Object.fromEntries(Object.entries(window.__rw.remotes).map(([k, r]) => [k, r.pc && {
-            sig: r.pc.signalingState, ice: r.pc.iceConnectionState, gath: r.pc.iceGatheringState, conn: r.pc.connectionState,
-            local: r.pc.localDescription?.sdp.split("\r\n").filter((l) => /^a=(ice-ufrag|candidate)/.test(l)),
-            remote: r.pc.remoteDescription?.sdp.split("\r\n").filter((l) => /^a=(ice-ufrag|candidate)/.test(l)) }])),
-        }));
-        log(`bench bp ${i} browser dump: ${JSON.stringify(dump)}`);
-      }
+      if (env.debug) log(`bench bp ${i} browser dump: ${JSON.stringify(await b.evaluate(pcDump))}`);
       await b.close(); await py("close");
       continue;
     }

@@ -91,6 +91,7 @@ __all__ = [
     "RemoteTrackEndedEvent",
     "RemoteTrackEvent",
     "SendSignal",
+    "SignallingUnavailableError",
     "StreamAddedEvent",
     "StreamRemovedEvent",
     "TrackMetadataEvent",
@@ -125,24 +126,41 @@ class NegotiationTimings:
     """Coalesces bursts of changes (add two tracks, create a channel) into one offer."""
     polite_offer_delay: float = 2.0
     """How long the polite side waits for the impolite side's offer on a new connection."""
+    impolite_offer_delay: float | None = None
+    """How long the impolite side waits for the polite side's offer on a new connection
+    before offering itself. A browser (official JS SDK) offers at once on
+    ``negotiationneeded`` even when polite; when our offer crosses its own, Chromium rolls
+    its offer back, and that rollback can leave its connection gathering for ever (no local
+    candidates, ICE "new", not even after an ICE restart: only a new connection helps).
+    Answering its offer instead avoids the collision. ``None``: a quarter of
+    ``polite_offer_delay``, at most 0.5 s (it must stay well below the polite side's wait,
+    so a polite Python peer still gets our offer first); 0: offer at once."""
+
+    @property
+    def impolite_wait(self) -> float:
+        if self.impolite_offer_delay is not None:
+            return max(0.0, self.impolite_offer_delay)
+        return min(0.5, max(0.0, self.polite_offer_delay) / 4)
     rebuild_interval: float = 2.0
     """Rebuilds forced by the remote (glare, ufrag change) refill one token per interval..."""
     rebuild_burst: int = 2
     """...up to this many tokens (a glare on a live connection needs two rebuilds)."""
     answer_timeout: float = 15.0
     """An offer unanswered for this long counts as a failed connection."""
-    connect_timeout: float = 10.0
-    """A connection that never reached "connected" this long after its offer/answer
-    exchange completed counts as failed (rebuilt through the recovery ladder). aioice never
-    fails a check list before the remote's end-of-candidates, so a remote that gathers no
-    candidates (Chromium sometimes does not, after rolling back a colliding offer) would
-    otherwise leave the connection in "checking" for ever."""
+
     recovery_ladder: tuple[float, ...] = RECOVERY_LADDER
     """Delay before each rebuild after an ICE failure (the first is immediate)."""
     recovery_probe: float = 15.0
     """How long each rebuilt connection gets to reach "connected"."""
     close_timeout: float = 2.0
     """Bound on closing an old connection (a wedged DTLS shutdown must not hang us)."""
+
+
+class SignallingUnavailableError(RuntimeError):
+    """Raised by ``send_signal`` when the signalling link is down for now (reconnecting): the
+    negotiator keeps the signal, and every later one, and sends them in order once
+    ``resume_signals()`` (or ``reset()`` / ``resync_state()``) is called. Signals of a
+    connection replaced meanwhile are dropped then."""
 
 
 class IceRecoveryExhaustedError(RuntimeError):
@@ -492,7 +510,6 @@ class _Generation:
     channels: list[RTCDataChannel] = field(default_factory=list)
     ignoring_offer: bool = False
     answer_timer: asyncio.TimerHandle | None = None
-    connect_timer: asyncio.TimerHandle | None = None
     connected: bool = False
 
 
@@ -557,6 +574,7 @@ class PeerNegotiator:
         self._inbox_wakeup = asyncio.Event()
         self._outbox: deque[_Outbound] = deque()
         self._outbox_wakeup = asyncio.Event()
+        self._signals_paused = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing_pcs: set[asyncio.Task[None]] = set()
         self._inbox_task: asyncio.Task[None] | None = None
@@ -686,7 +704,7 @@ class PeerNegotiator:
 
     async def _outbox_loop(self) -> None:
         while not self._closed:
-            if not self._outbox:
+            if not self._outbox or self._signals_paused:
                 self._outbox_wakeup.clear()
                 await self._outbox_wakeup.wait()
                 continue
@@ -697,8 +715,24 @@ class PeerNegotiator:
                 await self._send_signal(item.data)
             except asyncio.CancelledError:
                 raise
+            except SignallingUnavailableError as exc:
+                # The link is down: keep this signal (and the ones behind it) for later.
+                self._log.debug("holding signals to %s until signalling is back: %s",
+                                self.remote_id, exc)
+                self._outbox.appendleft(item)
+                self._signals_paused = True
             except Exception as exc:
                 self._log.warning("sending a signal to %s failed: %s", self.remote_id, exc)
+
+    def pause_signals(self) -> None:
+        """Hold outbound signals (the signalling link is down) until ``resume_signals()``."""
+        self._signals_paused = True
+
+    def resume_signals(self) -> None:
+        """Send the signals held since ``pause_signals()`` (or a ``SignallingUnavailableError``),
+        in order; those of a connection replaced meanwhile are dropped."""
+        self._signals_paused = False
+        self._outbox_wakeup.set()
 
     # -- inbound signals -----------------------------------------------------------------------
 
@@ -804,7 +838,6 @@ class PeerNegotiator:
         local_sdp = reject_answer_mlines(pc.localDescription.sdp, sdp)
         self._enqueue(build_description("answer", local_sdp), generation=gen.number)
         self._enqueue(build_end_of_candidates(), generation=gen.number)
-        self._arm_connect_timer(gen)
         if self._state is PeerState.IDLE:
             self._set_state(PeerState.CONNECTING)
         if self._needs_offer(gen):
@@ -833,7 +866,6 @@ class PeerNegotiator:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         self._remote_description_applied(gen, ufrag)
         await self._flush_pending_candidates(gen)
-        self._arm_connect_timer(gen)
         if self._dirty:
             self._request_negotiation()
 
@@ -913,16 +945,19 @@ class PeerNegotiator:
         await asyncio.sleep(self.timings.debounce)
         while self._dirty and not self._closed:
             gen = self._gen
+            wait = (self.timings.polite_offer_delay if self.polite
+                    else self.timings.impolite_wait)
             if (
-                self.polite
+                wait > 0
                 and not self._force_offer
                 and gen.offers_sent == 0
                 and not gen.remote_offer.is_set()
                 and self._has_something_to_negotiate(gen)
             ):
+                # The first offer of a connection: give the remote's own offer (if it makes
+                # one) a head start, so the two do not collide.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(gen.remote_offer.wait(),
-                                           self.timings.polite_offer_delay)
+                    await asyncio.wait_for(gen.remote_offer.wait(), wait)
                 if gen is not self._gen:
                     continue
             async with self._op_lock:
@@ -991,31 +1026,6 @@ class PeerNegotiator:
             gen.answer_timer.cancel()
             gen.answer_timer = None
 
-    def _arm_connect_timer(self, gen: _Generation) -> None:
-        """Watch a connection that never connected since its exchange completed."""
-        if gen.connected or gen.connect_timer is not None or self.timings.connect_timeout <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        gen.connect_timer = loop.call_later(self.timings.connect_timeout,
-                                            self._on_connect_timeout, gen)
-
-    @staticmethod
-    def _cancel_connect_timer(gen: _Generation) -> None:
-        if gen.connect_timer is not None:
-            gen.connect_timer.cancel()
-            gen.connect_timer = None
-
-    def _on_connect_timeout(self, gen: _Generation) -> None:
-        gen.connect_timer = None
-        if gen is not self._gen or self._closed or gen.connected:
-            return
-        if gen.pc.connectionState == "connected":
-            return
-        self._log.info("the connection to %s did not connect within %g s (ice %s); "
-                       "rebuilding it", self.remote_id, self.timings.connect_timeout,
-                       gen.pc.iceConnectionState)
-        self._start_recovery("connect-timeout", gen)
-
     def _on_answer_timeout(self, gen: _Generation) -> None:
         gen.answer_timer = None
         if gen is self._gen and not self._closed and gen.pc.signalingState == "have-local-offer":
@@ -1032,7 +1042,6 @@ class PeerNegotiator:
         state = pc.connectionState
         if state == "connected":
             gen.connected = True
-            self._cancel_connect_timer(gen)
             self._fatal_latched = False
             if not self._held:
                 self._set_state(PeerState.CONNECTED)
@@ -1105,7 +1114,6 @@ class PeerNegotiator:
         old = self._gen
         was_connected = old.connected
         self._cancel_answer_timer(old)
-        self._cancel_connect_timer(old)
         new = _Generation(old.number + 1, self._new_pc())
         self._gen = new
         self.last_rebuild_at = time.monotonic()
@@ -1201,18 +1209,22 @@ class PeerNegotiator:
             if resend_metadata:
                 self.announce_metadata()
             await self._rebuild("reset", offer_now=bool(offer_now))
+            self.resume_signals()  # held signals of the old connection are dropped
 
     def hold_reconnecting(self) -> None:
         """Show ``reconnecting`` (the signalling link dropped) until ``reset()`` or
-        ``resync_state()``."""
+        ``resync_state()``; outbound signals are held until then."""
         if self._closed:
             return
         self._held = True
+        self.pause_signals()
         self._set_state(PeerState.RECONNECTING)
 
     def resync_state(self) -> None:
-        """Release ``hold_reconnecting()`` and show the connection's real state."""
+        """Release ``hold_reconnecting()`` (and the signals held meanwhile) and show the
+        connection's real state."""
         self._held = False
+        self.resume_signals()
         if self._gen.pc.connectionState == "connected":
             self._set_state(PeerState.CONNECTED)
 
@@ -1553,7 +1565,6 @@ class PeerNegotiator:
         self._closed = True
         gen = self._gen
         self._cancel_answer_timer(gen)
-        self._cancel_connect_timer(gen)
         current = asyncio.current_task()
         for task in list(self._tasks):
             if task is not current:

@@ -38,9 +38,11 @@ from ..protocol import ErrorCode, ProtocolViolation, limits
 from ..protocol.frames import data_size
 from ..protocol.validate import validate_channel, validate_peer_id
 from .errors import (
+    DisconnectedError,
     InvalidChannelError,
     InvalidDataError,
     InvalidPeerIdError,
+    NotConnectedError,
     OversizedError,
     ReservedChannelError,
 )
@@ -56,7 +58,7 @@ from .events import (
 )
 from .logging import ClientLogger, LoggerLike
 from .loopback import LoopbackMode, disable_loopback_candidates, enable_loopback_candidates
-from .negotiation import NegotiationTimings, PeerNegotiator
+from .negotiation import NegotiationTimings, PeerNegotiator, SignallingUnavailableError
 from .options import ReconnectOptions
 from .peer_errors import (
     MeteredPeerBufferFullError,
@@ -748,7 +750,15 @@ class MeteredPeer:
         remote_id = entry.peer_id
 
         async def send_signal(data: dict[str, Any]) -> None:
-            await self._client.send(remote_id, data)
+            try:
+                await self._client.send(remote_id, data)
+            except (NotConnectedError, DisconnectedError) as exc:
+                if self._state in (_S.JOINED, _S.RECONNECTING) and self._client.state in (
+                        "connecting", "reconnecting"):
+                    # The link is down but coming back: the engine holds the signal until
+                    # the reconcile resumes it (or replaces the connection).
+                    raise SignallingUnavailableError(str(exc)) from exc
+                raise
 
         neg = PeerNegotiator(me, remote_id, send_signal, ice_servers=self._ice_servers(),
                              pc_factory=self._pc_factory, timings=self._timings,

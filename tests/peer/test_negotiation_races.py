@@ -1,0 +1,123 @@
+"""Engine races found with a browser on the other side (tests/browser): signals sent while the
+signalling link is down, and the impolite side's first offer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from roomwire.client.media import VideoSource
+from roomwire.client.negotiation import (
+    NegotiationTimings,
+    PeerNegotiator,
+    PeerState,
+    RemoteTrackEvent,
+    SignallingUnavailableError,
+)
+
+TIMINGS = NegotiationTimings(debounce=0.01, polite_offer_delay=0.3, rebuild_interval=0.2,
+                             answer_timeout=4.0, recovery_ladder=(0.0, 0.2),
+                             recovery_probe=4.0, close_timeout=1.0)
+
+
+class Link:
+    """Two negotiators on one in-memory signalling link that can go down."""
+
+    def __init__(self, timings: NegotiationTimings = TIMINGS) -> None:
+        self.up = True
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.a = PeerNegotiator("a", "b", self._sender("a"), timings=timings)  # polite
+        self.b = PeerNegotiator("b", "a", self._sender("b"), timings=timings)  # impolite
+        self.events: dict[str, list[Any]] = {"a": [], "b": []}
+        self.a.add_listener(self.events["a"].append)
+        self.b.add_listener(self.events["b"].append)
+
+    def _sender(self, src: str) -> Any:
+        async def send(data: dict[str, Any]) -> None:
+            if not self.up:
+                raise SignallingUnavailableError("the client is not connected")
+            payload = json.loads(json.dumps(data))
+            self.sent.append((src, payload))
+            await asyncio.sleep(0)
+            (self.b if src == "a" else self.a).on_remote_signal(payload)
+
+        return send
+
+    def kinds(self, src: str) -> list[str]:
+        out = []
+        for s, data in self.sent:
+            if s != src:
+                continue
+            if "__meteredTrackMeta" in data:
+                out.append("meta")
+            elif data.get("type") == "rtc-description":
+                out.append(data["description"]["type"])
+            else:
+                out.append("ice")
+        return out
+
+    async def close(self) -> None:
+        await asyncio.gather(self.a.close(), self.b.close())
+
+
+async def wait_connected(*negs: PeerNegotiator, timeout: float = 6.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not all(n.state is PeerState.CONNECTED for n in negs):
+            await asyncio.sleep(0.02)
+
+
+async def test_signals_sent_while_signalling_is_down_are_held_and_sent_on_resume() -> None:
+    link = Link()
+    cam_a, cam_b = VideoSource(160, 120, fps=15), VideoSource(160, 120, fps=15)
+    try:
+        link.up = False
+        link.b.hold_reconnecting()  # as MeteredPeer does when its socket drops
+        link.b.add_track(cam_b, "sb", {"role": "camera"})
+        link.a.add_track(cam_a, "sa", {"role": "camera"})
+        await asyncio.sleep(1.0)
+        # Nothing of b's went out (the offer is held, not lost); a's offer could not either.
+        assert link.kinds("b") == []
+        assert link.b.state is PeerState.RECONNECTING
+        link.up = True
+        link.a.resume_signals()  # a's offer (the polite side's) failed while down: held too
+        link.b.resync_state()  # the reconcile: held signals go out in order
+        await wait_connected(link.a, link.b)
+        assert link.kinds("b")[0] == "meta"
+        for neg in (link.a, link.b):
+            tracks = [e for e in link.events[neg.local_id] if isinstance(e, RemoteTrackEvent)]
+            assert tracks and tracks[-1].generation == neg.generation
+    finally:
+        cam_a.stop()
+        cam_b.stop()
+        await link.close()
+
+
+async def test_impolite_side_answers_an_offer_that_comes_right_after_it_is_ready() -> None:
+    """Both sides have media; the polite side offers at once (like a browser does on
+    ``negotiationneeded``) a little after the impolite side is ready: the impolite side
+    answers it instead of crossing it with its own offer (no collision, no rebuild)."""
+    timings = NegotiationTimings(debounce=0.0, polite_offer_delay=0.0, impolite_offer_delay=0.5,
+                                 rebuild_interval=0.2, answer_timeout=4.0,
+                                 recovery_ladder=(0.0, 0.2), recovery_probe=4.0,
+                                 close_timeout=1.0)
+    link = Link(timings)
+    cam_a, cam_b = VideoSource(160, 120, fps=15), VideoSource(160, 120, fps=15)
+    try:
+        link.b.add_track(cam_b, "sb", {"role": "camera"})
+        await asyncio.sleep(0.1)
+        link.a.add_track(cam_a, "sa", {"role": "camera"})
+        await wait_connected(link.a, link.b)
+        assert "offer" in link.kinds("a") and "offer" not in link.kinds("b")
+        assert link.a.generation == 0 and link.b.generation == 0  # no glare rebuild
+    finally:
+        cam_a.stop()
+        cam_b.stop()
+        await link.close()
+
+
+def test_impolite_wait_defaults_below_the_polite_wait() -> None:
+    assert NegotiationTimings().impolite_wait == 0.5
+    assert NegotiationTimings(polite_offer_delay=1.0).impolite_wait == 0.25
+    assert NegotiationTimings(polite_offer_delay=0.0).impolite_wait == 0.0
+    assert NegotiationTimings(impolite_offer_delay=0.0).impolite_wait == 0.0
