@@ -224,7 +224,14 @@ async function scenarioCall(ctx) {
     presence: { a: pa, b: pb }, earlyEvents, stats: { a: statsA, b: statsB }, chat: [chatAB, chatBA],
     screen: { remote: withScreen.remotes[0], stats: Object.values(screenStats)[0], tilesB },
     afterStop: afterStop.remotes[0],
+    rejoins: await rejoinEvents(a, b),
   };
+}
+
+// The demo page's stuck-connection watchdog: its rejoins (informational, not asserted).
+async function rejoinEvents(a, b) {
+  const get = (p) => p.evaluate(() => window.demo.events.filter((e) => e.kind === "rejoin" || e.kind === "rejoin-gave-up"));
+  return { a: await get(a), b: await get(b) };
 }
 
 async function scenarioRestart(ctx) {
@@ -260,6 +267,7 @@ async function scenarioRestart(ctx) {
   const after = { a: await a.evaluate(summary), b: await b.evaluate(summary) };
   return {
     before, after, media: { a: ga, b: gb }, chat: [chatAB, chatBA], bannerSeen,
+    rejoins: await rejoinEvents(a, b),
     reconnecting: { a: await sawReconnecting(a), b: await sawReconnecting(b) },
     events: { a: await a.evaluate(() => window.demo.events.filter((e) => e.kind === "state")),
               b: await b.evaluate(() => window.demo.events.filter((e) => e.kind === "state")) },

@@ -29,6 +29,21 @@ const remotes = new Map(); // peerId -> { remote, tile, streams: Map(streamId ->
 const chat = [];
 const events = [];
 
+// Stuck-connection watchdog. When both tabs offer at once (glare), the polite side rolls back
+// and answers, and Chromium sometimes leaves that RTCPeerConnection wedged for good (ICE
+// gathering never produces a candidate; ICE restarts do not help, only a new connection does).
+// The SDK offers no per-peer "new connection" call, so the page leaves and re-joins the room:
+// a fresh MeteredPeer (same credentials, same local media) means fresh connections on both
+// sides. Only the polite side of a stuck pair rejoins first; the impolite side waits one more
+// period, so normally exactly one tab rejoins. Bounded to MAX_REJOINS attempts in a row.
+const WATCHDOG_MS = Number(params.get("watchdog") || 6000);
+const MAX_REJOINS = 3;
+let room = "";
+let creds = null;
+let generation = 0;    // bumped per MeteredPeer: events from a replaced peer are ignored
+let rejoins = 0;       // consecutive rejoin attempts without a healthy connection in between
+let rejoining = false;
+
 function note(kind, detail) {
   events.push({ t: Math.round(performance.now()), kind, ...detail });
   if (params.get("debug") === "1") console.log(Date.now() % 100000, "demo", kind, JSON.stringify(detail));
@@ -227,8 +242,100 @@ function onPeerJoined(remote) {
     // The SDK swapped in a new RTCPeerConnection: the streams come again on it.
     note("connection-reset", { peerId: remote.id });
     for (const id of [...entry.streams.keys()]) removeRemoteStream(entry, id);
+    armWatchdog(entry); // the new connection gets its own deadline
   });
   refreshRemote(entry);
+  armWatchdog(entry);
+}
+
+// -- stuck-connection watchdog -------------------------------------------------------------------
+
+function armWatchdog(entry, waited = 0) {
+  clearTimeout(entry.watchdog);
+  entry.healthy = false;
+  entry.waited = waited;
+  entry.watchdog = setTimeout(() => checkRemote(entry), WATCHDOG_MS);
+}
+
+function pcInfo(pc) {
+  return { conn: pc?.connectionState, ice: pc?.iceConnectionState, gathering: pc?.iceGatheringState,
+           signaling: pc?.signalingState };
+}
+
+async function inboundPackets(pc) {
+  let n = 0;
+  try {
+    (await pc.getStats()).forEach((r) => { if (r.type === "inbound-rtp") n += Number(r.packetsReceived || 0); });
+  } catch { /* closed */ }
+  return n;
+}
+
+async function checkRemote(entry) {
+  const gen = generation;
+  if (remotes.get(entry.remote.id) !== entry || rejoining) return;
+  if (!peer || peer.state === "leaving" || peer.state === "closed") return;
+  if (peer?.state !== "joined") { armWatchdog(entry, entry.waited); return; } // reconnecting: wait
+  const pc = entry.remote.pc;
+  const info = pcInfo(pc);
+  const connected = info.conn === "connected" || info.ice === "connected" || info.ice === "completed";
+  const packets = await inboundPackets(pc);
+  if (gen !== generation || remotes.get(entry.remote.id) !== entry) return;
+  if (connected || packets > 0) {
+    entry.healthy = true;
+    rejoins = 0;
+    note("peer-ok", { peerId: entry.remote.id, ...info, packets });
+    return;
+  }
+  // Nothing to connect: neither side has sent an offer (no media on either side) is not stuck.
+  const negotiating = Boolean(pc?.localDescription || pc?.remoteDescription) || info.signaling !== "stable";
+  if (!negotiating && !localStream && !screenStream) { armWatchdog(entry, entry.waited); return; }
+  const name = displayName(entry);
+  if (!entry.remote.polite && entry.waited === 0) {
+    // The polite side (whose connection is the one wedged by glare) rejoins first.
+    note("peer-stuck-wait", { peerId: entry.remote.id, ...info });
+    armWatchdog(entry, 1);
+    return;
+  }
+  note("peer-stuck", { peerId: entry.remote.id, name, ...info, packets });
+  await rejoin(`connection to ${name} stuck`);
+}
+
+async function rejoin(reason) {
+  if (rejoining || !peer) return;
+  if (rejoins >= MAX_REJOINS) {
+    const text = `${reason}; still no connection after ${MAX_REJOINS} rejoins. Leave and join again, or reload.`;
+    note("rejoin-gave-up", { reason, attempts: rejoins });
+    console.warn("roomwire demo:", text);
+    addSys(text);
+    showBanner(text, true);
+    return;
+  }
+  rejoining = true;
+  rejoins += 1;
+  const text = `${reason}; rejoining (attempt ${rejoins} of ${MAX_REJOINS})`;
+  note("rejoin", { reason, attempt: rejoins });
+  console.warn("roomwire demo:", text);
+  addSys(text);
+  showBanner(`${text}…`);
+  try {
+    const old = peer;
+    generation += 1; // from here on, ignore the old peer's events
+    dropRemotes();
+    try { await old.close("rejoin: stuck connection"); } catch (err) { note("close-failed", { err: String(err) }); }
+    await connect();
+  } finally {
+    rejoining = false;
+  }
+}
+
+function dropRemotes() {
+  for (const entry of remotes.values()) {
+    clearTimeout(entry.watchdog);
+    for (const s of entry.streams.values()) if (s.tile !== entry.tile) s.tile.remove();
+    entry.tile.remove();
+  }
+  remotes.clear();
+  renderRoster();
 }
 
 function addRemoteStream(entry, stream, meta) {
@@ -267,6 +374,7 @@ function onPeerLeft(remote) {
   const entry = remotes.get(remote.id);
   note("peer-left", { peerId: remote.id });
   if (!entry) return;
+  clearTimeout(entry.watchdog);
   remotes.delete(remote.id);
   for (const s of entry.streams.values()) if (s.tile !== entry.tile) s.tile.remove();
   entry.tile.remove();
@@ -382,45 +490,21 @@ async function getLocalMedia() {
 }
 
 async function join() {
-  const creds = credentials();
+  creds = credentials();
   if (!creds) {
     els.keyRow.hidden = false;
     showBanner("No development key on this server: paste a publishable key or a token.", true);
     return;
   }
   myName = els.name.value.trim() || `guest-${Math.random().toString(36).slice(2, 6)}`;
-  const room = els.room.value.trim() || "demo";
+  room = els.room.value.trim() || "demo";
   els.join.disabled = true;
   for (const i of [els.name, els.room, els.credential]) i.disabled = true;
 
   localStream = await getLocalMedia();
   if (localStream) makeTile({ stream: localStream, label: `${myName} (you)`, local: true });
 
-  const debug = params.get("debug") === "1";
-  peer = new sdk.MeteredPeer({ ...creds, url: serverUrl(), ...(debug ? { logger: sdk.ConsoleLogger } : {}) });
-  window.demo.peer = peer;
-  peer.on("state-change", ({ from, to }) => { note("state", { from, to }); setConn(to); renderRoster(); });
-  peer.on("peer-joined", ({ peer: remote }) => onPeerJoined(remote));
-  peer.on("peer-left", ({ peer: remote }) => onPeerLeft(remote));
-  peer.on("data", onData);
-  peer.on("error", ({ err }) => {
-    note("error", { name: err?.name, message: err?.message });
-    showBanner(`Error: ${err?.name || "error"}${err?.message ? `: ${err.message}` : ""}`, true);
-  });
-  peer.on("left", () => {
-    showBanner("Disconnected. Reload the page to join again.", true);
-    setConn("closed");
-  });
-  if (localStream) peer.addStream(localStream, { role: "camera", label: myName, name: myName });
-
-  try {
-    await peer.join(room);
-  } catch (err) {
-    note("join-failed", { name: err?.name, message: err?.message });
-    showBanner(`Could not join: ${err?.message || err}`, true);
-    setConn("closed");
-    return;
-  }
+  if (!(await connect())) return;
   els.join.hidden = true;
   els.keyRow.hidden = true;
   els.leave.hidden = false;
@@ -430,8 +514,55 @@ async function join() {
   renderRoster();
 }
 
+// A new MeteredPeer with the current credentials and local media, joined to `room`. Used by
+// join() and by the watchdog's rejoin. Resolves true once joined.
+async function connect() {
+  const gen = ++generation;
+  const live = () => gen === generation;
+  const debug = params.get("debug") === "1";
+  const p = new sdk.MeteredPeer({ ...creds, url: serverUrl(), ...(debug ? { logger: sdk.ConsoleLogger } : {}) });
+  peer = p;
+  window.demo.peer = p;
+  p.on("state-change", ({ from, to }) => {
+    if (!live()) return;
+    note("state", { from, to });
+    setConn(to);
+    renderRoster();
+  });
+  p.on("peer-joined", ({ peer: remote }) => { if (live()) onPeerJoined(remote); });
+  p.on("peer-left", ({ peer: remote }) => { if (live()) onPeerLeft(remote); });
+  p.on("data", (ev) => { if (live()) onData(ev); });
+  p.on("error", ({ err }) => {
+    if (!live()) return;
+    note("error", { name: err?.name, message: err?.message });
+    showBanner(`Error: ${err?.name || "error"}${err?.message ? `: ${err.message}` : ""}`, true);
+  });
+  p.on("left", () => {
+    if (!live()) return;
+    for (const entry of remotes.values()) clearTimeout(entry.watchdog);
+    showBanner("Disconnected. Reload the page to join again.", true);
+    setConn("closed");
+  });
+  if (localStream) p.addStream(localStream, { role: "camera", label: myName, name: myName });
+  if (screenStream) {
+    p.addStream(screenStream, { role: "screen", label: `${myName}'s screen`, name: myName });
+  }
+
+  try {
+    await p.join(room);
+  } catch (err) {
+    if (!live()) return false;
+    note("join-failed", { name: err?.name, message: err?.message });
+    showBanner(`Could not join: ${err?.message || err}`, true);
+    setConn("closed");
+    return false;
+  }
+  return live();
+}
+
 async function leave() {
   stopScreen();
+  for (const entry of remotes.values()) clearTimeout(entry.watchdog);
   await peer?.close("left the call");
   for (const t of localStream?.getTracks() || []) t.stop();
   els.leave.hidden = true;
@@ -471,6 +602,7 @@ function summary() {
     peerId: peer?.peerId || null,
     name: myName,
     banner: els.banner.hidden ? null : els.banner.textContent,
+    rejoins: events.filter((e) => e.kind === "rejoin").length,
     remotes: [...remotes.values()].map((e) => ({
       id: e.remote.id,
       name: displayName(e),
