@@ -1,4 +1,8 @@
-"""Event dispatch: handlers (sync or async), once-handlers, and async-iterator streams."""
+"""Event dispatch: handlers (sync or async), once-handlers, and async-iterator streams.
+
+``EventEmitter`` serves every event source of the SDK (``SignallingClient``, ``MeteredPeer``,
+``RemotePeer``), each with its own registry of event classes; ``Observable`` gives an owner
+of an emitter the public ``on``/``once``/``off``."""
 
 from __future__ import annotations
 
@@ -6,27 +10,34 @@ import asyncio
 import functools
 import inspect
 from collections import deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 from .events import EVENT_TYPES, Event
 from .logging import ClientLogger
 
-__all__ = ["EventEmitter", "EventKey", "EventStream", "event_name"]
+__all__ = ["EventEmitter", "EventKey", "EventStream", "Observable", "event_name"]
 
 EventKey = str | type[Event]
 """An event name (``"message"``) or an event class (``MessageEvent``)."""
 
+AnyEventKey = str | type[Any]
+"""An event name or an event class of any emitter's registry."""
+
 H = TypeVar("H", bound=Callable[..., object])
+K = TypeVar("K", bound=AnyEventKey)
 
 
-def event_name(key: EventKey) -> str:
-    """The event name for ``key``; ValueError for an unknown one."""
+def event_name(key: AnyEventKey, registry: Mapping[str, type[Any]] = EVENT_TYPES) -> str:
+    """The event name for ``key`` in ``registry`` (by default the signalling events);
+    ValueError for an unknown name, or for a class that is not the registry's own."""
     name = key if isinstance(key, str) else getattr(key, "name", None)
-    if not isinstance(name, str) or name not in EVENT_TYPES:
-        known = ", ".join(sorted(EVENT_TYPES))
+    if not isinstance(name, str) or name not in registry:
+        known = ", ".join(sorted(registry))
         raise ValueError(f"unknown event {key!r}; known events: {known}")
+    if not isinstance(key, str) and registry[name] is not key:
+        raise ValueError(f"{key!r} is not an event of this emitter")
     return name
 
 
@@ -92,78 +103,86 @@ class EventStream:
 class EventEmitter:
     """Calls handlers in registration order. A sync handler runs inline; a handler that
     returns an awaitable has it run as a tracked task. An exception in any handler is logged
-    (scrubbed) and never reaches the emitter or the other handlers."""
+    (scrubbed) and never reaches the emitter or the other handlers.
 
-    def __init__(self, log: ClientLogger) -> None:
+    ``registry`` maps the event names this emitter knows to their classes (by default the
+    signalling events); any other name, or a class not in it, is a ValueError."""
+
+    def __init__(self, log: ClientLogger, registry: Mapping[str, type[Any]] = EVENT_TYPES
+                 ) -> None:
         self._log = log
+        self._registry = registry
         self._listeners: dict[str, list[_Listener]] = {}
         self._streams: list[EventStream] = []
         self._tasks: set[asyncio.Task[Any]] = set()
 
+    def name_of(self, key: AnyEventKey) -> str:
+        """The event name for ``key``; ValueError when this emitter does not know it."""
+        return event_name(key, self._registry)
+
     # -- registration ------------------------------------------------------------------------
 
-    def _add(self, key: EventKey, fn: Callable[..., object], once: bool) -> None:
+    def _add(self, key: AnyEventKey, fn: Callable[..., object], once: bool) -> None:
         if not callable(fn):
             raise TypeError("a handler must be callable")
-        self._listeners.setdefault(event_name(key), []).append(_Listener(fn, once))
+        self._listeners.setdefault(self.name_of(key), []).append(_Listener(fn, once))
 
     @overload
-    def on(self, event: EventKey, handler: H) -> H: ...
+    def on(self, event: AnyEventKey, handler: H) -> H: ...
 
     @overload
-    def on(self, event: EventKey, handler: None = None) -> Callable[[H], H]: ...
+    def on(self, event: AnyEventKey, handler: None = None) -> Callable[[H], H]: ...
 
-    def on(self, event: EventKey, handler: H | None = None) -> H | Callable[[H], H]:
-        event_name(event)
+    def on(self, event: AnyEventKey, handler: H | None = None) -> H | Callable[[H], H]:
+        return self._register(event, handler, once=False)
+
+    @overload
+    def once(self, event: AnyEventKey, handler: H) -> H: ...
+
+    @overload
+    def once(self, event: AnyEventKey, handler: None = None) -> Callable[[H], H]: ...
+
+    def once(self, event: AnyEventKey, handler: H | None = None) -> H | Callable[[H], H]:
+        return self._register(event, handler, once=True)
+
+    def _register(self, event: AnyEventKey, handler: H | None, once: bool
+                  ) -> H | Callable[[H], H]:
+        self.name_of(event)
         if handler is not None:
-            self._add(event, handler, once=False)
+            self._add(event, handler, once)
             return handler
 
         def decorator(fn: H) -> H:
-            self._add(event, fn, once=False)
+            self._add(event, fn, once)
             return fn
 
         return decorator
 
-    @overload
-    def once(self, event: EventKey, handler: H) -> H: ...
-
-    @overload
-    def once(self, event: EventKey, handler: None = None) -> Callable[[H], H]: ...
-
-    def once(self, event: EventKey, handler: H | None = None) -> H | Callable[[H], H]:
-        event_name(event)
-        if handler is not None:
-            self._add(event, handler, once=True)
-            return handler
-
-        def decorator(fn: H) -> H:
-            self._add(event, fn, once=True)
-            return fn
-
-        return decorator
-
-    def off(self, event: EventKey, handler: Callable[..., object]) -> None:
+    def off(self, event: AnyEventKey, handler: Callable[..., object]) -> None:
         """Remove the first registration of ``handler`` for ``event``; silent if absent."""
-        listeners = self._listeners.get(event_name(event), [])
+        listeners = self._listeners.get(self.name_of(event), [])
         for i, listener in enumerate(listeners):
             if listener.fn == handler:
                 del listeners[i]
                 return
 
-    def listener_count(self, event: EventKey) -> int:
-        return len(self._listeners.get(event_name(event), ()))
+    def listener_count(self, event: AnyEventKey) -> int:
+        return len(self._listeners.get(self.name_of(event), ()))
 
-    def remove_all_listeners(self, event: EventKey | None = None) -> None:
+    def remove_all_listeners(self, event: AnyEventKey | None = None) -> None:
         if event is None:
             self._listeners.clear()
         else:
-            self._listeners.pop(event_name(event), None)
+            self._listeners.pop(self.name_of(event), None)
+
+    def clear(self) -> None:
+        """Remove every handler (streams are left alone)."""
+        self.remove_all_listeners()
 
     # -- streams -----------------------------------------------------------------------------
 
-    def stream(self, events: Iterable[EventKey], maxsize: int) -> EventStream:
-        names = frozenset(event_name(e) for e in events) or None
+    def stream(self, events: Iterable[AnyEventKey], maxsize: int) -> EventStream:
+        names = frozenset(self.name_of(e) for e in events) or None
         s = EventStream(self, names, maxsize)
         self._streams.append(s)
         return s
@@ -179,7 +198,8 @@ class EventEmitter:
 
     # -- dispatch ----------------------------------------------------------------------------
 
-    def emit(self, event: Event) -> None:
+    def emit(self, event: Any) -> None:
+        """Deliver ``event`` (an instance of a registry class) to its handlers and streams."""
         listeners = self._listeners.get(event.name)
         if listeners:
             for listener in list(listeners):
@@ -193,7 +213,7 @@ class EventEmitter:
             if s.names is None or event.name in s.names:
                 s._push(event)
 
-    def _call(self, fn: Callable[[Any], object], event: Event) -> None:
+    def _call(self, fn: Callable[[Any], object], event: Any) -> None:
         try:
             result = fn(event)
         except Exception as exc:
@@ -228,3 +248,39 @@ class EventEmitter:
             t.cancel()
         if pending:
             await asyncio.wait(pending, timeout=timeout)
+
+
+class Observable(Generic[K]):
+    """The public ``on``/``once``/``off`` of an object whose events come from its
+    ``_emitter``. ``K`` is the type of the event keys it accepts."""
+
+    _emitter: EventEmitter
+
+    @overload
+    def on(self, event: K, handler: H) -> H: ...
+
+    @overload
+    def on(self, event: K, handler: None = None) -> Callable[[H], H]: ...
+
+    def on(self, event: K, handler: H | None = None) -> H | Callable[[H], H]:
+        """Call ``handler(ev)`` for every ``event`` (an event name such as ``"message"`` or
+        ``"peer-joined"``, or the event class). Handlers run in registration order; an async
+        one runs as a task; one that raises is logged and does not disturb the others.
+        Without ``handler``, returns a decorator. Returns the handler. ValueError for an
+        event this object does not emit."""
+        return self._emitter.on(event, handler)
+
+    @overload
+    def once(self, event: K, handler: H) -> H: ...
+
+    @overload
+    def once(self, event: K, handler: None = None) -> Callable[[H], H]: ...
+
+    def once(self, event: K, handler: H | None = None) -> H | Callable[[H], H]:
+        """Like ``on``, but the handler is removed before its first call."""
+        return self._emitter.once(event, handler)
+
+    def off(self, event: K, handler: Callable[..., object]) -> None:
+        """Remove the first registration of ``handler`` for ``event``; silent when it is not
+        registered."""
+        self._emitter.off(event, handler)

@@ -30,13 +30,14 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal
 
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection
 
 from ..protocol import ErrorCode, ProtocolViolation, limits
 from ..protocol.frames import data_size
 from ..protocol.validate import validate_channel, validate_peer_id
+from .emitter import EventEmitter, Observable
 from .errors import (
     DisconnectedError,
     InvalidChannelError,
@@ -73,12 +74,11 @@ from .peer_errors import (
 from .peer_events import (
     PEER_EVENT_TYPES,
     DataEvent,
-    Emitter,
     ErrorEvent,
-    EventKey,
     JoinedEvent,
     LeftEvent,
     MediaStream,
+    PeerEventKey,
     PeerJoinedEvent,
     PeerLeftEvent,
     PeerStateEvent,
@@ -106,7 +106,6 @@ StreamMetadata = dict[str, Any]
 sender-stamped, not signed: use it for UI hints."""
 
 PeerConnectionFactory = Callable[[RTCConfiguration], RTCPeerConnection]
-H = TypeVar("H", bound=Callable[..., object])
 
 #: Fatal server ``error`` codes (uncorrelated error frames with these end nothing by
 #: themselves but fire ``error``).
@@ -172,7 +171,7 @@ class _Reconnect:
     swaps: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
-class MeteredPeer:
+class MeteredPeer(Observable[PeerEventKey]):
     """A peer in one channel: presence, server-routed data, and WebRTC media/data to every
     other peer. Exactly one credential: ``api_key`` or ``token_provider``.
 
@@ -238,7 +237,7 @@ class MeteredPeer:
         self._rejoin_grace = rejoin_grace
         self._missing: dict[str, _Missing] = {}
         self._timings = timings
-        self._emitter = Emitter(PEER_EVENT_TYPES, self._log)
+        self._emitter = EventEmitter(self._log, PEER_EVENT_TYPES)
         self._state = _S.IDLE
         self._channel: str | None = None
         self._include_sender_metadata = False
@@ -298,30 +297,7 @@ class MeteredPeer:
         return (f"MeteredPeer(state={self.state!r}, peer_id={self.peer_id!r}, "
                 f"channel={self._channel!r})")
 
-    # -- events ------------------------------------------------------------------------------
-
-    @overload
-    def on(self, event: EventKey, handler: H) -> H: ...
-
-    @overload
-    def on(self, event: EventKey, handler: None = None) -> Callable[[H], H]: ...
-
-    def on(self, event: EventKey, handler: H | None = None) -> H | Callable[[H], H]:
-        """Call ``handler(ev)`` for every ``event`` (a name such as ``"peer-joined"`` or an
-        event class). Without ``handler``, a decorator. Returns the handler."""
-        return self._emitter.on(event, handler)
-
-    @overload
-    def once(self, event: EventKey, handler: H) -> H: ...
-
-    @overload
-    def once(self, event: EventKey, handler: None = None) -> Callable[[H], H]: ...
-
-    def once(self, event: EventKey, handler: H | None = None) -> H | Callable[[H], H]:
-        return self._emitter.once(event, handler)
-
-    def off(self, event: EventKey, handler: Callable[..., object]) -> None:
-        self._emitter.off(event, handler)
+    # -- events: on/once/off come from Observable ----------------------------------------------
 
     def _current(self) -> MeteredPeerState:
         return self._state  # a call: the state may change across an await

@@ -1,4 +1,5 @@
-"""Events of ``MeteredPeer`` and ``RemotePeer``, their emitter, and ``MediaStream``.
+"""Events of ``MeteredPeer`` and ``RemotePeer`` (emitted by an ``emitter.EventEmitter``), and
+``MediaStream``.
 
 Every event is a frozen dataclass whose ``name`` is the seed's (kebab-case) event name, and
 whose attributes are the seed's payload keys in snake_case (``from`` is ``from_``). Handlers
@@ -8,17 +9,13 @@ are registered with the name or the class: ``peer.on("peer-joined", fn)`` or
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import inspect
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
 
-from .logging import ClientLogger
 from .peer_errors import MeteredPeerFatalError
 
 if TYPE_CHECKING:
@@ -32,6 +29,7 @@ __all__ = [
     "JoinedEvent",
     "LeftEvent",
     "MediaStream",
+    "PeerEventKey",
     "PeerJoinedEvent",
     "PeerLeftEvent",
     "PeerStateEvent",
@@ -253,113 +251,6 @@ REMOTE_PEER_EVENT_TYPES: dict[str, type[Any]] = {
 }
 
 
-# -- emitter ---------------------------------------------------------------------------------------
-
-H = TypeVar("H", bound=Callable[..., object])
-EventKey = str | type[Any]
-
-
-class Emitter:
-    """Handlers run in registration order; a sync handler inline, an async one as a tracked
-    task. A raising handler is logged and never disturbs the others or the SDK."""
-
-    def __init__(self, registry: dict[str, type[Any]], log: ClientLogger) -> None:
-        self._registry = registry
-        self._log = log
-        self._listeners: dict[str, list[tuple[Callable[[Any], object], bool]]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def name_of(self, key: EventKey) -> str:
-        name = key if isinstance(key, str) else getattr(key, "name", None)
-        if not isinstance(name, str) or name not in self._registry:
-            known = ", ".join(sorted(self._registry))
-            raise ValueError(f"unknown event {key!r}; known events: {known}")
-        if not isinstance(key, str) and self._registry[name] is not key:
-            raise ValueError(f"{key!r} is not an event of this emitter")
-        return name
-
-    def _add(self, key: EventKey, fn: Callable[..., object], once: bool) -> None:
-        if not callable(fn):
-            raise TypeError("a handler must be callable")
-        self._listeners.setdefault(self.name_of(key), []).append((fn, once))
-
-    @overload
-    def on(self, event: EventKey, handler: H) -> H: ...
-
-    @overload
-    def on(self, event: EventKey, handler: None = None) -> Callable[[H], H]: ...
-
-    def on(self, event: EventKey, handler: H | None = None) -> H | Callable[[H], H]:
-        return self._register(event, handler, once=False)
-
-    @overload
-    def once(self, event: EventKey, handler: H) -> H: ...
-
-    @overload
-    def once(self, event: EventKey, handler: None = None) -> Callable[[H], H]: ...
-
-    def once(self, event: EventKey, handler: H | None = None) -> H | Callable[[H], H]:
-        return self._register(event, handler, once=True)
-
-    def _register(self, event: EventKey, handler: H | None, once: bool
-                  ) -> H | Callable[[H], H]:
-        self.name_of(event)
-        if handler is not None:
-            self._add(event, handler, once)
-            return handler
-
-        def decorator(fn: H) -> H:
-            self._add(event, fn, once)
-            return fn
-
-        return decorator
-
-    def off(self, event: EventKey, handler: Callable[..., object]) -> None:
-        listeners = self._listeners.get(self.name_of(event), [])
-        for i, (fn, _once) in enumerate(listeners):
-            if fn == handler:
-                del listeners[i]
-                return
-
-    def listener_count(self, event: EventKey) -> int:
-        return len(self._listeners.get(self.name_of(event), ()))
-
-    def clear(self) -> None:
-        self._listeners.clear()
-
-    def emit(self, event: Any) -> None:
-        listeners = self._listeners.get(event.name)
-        if not listeners:
-            return
-        for entry in list(listeners):
-            fn, once = entry
-            if once:
-                try:
-                    listeners.remove(entry)
-                except ValueError:
-                    continue
-            try:
-                result = fn(event)
-            except Exception as exc:
-                self._log.exception("a %s handler raised", exc, event.name)
-                continue
-            if inspect.isawaitable(result):
-                task = asyncio.ensure_future(result)
-                self._tasks.add(task)
-                task.add_done_callback(functools.partial(self._done, name=event.name))
-
-    def _done(self, task: asyncio.Task[Any], *, name: str) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            assert exc is not None
-            self._log.exception("an async %s handler raised", exc, name)
-
-    async def drain(self, timeout: float) -> None:
-        current = asyncio.current_task()
-        tasks = {t for t in self._tasks if t is not current}
-        if not tasks:
-            return
-        _done, pending = await asyncio.wait(tasks, timeout=timeout)
-        for t in pending:
-            t.cancel()
+PeerEventKey = str | type[Any]
+"""An event name (``"peer-joined"``) or an event class (``PeerJoinedEvent``) of a
+``MeteredPeer`` or a ``RemotePeer``."""

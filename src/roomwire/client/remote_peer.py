@@ -8,11 +8,11 @@ reconnects: the WebRTC session underneath (a ``PeerNegotiator``) swaps its
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any
 
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
 
+from .emitter import EventEmitter, Observable
 from .logging import ClientLogger
 from .negotiation import (
     ConnectionResetEvent,
@@ -31,9 +31,8 @@ from .negotiation import (
 from .peer_errors import MeteredPeerStateError
 from .peer_events import (
     REMOTE_PEER_EVENT_TYPES,
-    Emitter,
-    EventKey,
     MediaStream,
+    PeerEventKey,
     RemoteConnectionResetEvent,
     RemoteDataChannelEvent,
     RemoteNegotiationErrorEvent,
@@ -49,17 +48,16 @@ if TYPE_CHECKING:
 
 __all__ = ["RemotePeer"]
 
-H = TypeVar("H", bound=Callable[..., object])
 
-
-class RemotePeer:
+class RemotePeer(Observable[PeerEventKey]):
     """A remote peer: ``id``, ``metadata`` (its JWT ``peerMetadata`` from presence, refreshed
     on every reconcile), ``state`` (``idle``/``connecting``/``connected``/``reconnecting``/
     ``closed``), ``pc`` (the current RTCPeerConnection) and ``polite``.
 
     Events: ``track``, ``stream-added``, ``stream-removed``, ``state-change``,
     ``connection-reset``, plus ``datachannel``, ``negotiation-error`` and
-    ``track-metadata``. Built by ``MeteredPeer`` only.
+    ``track-metadata`` (``on``/``once``/``off``, from ``Observable``). Built by
+    ``MeteredPeer`` only.
     """
 
     def __init__(self, owner: MeteredPeer, peer_id: str, metadata: dict[str, Any] | None,
@@ -69,7 +67,7 @@ class RemotePeer:
         self._metadata = metadata
         self._neg = negotiator
         self._log = log
-        self._emitter = Emitter(REMOTE_PEER_EVENT_TYPES, log)
+        self._emitter = EventEmitter(log, REMOTE_PEER_EVENT_TYPES)
         self._state = negotiator.state
         self._closed = False
         self._streams: dict[str, MediaStream] = {}
@@ -110,29 +108,6 @@ class RemotePeer:
 
     def __repr__(self) -> str:
         return f"RemotePeer(id={self._id!r}, state={self.state!r})"
-
-    # -- events ----------------------------------------------------------------------------------
-
-    @overload
-    def on(self, event: EventKey, handler: H) -> H: ...
-
-    @overload
-    def on(self, event: EventKey, handler: None = None) -> Callable[[H], H]: ...
-
-    def on(self, event: EventKey, handler: H | None = None) -> H | Callable[[H], H]:
-        return self._emitter.on(event, handler)
-
-    @overload
-    def once(self, event: EventKey, handler: H) -> H: ...
-
-    @overload
-    def once(self, event: EventKey, handler: None = None) -> Callable[[H], H]: ...
-
-    def once(self, event: EventKey, handler: H | None = None) -> H | Callable[[H], H]:
-        return self._emitter.once(event, handler)
-
-    def off(self, event: EventKey, handler: Callable[..., object]) -> None:
-        self._emitter.off(event, handler)
 
     # -- actions ---------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar, overload
+from typing import Any, NoReturn
 
 from ..protocol import CloseCode, ErrorCode, ProtocolViolation, limits
 from ..protocol.frames import (
@@ -37,7 +37,7 @@ from ..protocol.frames import (
     parse_server_frame,
 )
 from ..protocol.validate import validate_channel, validate_peer_id
-from .emitter import EventEmitter, EventKey, EventStream
+from .emitter import EventEmitter, EventKey, EventStream, Observable
 from .errors import (
     AckTimeoutError,
     ClientStateError,
@@ -91,8 +91,6 @@ TokenProvider = Callable[[], Awaitable[str] | str]
 """A zero-argument callable returning a JWT (or an awaitable of one). Called before every
 connect and reconnect."""
 
-H = TypeVar("H", bound=Callable[..., object])
-
 _HANDLER_DRAIN = 1.0
 """Seconds ``close()`` waits for running async handlers before cancelling them."""
 
@@ -143,7 +141,7 @@ def _request_id() -> str:
     return str(uuid.uuid4())
 
 
-class SignallingClient:
+class SignallingClient(Observable[EventKey]):
     """A pub/sub client for the Metered Realtime v1 protocol, with automatic reconnect.
 
     Exactly one credential: ``api_key`` (a publishable key) or ``token_provider`` (a callable
@@ -262,32 +260,7 @@ class SignallingClient:
     def __reduce__(self) -> NoReturn:
         raise TypeError("a SignallingClient cannot be pickled")
 
-    # -- events ------------------------------------------------------------------------------
-
-    @overload
-    def on(self, event: EventKey, handler: H) -> H: ...
-
-    @overload
-    def on(self, event: EventKey, handler: None = None) -> Callable[[H], H]: ...
-
-    def on(self, event: EventKey, handler: H | None = None) -> H | Callable[[H], H]:
-        """Register ``handler`` for ``event`` (a name such as ``"message"`` or an event class).
-        Without ``handler``, returns a decorator. Returns the handler."""
-        return self._emitter.on(event, handler)
-
-    @overload
-    def once(self, event: EventKey, handler: H) -> H: ...
-
-    @overload
-    def once(self, event: EventKey, handler: None = None) -> Callable[[H], H]: ...
-
-    def once(self, event: EventKey, handler: H | None = None) -> H | Callable[[H], H]:
-        """Like ``on``, but the handler is removed before its first call."""
-        return self._emitter.once(event, handler)
-
-    def off(self, event: EventKey, handler: Callable[..., object]) -> None:
-        """Remove a handler; silent when it is not registered."""
-        self._emitter.off(event, handler)
+    # -- events: on/once/off come from Observable ----------------------------------------------
 
     def listener_count(self, event: EventKey) -> int:
         return self._emitter.listener_count(event)
