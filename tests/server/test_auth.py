@@ -424,6 +424,27 @@ async def test_removing_an_action_applies_to_open_sockets(server: RunningServer)
     await c.subscribe("room")
 
 
+async def test_token_sockets_follow_the_key_when_it_narrows_and_widens_again(
+    server: RunningServer,
+) -> None:
+    """A token's own ``permissions`` stay its limit; the key's current actions apply on top,
+    so restoring an action to the key restores it to open sockets too."""
+    sk = server.store.create_key(server.app_id, "secret")
+    server.reload()
+    free = await conn(server.token_url("free", key=sk))
+    narrow = await conn(server.token_url("narrow", key=sk, permissions=["subscribe", "send"]))
+    server.store.update_key_scope(sk.id, actions=["subscribe", "presence", "send"])
+    server.reload()
+    err = await free.error({"type": "publish", "channel": "room", "data": 1})
+    assert err["code"] == "action_not_permitted"
+    server.store.update_key_scope(sk.id, actions=["publish", "subscribe", "presence", "send"])
+    server.reload()
+    await free.ok({"type": "publish", "channel": "room", "data": 2})
+    err = await narrow.error({"type": "publish", "channel": "room", "data": 3})
+    assert err["code"] == "action_not_permitted"
+    await narrow.ok({"type": "send", "to": "free", "data": 4})
+
+
 async def test_token_expired_within_leeway_is_closed_4002_at_once(server: RunningServer) -> None:
     """``exp`` a moment ago (inside the verification leeway): the connection may open, but
     it is closed with 4002 right away."""

@@ -11,7 +11,7 @@ import hmac
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jwt
@@ -39,9 +39,16 @@ class Principal:
     peer_metadata: bytes | None = None
     """The JWT's ``peerMetadata`` as encoded JSON, ready to splice into frames."""
     metadata: dict[str, Any] | None = field(default=None)
+    token_actions: frozenset[str] | None = None
+    """The JWT's ``permissions`` claim, kept to recompute ``actions`` when the key changes."""
 
     def can(self, action: str) -> bool:
         return action in self.actions
+
+    def with_key(self, key: Key) -> Principal:
+        """This principal under the key's current scope (the token's own narrowing kept)."""
+        actions = key.actions if self.token_actions is None else key.actions & self.token_actions
+        return replace(self, key_patterns=key.channel_patterns, actions=actions)
 
     def channel_allowed(self, channel: str) -> bool:
         """The channel must match the key's patterns and, when the token narrows them, the
@@ -243,6 +250,7 @@ def _token(
         key_patterns=key.channel_patterns,
         token_patterns=token_patterns,
         actions=actions,
+        token_actions=None if permissions is None else frozenset(permissions),
         expires_at=expires_at,
         peer_metadata=peer_metadata,
         metadata=metadata,

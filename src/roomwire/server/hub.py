@@ -141,14 +141,15 @@ class Hub:
             room = t.rooms[channel] = Room(channel, frames.encode_json(channel))
         return room
 
-    def _broadcast_presence(
-        self, room: Room, joined: list[bytes], left: list[bytes], skip: Link | None = None
-    ) -> None:
-        payload = frames.encode_presence(room.name_json, joined, left)
-        wire = self._wire(payload)
+    def _broadcast_presence(self, room: Room, joined: list[bytes], left: list[bytes]) -> int:
+        """One presence frame to every subscriber allowed to see presence; returns how many."""
+        wire = self._wire(frames.encode_presence(room.name_json, joined, left))
+        n = 0
         for sub in room.subscribers():
-            if sub is not skip and sub.receives_presence:
+            if sub.receives_presence:
                 sub.send_wire(wire)
+                n += 1
+        return n
 
     def subscribe(self, link: Link, channel: str, include_sender_metadata: bool) -> bytes | None:
         """Subscribe ``link``. Others hear ``joined`` before this returns (when the peer is new
@@ -330,16 +331,8 @@ class Hub:
 
     # -- cluster-wide actions and state --------------------------------------------------------
 
-    def disconnect_peer(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
-        """Close every socket of ``peer_id`` on this node and (in a cluster) ask the other
-        nodes to do the same. Returns the number closed here; ``kick`` also counts the others."""
-        n = self.deliver_disconnect(app_id, peer_id, code, reason)
-        if self.broker.clustered:
-            self.broker.disconnect_peer(app_id, peer_id, code, reason)
-        return n
-
     async def kick(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
-        """``disconnect_peer`` on every node; returns the number of sockets closed everywhere
+        """Close every socket of ``peer_id`` on every node; returns the number closed everywhere
         (the other nodes' answers are awaited for a bounded time)."""
         n = self.deliver_disconnect(app_id, peer_id, code, reason)
         if self.broker.clustered:

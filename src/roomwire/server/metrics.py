@@ -159,11 +159,10 @@ class InstrumentedHub(Hub):
         m.publishes += 1
         if m.publishes & FANOUT_SAMPLE_MASK != 1:
             n = Hub.publish(self, app_id, channel, data, sender_json, sender_metadata, skip)
-            m.frames_sent["message"] += n
-            return n
-        start = _perf()
-        n = Hub.publish(self, app_id, channel, data, sender_json, sender_metadata, skip)
-        m.observe_fanout(_perf() - start)
+        else:
+            start = _perf()
+            n = Hub.publish(self, app_id, channel, data, sender_json, sender_metadata, skip)
+            m.observe_fanout(_perf() - start)
         m.frames_sent["message"] += n
         return n
 
@@ -180,11 +179,10 @@ class InstrumentedHub(Hub):
         sender_metadata: bytes | None,
     ) -> int:
         n = super().deliver_direct(app_id, peer_id, data, sender_json, sender_metadata)
-        self.metrics.frames_sent["message"] += n
+        self.metrics.frames_sent["direct"] += n
         return n
 
-    def _broadcast_presence(
-        self, room: Room, joined: list[bytes], left: list[bytes], skip: Link | None = None
-    ) -> None:
-        super()._broadcast_presence(room, joined, left, skip)
-        self.metrics.frames_sent["presence"] += len(room)
+    def _broadcast_presence(self, room: Room, joined: list[bytes], left: list[bytes]) -> int:
+        n = super()._broadcast_presence(room, joined, left)
+        self.metrics.frames_sent["presence"] += n
+        return n

@@ -198,17 +198,7 @@ class Node:
             if key.revoked:
                 session.close(CloseCode.INVALID_TOKEN, "the key was revoked")
                 continue
-            actions = key.actions
-            if session.principal.via_token:
-                actions = actions & session.principal.actions
-            session.principal = dataclasses.replace(
-                session.principal, key_patterns=key.channel_patterns, actions=actions
-            )
-            session._scope.clear()
-            session.receives_presence = "presence" in actions
-            lost = [c for c in session.subscriptions
-                    if not session.principal.channel_allowed(c) or "subscribe" not in actions]
-            if lost:
+            if not session.rescope(session.principal.with_key(key)):
                 session.close(CloseCode.CHANNEL_NOT_AUTHORIZED,
                               "the key no longer covers a subscribed channel")
 

@@ -106,6 +106,16 @@ class Session(ABC):
             self.services.hub.detach(self, list(self.subscriptions))
         self.subscriptions.clear()
 
+    def rescope(self, principal: Principal) -> bool:
+        """Adopt a changed scope (the key was edited). False when a subscribed channel is no
+        longer covered, which the caller answers by closing with 4003."""
+        self.principal = principal
+        self._scope.clear()
+        self.receives_presence = principal.can(Action.PRESENCE)
+        if self.subscriptions and not principal.can(Action.SUBSCRIBE):
+            return False
+        return all(principal.channel_allowed(c) for c in self.subscriptions)
+
     # -- requests ----------------------------------------------------------------------------
 
     def _error(self, code: str, message: str, request_id: str | None) -> None:

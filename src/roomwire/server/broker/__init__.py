@@ -97,10 +97,6 @@ class Broker(ABC):
     def peer_connected(self, app_id: str, peer_id: str, online: bool) -> None:
         """The first socket of ``peer_id`` opened on this node (online) or its last closed."""
 
-    @abstractmethod
-    def disconnect_peer(self, app_id: str, peer_id: str, code: int, reason: str) -> None:
-        """Close the sockets of ``peer_id`` on the other nodes (fire and forget)."""
-
     async def kick(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
         """Close the sockets of ``peer_id`` on the other nodes and return how many closed."""
         return 0

@@ -33,6 +33,3 @@ class MemoryBroker(Broker):
 
     def peer_connected(self, app_id: str, peer_id: str, online: bool) -> None:
         return None
-
-    def disconnect_peer(self, app_id: str, peer_id: str, code: int, reason: str) -> None:
-        return None

@@ -412,12 +412,6 @@ class RedisBroker(Broker):
     def peer_online_elsewhere(self, app_id: str, peer_id: str) -> bool:
         return bool(self._peer_nodes.get((app_id, peer_id)))
 
-    def disconnect_peer(self, app_id: str, peer_id: str, code: int, reason: str) -> None:
-        if not self._live:
-            return
-        for inst in self._peer_nodes.get((app_id, peer_id), ()):
-            self._to_node(inst, ["k", app_id, peer_id, code, reason, 0])
-
     async def kick(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
         nodes = self._peer_nodes.get((app_id, peer_id))
         if not self._live or not nodes:
