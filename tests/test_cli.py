@@ -154,3 +154,95 @@ def test_update_limits_and_key_scope(tmp_path: Path) -> None:
     assert key["actions"] == ["presence", "subscribe"]
     bad = cli(tmp_path, "keys", "update", key["id"], "--actions", "teleport", check=False)
     assert bad.returncode == 2 and "unknown action" in bad.stderr
+
+
+async def _serve_text(data_dir: Path, *flags: str) -> tuple[str, str]:
+    """Start `roomwire serve` without --json, read its startup text up to its last line,
+    stop it; returns (stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        PY, "-m", "roomwire", "serve", "--port", "0", "--data-dir", str(data_dir), *flags,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    out: list[str] = []
+    try:
+        async with asyncio.timeout(20):
+            while not out or "roomwire token --sub" not in out[-1]:
+                line = (await proc.stdout.readline()).decode()
+                assert line, f"serve exited early: {''.join(out)}"
+                out.append(line)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        err = (await asyncio.wait_for(proc.stderr.read(), 20)).decode()
+        await asyncio.wait_for(proc.wait(), 20)
+    return "".join(out), err
+
+
+async def test_the_secret_is_printed_only_when_the_default_app_is_created(
+        tmp_path: Path) -> None:
+    first, err1 = await _serve_text(tmp_path)
+    shown = cli_json(tmp_path, "keys", "show-secret")
+    secret = shown["secret"]
+    assert secret.startswith("sk_secret_") and shown["id"].startswith("sk_id_")
+    assert f"{shown['id']}:{secret}" in first and "created the default app" in first
+    second, err2 = await _serve_text(tmp_path)
+    assert shown["id"] in second and "roomwire keys show-secret" in second
+    assert secret not in second and secret not in err1 + err2
+    # On demand: the plain form is the REST credential, ready for `Authorization: Bearer`.
+    assert cli(tmp_path, "keys", "show-secret").stdout.strip() == f"{shown['id']}:{secret}"
+    assert cli(tmp_path, "keys", "show-secret", shown["id"]).stdout.strip().endswith(secret)
+    listed = cli(tmp_path, "keys", "list", "--show-secrets").stdout
+    assert f"secret={secret}" in listed and secret not in cli(tmp_path, "keys", "list").stdout
+    not_secret = cli(tmp_path, "keys", "show-secret", first.split("publishable key: ")[1]
+                     .split()[0], check=False)
+    assert not_secret.returncode == 2 and "has no secret" in not_secret.stderr
+
+
+async def test_json_modes_never_print_the_secret(tmp_path: Path) -> None:
+    logged, err = await _serve_text(tmp_path / "a", "--log-json")  # a first start
+    proc, info = await _start_serve(tmp_path / "b")
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(proc.wait(), 20)
+    for data_dir, text in ((tmp_path / "a", logged + err), (tmp_path / "b", json.dumps(info))):
+        secret = cli_json(data_dir, "keys", "show-secret")["secret"]
+        assert secret not in text
+    assert "created the default app" in logged and "keys show-secret" in logged
+    assert info["createdDefaultApp"] is True and info["secretKeyId"].startswith("sk_id_")
+
+
+def test_a_short_admin_token_stops_serve_with_a_way_to_make_one(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [PY, "-m", "roomwire", "serve", "--port", "0", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=30,
+        env={**os.environ, "ROOMWIRE_ADMIN_TOKEN": "admintest123"},
+    )
+    assert result.returncode == 2, result
+    assert "admin_token is 12 characters long; it must be at least 32" in result.stderr
+    assert "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'" in result.stderr
+    assert "admintest123" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+async def test_demo_switch_of_serve(tmp_path: Path) -> None:
+    """On by default on 127.0.0.1; --demo off and ROOMWIRE_DEMO=off turn it off."""
+    import aiohttp
+
+    for flags, env, expect in (((), {}, 200), (("--demo", "off"), {}, 404),
+                               ((), {"ROOMWIRE_DEMO": "off"}, 404),
+                               (("--demo", "on"), {"ROOMWIRE_DEMO": "off"}, 200)):
+        proc = await asyncio.create_subprocess_exec(
+            PY, "-m", "roomwire", "serve", "--port", "0", "--data-dir", str(tmp_path), "--json",
+            *flags, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **env},
+        )
+        try:
+            assert proc.stdout is not None
+            info = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
+            base = info["url"].replace("ws://", "http://")
+            async with aiohttp.ClientSession() as s, s.get(f"{base}/demo") as r:
+                assert r.status == expect, (flags, env)
+            assert (info["demo"] == f"{base}/demo") is (expect == 200)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), 20)

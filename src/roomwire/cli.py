@@ -10,10 +10,13 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
+from .extras import MissingExtraError
 from .protocol import ALL_ACTIONS
 
 DEFAULT_DATA_DIR = "./roomwire-data"
@@ -76,7 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "(env ROOMWIRE_DATABASE_URL; default: SQLite in the data dir)")
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--json", action="store_true",
-                       help="print the startup information as one JSON line")
+                       help="print the startup information as one JSON line (never with a "
+                            "secret in it)")
+    serve.add_argument("--demo", choices=("auto", "on", "off"), default=None,
+                       help="the /demo page, which hands out the development key: auto (only "
+                            "when --host is a loopback address), on, off (env ROOMWIRE_DEMO; "
+                            "default auto)")
 
     apps = sub.add_parser("apps", help="manage apps (tenants)")
     apps_sub = apps.add_subparsers(dest="action", required=True)
@@ -115,11 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: publishable publish,subscribe,presence; secret all)")
     k.add_argument("--origins", type=_csv, default=[],
                    help="comma-separated allowed browser origins (publishable keys)")
+    k.add_argument("--peer-ids", default=None, metavar="PATTERN",
+                   help="secret keys: the peer ids the key may mint tokens for and kick, a "
+                        "channel-style pattern such as 'bot-*' (default: any)")
     k.add_argument("--name", default="")
     _data_dir_arg(k)
     k = keys_sub.add_parser("list", help="list keys")
     k.add_argument("--app", default=None, help="only this app's keys")
     k.add_argument("--show-secrets", action="store_true", help="include secret key secrets")
+    _data_dir_arg(k)
+    k = keys_sub.add_parser("show-secret", help="print a secret key's secret (the one "
+                            "`serve` prints only when it creates the default app)")
+    k.add_argument("key_id", nargs="?", default=None,
+                   help="sk_id_... (default: the first active secret key of --app)")
+    k.add_argument("--app", default=None, help="app id (default: the default app)")
     _data_dir_arg(k)
     k = keys_sub.add_parser("update", help="change a key's scope (sockets on channels it no "
                             "longer covers close with 4003)")
@@ -220,7 +237,7 @@ def _keys(args: argparse.Namespace) -> int:
     if args.action == "create":
         key = ops.create_key(args.app, args.kind, channel_patterns=args.patterns,
                              actions=args.actions, allowed_origins=args.origins,
-                             name=args.name)
+                             name=args.name, peer_id_pattern=args.peer_ids)
         text = f"created {key['kind']} key {key['id']}"
         if key.get("secret"):
             text += f"\nsecret: {key['secret']}\n(shown here; also kept in the store)"
@@ -230,7 +247,12 @@ def _keys(args: argparse.Namespace) -> int:
         _print(rows, args.json, "\n".join(
             f"{k['id']}  {k['kind']:<11}  app={k['appId']}  actions={','.join(k['actions'])}"
             f"  patterns={','.join(k['channelPatterns'])}"
-            f"{'  [revoked]' if k['revoked'] else ''}" for k in rows) or "no keys")
+            f"{'  [revoked]' if k['revoked'] else ''}"
+            f"{'  secret=' + k['secret'] if k.get('secret') else ''}" for k in rows) or "no keys")
+    elif args.action == "show-secret":
+        shown = _secret_key(ops.store, args.key_id, args.app)
+        _print({"id": shown.id, "appId": shown.app_id, "secret": shown.secret}, args.json,
+               f"{shown.id}:{shown.secret}")
     elif args.action == "update":
         key = ops.update_key_scope(args.key_id, channel_patterns=args.patterns,
                                    actions=args.actions, allowed_origins=args.origins)
@@ -240,6 +262,23 @@ def _keys(args: argparse.Namespace) -> int:
         key = ops.revoke_key(args.key_id)
         _print(key, args.json, f"revoked {key['id']}")
     return 0
+
+
+def _secret_key(store: Any, key_id: str | None, app_id: str | None) -> Any:
+    """The secret key named by id, or the app's (default app's) first active one."""
+    from .server.store import SECRET
+
+    if key_id:
+        key = store.get_key(key_id)
+        if key.kind != SECRET:
+            raise ValueError(f"{key.id} is a {key.kind} key; it has no secret")
+        return key
+    app = app_id or store.ensure_default_app()[0].id
+    found = [k for k in store.list_keys(app, include_revoked=False) if k.kind == SECRET]
+    if not found:
+        raise ValueError(f"app {app} has no active secret key; create one with "
+                         f"`roomwire keys create --app {app} --kind secret`")
+    return found[0]
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -290,7 +329,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config, flags={
         "host": args.host, "port": args.port, "data_dir": args.data_dir,
         "public_url": args.public_url, "log_level": args.log_level, "log_json": args.log_json,
-        "redis_url": args.redis_url, "database_url": args.database_url,
+        "redis_url": args.redis_url, "database_url": args.database_url, "demo": args.demo,
     })
     configure_logging(config.log_level, config.log_json,
                       secrets=[v for v in (config.admin_token, config.turn_secret) if v])
@@ -307,7 +346,7 @@ def _serve(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(node.shutdown()))
         if not args.worker_index:
-            _announce(node, args.json)
+            _announce(node, args.json, config.log_json)
         await node.wait_stopped()
 
     try:
@@ -325,7 +364,8 @@ def _serve_passthrough(args: argparse.Namespace) -> list[str]:
     for flag, value in (("--config", args.config), ("--host", args.host),
                         ("--data-dir", args.data_dir),
                         ("--public-url", args.public_url), ("--log-level", args.log_level),
-                        ("--redis-url", args.redis_url), ("--database-url", args.database_url)):
+                        ("--redis-url", args.redis_url), ("--database-url", args.database_url),
+                        ("--demo", args.demo)):
         if value is not None:
             out += [flag, str(value)]
     if args.json:
@@ -335,8 +375,12 @@ def _serve_passthrough(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _announce(node: Any, as_json: bool) -> None:
+def _announce(node: Any, as_json: bool, log_json: bool = False) -> None:
+    """What ``serve`` prints at start. The secret key's secret only on the start that created
+    it, and never in a JSON mode: stdout of a service ends up in its journal, and a JSON line
+    is made for programs that store what they read. ``keys show-secret`` prints it on demand."""
     url = node.config.connect_url
+    http_url = url.replace("ws", "http", 1)
     pk = next((k for k in node.default_keys if k.kind == "publishable"), None)
     sk = next((k for k in node.default_keys if k.kind == "secret"), None)
     info = {
@@ -346,9 +390,9 @@ def _announce(node: Any, as_json: bool) -> None:
         "appId": node.default_app.id,
         "publishableKey": pk.id if pk else None,
         "secretKeyId": sk.id if sk else None,
-        "secretKey": sk.secret if sk else None,
         "dataDir": str(node.config.data_dir),
         "createdDefaultApp": node.created_default,
+        "demo": f"{http_url}/demo" if node.config.demo_enabled else None,
     }
     if as_json:
         print(json.dumps(info), flush=True)
@@ -361,8 +405,21 @@ def _announce(node: Any, as_json: bool) -> None:
     ]
     if pk:
         lines.append(f"  publishable key: {pk.id}   (development key: all actions)")
-    if sk:
-        lines.append(f"  secret key:      {sk.id} : {sk.secret}")
+    show = "roomwire keys show-secret"
+    if node.config.database_url:
+        show += " --database-url ..."
+    elif str(node.config.data_dir) != str(Path(DEFAULT_DATA_DIR)):
+        show += f" --data-dir {shlex.quote(str(node.config.data_dir))}"
+    if sk and node.created_default and not log_json:
+        lines += [f"  secret key:      {sk.id}:{sk.secret}",
+                  f"                   (shown once; later: {show})"]
+    elif sk:
+        lines.append(f"  secret key:      {sk.id}   (its secret: {show})")
+    if node.config.demo_enabled:
+        lines.append(f"  demo page:       {http_url}/demo")
+    else:
+        why = "set to off" if node.config.demo == "off" else "not a loopback address"
+        lines.append(f"  demo page:       off ({why}; see --demo)")
     if pk:
         lines += [
             "",
@@ -390,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
             from .client.join_cli import run_join
 
             return run_join(args)
+    except MissingExtraError as exc:
+        print(f"roomwire: error: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:
         print(f"roomwire: error: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,10 @@ browser together inside an empty network namespace (``unshare -n``, only ``lo`` 
 Needs ``scripts/setup-browser.sh`` (chromium, ``npm ci`` in web/). The tests skip, saying why,
 only when chromium, node or web/node_modules are missing; CI installs them, so there they run.
 ``ROOMWIRE_BROWSER_DEBUG=1`` logs the SDK's and the pages' console to stderr.
+
+Every scenario fails when the demo page's stuck-connection watchdog rejoined the room in any
+tab (unless the test says how many rejoins it expects): a rejoin is a call that froze for the
+watchdog period (6 s) before it recovered, which a user sees even though the call "works".
 """
 
 from __future__ import annotations
@@ -58,9 +62,10 @@ def browser_ready() -> None:
                     f"{probe.stderr.strip()}")
 
 
-def _run_harness(scenario: str, workdir: Path, **env: str) -> dict[str, Any]:
+def _run_harness(scenario: str, workdir: Path, rejoins: int = 0, **env: str) -> dict[str, Any]:
     """Run ``harness.py <scenario>`` (roomwire node + driver.mjs) in a fresh namespace; return
-    the driver's result, after asserting it succeeded."""
+    the driver's result, after asserting it succeeded with ``rejoins`` watchdog rejoins in all
+    its demo tabs together."""
     script = (f"ip link set lo up && exec {shlex.quote(sys.executable)} "
               f"{shlex.quote(str(HERE / 'harness.py'))} {scenario} "
               f"{shlex.quote(str(workdir))}")
@@ -82,6 +87,14 @@ def _run_harness(scenario: str, workdir: Path, **env: str) -> dict[str, Any]:
         f"diag: {json.dumps(result.get('diag'), indent=1)[:6000]}\n"
         f"stderr:\n{proc.stderr[-4000:]}"
     )
+    per_tab = result.get("rejoins")
+    assert isinstance(per_tab, dict), f"{scenario}: the driver reported no rejoins: {per_tab!r}"
+    seen = sum(len(events) for events in per_tab.values())
+    assert seen == rejoins, (
+        f"{scenario}: the demo page's watchdog rejoined {seen} time(s), expected {rejoins}: "
+        f"the call froze for the watchdog period before it recovered; per tab: "
+        f"{json.dumps(per_tab)[:2000]}"
+    )
     return result
 
 
@@ -90,8 +103,8 @@ def run_scenario(browser_ready: None, tmp_path: Path) -> Callable[..., dict[str,
     """Run ``harness.py <scenario>`` (roomwire node + driver.mjs) in a fresh namespace; return
     the driver's result, after asserting it succeeded."""
 
-    def run(scenario: str, **env: str) -> dict[str, Any]:
-        return _run_harness(scenario, tmp_path, **env)
+    def run(scenario: str, rejoins: int = 0, **env: str) -> dict[str, Any]:
+        return _run_harness(scenario, tmp_path, rejoins, **env)
 
     return run
 

@@ -1,10 +1,11 @@
 // Browser test driver: headless Debian chromium through playwright-core (no browser download).
 // Started by harness.py inside an empty network namespace, next to a roomwire node.
 //
-//   node driver.mjs <scenario>        scenario: call | restart | pubsub | py-browser-first |
+//   node driver.mjs <scenario>        scenario: call | restart | stuck | pubsub | py-browser-first |
 //                                     py-python-first | py-restart | py-screen-stop | bench
 //
-// Input: ROOMWIRE_BROWSER_ENV (JSON: base, ws, pk, tokens, keys, webDir, screenshot, chromium).
+// Input: ROOMWIRE_BROWSER_ENV (JSON: base, ws, pk, tokens, keys, webDir, screenshot, chromium,
+// offerWait: the demo page's ?offerwait= for the bench's tabs, null for the page's default).
 // Talks to the harness over stdio: "CMD <name>" lines out, one reply line in.
 // Last stdout line: "RESULT <json>" ({ok: true, ...} or {ok: false, error, diag}).
 
@@ -113,9 +114,25 @@ async function mediaGrowing(page, what, timeoutMs) {
   }
 }
 
-async function openPeer(ctx, tag, { room, name, token }) {
+// Every demo tab a scenario opened, by tag: main() reports each one's watchdog rejoins.
+const demoTabs = new Map();
+
+// The demo page's stuck-connection watchdog, as the user sees it: each "rejoin" is a call that
+// froze for the watchdog period before the page left and joined again.
+const watchdogEvents = () => window.demo
+  ? window.demo.events.filter((e) => e.kind === "rejoin" || e.kind === "rejoin-gave-up") : [];
+
+const rejoinCount = (p) => p.evaluate(watchdogEvents).then((l) => l.length);
+
+// What the page's first-offer hold did in a tab (app.js makePeerConnection): "offer-held" then
+// "offer-answered" (the remote's offer came) or "offer-released" (it did not: we offered).
+const offerNotes = (p) => p.evaluate(() => window.demo.events.filter((e) => e.kind.startsWith("offer-")).map((e) => e.kind));
+
+async function openPeer(ctx, tag, { room, name, token, init }) {
   const page = await ctx.newPage();
+  demoTabs.set(tag, page);
   watchConsole(page, tag);
+  if (init) await page.addInitScript(init);
   if (env.debug) {
     // Log the signalling frames (debugging aid): track metadata and SDP/ICE signals.
     await page.addInitScript(() => {
@@ -224,14 +241,81 @@ async function scenarioCall(ctx) {
     presence: { a: pa, b: pb }, earlyEvents, stats: { a: statsA, b: statsB }, chat: [chatAB, chatBA],
     screen: { remote: withScreen.remotes[0], stats: Object.values(screenStats)[0], tilesB },
     afterStop: afterStop.remotes[0],
-    rejoins: await rejoinEvents(a, b),
+    offers: { a: await offerNotes(a), b: await offerNotes(b) },
   };
 }
 
-// The demo page's stuck-connection watchdog: its rejoins (informational, not asserted).
-async function rejoinEvents(a, b) {
-  const get = (p) => p.evaluate(() => window.demo.events.filter((e) => e.kind === "rejoin" || e.kind === "rejoin-gave-up"));
-  return { a: await get(a), b: await get(b) };
+
+// Installed before the demo page loads: the tab sends none of its ICE candidates (what the
+// other side sees of a Chromium connection wedged without candidates) until the call has been
+// rescued: this tab's watchdog rejoined, or the other tab left or joined again (its watchdog
+// rejoined).
+function withholdIce() {
+  const W = window.WebSocket;
+  window.__rwWithheld = 0;
+  const rescued = () => {
+    const evs = window.demo?.events || [];
+    return evs.some((e) => e.kind === "rejoin" || e.kind === "peer-left")
+      || evs.filter((e) => e.kind === "peer-joined").length > 1;
+  };
+  window.WebSocket = class extends W {
+    send(d) {
+      if (!rescued()) {
+        let f = null;
+        try { f = JSON.parse(d); } catch { /* not JSON: pass it on */ }
+        if (f?.data?.type === "rtc-ice") { window.__rwWithheld += 1; return; }
+      }
+      return super.send(d);
+    }
+  };
+}
+
+// The watchdog's job: a connection that never connects. Both tabs withhold their ICE
+// candidates, so the first connection cannot connect; the polite tab's watchdog rejoins after
+// its period, the new connection gets candidates, and the call must recover.
+async function scenarioStuck(ctx) {
+  const room = `stuck-${Math.random().toString(36).slice(2, 8)}`;
+  const a = await openPeer(ctx, "A", { room, name: "Alice", token: env.tokens.alice, init: withholdIce });
+  const b = await openPeer(ctx, "B", { room, name: "Bob", init: withholdIce });
+  await Promise.all([
+    until(a, "A sees B", summary, oneRemote, 15_000),
+    until(b, "B sees A", summary, oneRemote, 15_000),
+  ]);
+  const first = { a: await a.evaluate(summary), b: await b.evaluate(summary) };
+  const politeTab = first.a.peerId < first.b.peerId ? "A" : "B";
+  mark("presence_both");
+  // The watchdog period is 6 s; the polite tab rejoins at the first check, at most one more
+  // period if the page was slow to see the peer.
+  const deadline = Date.now() + 20_000;
+  let rejoined = null;
+  while (!rejoined) {
+    for (const [tag, p] of [["A", a], ["B", b]]) {
+      if ((await p.evaluate(watchdogEvents)).some((e) => e.kind === "rejoin")) rejoined = tag;
+    }
+    if (!rejoined && Date.now() > deadline) {
+      throw new Error(`no watchdog rejoin within 20 s: ${JSON.stringify([await a.evaluate(summary), await b.evaluate(summary)]).slice(0, 1500)}`);
+    }
+    if (!rejoined) await sleep(200);
+  }
+  mark("rejoined");
+  await Promise.all([
+    until(a, "A sees the rejoined call", summary, (s) => oneRemote(s) && !s.banner, 20_000),
+    until(b, "B sees the rejoined call", summary, (s) => oneRemote(s) && !s.banner, 20_000),
+  ]);
+  const [ga, gb] = await Promise.all([
+    mediaGrowing(a, "A after the rejoin", 20_000),
+    mediaGrowing(b, "B after the rejoin", 20_000),
+  ]);
+  mark("media_again");
+  const chatAB = await chatOnce(a, b, "are you back?", "Alice");
+  const chatBA = await chatOnce(b, a, "back, after a rejoin", "Bob");
+  return {
+    politeTab, rejoined, media: { a: ga, b: gb }, chat: [chatAB, chatBA],
+    withheld: { a: await a.evaluate(() => window.__rwWithheld), b: await b.evaluate(() => window.__rwWithheld) },
+    stuck: { a: await a.evaluate(() => window.demo.events.filter((e) => e.kind.startsWith("peer-stuck"))),
+             b: await b.evaluate(() => window.demo.events.filter((e) => e.kind.startsWith("peer-stuck"))) },
+    after: { a: await a.evaluate(summary), b: await b.evaluate(summary) },
+  };
 }
 
 async function scenarioRestart(ctx) {
@@ -267,7 +351,7 @@ async function scenarioRestart(ctx) {
   const after = { a: await a.evaluate(summary), b: await b.evaluate(summary) };
   return {
     before, after, media: { a: ga, b: gb }, chat: [chatAB, chatBA], bannerSeen,
-    rejoins: await rejoinEvents(a, b),
+    offers: { a: await offerNotes(a), b: await offerNotes(b) },
     reconnecting: { a: await sawReconnecting(a), b: await sawReconnecting(b) },
     events: { a: await a.evaluate(() => window.demo.events.filter((e) => e.kind === "state")),
               b: await b.evaluate(() => window.demo.events.filter((e) => e.kind === "state")) },
@@ -417,10 +501,12 @@ const consoleErrors = [];
 // A demo tab with the recorder. join: "auto" (autojoin), "manual" (the caller joins).
 async function openTab(ctx, tag, { room, name, token, join = "auto" }) {
   const page = await ctx.newPage();
+  demoTabs.set(tag, page);
   watchConsole(page, tag);
   page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(`${tag}: ${m.text()}`); });
   await page.addInitScript(recorder);
   const q = new URLSearchParams({ room, name, ...(join === "auto" ? { autojoin: "1" } : {}),
+                                  ...(env.offerWait != null ? { offerwait: String(env.offerWait) } : {}),
                                   ...(env.debug ? { debug: "1" } : {}) });
   const url = `${env.base}/demo?${q}${token ? `#token=${encodeURIComponent(token)}` : ""}`;
   await page.goto(url, { waitUntil: "load", timeout: 30_000 });
@@ -657,8 +743,10 @@ async function scenarioBench(ctx) {
       await a.close(); await b.close();
       continue;
     }
-    out.bb.push({ other: ta - t0, joiner: tb - t0 });
-    log(`bench bb ${i}: other side ${ta - t0} ms, joiner ${tb - t0} ms`);
+    const rj = (await rejoinCount(a)) + (await rejoinCount(b));
+    const offers = [...await offerNotes(a), ...await offerNotes(b)];
+    out.bb.push({ other: ta - t0, joiner: tb - t0, rejoins: rj, offers });
+    log(`bench bb ${i}: other side ${ta - t0} ms, joiner ${tb - t0} ms, rejoins ${rj}, ${offers.join(" ") || "no held offer"}`);
     await a.close(); await b.close();
   }
   for (let i = 0; i < runs && which.includes("bp"); i++) {
@@ -678,8 +766,10 @@ async function scenarioBench(ctx) {
       await b.close(); await py("close");
       continue;
     }
-    out.bp.push({ other: Math.round(tp - t0), joiner: tb - t0 });
-    log(`bench bp ${i}: Python ${Math.round(tp - t0)} ms, browser ${tb - t0} ms`);
+    const rj = await rejoinCount(b);
+    const offers = await offerNotes(b);
+    out.bp.push({ other: Math.round(tp - t0), joiner: tb - t0, rejoins: rj, offers });
+    log(`bench bp ${i}: Python ${Math.round(tp - t0)} ms, browser ${tb - t0} ms, rejoins ${rj}, ${offers.join(" ") || "no held offer"}`);
     await b.close();
     await py("close");
   }
@@ -688,7 +778,7 @@ async function scenarioBench(ctx) {
     if (!out[k].length) continue;
     const o = out[k].map((r) => r.other), j = out[k].map((r) => r.joiner);
     out.summary[k] = { n: o.length, failed: out.failures[k], otherP50: pct(o, 0.5), otherMin: Math.min(...o), otherMax: Math.max(...o),
-                       joinerP50: pct(j, 0.5) };
+                       joinerP50: pct(j, 0.5), rejoinedRuns: out[k].filter((r) => r.rejoins > 0).length };
   }
   return out;
 }
@@ -696,7 +786,7 @@ async function scenarioBench(ctx) {
 // -- main ------------------------------------------------------------------------------------
 
 const scenarios = {
-  call: scenarioCall, restart: scenarioRestart, pubsub: scenarioPubsub,
+  call: scenarioCall, restart: scenarioRestart, stuck: scenarioStuck, pubsub: scenarioPubsub,
   "py-browser-first": scenarioPyBrowserFirst, "py-python-first": scenarioPyPythonFirst,
   "py-restart": scenarioPyRestart, "py-screen-stop": scenarioPyScreenStop, bench: scenarioBench,
 };
@@ -708,10 +798,18 @@ async function main() {
   const ctx = await launch();
   mark("launched");
   let result;
+  const rejoins = async () => {
+    const out = {};
+    for (const [tag, p] of demoTabs) {
+      if (!p.isClosed()) out[tag] = await p.evaluate(watchdogEvents).catch((e) => [{ kind: "unknown", err: String(e) }]);
+    }
+    return out;
+  };
   try {
     result = await fn(ctx);
+    result.rejoins = await rejoins();
   } catch (err) {
-    const diag = {};
+    const diag = { rejoins: await rejoins().catch((e) => String(e)) };
     for (const [i, p] of ctx.pages().entries()) {
       try {
         diag[`page${i}`] = await p.evaluate(() => window.demo ? { summary: window.demo.summary(), events: window.demo.events.slice(-40) } : null);

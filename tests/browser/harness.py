@@ -5,6 +5,10 @@
 The node listens on 127.0.0.1 (the namespace's only interface). The driver asks for server
 actions over its stdout ("CMD restart") and gets "OK" or "ERR ..." on its stdin. The last line
 this script prints is ``RESULT <json>``: the driver's result.
+
+With ``ROOMWIRE_HARNESS_ROOMWIRE=<path of a roomwire command>`` the server is that command's
+``roomwire serve`` (e.g. a wheel installed in another venv) instead of an in-process node of
+this checkout; the harness only reads and adds keys in its data dir.
 """
 
 from __future__ import annotations
@@ -20,24 +24,68 @@ from typing import Any
 from roomwire.server.auth import mint_token
 from roomwire.server.config import ServerConfig
 from roomwire.server.node import Node
+from roomwire.server.store import PUBLISHABLE, SECRET, Store
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 
 
+class ServeProcess:
+    """``<roomwire> serve`` in a subprocess, with the settings the in-process node gets."""
+
+    def __init__(self, command: str, cfg: ServerConfig) -> None:
+        self.command = command
+        self.cfg = cfg
+        self.proc: asyncio.subprocess.Process | None = None
+        self.port = cfg.port
+
+    async def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "ROOMWIRE_WEB_NODE_MODULES"}
+        env.update(ROOMWIRE_CONNECT_RATE_LIMIT="0", ROOMWIRE_STORE_POLL_INTERVAL="0.2")
+        self.proc = await asyncio.create_subprocess_exec(
+            self.command, "serve", "--host", "127.0.0.1", "--port", str(self.port),
+            "--data-dir", str(self.cfg.data_dir), "--json",
+            stdout=asyncio.subprocess.PIPE, env=env, cwd=self.cfg.data_dir.parent,
+        )
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
+        if not line:
+            raise RuntimeError(f"{self.command} serve exited ({await self.proc.wait()})")
+        self.port = json.loads(line)["port"]
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            await asyncio.wait_for(self.proc.wait(), 30)
+
+
 async def run(scenario: str, workdir: Path) -> dict[str, Any]:
     cfg = ServerConfig(host="127.0.0.1", port=0, data_dir=workdir / "data",
                        connect_rate_limit=0, store_poll_interval=0.2)
-    node = Node(cfg)
-    await node.start()
-    cfg = dataclasses.replace(cfg, port=node.port)
-    assert node.store is not None
-    pk = next(k for k in node.default_keys if k.kind == "publishable")
-    sk = next(k for k in node.default_keys if k.kind == "secret")
-    restricted = node.store.create_key(node.default_app.id, "publishable",
-                                       channel_patterns=["allowed/*"],
-                                       actions=["subscribe", "presence"], name="restricted")
-    node.reload_keyring()
+    external = os.environ.get("ROOMWIRE_HARNESS_ROOMWIRE")
+    serve: ServeProcess | None = None
+    if external:
+        serve = ServeProcess(external, cfg)
+        await serve.start()
+        port = serve.port
+        store = Store(cfg.database_path)
+        app, keys, _ = store.ensure_default_app()
+        app_id = app.id
+        pk = next(k for k in keys if k.kind == PUBLISHABLE)
+        sk = next(k for k in keys if k.kind == SECRET)
+    else:
+        node = Node(cfg)
+        await node.start()
+        port = node.port
+        assert node.store is not None
+        store, app_id = node.store, node.default_app.id
+        pk = next(k for k in node.default_keys if k.kind == "publishable")
+        sk = next(k for k in node.default_keys if k.kind == "secret")
+    cfg = dataclasses.replace(cfg, port=port)
+    restricted = store.create_key(app_id, "publishable", channel_patterns=["allowed/*"],
+                                  actions=["subscribe", "presence"], name="restricted")
+    if serve is None:
+        node.reload_keyring()
     alice, _ = mint_token(sk, "alice", ttl=900, peer_metadata={"name": "Alice"})
     # Python-peer scenarios: the Python peer is "py"; a browser is "alice" (polite towards
     # "py": the Python side offers first) or "zoe" (impolite: the browser offers first).
@@ -45,14 +93,17 @@ async def run(scenario: str, workdir: Path) -> dict[str, Any]:
     py_token, _ = mint_token(sk, "py", ttl=900, peer_metadata={"name": "Py"})
 
     env = {
-        "base": f"http://127.0.0.1:{node.port}",
-        "ws": f"ws://127.0.0.1:{node.port}",
+        "base": f"http://127.0.0.1:{port}",
+        "ws": f"ws://127.0.0.1:{port}",
         "pk": pk.id,
         "keys": {"restricted": restricted.id},
         "tokens": {"alice": alice, "zoe": zoe},
         "webDir": os.environ.get("ROOMWIRE_WEB_DIR", str(REPO / "web")),
         "chromium": os.environ.get("ROOMWIRE_CHROMIUM", "/usr/bin/chromium"),
         "screenshot": os.environ.get("ROOMWIRE_SCREENSHOT") or None,
+        # bench/browser_bench.py --offer-wait-ms: the demo page's first-offer hold (app.js).
+        "offerWait": int(os.environ["ROOMWIRE_OFFER_WAIT_MS"])
+        if os.environ.get("ROOMWIRE_OFFER_WAIT_MS") else None,
         "workdir": str(workdir),
         "debug": os.environ.get("ROOMWIRE_BROWSER_DEBUG") == "1",
         "driverTimeoutMs": int(os.environ.get("ROOMWIRE_DRIVER_TIMEOUT_MS", "100000")),
@@ -76,9 +127,13 @@ async def run(scenario: str, workdir: Path) -> dict[str, Any]:
                 result = json.loads(line[len("RESULT "):])
             elif line == "CMD restart":
                 try:
-                    await node.stop()
-                    node = Node(cfg)
-                    await node.start()
+                    if serve is not None:
+                        await serve.stop()
+                        await serve.start()
+                    else:
+                        await node.stop()
+                        node = Node(cfg)
+                        await node.start()
                     reply = "OK"
                 except Exception as exc:
                     reply = f"ERR {exc!r}"
@@ -88,7 +143,7 @@ async def run(scenario: str, workdir: Path) -> dict[str, Any]:
                 # A request for the Python peer (pypeer.py, started on first use).
                 try:
                     if pypeer is None:
-                        pypeer = await start_pypeer(node.port, py_token)
+                        pypeer = await start_pypeer(port, py_token)
                     reply = await ask_pypeer(pypeer, line[len("CMD py "):])
                 except Exception as exc:
                     reply = f"ERR pypeer: {exc!r}"
@@ -103,7 +158,11 @@ async def run(scenario: str, workdir: Path) -> dict[str, Any]:
             await proc.wait()
         if pypeer is not None:
             await stop_pypeer(pypeer)
-        await node.stop()
+        if serve is not None:
+            await serve.stop()
+            store.close()
+        else:
+            await node.stop()
     result["driverExit"] = proc.returncode
     return result
 

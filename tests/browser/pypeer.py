@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+# A subprocess, not under pytest: the test helpers it shares (tests/peer/kit.py, which imports
+# tests/waiting.py) are found only with both folders on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "peer"))
 
 from kit import Tap, drain

@@ -48,6 +48,9 @@ def test_browser_and_python_media_and_data_both_ways(scenario_once: Any, first: 
     r = scenario_once(FIRST[first])
     browser = r["browserId"]
     assert browser == ("alice" if first == "browser" else "zoe")
+    # No frozen call: the demo page's watchdog never had to rejoin (conftest.py checks it for
+    # every scenario; this says which tab it looked at).
+    assert r["rejoins"] == {"B": []}, r["rejoins"]
     # Presence on both sides, with the token's peerMetadata.
     assert r["remote"]["id"] == browser
     assert r["remote"]["metadata"] == {"name": browser.capitalize()}
@@ -161,6 +164,7 @@ def test_server_restart_browser_and_python_recover(run_scenario: Any) -> None:
     browser's signalling socket drops, both sides reconnect and rejoin, media flows again both
     ways (fresh frames), data both ways again."""
     r = run_scenario("py-restart")
+    assert r["rejoins"] == {"B": []}, r["rejoins"]
     assert r["statesB"][-2:] == ["reconnecting", "joined"], r["statesB"]
     assert r["pyState"]["state"] == "joined"
     assert r["pyState"]["remotes"] == [{"id": "alice", "state": "connected"}]
@@ -179,12 +183,13 @@ def test_server_restart_browser_and_python_recover(run_scenario: Any) -> None:
 
 
 def test_browser_stops_screen_transceiver_and_shares_again(run_scenario: Any) -> None:
-    """5: the m-line rejection case (WEBRTC-LAB-NOTES). The browser calls ``stop()`` on the
+    """5: rejected m-lines (docs/webrtc-notes.md, SDP). The browser calls ``stop()`` on the
     transceiver of its screen share and renegotiates with the Python peer: its offer rejects
     that m-line (port 0, mid out of BUNDLE). The Python answer must reject it as well, or
     Chromium refuses it ("A BUNDLE group in answer contains a MID ...") and every later offer
     on that connection fails. Then the browser shares again and the Python side decodes it."""
     r = run_scenario("py-screen-stop")
+    assert r["rejoins"] == {"B": []}, r["rejoins"]
     mid = r["stopped"]["mid"]
     wire = r["recB"]["wire"]
     # The browser's offer after stop(): the m-line has port 0 and is out of BUNDLE.

@@ -83,3 +83,72 @@ async def test_sdk_is_served_from_node_modules(server: RunningServer, tmp_path: 
         async with s.get(f"{http(server)}/demo/sdk.js") as r:
             assert r.status == 200 and r.content_type == "text/javascript"
             assert await r.text() == "export const x = 1;\n"
+
+
+@pytest.mark.parametrize(("host", "demo_setting", "enabled"), [
+    ("127.0.0.1", "auto", True), ("127.0.0.2", "auto", True), ("::1", "auto", True),
+    ("localhost", "auto", True),
+    ("0.0.0.0", "auto", False), ("::", "auto", False), ("192.0.2.10", "auto", False),
+    ("rt.example.com", "auto", False),
+    ("0.0.0.0", "on", True), ("127.0.0.1", "off", False),
+])
+def test_demo_is_on_only_on_loopback_unless_set(host: str, demo_setting: str,
+                                                enabled: bool) -> None:
+    from roomwire.server.config import ServerConfig
+
+    cfg = ServerConfig.from_env({"ROOMWIRE_HOST": host, "ROOMWIRE_DEMO": demo_setting})
+    assert cfg.demo_enabled is enabled
+
+
+def test_a_bad_demo_setting_is_refused() -> None:
+    from roomwire.server.config import ServerConfig
+
+    with pytest.raises(ValueError, match="demo must be one of auto, on, off"):
+        ServerConfig.from_env({"ROOMWIRE_DEMO": "yes please"})
+
+
+async def test_demo_off_serves_no_page_and_no_key(tmp_path: Path) -> None:
+    srv = await start_node(tmp_path, demo="off")
+    try:
+        async with aiohttp.ClientSession() as s:
+            for path in ("/demo", "/demo/", "/demo/app.js", "/demo/sdk.js"):
+                async with s.get(f"{http(srv)}{path}", allow_redirects=False) as r:
+                    body = await r.text()
+                    assert r.status == 404, path
+                    assert srv.pk not in body
+            async with s.get(f"{http(srv)}/") as r:
+                assert "/demo" not in await r.text()
+    finally:
+        await srv.node.stop()
+
+
+async def test_demo_on_is_served_and_announced(tmp_path: Path) -> None:
+    srv = await start_node(tmp_path, demo="on")
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{http(srv)}/demo") as r:
+                assert r.status == 200 and page_config(await r.text())["apiKey"] == srv.pk
+            async with s.get(f"{http(srv)}/") as r:
+                assert f"{http(srv)}/demo" in await r.text()
+    finally:
+        await srv.node.stop()
+
+
+async def test_the_bundled_sdk_comes_before_node_modules(
+        server: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bundled = tmp_path / "vendor"
+    (bundled / "dist").mkdir(parents=True)
+    (bundled / "dist" / "index.mjs").write_text("export const bundled = true;\n")
+    (bundled / "package.json").write_text('{"version": "1.2.3"}')
+    monkeypatch.setattr(demo, "BUNDLED_SDK_DIR", bundled)
+    monkeypatch.delenv(demo.NODE_MODULES_ENV, raising=False)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{http(server)}/demo") as r:
+            cfg = page_config(await r.text())
+        assert cfg["sdk"] == "/demo/sdk.js" and cfg["sdkVersion"] == "1.2.3"
+        async with s.get(f"{http(server)}/demo/sdk.js") as r:
+            assert await r.text() == "export const bundled = true;\n"
+        # An explicit ROOMWIRE_WEB_NODE_MODULES is the operator's choice and wins.
+        monkeypatch.setenv(demo.NODE_MODULES_ENV, str(tmp_path / "nowhere"))
+        async with s.get(f"{http(server)}/demo/sdk.js") as r:
+            assert r.status == 404

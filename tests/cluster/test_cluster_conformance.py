@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 from srvkit import conn, new_app
+
+from waiting import wait_for
 
 from .conftest import Cluster
 
@@ -22,11 +22,11 @@ async def test_snapshot_and_joined_across_nodes(cluster: Cluster) -> None:
     b = await conn(cluster[1].key_url())
     c = await conn(cluster[2].key_url())
     await a.subscribe(ROOM)
-    await asyncio.sleep(0.05)
+    await cluster.settle_replicas()
     _, snap = await b.subscribe(ROOM)
     assert snap == presence([{"peerId": a.peer_id}])
     assert await a.recv() == presence([{"peerId": b.peer_id}])
-    await asyncio.sleep(0.05)
+    await cluster.settle_replicas()
     _, snap = await c.subscribe(ROOM)
     assert sorted(e["peerId"] for e in snap["joined"]) == sorted([a.peer_id, b.peer_id])
     for x in (a, b):
@@ -34,6 +34,7 @@ async def test_snapshot_and_joined_across_nodes(cluster: Cluster) -> None:
     await b.close()
     for x in (a, c):
         assert await x.recv() == presence(left=[{"peerId": b.peer_id}])
+    await cluster.settle_replicas()
     for x in (a, c):
         assert await x.drain() == []
 
@@ -41,7 +42,7 @@ async def test_snapshot_and_joined_across_nodes(cluster: Cluster) -> None:
 async def test_presence_carries_peer_metadata_across_nodes(cluster: Cluster) -> None:
     a = await conn(cluster[0].token_url("alice", peer_metadata={"name": "A"}))
     await a.subscribe(ROOM)
-    await asyncio.sleep(0.05)
+    await cluster.settle_replicas()
     b = await conn(cluster[1].token_url("bob"))
     _, snap = await b.subscribe(ROOM)
     assert snap == presence([{"peerId": "alice", "metadata": {"name": "A"}}])
@@ -52,7 +53,7 @@ async def test_newcomer_known_remotely_before_it_can_send(cluster: Cluster) -> N
     sends after its ack (the SDKs drop signals from peers they do not know)."""
     a = await conn(cluster[0].token_url("alice"))
     await a.subscribe(ROOM)
-    await asyncio.sleep(0.05)
+    await cluster.settle_replicas()
     for i in range(5):
         b = await conn(cluster[1 + i % 2].token_url(f"bob{i}"))
         await b.subscribe(ROOM)
@@ -71,14 +72,18 @@ async def test_publish_fans_out_to_every_node_once(cluster: Cluster) -> None:
     for s in subs:
         await s.subscribe(ROOM)
     pub = await conn(cluster[0].token_url("pub"))
-    await asyncio.sleep(0.1)
+    await cluster.settle_replicas()
     for s in subs:
-        await s.drain(0.05)
+        await s.drain(0.05)  # the `joined` of the later subscribers
     for n in range(20):
         await pub.ok({"type": "publish", "channel": ROOM, "data": n})
     for s in subs:
-        got = [f["data"] for f in await s.drain(0.3) if f["type"] == "message"]
+        got = await s.messages(20)
         assert got == list(range(20)), got
+    # Once: no node delivers a second copy (every copy would be on its way by now).
+    await cluster.settle_replicas()
+    for s in subs:
+        assert [f for f in await s.drain(0.1) if f["type"] == "message"] == []
     assert await pub.drain(0.1) == []
 
 
@@ -88,7 +93,7 @@ async def test_sender_metadata_variant_across_nodes(cluster: Cluster) -> None:
     meta = await conn(cluster[2].key_url())
     await plain.subscribe(ROOM)
     await meta.subscribe(ROOM, includeSenderMetadata=True)
-    await asyncio.sleep(0.1)
+    await cluster.settle_replicas()
     await sender.ok({"type": "publish", "channel": ROOM, "data": 1})
     m1 = await plain.recv_type("message")
     m2 = await meta.recv_type("message")
@@ -101,7 +106,7 @@ async def test_send_reaches_every_socket_of_a_peer_on_every_node(cluster: Cluste
     b1 = await conn(cluster[1].token_url("bob"))
     b2 = await conn(cluster[1].token_url("bob"))
     a = await conn(cluster[2].token_url("alice"))
-    await asyncio.sleep(0.1)
+    await cluster.settle_replicas()
     await a.ok({"type": "send", "to": "bob", "data": "hi"})
     for b in (b0, b1, b2):
         d = await b.recv()
@@ -111,27 +116,36 @@ async def test_send_reaches_every_socket_of_a_peer_on_every_node(cluster: Cluste
     assert err["code"] == "peer_not_found"
     for b in (b0, b1, b2):
         await b.close()
-    await asyncio.sleep(0.2)
-    err = await a.error({"type": "send", "to": "bob", "data": 1})
-    assert err["code"] == "peer_not_found"
+    # Each node notices its sockets closing, then tells the others: ask until they agree.
+    reply = await wait_for(lambda: a.request({"type": "send", "to": "bob", "data": 1}), 5,
+                           "a send to bob, whose sockets all closed, is refused",
+                           until=lambda r: r.get("code") == "peer_not_found")
+    assert reply["type"] == "error", reply
 
 
 async def test_reference_counting_across_nodes(cluster: Cluster) -> None:
     obs = await conn(cluster[2].token_url("obs"))
     await obs.subscribe(ROOM)
-    await asyncio.sleep(0.05)
+    await cluster.settle_replicas()
     x0 = await conn(cluster[0].token_url("x"))
     x1 = await conn(cluster[1].token_url("x"))
     await x0.subscribe(ROOM)
     assert await obs.recv() == presence([{"peerId": "x"}])
+    await cluster.settle_replicas()
     _, snap = await x1.subscribe(ROOM)
     assert snap == presence([{"peerId": "obs"}])
-    assert await obs.drain(0.3) == []  # no second joined
+    await cluster.settle_replicas()  # a wrong second `joined` would be on its way by now
+    assert await obs.drain(0.1) == []  # no second joined
     await x0.close()
-    assert await obs.drain(0.3) == []  # x still present on node 1
+    # Node 0 drops x's socket; the other nodes hear of it. Then silence must hold.
+    await wait_for(lambda: cluster[0].node.hub.local_connections(), 5,
+                   "node 0 notices x0 closing", until=lambda n: not n)
+    await cluster.settle_replicas()
+    assert await obs.drain(0.1) == []  # x still present on node 1
     await x1.ok({"type": "unsubscribe", "channel": ROOM})
     assert await obs.recv() == presence(left=[{"peerId": "x"}])
-    assert await obs.drain(0.2) == []
+    await cluster.settle_replicas()
+    assert await obs.drain(0.1) == []
 
 
 async def test_tenants_are_isolated_across_nodes(cluster: Cluster) -> None:
@@ -141,7 +155,7 @@ async def test_tenants_are_isolated_across_nodes(cluster: Cluster) -> None:
     a = await conn(cluster[0].token_url("same"))
     b = await conn(cluster[1].key_url(pk2.id))
     await a.subscribe(ROOM)
-    await asyncio.sleep(0.05)
+    await cluster.settle_replicas()
     _, snap = await b.subscribe(ROOM)
     assert snap == presence()
     await b.ok({"type": "publish", "channel": ROOM, "data": 1})
@@ -154,7 +168,7 @@ async def test_rest_kick_and_presence_listing_across_nodes(cluster: Cluster) -> 
     victim = await conn(cluster[1].token_url("victim"))
     other = await conn(cluster[2].token_url("victim"))
     await victim.subscribe(ROOM)
-    await asyncio.sleep(0.1)
+    await cluster.settle_replicas()
     sk = cluster[0].sk
     auth = {"Authorization": f"Bearer {sk.id}:{sk.secret}"}
     base = f"http://127.0.0.1:{cluster[0].node.port}"
@@ -172,7 +186,7 @@ async def test_rest_kick_and_presence_listing_across_nodes(cluster: Cluster) -> 
 
 async def test_hub_kick_counts_sockets_on_every_node(cluster: Cluster) -> None:
     socks = [await conn(cluster[i].token_url("k")) for i in (0, 1, 1, 2)]
-    await asyncio.sleep(0.1)
+    await cluster.settle_replicas()
     n = await cluster[0].node.hub.kick(cluster[0].app_id, "k", 4020, "kicked")
     assert n == 4
     for s in socks:
@@ -187,9 +201,10 @@ async def test_message_quota_holds_cluster_wide(cluster: Cluster) -> None:
     pubs = [await conn(cluster[i].key_url(pk.id)) for i in range(3)]
     for i in range(9):
         await pubs[i % 3].ok({"type": "publish", "channel": ROOM, "data": i})
-    await asyncio.sleep(1.5)  # > usage_sync_interval
+    # Counts travel with the usage sync (every usage_sync_interval); run it now, on every node.
+    await cluster.settle()
     await pubs[0].ok({"type": "publish", "channel": ROOM, "data": 9})
-    await asyncio.sleep(1.5)
+    await cluster.settle()
     for p in pubs:
         err = await p.error({"type": "publish", "channel": ROOM, "data": "over"})
         assert err["code"] == "over_message_quota"
@@ -201,8 +216,8 @@ async def test_connection_limit_counts_other_nodes(cluster: Cluster) -> None:
         srv.reload()
     await conn(cluster[0].key_url(pk.id))
     await conn(cluster[1].key_url(pk.id))
-    # Connection counts travel with the heartbeats.
-    await asyncio.sleep(0.5)
+    # Connection counts travel with the heartbeats: wait until every node has them.
+    await cluster.settle()
     from srvkit import refused
 
     code, _ = await refused(cluster[2].key_url(pk.id))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from srvkit import conn
 
 from roomwire.server.store import NotFoundError, StoreError, UsageRow
 from roomwire.server.store_postgres import PostgresStore
+from waiting import wait_for
 
 from .conftest import PG_URL, REDIS_URL, delete_prefix, start_node
 from .test_cluster_failures import _free_port, _ready
@@ -69,7 +72,9 @@ async def test_nodes_on_postgres_share_apps(tmp_path: Path, pg: PostgresStore) -
         # A key created through one node's store works on the other at its next poll.
         key = n0.store.create_key(n0.app_id, "publishable",
                                   actions=["subscribe", "presence", "publish"])
-        await asyncio.sleep(0.5)
+        await wait_for(lambda: n1.node.keyring.active_key(key.id),
+                       n1.node.config.store_poll_interval * 5 + 3,
+                       "node 1 loads the key node 0 created")
         c = await conn(n1.key_url(key.id))
         await c.subscribe("room")
     finally:
@@ -97,26 +102,44 @@ async def test_workers_share_the_port_and_the_cluster(tmp_path: Path) -> None:
         env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         await _ready(port)
+
+        def listeners() -> int | None:
+            out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True,
+                                 text=True)
+            return len(out.stdout.strip().splitlines()) if out.returncode == 0 else None
+
+        # The first worker answering /readyz says nothing of the second: wait for both.
+        if shutil.which("ss") is not None:
+            await wait_for(lambda: asyncio.to_thread(listeners), 15,
+                           "both workers listen on the port (listening sockets)",
+                           until=lambda n: n == 2)
         assert proc.stdout is not None
         info = json.loads(await asyncio.to_thread(proc.stdout.readline))
         url = f"ws://127.0.0.1:{port}/v1?key={info['publishableKey']}"
         clients = [await conn(url) for _ in range(8)]
-        await asyncio.sleep(0.3)  # every worker has joined the cluster
-        for c in clients:
-            await c.subscribe("room")
-        await asyncio.sleep(0.2)
-        for c in clients:
-            await c.drain(0.05)
+        snaps = [(await c.subscribe("room"))[1] for c in clients]
+        # The workers find each other through Redis; until then each sees only its own
+        # clients. Publish once the first client has heard of all the others.
+        known = {e["peerId"] for e in snaps[0]["joined"]}
+
+        async def peers_known() -> set[str]:
+            with contextlib.suppress(TimeoutError):
+                frame = await clients[0].recv(0.05)
+                if frame["type"] == "presence":
+                    known.update(e["peerId"] for e in frame["joined"])
+            return known
+
+        others = {c.peer_id for c in clients[1:]}
+        await wait_for(peers_known, 10, "client 0 hears of every other client",
+                       until=lambda ids: ids == others)
         await clients[0].ok({"type": "publish", "channel": "room", "data": "x"})
         for c in clients[1:]:
             msg = await c.recv_type("message")
             assert msg["data"] == "x"
         _, snap = await clients[0].subscribe("room")
         assert len(snap["joined"]) == 7
-        out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True,
-                             text=True)
-        if out.returncode == 0:
-            assert len(out.stdout.strip().splitlines()) == 2
+        if shutil.which("ss") is not None:
+            assert await asyncio.to_thread(listeners) == 2
     finally:
         proc.terminate()
         try:

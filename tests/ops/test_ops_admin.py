@@ -4,6 +4,7 @@ codes while other sockets stay up."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,11 @@ from typing import Any
 import pytest
 
 from conftest import RawClient, RunningServer, start_node
+from waiting import wait_for
 
 from .helpers import Http
 
-ADMIN = "test-admin-token-0123456789"
+ADMIN = "test-admin-token-0123456789-abcdefghijkl"
 H = {"Authorization": f"Bearer {ADMIN}"}
 
 
@@ -205,7 +207,9 @@ async def test_admin_ops_without_a_node_is_the_cli_path(admin_server: RunningSer
             ops.update_limits(admin_server.app_id, {"maxConnections": "x"})
         with pytest.raises(StoreError):
             ops.stats(admin_server.app_id)
-        await asyncio.sleep(0.5)  # store_poll_interval is 0.2 s in the tests
+        await wait_for(lambda: admin_server.node.keyring.active_key(key["id"]),
+                       admin_server.node.config.store_poll_interval * 5 + 3,
+                       "the node's store poll picks up the new key")
         sk = admin_server.store.get_key(key["id"])
         victim = await RawClient.connect(admin_server.token_url("v", key=sk))
         bystander = await RawClient.connect(admin_server.key_url())
@@ -215,3 +219,96 @@ async def test_admin_ops_without_a_node_is_the_cli_path(admin_server: RunningSer
         await bystander.close()
     finally:
         store.close()
+
+
+# -- guessing the admin token ---------------------------------------------------------------------
+
+
+def test_failure_limiter_counts_a_sliding_window() -> None:
+    from roomwire.server.admin import FailureLimiter
+
+    now = [1000.0]
+    lim = FailureLimiter(3, 60.0, max_addresses=4, clock=lambda: now[0])
+    assert [lim.failed("a") for _ in range(2)] == [False, False]
+    assert lim.retry_after("a") is None and lim.retry_after("b") is None
+    now[0] += 10
+    assert lim.failed("a") is True  # the third failure within 60 s locks "a" out
+    assert lim.retry_after("a") == pytest.approx(50.0)  # until the first failure is 60 s old
+    assert lim.retry_after("b") is None  # per address
+    now[0] += 50.5
+    assert lim.retry_after("a") is None
+    # Many addresses: the table stays bounded and a live lockout is kept over stale ones.
+    for i in range(20):
+        lim.failed(f"x{i}")
+    assert len(lim._failures) <= 4
+
+
+async def test_admin_token_guessing_is_locked_out_per_ip(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="roomwire")
+    srv = await start_node(tmp_path, admin_token=ADMIN, admin_auth_failures=5,
+                           admin_auth_window=300.0)
+    client = Http(srv.node.port)
+    guesses = [f"guess-{i}-{'g' * 30}" for i in range(7)]
+    try:
+        statuses = []
+        for guess in guesses:
+            status, body, headers = await client.request(
+                "GET", "/admin/v1/apps", headers={"Authorization": f"Bearer {guess}"})
+            statuses.append(status)
+        assert statuses == [401] * 5 + [429] * 2
+        assert body["error"] == "rate_limited" and "try again" in body["message"]
+        assert 1 <= int(headers["Retry-After"]) <= 300
+        # The limiter answers before the token is compared: the right token is refused too,
+        # so a locked-out address cannot learn whether a guess would have worked.
+        status, body, headers = await client.request("GET", "/admin/v1/apps", headers=H)
+        assert (status, body["error"]) == (429, "rate_limited") and "Retry-After" in headers
+        # The tenant REST API is a different door and stays open.
+        status, _, _ = await client.request(
+            "GET", "/v1/usage", headers={"Authorization": f"Bearer {srv.sk.id}:{srv.sk.secret}"})
+        assert status == 200
+        status, metrics, _ = await client.request("GET", "/metrics")
+        assert "roomwire_admin_auth_failures_total 5" in metrics
+        assert "roomwire_admin_auth_locked_total 3" in metrics
+    finally:
+        await client.close()
+        await srv.node.stop()
+    warnings = [r.getMessage() for r in caplog.records
+                if r.name == "roomwire.admin" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "127.0.0.1" in warnings[0], warnings
+    for text in [r.getMessage() for r in caplog.records]:
+        assert ADMIN not in text and not any(g in text for g in guesses), text
+
+
+async def test_admin_lockout_ends_when_the_window_has_passed(tmp_path: Path) -> None:
+    window = 1.0
+    srv = await start_node(tmp_path, admin_token=ADMIN, admin_auth_failures=2,
+                           admin_auth_window=window)
+    client = Http(srv.node.port)
+    try:
+        for _ in range(2):
+            await client.request("GET", "/admin/v1/apps", headers={"Authorization": "Bearer x"})
+        status, _, headers = await client.request("GET", "/admin/v1/apps", headers=H)
+        assert status == 429 and headers["Retry-After"] == "1"
+        # Asking while locked out does not extend the lockout: it ends one window after the
+        # failures (bound: the window plus a margin for a loaded machine).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + window + 10.0
+        seen: list[int] = []
+        while True:
+            status, body, _ = await client.request("GET", "/admin/v1/apps", headers=H)
+            seen.append(status)
+            if status == 200:
+                break
+            assert status == 429 and loop.time() < deadline, seen[-5:]
+            await asyncio.sleep(0.05)
+        assert [a["name"] for a in body["apps"]] == ["default"]
+    finally:
+        await client.close()
+        await srv.node.stop()
+
+
+async def test_a_short_admin_token_is_refused_by_an_embedded_node(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"at least 32.*secrets\.token_urlsafe\(32\)") as info:
+        await start_node(tmp_path, admin_token="admintest123")
+    assert "admintest123" not in str(info.value)

@@ -21,7 +21,7 @@ from conftest import RawClient, RunningServer, start_node
 from roomwire.server.openapi import admin_document, rest_document
 from roomwire.server.store import Key
 
-ADMIN = "fuzz-admin-token-0123456789"
+ADMIN = "fuzz-admin-token-0123456789-abcdefghijkl"
 
 
 class Background:
@@ -31,8 +31,11 @@ class Background:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
+        # No lockout of the fuzzer's address: its wrong-token requests would otherwise turn
+        # every later request into a 429 and hide the authenticated surface.
         self.srv: RunningServer = self.run(start_node(
-            tmp_path, admin_token=ADMIN, rest_rate_limit=0, connect_rate_limit=0))
+            tmp_path, admin_token=ADMIN, rest_rate_limit=0, connect_rate_limit=0,
+            admin_auth_failures=10**9))
 
     def run(self, coro: Any, timeout: float = 10.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)

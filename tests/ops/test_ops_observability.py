@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import RawClient, RunningServer, start_node
 from roomwire.server.logs import JsonFormatter, Redactor, configure_logging, scrub
+from waiting import wait_for
 
 from .helpers import Http, bearer
 
@@ -140,12 +141,13 @@ def test_configure_logging_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 async def test_no_secret_in_any_log_line_or_error_body(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     caplog.set_level(logging.DEBUG)
     admin_token = "admin-token-" + "z" * 20
     turn_secret = "turn-secret-" + "q" * 20
     srv = await start_node(tmp_path, admin_token=admin_token, turn_urls=["turn:127.0.0.1:1"],
-                           turn_secret=turn_secret)
+                           turn_secret=turn_secret, usage_flush_interval=0.05)
     client = Http(srv.node.port)
     sk = srv.sk
     assert sk.secret is not None
@@ -187,15 +189,23 @@ async def test_no_secret_in_any_log_line_or_error_body(
         ]:
             _, got, _ = await client.request(method, path, headers=admin, json=body)
             bodies.append(json.dumps(got))
-        # An error path that logs: a failing usage flush.
-        logging.getLogger("roomwire.node").error("flush failed for %s", "app")
+        # An error path that logs, with a traceback: the periodic usage flush failing.
+        def failing_save(rows: Any) -> None:
+            raise OSError("disk I/O error")
+
+        monkeypatch.setattr(srv.store, "save_usage", failing_save)
+        await wait_for(lambda: [r for r in caplog.records if r.name == "roomwire.node"
+                                and r.exc_info is not None], 5,
+                       "the server logs the failed usage flush")
     finally:
         await client.close()
         await srv.node.stop()
     # The server's records (the websockets client library logs its own requests, tokens
     # included, at debug level: that is the test client, not the server).
     records = [r for r in caplog.records if not r.name.startswith("websockets")]
-    assert any(r.name.startswith("roomwire") for r in records)
+    # The server itself logged (at least the failed flush, with its traceback).
+    assert {r.name for r in records} >= {"roomwire.node"}, {r.name for r in records}
+    assert any("usage counters failed" in r.getMessage() for r in records)
     lines = [r.getMessage() for r in records] + [r.exc_text or "" for r in records]
     forbidden = [sk.secret, token, admin_token, turn_secret]
     for text in lines + bodies:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from conftest import RawClient, start_node
 from roomwire.server.config import ServerConfig
 from roomwire.server.ice import IceProvider, ice_problem, mint_turn, turn_credential
 from roomwire.server.settings import load_config, load_file
+from waiting import wait_for
 
 from .helpers import Http, bearer
 
@@ -67,8 +67,9 @@ async def test_usage_is_flushed_periodically(tmp_path: Path) -> None:
     try:
         a = await RawClient.connect(srv.key_url())
         await a.request({"type": "publish", "channel": "x", "data": 1})
-        await asyncio.sleep(0.4)
-        rows = {r.app_id: r for r in srv.store.load_usage()}
+        rows = await wait_for(lambda: {r.app_id: r for r in srv.store.load_usage()}, 5,
+                              "the periodic flush writes the usage row",
+                              until=lambda rows: srv.app_id in rows)
         assert rows[srv.app_id].messages == 1
         assert rows[srv.app_id].peak_connections == 1
     finally:
@@ -159,24 +160,29 @@ async def test_no_ice_servers_by_default(tmp_path: Path) -> None:
 # -- settings --------------------------------------------------------------------------------------
 
 
+FILE_TOKEN = "from-file-" + "f" * 30  # admin tokens are at least 32 characters
+ENV_TOKEN = "from-env-" + "e" * 30
+
+
 def test_settings_precedence(tmp_path: Path) -> None:
     cfg_file = tmp_path / "roomwire.toml"
     cfg_file.write_text(
         'port = 9000\nhost = "0.0.0.0"\nlog-json = true\nrate_limit = 10\n'
         'turn_urls = ["turn:a:3478"]\nturn_secret = "file-secret"\n'
-        'ice_servers = [{ urls = "stun:s:3478" }]\nadmin_token = "from-file"\n'
+        'ice_servers = [{ urls = "stun:s:3478" }]\n'
+        f'admin_token = "{FILE_TOKEN}"\n'
     )
-    env = {"ROOMWIRE_PORT": "9100", "ROOMWIRE_ADMIN_TOKEN": "from-env"}
+    env = {"ROOMWIRE_PORT": "9100", "ROOMWIRE_ADMIN_TOKEN": ENV_TOKEN}
     cfg = load_config(cfg_file, env, {"port": 9200, "host": None})
     assert cfg.port == 9200  # flag > env > file
     assert cfg.host == "0.0.0.0"  # file (flag None means not given)
-    assert cfg.admin_token == "from-env"  # env > file
+    assert cfg.admin_token == ENV_TOKEN  # env > file
     assert cfg.log_json is True and cfg.rate_limit == 10.0
     assert cfg.turn_urls == ["turn:a:3478"] and cfg.ice_servers == [{"urls": "stun:s:3478"}]
     assert "from-env" not in repr(cfg) and "file-secret" not in repr(cfg)
     # ROOMWIRE_CONFIG names the file when no path is given.
     cfg = load_config(None, {"ROOMWIRE_CONFIG": str(cfg_file)})
-    assert cfg.port == 9000 and cfg.admin_token == "from-file"
+    assert cfg.port == 9000 and cfg.admin_token == FILE_TOKEN
     # Lists from the environment: JSON, or comma-separated strings.
     cfg = load_config(None, {"ROOMWIRE_TURN_URLS": "turn:a, turn:b",
                              "ROOMWIRE_TURN_SECRET": "x",

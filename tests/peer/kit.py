@@ -13,6 +13,7 @@ from roomwire.client.negotiation import NegotiationTimings
 from roomwire.client.peer import MeteredPeer
 from roomwire.client.peer_events import PEER_EVENT_TYPES, REMOTE_PEER_EVENT_TYPES
 from roomwire.client.remote_peer import RemotePeer
+from waiting import wait_for
 
 E = TypeVar("E")
 
@@ -97,10 +98,9 @@ async def count_frames(track: MediaStreamTrack, want: int, timeout: float = 6.0)
     return got
 
 
-async def wait_until(pred: Callable[[], bool], timeout: float = 8.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.02)
+async def wait_until(pred: Callable[[], bool], timeout: float = 8.0,
+                     what: str = "the awaited condition") -> None:
+    await wait_for(pred, timeout, what, step=0.02)
 
 
 def drain(track: MediaStreamTrack) -> None:

@@ -1,8 +1,7 @@
-"""Every state gate and error code of MeteredPeer (the seed's tables)."""
+"""Every state gate and error code of MeteredPeer (docs/sdk-peer.md, State machine and gates)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -228,8 +227,9 @@ async def test_data_only_from_peers_in_presence(make_peer: MakePeer,
     insider = await RawClient.connect(server.token_url("insider"))
     await insider.subscribe(ROOM)
     await insider.request({"type": "send", "to": "alice", "data": {"x": 3}})
+    # The outsider's frames reached alice's socket before the insider's (one server, one
+    # socket, in order): once the insider's data is out, theirs was dropped or is there too.
     got = await tap(alice).log.wait("data")
-    await asyncio.sleep(0.1)
     assert [(e.sender_peer_id, e.data, e.kind) for e in tap(alice).log.of("data")] == [
         ("insider", {"x": 3}, "direct")]
     assert got
@@ -248,8 +248,11 @@ async def test_peer_cap(make_peer: MakePeer, server: RunningServer,
         await r.subscribe(ROOM)
         raws.append(r)
     await tap(alice).log.wait("peer-joined", count=2)
-    await asyncio.sleep(0.1)
+    # raw2's `joined` went to alice's socket before this later direct from raw0.
+    await raws[0].request({"type": "send", "to": "alice", "data": {"mark": 1}})
+    await tap(alice).log.wait("data", lambda e: e.data == {"mark": 1})
     assert [p.id for p in alice.remote_peers] == ["raw0", "raw1"]
+    assert len(tap(alice).log.of("peer-joined")) == 2
     for r in raws:
         await r.close()
 
@@ -264,8 +267,10 @@ async def test_reserved_key_warning(make_peer: MakePeer, caplog: pytest.LogCaptu
     with caplog.at_level(logging.WARNING):
         await alice.send_to("bob", {"__meteredTrackMeta": {"trackId": "t"}, "x": 1})
     assert "__meteredTrackMeta" in caplog.text
-    await asyncio.sleep(0.2)
-    assert tap(bob).log.of("data") == []  # taken as track metadata, never data
+    # A later plain message arrives after it, in order: then the first one was not data.
+    await alice.send_to("bob", {"x": 2})
+    await tap(bob).log.wait("data")
+    assert [e.data for e in tap(bob).log.of("data")] == [{"x": 2}]  # the first: track metadata
 
 
 async def test_terminal_close_code_gives_error_name(make_peer: MakePeer,

@@ -15,6 +15,7 @@ from roomwire.client.negotiation import (
     RemoteTrackEvent,
     SignallingUnavailableError,
 )
+from waiting import quiet_period, wait_for
 
 TIMINGS = NegotiationTimings(debounce=0.01, polite_offer_delay=0.3, rebuild_interval=0.2,
                              answer_timeout=4.0, recovery_ladder=(0.0, 0.2),
@@ -62,9 +63,9 @@ class Link:
 
 
 async def wait_connected(*negs: PeerNegotiator, timeout: float = 6.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not all(n.state is PeerState.CONNECTED for n in negs):
-            await asyncio.sleep(0.02)
+    await wait_for(lambda: [n.state for n in negs], timeout, "both sides connect",
+                   until=lambda states: all(s is PeerState.CONNECTED for s in states),
+                   step=0.02)
 
 
 async def test_signals_sent_while_signalling_is_down_are_held_and_sent_on_resume() -> None:
@@ -75,7 +76,8 @@ async def test_signals_sent_while_signalling_is_down_are_held_and_sent_on_resume
         link.b.hold_reconnecting()  # as MeteredPeer does when its socket drops
         link.b.add_track(cam_b, "sb", {"role": "camera"})
         link.a.add_track(cam_a, "sa", {"role": "camera"})
-        await asyncio.sleep(1.0)
+        # Both would have tried to offer by polite_offer_delay (the longer of the two waits).
+        await asyncio.sleep(quiet_period(TIMINGS.polite_offer_delay + TIMINGS.debounce))
         # Nothing of b's went out (the offer is held, not lost); a's offer could not either.
         assert link.kinds("b") == []
         assert link.b.state is PeerState.RECONNECTING
@@ -97,7 +99,9 @@ async def test_impolite_side_answers_an_offer_that_comes_right_after_it_is_ready
     """Both sides have media; the polite side offers at once (like a browser does on
     ``negotiationneeded``) a little after the impolite side is ready: the impolite side
     answers it instead of crossing it with its own offer (no collision, no rebuild)."""
-    timings = NegotiationTimings(debounce=0.0, polite_offer_delay=0.0, impolite_offer_delay=0.5,
+    # The impolite side waits 2 s for an offer: far more than the 0.1 s head start below,
+    # so a loaded machine cannot turn "right after" into "after it gave up waiting".
+    timings = NegotiationTimings(debounce=0.0, polite_offer_delay=0.0, impolite_offer_delay=2.0,
                                  rebuild_interval=0.2, answer_timeout=4.0,
                                  recovery_ladder=(0.0, 0.2), recovery_probe=4.0,
                                  close_timeout=1.0)

@@ -14,6 +14,7 @@ from roomwire.client.media import AudioSource, VideoSource
 from roomwire.client.options import ReconnectOptions
 from roomwire.client.peer_errors import MeteredPeerClosedError
 from roomwire.client.peer_events import MediaStream
+from waiting import quiet_period
 
 from .conftest import MakePeer
 from .kit import Tap, count_frames, fresh_frames, wait_until
@@ -62,7 +63,8 @@ async def test_server_restart_media_flows_again_on_the_same_remote_peers(
         assert a_bob.state == "reconnecting"
         # Sends while reconnecting are buffered, in order.
         sends = [asyncio.create_task(alice.send_to("bob", {"n": i})) for i in range(3)]
-        await asyncio.sleep(0.3)
+        # No server to reconnect to: however long we wait (a few reconnect delays), they wait.
+        await asyncio.sleep(quiet_period(QUICK.initial_delay))
         assert not any(t.done() for t in sends)
         srv2 = await start_node(tmp_path / "restart", port=port)
         servers.append(srv2)

@@ -31,6 +31,7 @@ from roomwire.client import (
     TokenProviderError,
 )
 from roomwire.protocol import limits
+from waiting import quiet_period, wait_equal, wait_for
 
 from .conftest import FAST, MemoryConn, MemoryNetwork, Recorder, welcome
 
@@ -146,7 +147,8 @@ async def test_handlers_on_off_once_decorator_and_isolation(caplog: pytest.LogCa
         c.on("no-such-event", print)
     with caplog.at_level(logging.ERROR, logger="roomwire.client"):
         await c.close()  # idle -> closed: one state change
-        await asyncio.sleep(0)
+        await wait_for(lambda: "async:closed" in seen and "async bug" in caplog.text, 2,
+                       "the async listeners run")
         await c.close()  # idempotent: nothing more
     assert seen == ["on:closed", "once:closed", "async:closed"]
     assert "async bug" in caplog.text
@@ -164,7 +166,7 @@ async def test_event_class_and_events_stream() -> None:
     conn = net.conns[0]
     for i in range(3):
         conn.push({"type": "message", "channel": "r", "from": "p", "data": i})
-    await asyncio.sleep(0.05)
+    await wait_for(lambda: len(got), 2, "3 message events", until=lambda n: n >= 3)
     assert [e.data for e in got] == [0, 1, 2]
     await c.close()
     out = [e async for e in stream]  # ended by close(); oldest dropped beyond maxsize
@@ -211,7 +213,8 @@ async def test_first_connect_failure_raises_with_the_code_and_is_not_retried() -
     assert (err.value.close_code, err.value.reason, err.value.code) == (
         4001, "bad token", "connect_failed")
     assert c.state is S.CLOSED and rec.of("disconnected") == []
-    await asyncio.sleep(0.1)
+    # A wrong retry would come within the reconnect delay: give it a few.
+    await asyncio.sleep(quiet_period(FAST.max_delay))
     assert len(net.urls) == 1
 
 
@@ -266,8 +269,8 @@ async def test_cancelling_connect_leaves_a_closed_client() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert c.state is S.CLOSED
-    await asyncio.sleep(0.01)
-    assert net.conns[0].close_code is not None
+    await wait_for(lambda: net.conns[0].close_code, 2, "the half-open socket is closed",
+                   until=lambda code: code is not None)
 
 
 # -- requests -------------------------------------------------------------------------------
@@ -457,7 +460,7 @@ async def test_token_provider_failures_event_once_then_one_terminal_event(
     assert len(rec.terminal()) == 1 and c.state is S.CLOSED
     assert rec.names()[-2:] == ["state-change", "disconnected"]
     assert secret not in caplog.text
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(quiet_period(0.01))  # one more attempt would come 0.01 s later
     assert calls == 7
 
 
@@ -492,9 +495,10 @@ async def test_reconnect_replays_subscriptions_with_retries() -> None:
         await answer(conn, "subscribe", {"type": "error", "code": "backend_error"})
     await answer(conn, "subscribe")
     assert len([f for f in conn.sent if f["channel"] == "a"]) == 4
-    await asyncio.sleep(0.05)
+    # The refusals were handled before the ack that follows them.
+    await wait_equal(lambda: dict(c.subscriptions), {"a": False, "b": True}, 2,
+                     "both subscriptions are live again")
     assert rec.of("server-error") == []
-    assert c.subscriptions == {"a": False, "b": True}
     await c.close()
 
 
@@ -513,7 +517,8 @@ async def test_replay_that_fails_for_good_is_reported() -> None:
         await answer(conn, "subscribe", {"type": "error", "code": "channel_not_authorized"})
     err = await rec.wait("server-error")
     assert err.code == "channel_not_authorized"
-    await asyncio.sleep(0.05)
+    # The retry delay is 0 here: a wrong 5th try would follow at once.
+    await asyncio.sleep(quiet_period(c._replay_retry_delay))
     assert len([f for f in conn.sent if f.get("type") == "subscribe"]) == 4
     await c.close()
 
@@ -527,25 +532,28 @@ async def test_no_replay_without_auto_resubscribe_and_unsubscribe_while_reconnec
     await t
     net.conns[0].drop(1006)
     await net.wait_conns(2)
-    await asyncio.sleep(0.05)
+    await wait_for(lambda: c.state, 2, "reconnected", until=lambda st: st is S.CONNECTED)
+    await asyncio.sleep(quiet_period(0.0))  # a replay would be sent right after the welcome
     assert net.conns[1].sent == [] and c.subscriptions == {}
     await c.close()
 
     net2 = MemoryNetwork()
-    c2 = make(net2, reconnect=ReconnectOptions(initial_delay=0.2, jitter=0))
+    # A long first delay, so the client is surely still reconnecting for the steps below.
+    c2 = make(net2, reconnect=ReconnectOptions(initial_delay=1.0, jitter=0))
     await c2.connect()
     t = asyncio.create_task(c2.subscribe("a"))
     await answer(net2.conns[0], "subscribe")
     await t
     net2.conns[0].drop(1006)
-    await asyncio.sleep(0.01)
-    assert c2.state is S.RECONNECTING
+    await wait_for(lambda: c2.state, 0.9, "the drop is noticed",
+                   until=lambda st: st is S.RECONNECTING)
     with pytest.raises(NotConnectedError):
         await c2.publish("a", 1)
     await c2.unsubscribe("a")  # only untracked: nothing to send while reconnecting
     assert c2.subscriptions == {}
-    await net2.wait_conns(2)
-    await asyncio.sleep(0.05)
+    await net2.wait_conns(2, timeout=5)
+    await wait_for(lambda: c2.state, 2, "reconnected", until=lambda st: st is S.CONNECTED)
+    await asyncio.sleep(quiet_period(0.0))  # a replay would be sent right after the welcome
     assert net2.conns[1].sent == []
     await c2.close()
 
@@ -602,7 +610,8 @@ async def test_reconnect_disabled_ends_at_the_first_drop() -> None:
     net.conns[0].drop(1006)
     d = await rec.wait("disconnected")
     assert (d.will_reconnect, d.cause) == (False, "reconnect_disabled")
-    await asyncio.sleep(0.05)
+    # A wrong retry would come within FAST's delays: give it a few.
+    await asyncio.sleep(quiet_period(FAST.max_delay))
     assert len(net.urls) == 1 and len(rec.terminal()) == 1
 
 
@@ -655,11 +664,14 @@ async def test_ping_then_inactivity_close_then_reconnect() -> None:
 
 async def test_inbound_frames_keep_the_connection_alive() -> None:
     net = MemoryNetwork()
-    c = make(net, inactivity_timeout=0.45)  # ping after 0.15 s of silence
+    timeout = 1.2  # a ping after timeout / 3 of silence
+    c = make(net, inactivity_timeout=timeout)
     await c.connect()
     conn = net.conns[0]
-    for _ in range(12):  # 0.6 s in all, never more than ~0.04 s of silence
-        await asyncio.sleep(0.04)
+    # A frame every timeout / 20 for longer than the timeout: the silence stays ~0.34 s
+    # short of the ping even on a loaded machine.
+    for _ in range(25):
+        await asyncio.sleep(timeout / 20)
         conn.push({"type": "pong"})
     assert c.state is S.CONNECTED and len(net.conns) == 1
     assert not any(f["type"] == "ping" for f in conn.sent)
@@ -670,7 +682,8 @@ async def test_zero_inactivity_timeout_disables_ping_and_watchdog() -> None:
     net = MemoryNetwork()
     c = make(net, inactivity_timeout=0)
     await c.connect()
-    await asyncio.sleep(0.2)
+    # 0 taken as "no silence allowed" would ping at once: let a little time pass.
+    await asyncio.sleep(quiet_period(0.0))
     assert net.conns[0].sent == [] and c.state is S.CONNECTED
     await c.close()
 
@@ -701,8 +714,11 @@ async def test_closed_stream_stops_receiving() -> None:
         net.conns[0].push({"type": "message", "channel": "r", "from": "p", "data": 1})
         first = await anext(stream)
         assert first.data == 1
+    later: list[MessageEvent] = []
+    c.on(MessageEvent, later.append)
     net.conns[0].push({"type": "message", "channel": "r", "from": "p", "data": 2})
-    await asyncio.sleep(0.02)
+    # Once a listener has the event, a stream still open would have it too.
+    await wait_for(lambda: later, 2, "the listener gets the later message")
     assert [e async for e in stream] == []
     await c.close()
 

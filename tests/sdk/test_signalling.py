@@ -100,8 +100,13 @@ async def test_pubsub_presence_and_direct(server: RunningServer,
     left = await ra.wait("presence", count=3)
     assert [p.peer_id for p in left.left] == ["bob"]
     assert bob.subscriptions == {} and alice.subscriptions == {"room/1": False}
-    await asyncio.sleep(0.05)
-    assert ra.of("message") == [msg2] and rb.of("message") == [msg]  # no echo to the sender
+    # No echo to the sender. A socket's frames arrive in the order the server wrote them, and
+    # an echo would be written while its publish is handled: so before a direct sent later.
+    await alice.send("bob", "mark")
+    await bob.send("alice", "mark")
+    await ra.wait("direct", lambda e: e.data == "mark")
+    await rb.wait("direct", lambda e: e.data == "mark")
+    assert ra.of("message") == [msg2] and rb.of("message") == [msg]
 
 
 async def test_server_refusals_are_typed(server: RunningServer,

@@ -2,7 +2,7 @@
 WebSocket client written by hand on a bare TCP socket (for clients that misbehave on purpose).
 
 Every frame a test receives through ``Conn`` is checked against the shapes the official clients
-accept (PROTOCOL-FACTS section 3), so a malformed server frame fails whichever test sees it.
+accept (docs/protocol.md, Server frames), so a malformed server frame fails whichever test sees it.
 """
 
 from __future__ import annotations
@@ -120,6 +120,31 @@ class Conn(RawClient):
         code = await wait_close_frame(self.ws, timeout, lambda raw: check_frame(json.loads(raw)))
         rcvd = self.ws.protocol.close_rcvd
         return code, rcvd.reason if rcvd is not None else ""
+
+    async def frames_until(self, done: Any, timeout: float = 5.0,
+                           what: str = "the expected frames") -> list[dict[str, Any]]:
+        """Every frame received until ``done(frames_so_far)`` holds; fails after ``timeout``
+        seconds with what had arrived (a bounded wait, not a fixed quiet period)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        out: list[dict[str, Any]] = []
+        while not done(out):
+            left = deadline - loop.time()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                out.append(await self.recv(left))
+            except TimeoutError:
+                raise AssertionError(
+                    f"{what}: not within {timeout:g} s; received {out!r}") from None
+        return out
+
+    async def messages(self, n: int, timeout: float = 5.0) -> list[Any]:
+        """The ``data`` of the next ``n`` ``message`` frames (other frames are skipped)."""
+        frames = await self.frames_until(
+            lambda fs: sum(f["type"] == "message" for f in fs) >= n, timeout,
+            f"{n} messages")
+        return [f["data"] for f in frames if f["type"] == "message"]
 
     async def drain(self, timeout: float = 0.2) -> list[dict[str, Any]]:
         """Every frame that arrives until ``timeout`` seconds pass without one."""

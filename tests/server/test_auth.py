@@ -1,4 +1,4 @@
-"""Authentication and admission (PROTOCOL-FACTS 1.2-1.5, 5, 7; DECISIONS 3, 10, 19, 20)."""
+"""Authentication and admission (docs/protocol.md: Connect, Authentication and JWTs, Apps)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from srvkit import (
 )
 
 from conftest import RunningServer, start_node
+from waiting import wait_for
 
 # Test secrets are deliberately short or wrong; PyJWT's key-length advice does not apply.
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
@@ -298,12 +299,16 @@ async def test_max_connections_refuses_with_4010(server: RunningServer) -> None:
     # Refused attempts must not free a slot: every one of these is over the limit.
     for _ in range(3):
         assert await refused(server.key_url()) == (4010, [])
+        # A pause for a wrongly freed slot to be freed, so the next attempt would get in.
         await asyncio.sleep(0.05)
     assert await refused(server.token_url("carol")) == (4010, [])
     await a.alive()
     await b.alive()
     await a.close()
-    await asyncio.sleep(0.1)
+    await wait_for(lambda: sum(n.hub.local_connections().get(server.app_id, 0)
+                               for n in server.nodes), 5,
+                   "the server counts a's connection gone (connections of the app)",
+                   until=lambda n: n == 1)
     await server.settle()
     c = await conn(server.key_url())
     await c.alive()
@@ -376,7 +381,7 @@ async def test_per_ip_connect_limit_answers_429(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Key changes while connected (DECISIONS 2, 20)
+# Key changes while connected (docs/protocol.md, Key changes while connected)
 
 
 async def test_revoking_a_key_closes_its_sockets_4001(server: RunningServer) -> None:

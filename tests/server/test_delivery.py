@@ -1,4 +1,4 @@
-"""Message delivery (PROTOCOL-FACTS 9; DECISIONS 1, 13, 20)."""
+"""Message delivery (docs/protocol.md, Delivery)."""
 
 from __future__ import annotations
 
@@ -156,7 +156,7 @@ async def test_two_publishers_each_keep_their_order(server: RunningServer) -> No
 
 
 # ---------------------------------------------------------------------------------------------
-# Tenant isolation (DECISIONS 20)
+# Tenant isolation (docs/protocol.md, Apps and tenant isolation)
 
 
 async def test_apps_are_isolated(server: RunningServer) -> None:
@@ -220,7 +220,7 @@ async def test_apps_are_isolated(server: RunningServer) -> None:
 
 
 async def test_wildcards_in_channel_names_are_literal(server: RunningServer) -> None:
-    """DECISIONS 5: ``*`` in a subscribe or publish channel is taken literally."""
+    """``*`` in a subscribe or publish channel is taken literally (docs/protocol.md, Delivery)."""
     concrete = await conn(server.key_url())
     await concrete.subscribe("devices/a/events")
     literal = await conn(server.key_url())

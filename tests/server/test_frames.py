@@ -1,4 +1,4 @@
-"""Client requests, acks and every error code (PROTOCOL-FACTS 2, 3, 4; DECISIONS 6, 8, 13).
+"""Client requests, acks and every error code (docs/protocol.md: Requests, Error codes).
 
 Every test that provokes an error frame also checks that the connection is still open and in
 sync afterwards (``alive``: a ping is answered by the very next frame).
@@ -6,7 +6,6 @@ sync afterwards (``alive``: a ping is answered by the very next frame).
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 from srvkit import Conn, conn
 
 from conftest import RunningServer
+from waiting import wait_for
 
 
 @pytest.fixture
@@ -111,21 +111,38 @@ async def test_ping_pong(c: Conn) -> None:
 async def test_unknown_extra_fields_are_ignored(c: Conn, server: RunningServer) -> None:
     other = await conn(server.key_url())
     await other.subscribe("room")
+    # A subscriber that asked for sender metadata: a spoofed `fromMetadata` must not reach it.
+    meta = await conn(server.key_url())
+    await meta.subscribe("room", includeSenderMetadata=True)
+    assert await other.recv() == {"type": "presence", "channel": "room",
+                                  "joined": [{"peerId": meta.peer_id}], "left": []}
     rid = c.rid()
     await c.send({"type": "subscribe", "channel": "room", "requestId": rid, "x": {"y": [1]},
                   "priority": "high", "from": "spoofed"})
     assert await c.recv() == {"type": "ack", "requestId": rid}
     assert (await c.recv())["type"] == "presence"
+    await c._settle()  # cluster mode: the others' nodes know c is in the room
     await c.ok({"type": "publish", "channel": "room", "data": 7, "from": "spoofed",
                 "fromMetadata": {"evil": True}, "extra": None})
-    await c.ok({"type": "send", "to": other.peer_id, "data": 8, "channel": "ignored"})
+    await c.ok({"type": "send", "to": other.peer_id, "data": 8, "channel": "ignored",
+                "from": "spoofed", "fromMetadata": {"evil": True}})
     await c.send({"type": "ping", "junk": [1, 2, 3]})
     assert await c.recv() == {"type": "pong"}
-    frames = await other.drain()
-    assert frames[1:] == [
+    joined = {"type": "presence", "channel": "room", "joined": [{"peerId": c.peer_id}],
+              "left": []}
+    # The sender is who the server says it is, whatever the frame claimed.
+    assert await other.frames_until(lambda fs: len(fs) >= 3) == [
+        joined,
         {"type": "message", "channel": "room", "from": c.peer_id, "data": 7},
         {"type": "direct", "from": c.peer_id, "data": 8},
     ]
+    # c connected with a key: it has no metadata, so none is attached, spoofed or not.
+    assert await meta.frames_until(lambda fs: len(fs) >= 2) == [
+        joined,
+        {"type": "message", "channel": "room", "from": c.peer_id, "data": 7},
+    ]
+    await server.settle_replicas()
+    assert await other.drain(0.1) == [] and await meta.drain(0.05) == []
     await other.close()
 
 
@@ -353,12 +370,10 @@ async def test_peer_not_found(c: Conn, server: RunningServer) -> None:
                        "peer_not_found", "q")
     gone = await conn(server.token_url("gone"))
     await gone.close()
-    for _ in range(20):
-        await c.send({"type": "send", "to": "gone", "data": 1, "requestId": "g"})
-        reply = await c.recv()
-        if reply["type"] == "error":
-            break
-        await asyncio.sleep(0.02)
+    # The server drops "gone" once it has handled the close; ask until it has.
+    reply = await wait_for(lambda: c.request({"type": "send", "to": "gone", "data": 1}), 5,
+                           "a send to a peer that disconnected is refused",
+                           until=lambda r: r["type"] == "error")
     assert reply["code"] == "peer_not_found"
     await c.alive()
 

@@ -1,4 +1,4 @@
-"""Presence, exactly as PROTOCOL-FACTS section 8 and DECISIONS 1, 4, 12 describe it."""
+"""Presence, exactly as docs/protocol.md (Presence, Presence ordering) describes it."""
 
 from __future__ import annotations
 
@@ -217,7 +217,7 @@ async def test_presence_is_per_channel(server: RunningServer) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# One peerId on several sockets (DECISIONS 1)
+# One peerId on several sockets: presence is reference counted per (channel, peerId)
 
 
 async def test_same_sub_on_two_sockets_is_reference_counted(server: RunningServer) -> None:
@@ -284,7 +284,7 @@ async def test_same_sub_one_socket_unsubscribes_other_stays(server: RunningServe
 
 
 # ---------------------------------------------------------------------------------------------
-# The presence action (DECISIONS 4)
+# The presence action gates receiving presence, not appearing in it
 
 
 async def test_without_presence_action_no_presence_frames_but_still_visible(

@@ -1,4 +1,4 @@
-"""The welcome frame (PROTOCOL-FACTS 1.2, 1.3, 3; checklist item 3)."""
+"""The welcome frame (docs/protocol.md, Welcome)."""
 
 from __future__ import annotations
 

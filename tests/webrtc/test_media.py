@@ -24,6 +24,7 @@ from roomwire.client.media import (
     from_microphone,
     iter_frames,
 )
+from waiting import quiet_period
 
 
 def sine_pcm(seconds: float, rate: int = 16_000, channels: int = 1, freq: float = 440) -> bytes:
@@ -78,7 +79,7 @@ async def test_audio_source_backpressure_and_end() -> None:
         pushed.set()
 
     task = asyncio.create_task(producer())
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(quiet_period(0.0))  # a push that ignored the cap would be done by now
     assert not pushed.is_set()
     with pytest.raises(BufferError):
         src.push_nowait(b"\x00\x00")

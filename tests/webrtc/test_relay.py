@@ -9,6 +9,9 @@ from aiortc.mediastreams import MediaStreamTrack
 from av import VideoFrame
 
 from roomwire.client.negotiation import SourceRelay
+from waiting import quiet_period, wait_for
+
+FRAME = 0.01  # seconds between the test source's frames
 
 
 class CountingSource(MediaStreamTrack):
@@ -21,7 +24,7 @@ class CountingSource(MediaStreamTrack):
         self.reads = 0
 
     async def recv(self) -> VideoFrame:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(FRAME)
         self.reads += 1
         frame = VideoFrame(width=16, height=16)
         frame.pts = self.reads
@@ -39,14 +42,13 @@ async def test_every_proxy_gets_every_frame_and_reading_stops_with_the_last_prox
     assert got_a and got_b and relay.reading(source)
 
     a.stop()  # RelayStreamTrack.stop() unregisters the proxy from its relay
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(quiet_period(FRAME))  # several frames: a wrong stop would show
     assert relay.reading(source), "one proxy left: the source is still read"
 
     b.stop()
-    await asyncio.sleep(0.02)
-    assert not relay.reading(source)
+    await wait_for(lambda: not relay.reading(source), 2, "the relay stops reading")
     reads = source.reads
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(quiet_period(FRAME))  # several frames' time
     assert source.reads <= reads + 1, "the source is still being read after its last proxy"
 
     # The application may read its own track again, alone, and gets every frame.

@@ -1,4 +1,4 @@
-"""The signal envelopes of PROTOCOL-FACTS 13.1: building, classifying, caps, metadata cache."""
+"""The signal envelopes (docs/protocol.md): building, classifying, caps, metadata cache."""
 
 from __future__ import annotations
 
@@ -52,11 +52,21 @@ def test_builders_have_the_exact_wire_shapes() -> None:
 
 
 def test_round_trip_through_json() -> None:
-    for msg in (build_description("answer", "sdp"), build_end_of_candidates(),
-                build_ice(IceCandidateInit(CAND, "0", 0)),
-                build_track_meta("t", {"a": [1, 2]}, kind="audio", stream_id="s"),
-                build_track_meta_clear("t")):
-        assert classify(json.loads(json.dumps(msg))) is not None
+    """What a builder sends is read back, through JSON, as the very signal it was built from."""
+    cases: list[tuple[dict[str, Any], object]] = [
+        (build_description("answer", "sdp"), DescriptionSignal("answer", "sdp")),
+        (build_end_of_candidates(), IceSignal(None)),
+        (build_ice(IceCandidateInit(CAND, "0", 0)),
+         IceSignal(IceCandidateInit(CAND, "0", 0, None))),
+        (build_ice(IceCandidateInit(CAND, None, 3, "uf")),
+         IceSignal(IceCandidateInit(CAND, None, 3, "uf"))),
+        (build_track_meta("t", {"a": [1, 2]}, kind="audio", stream_id="s"),
+         TrackMeta("t", {"a": [1, 2]}, "audio", "s")),
+        (build_track_meta("t", {}), TrackMeta("t", {})),
+        (build_track_meta_clear("t"), TrackMeta("t")),
+    ]
+    for msg, signal in cases:
+        assert classify(json.loads(json.dumps(msg))) == signal, msg
 
 
 def test_classify_descriptions() -> None:

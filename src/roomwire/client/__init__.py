@@ -83,10 +83,8 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
 
-    try:
-        mod = importlib.import_module(f"{__name__}.{module}")
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError(f"{name} needs the WebRTC extras (aiortc, av): {exc}") from exc
+    # A missing aiortc/av raises MissingExtraError (an ImportError) naming the extra to install.
+    mod = importlib.import_module(f"{__name__}.{module}")
     value = getattr(mod, name)
     globals()[name] = value
     return value

@@ -1,6 +1,6 @@
 """Local development on one machine, and the ICE configuration of every peer connection.
 
-Two facts from the lab notes drive this module:
+Two facts drive this module (docs/webrtc-notes.md, Loopback-only ICE):
 
 * aioice leaves 127.0.0.1 out of its host candidates on purpose, so on a host with only a
   loopback interface (a CI container, a laptop offline) aiortc gathers no candidates at all and
@@ -21,8 +21,13 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
-import aioice.ice
-from aiortc import RTCConfiguration, RTCIceServer
+from ..extras import missing_extra
+
+try:
+    import aioice.ice
+    from aiortc import RTCConfiguration, RTCIceServer
+except ImportError as exc:  # the optional WebRTC stack is not installed
+    raise missing_extra("webrtc", exc) from exc
 
 __all__ = [
     "LoopbackMode",

@@ -28,10 +28,15 @@ from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import Literal
 
-import av
-from aiortc import MediaStreamTrack
-from aiortc.contrib.media import MediaPlayer, MediaRecorder
-from aiortc.mediastreams import MediaStreamError
+from ..extras import missing_extra
+
+try:
+    import av
+    from aiortc import MediaStreamTrack
+    from aiortc.contrib.media import MediaPlayer, MediaRecorder
+    from aiortc.mediastreams import MediaStreamError
+except ImportError as exc:  # the optional WebRTC stack is not installed
+    raise missing_extra("webrtc", exc) from exc
 
 __all__ = [
     "AUDIO_FRAME_SECONDS",

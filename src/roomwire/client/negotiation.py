@@ -7,7 +7,7 @@ keeps it healthy. It knows nothing about WebSockets: the caller passes
   routes it through ``send``); called in order, one at a time;
 * and feeds ``on_remote_signal(data)`` with every ``data`` received from that peer.
 
-What it does (PROTOCOL-FACTS section 13, WEBRTC-LAB-NOTES):
+What it does (docs/protocol.md, Peer-to-peer signalling; docs/webrtc-notes.md):
 
 * Perfect negotiation with ``polite = local_id < remote_id``, as an explicit single-flight loop
   (debounce, a lock, a dirty flag); the polite side defers the first offer of each connection
@@ -17,7 +17,7 @@ What it does (PROTOCOL-FACTS section 13, WEBRTC-LAB-NOTES):
   a different remote ICE ufrag (the remote rebuilt) is answered from a rebuilt connection too;
   so is an answer whose ufrag changed (then a fresh offer is made). Rebuilds are rate-limited.
 * Non-trickle outbound (full SDP, then ``rtc-ice null``); trickled inbound candidates accepted
-  with the caps of section 13.3; stale answers dropped.
+  with the caps of docs/protocol.md (Signal envelopes); stale answers dropped.
 * aiortc gaps: answers reject the m-lines the offer rejected; re-offers keep negotiated extmap
   ids; remote tracks are identified by the msid of their m-section (by mid); one relay proxy
   per peer for a shared local track, with the original track id and stream id on the wire;
@@ -44,20 +44,25 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from aiortc import (
-    MediaStreamTrack,
-    RTCConfiguration,
-    RTCDataChannel,
-    RTCIceServer,
-    RTCPeerConnection,
-    RTCRtpTransceiver,
-    RTCSessionDescription,
-)
-from aiortc.contrib.media import MediaRelay, RelayStreamTrack
-from aiortc.mediastreams import MediaStreamError
-from aiortc.sdp import candidate_from_sdp
-from av.frame import Frame
-from av.packet import Packet
+from ..extras import missing_extra
+
+try:
+    from aiortc import (
+        MediaStreamTrack,
+        RTCConfiguration,
+        RTCDataChannel,
+        RTCIceServer,
+        RTCPeerConnection,
+        RTCRtpTransceiver,
+        RTCSessionDescription,
+    )
+    from aiortc.contrib.media import MediaRelay, RelayStreamTrack
+    from aiortc.mediastreams import MediaStreamError
+    from aiortc.sdp import candidate_from_sdp
+    from av.frame import Frame
+    from av.packet import Packet
+except ImportError as exc:  # the optional WebRTC stack is not installed
+    raise missing_extra("webrtc", exc) from exc
 
 from .loopback import make_configuration
 from .sdp import NO_STREAM, ice_ufrag, parse_sdp, pin_extmap_ids, reject_answer_mlines

@@ -1,6 +1,6 @@
 """``MeteredPeer``: one signalling connection, one channel, one WebRTC session per remote peer.
 
-The seed API (``seed-metered-peer-api.txt``) the Pythonic way, on asyncio and aiortc. See
+The official MeteredPeer API (Metered's JS SDK) the Pythonic way, on asyncio and aiortc. See
 ``docs/sdk-peer.md`` for the guide. In short::
 
     async with MeteredPeer(token_provider=mint, url="wss://rt.example.com") as peer:
@@ -32,7 +32,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection
+from ..extras import missing_extra
+
+try:
+    from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection
+except ImportError as exc:  # the optional WebRTC stack is not installed
+    raise missing_extra("webrtc", exc) from exc
 
 from ..protocol import ErrorCode, ProtocolViolation, limits
 from ..protocol.frames import data_size

@@ -1,4 +1,4 @@
-"""Errors of ``MeteredPeer`` (the seed's error classes, with machine-readable ``code``s).
+"""Errors of ``MeteredPeer`` (the official SDK's error classes, with machine-readable ``code``s).
 
 * ``MeteredPeerSendError``: ``code`` is ``not_joined``, ``self_send``, ``invalid_args`` or
   ``reserved_channel``.
@@ -9,7 +9,7 @@
   ``track_already_attached``).
 * ``MeteredPeerReplaceTrackError``: ``replace_track`` failed on some (or all) peers;
   ``succeeded`` lists the peer ids already on the new track, ``failed`` the others.
-* ``MeteredPeerFatalError``: what the ``error`` event carries. ``name`` is the seed's
+* ``MeteredPeerFatalError``: what the ``error`` event carries. ``name`` is the official SDK's
   symbolic name (``invalid_token``, ``token_expired``, ``channel_not_authorized``,
   ``account_suspended``, ``admin_disconnect``, a fatal server code, ``TokenProviderError``;
   roomwire adds ``reconnect_exhausted``, ``reconnect_disabled``, ``reconcile_timeout`` and
@@ -97,7 +97,7 @@ class MeteredPeerReplaceTrackError(MeteredPeerError):
 
 class MeteredPeerFatalError(MeteredPeerError):
     """A condition the application must act on (see the module docstring). ``name`` is the
-    seed's ``err.name``; ``code`` a snake_case identifier (equal to ``name`` except for
+    official SDK's ``err.name``; ``code`` a snake_case identifier (equal to ``name`` except for
     ``TokenProviderError``, whose code is ``token_provider_failed``)."""
 
     def __init__(self, name: str, message: str, *, close_code: int | None = None) -> None:

@@ -1,8 +1,8 @@
 """Events of ``MeteredPeer`` and ``RemotePeer`` (emitted by an ``emitter.EventEmitter``), and
 ``MediaStream``.
 
-Every event is a frozen dataclass whose ``name`` is the seed's (kebab-case) event name, and
-whose attributes are the seed's payload keys in snake_case (``from`` is ``from_``). Handlers
+Every event is a frozen dataclass whose ``name`` is the official SDK's (kebab-case) event name, and
+whose attributes are its payload keys in snake_case (``from`` is ``from_``). Handlers
 are registered with the name or the class: ``peer.on("peer-joined", fn)`` or
 ``peer.on(PeerJoinedEvent, fn)``; used without a handler, ``on`` is a decorator.
 """
@@ -14,7 +14,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
+from ..extras import missing_extra
+
+try:
+    from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
+except ImportError as exc:  # the optional WebRTC stack is not installed
+    raise missing_extra("webrtc", exc) from exc
 
 from .peer_errors import MeteredPeerFatalError
 

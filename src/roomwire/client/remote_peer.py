@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
+from ..extras import missing_extra
+
+try:
+    from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
+except ImportError as exc:  # the optional WebRTC stack is not installed
+    raise missing_extra("webrtc", exc) from exc
 
 from .emitter import EventEmitter, Observable
 from .logging import ClientLogger

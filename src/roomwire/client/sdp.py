@@ -1,4 +1,4 @@
-"""Pure SDP helpers for the gaps between aiortc and browsers (see WEBRTC-LAB-NOTES).
+"""Pure SDP helpers for the gaps between aiortc and browsers (docs/webrtc-notes.md, SDP).
 
 * ``parse_sdp``: the m-sections with what the SDK needs (mid, msid stream/track ids, ICE
   ufrag, extmap ids, port, direction).

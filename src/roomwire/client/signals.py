@@ -1,4 +1,4 @@
-"""The peer-to-peer signal envelopes (PROTOCOL-FACTS section 13.1) as pure functions.
+"""The peer-to-peer signal envelopes (docs/protocol.md, Signal envelopes) as pure functions.
 
 Signals ride inside the ``data`` of a ``send`` frame (the receiver sees them as a ``direct``).
 Three shapes exist on the wire::

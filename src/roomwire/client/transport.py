@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from ..extras import missing_extra
 from ..protocol import limits
 from .logging import ScrubbingAdapter
 
@@ -96,11 +97,8 @@ def websockets_factory(
     async def connect(url: str) -> WebSocketConnection:
         try:
             from websockets.asyncio.client import connect as ws_connect
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "the roomwire client needs the 'websockets' package: "
-                "pip install 'roomwire[client]'"
-            ) from exc
+        except ImportError as exc:  # no web_socket_factory and no websockets installed
+            raise missing_extra("client", exc) from exc
         return await ws_connect(
             url,
             max_size=limits.MAX_CLIENT_INBOUND_FRAME,

@@ -14,6 +14,10 @@ MAX_CLIENT_INBOUND_FRAME = 1_048_576
 MAX_CHANNELS_PER_CONNECTION = 100
 MAX_CHANNEL_BYTES = 256
 MAX_PEER_ID_BYTES = 128
+MAX_PATTERN_CHARS = 512
+"""Longest channel pattern (key, token or REST); escapes make a pattern longer than its channel."""
+MAX_PATTERN_WILDCARDS = 32
+"""Most ``*``/``**`` wildcards in one channel pattern."""
 MAX_REQUEST_ID_CHARS = 128
 MAX_PEER_METADATA_BYTES = 4_096
 MAX_METADATA_BYTES = 8_192

@@ -2,16 +2,25 @@
 
 Auth is ``Authorization: Bearer <admin_token>`` with the token from config ``admin_token`` or
 ``ROOMWIRE_ADMIN_TOKEN``; never a tenant key. With no admin token configured every path under
-``/admin/v1`` answers 404, as if the API did not exist. All changes go through ``AdminOps``, the
-code path the CLI uses, and take effect on this node at once (revoking a key closes its sockets
-with 4001, narrowing one closes sockets on channels it no longer covers with 4003, suspending
-an app closes its sockets with 4012).
+``/admin/v1`` answers 404, as if the API did not exist. A source IP that fails authentication
+``admin_auth_failures`` times within ``admin_auth_window`` seconds gets 429 with ``Retry-After``
+on every request, before its token is even looked at, until its oldest failure leaves the
+window: guessing the token from one address is bounded, and a right token does not open a
+locked-out address either (or the lockout would answer whether a guess was right).
+
+All changes go through ``AdminOps``, the code path the CLI uses, and take effect on this node
+at once (revoking a key closes its sockets with 4001, narrowing one closes sockets on channels
+it no longer covers with 4003, suspending an app closes its sockets with 4012).
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -36,9 +45,56 @@ def _ident(seg: str, what: str) -> str:
     return value
 
 
+class FailureLimiter:
+    """Failed authentications per source address in a sliding window of ``window`` seconds.
+
+    ``retry_after`` is asked before a credential is compared, ``failed`` after a wrong one.
+    Memory is bounded: at most ``limit`` timestamps per address, and addresses whose failures
+    all left the window are dropped once more than ``max_addresses`` are tracked."""
+
+    def __init__(self, limit: int, window: float, *, max_addresses: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_addresses = max_addresses
+        self._clock = clock
+        self._failures: dict[str, deque[float]] = {}
+
+    def retry_after(self, address: str) -> float | None:
+        """Seconds until ``address`` may try again, or None when it may try now."""
+        times = self._failures.get(address)
+        if times is None or len(times) < self.limit:
+            return None
+        wait = times[0] + self.window - self._clock()
+        return wait if wait > 0 else None
+
+    def failed(self, address: str) -> bool:
+        """Count one failure; True when it is the one that locks ``address`` out."""
+        now = self._clock()
+        times = self._failures.get(address)
+        if times is None:
+            if len(self._failures) >= self.max_addresses:
+                self._sweep(now)
+            times = self._failures[address] = deque(maxlen=self.limit)
+        times.append(now)
+        return len(times) == self.limit and times[0] + self.window > now
+
+    def _sweep(self, now: float) -> None:
+        stale = [a for a, t in self._failures.items() if t[-1] + self.window <= now]
+        for a in stale:
+            del self._failures[a]
+        if len(self._failures) >= self.max_addresses:
+            # Still full of live attackers: forget the oldest half rather than grow.
+            by_age = sorted(self._failures, key=lambda a: self._failures[a][-1])
+            for a in by_age[: len(by_age) // 2 + 1]:
+                del self._failures[a]
+
+
 class AdminApi:
     def __init__(self, node: Node) -> None:
         self.node = node
+        self.failures = FailureLimiter(node.config.admin_auth_failures,
+                                       node.config.admin_auth_window)
 
     @property
     def ops(self) -> AdminOps:
@@ -48,9 +104,25 @@ class AdminApi:
     def _check_auth(self, request: web.Request) -> None:
         expected = self.node.config.admin_token
         assert expected
+        address = request.remote or "?"
+        wait = self.failures.retry_after(address)
+        if wait is not None:
+            self.node.metrics.admin_auth_locked += 1
+            seconds = max(1, math.ceil(wait))
+            raise ApiError(429, "rate_limited",
+                           f"too many failed admin authentications from this address; "
+                           f"try again in {seconds} s",
+                           {"Retry-After": str(seconds)})
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         ok = hmac.compare_digest(given.strip().encode(), expected.encode())
         if scheme.lower() != "bearer" or not ok:
+            self.node.metrics.admin_auth_failures += 1
+            if self.failures.failed(address):
+                # The address only: the header may hold a near-miss of the real token.
+                log.warning("admin API: %d failed authentications from %s within %g s; "
+                            "refusing that address for up to %g s",
+                            self.failures.limit, address, self.failures.window,
+                            self.failures.window)
             raise ApiError(401, "unauthorized", "a valid admin token is required: "
                            "Authorization: Bearer <admin token>",
                            {"WWW-Authenticate": 'Bearer realm="roomwire-admin"'})
@@ -116,7 +188,7 @@ class AdminApi:
                     key = ops.create_key(
                         app_id, b.get("kind"), channel_patterns=b.get("channelPatterns"),
                         actions=b.get("actions"), allowed_origins=b.get("allowedOrigins"),
-                        name=b.get("name", ""),
+                        name=b.get("name", ""), peer_id_pattern=b.get("peerIdPattern"),
                     )
                     return {**key, "_created": True}
         if n == 2 and segs[0] == "keys":

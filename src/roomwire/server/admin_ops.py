@@ -131,8 +131,10 @@ class AdminOps:
         actions: object = None,
         allowed_origins: object = None,
         name: object = "",
+        peer_id_pattern: object = None,
     ) -> dict[str, Any]:
-        """A new key; the result carries the secret of a secret key (shown once)."""
+        """A new key; the result carries the secret of a secret key (shown once).
+        ``peer_id_pattern`` (secret keys): the peer ids it may mint tokens for and kick."""
         if kind not in (PUBLISHABLE, SECRET):
             raise StoreError("a key kind is 'publishable' or 'secret'")
         assert isinstance(kind, str)
@@ -142,8 +144,11 @@ class AdminOps:
                     else _str_list(channel_patterns, "channelPatterns"))
         acts = None if actions is None else _str_list(actions, "actions", 4)
         origins = [] if allowed_origins is None else _str_list(allowed_origins, "allowedOrigins")
+        if peer_id_pattern is not None and not isinstance(peer_id_pattern, str):
+            raise StoreError("peerIdPattern must be a string pattern or null")
         key = self.store.create_key(app_id, kind, channel_patterns=patterns, actions=acts,
-                                    allowed_origins=origins, name=name)
+                                    allowed_origins=origins, name=name,
+                                    peer_id_pattern=peer_id_pattern)
         self._applied()
         return key.public(include_secret=True)
 

@@ -19,7 +19,7 @@ import jwt
 from ..protocol import ALL_ACTIONS, CloseCode
 from ..protocol.frames import encode_json
 from ..protocol.limits import MAX_METADATA_BYTES, MAX_PEER_METADATA_BYTES
-from ..protocol.patterns import PatternError, matches_any, tokenize
+from ..protocol.patterns import check_pattern, covered_by_any, matches_any, pattern_problem
 from ..protocol.validate import peer_id_problem
 from .store import PUBLISHABLE, SECRET, App, Key
 
@@ -49,6 +49,14 @@ class Principal:
         """This principal under the key's current scope (the token's own narrowing kept)."""
         actions = key.actions if self.token_actions is None else key.actions & self.token_actions
         return replace(self, key_patterns=key.channel_patterns, actions=actions)
+
+    def scope_within(self, outer: tuple[str, ...]) -> bool:
+        """Whether every channel this principal may use is one ``outer`` allows (either the
+        key's patterns or the token's narrowing lie within it; conservative like ``covers``)."""
+        if all(covered_by_any(outer, p) for p in self.key_patterns):
+            return True
+        return self.token_patterns is not None and all(
+            covered_by_any(outer, p) for p in self.token_patterns)
 
     def channel_allowed(self, channel: str) -> bool:
         """The channel must match the key's patterns and, when the token narrows them, the
@@ -109,9 +117,11 @@ def authenticate(
     *,
     leeway: float = 5.0,
     allow_non_expiring: bool = False,
+    max_lifetime: float | None = None,
     now: float | None = None,
 ) -> Principal | AuthFailure:
-    """Check the credential of an upgrade request."""
+    """Check the credential of an upgrade request. ``max_lifetime``: a token whose ``exp``
+    lies further ahead than this many seconds (plus ``leeway``) is refused with 4001."""
     key_param = query.get("key")
     token = query.get("token")
     if (key_param is None) == (token is None):
@@ -120,7 +130,8 @@ def authenticate(
     if key_param is not None:
         return _publishable(key_param, origin, keyring)
     assert token is not None
-    return _token(token, keyring, leeway, allow_non_expiring, time.time() if now is None else now)
+    return _token(token, keyring, leeway, allow_non_expiring, max_lifetime,
+                  time.time() if now is None else now)
 
 
 def _app_gate(keyring: Keyring, key: Key) -> App | AuthFailure:
@@ -157,7 +168,8 @@ def _fail(message: str) -> AuthFailure:
 
 
 def _token(
-    token: str, keyring: Keyring, leeway: float, allow_non_expiring: bool, now: float
+    token: str, keyring: Keyring, leeway: float, allow_non_expiring: bool,
+    max_lifetime: float | None, now: float,
 ) -> Principal | AuthFailure:
     try:
         header = jwt.get_unverified_header(token)
@@ -195,11 +207,17 @@ def _token(
     sub = claims.get("sub")
     if not isinstance(sub, str) or peer_id_problem(sub) is not None:
         return _fail("token 'sub' must be 1-128 printable ASCII characters")
+    if not key.may_act_for(sub):
+        return _fail("token 'sub' is not a peer id its signing key may issue tokens for")
     exp = claims.get("exp")
     if exp is not None and (not isinstance(exp, int | float) or isinstance(exp, bool)):
         # PyJWT accepts a numeric string; JWT's NumericDate is a JSON number, and a string
         # here would otherwise yield a token that never expires.
         return _fail("token 'exp' must be a number")
+    if exp is not None and max_lifetime is not None and exp - now > max_lifetime + leeway:
+        # Measured from now, not from 'iat': the signer chooses 'iat' as freely as 'exp'.
+        return _fail(f"token 'exp' is more than {int(max_lifetime)} s ahead, this server's "
+                     "maximum token lifetime")
     expires_at = int(exp) if exp is not None else None
 
     token_patterns: tuple[str, ...] | None = None
@@ -209,11 +227,10 @@ def _token(
             return _fail("token 'channels' must be a list of strings")
         if len(channels) > 100:
             return _fail("token 'channels' has more than 100 entries")
-        try:
-            for c in channels:
-                tokenize(c)
-        except PatternError:
-            return _fail("token 'channels' contains an invalid pattern")
+        for c in channels:
+            if pattern_problem(c) is not None:
+                # Close reasons are short (123 bytes): the limits are in docs/operations.md.
+                return _fail("token 'channels' has an invalid, too long or too wild pattern")
         token_patterns = tuple(channels)
 
     actions = key.actions
@@ -274,6 +291,9 @@ def mint_token(
     problem = peer_id_problem(sub)
     if problem:
         raise ValueError(f"sub: {problem}")
+    if not key.may_act_for(sub):
+        raise ValueError(f"sub: this key may only issue tokens for peer ids matching "
+                         f"{key.peer_id_pattern!r}")
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = {"sub": sub, "iat": issued}
     exp: int | None = None
@@ -284,7 +304,7 @@ def mint_token(
         claims["exp"] = exp
     if channels is not None:
         for c in channels:
-            tokenize(c)
+            check_pattern(c)
         claims["channels"] = channels
     if permissions is not None:
         unknown = set(permissions) - ALL_ACTIONS

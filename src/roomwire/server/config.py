@@ -11,6 +11,10 @@ from typing import Any
 from ..protocol import limits
 
 ENV_PREFIX = "ROOMWIRE_"
+#: 32 characters of ``secrets.token_urlsafe`` carry ~190 bits; anything shorter is refused.
+MIN_ADMIN_TOKEN_LENGTH = 32
+DEMO_MODES = ("auto", "on", "off")
+ADMIN_TOKEN_HINT = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 @dataclass
@@ -39,8 +43,30 @@ class ServerConfig:
     outbound_queue_bytes: int = limits.OUTBOUND_QUEUE_BYTES
     jwt_leeway: float = limits.JWT_LEEWAY
     allow_non_expiring_tokens: bool = False
+    max_token_lifetime: int = 86_400
+    """Longest token lifetime in seconds: a JWT whose ``exp`` is further ahead is refused
+    at connect (4001) and REST ``/v1/tokens`` refuses a longer ``expiresInSec`` (400)."""
     token_expiry_margin: float = limits.TOKEN_EXPIRY_MARGIN
     handshake_timeout: float = 10.0
+
+    # -- limits that protect a shared server (docs/operations.md) -------------------------------
+    max_fragments_per_message: int = 64
+    """Frames one fragmented WebSocket message may have; more closes the socket with 1009."""
+    ping_rate: float = 1.0
+    """Pings per second a socket may send, for each kind (WebSocket ping/pong control frames,
+    and protocol ``ping`` frames); over ``ping_burst`` saved up the socket is closed with 4011."""
+    ping_burst: int = 10
+    http_keepalive_timeout: float = 5.0
+    """Seconds an HTTP connection may sit idle after a response; the next request's head must
+    be complete within it."""
+    http_head_timeout: float = 10.0
+    """Seconds a new connection has to send its first request head (WebSocket upgrade or HTTP)."""
+    http_body_timeout: float = 30.0
+    """Seconds an HTTP request body has to arrive in full after its head."""
+    http_max_connections_per_ip: int = 64
+    """Open connections per source IP that are not (yet) WebSockets; 0: no cap."""
+    http_max_connections: int = 0
+    """Open connections in total that are not (yet) WebSockets; 0: half the open-files limit."""
     store_poll_interval: float = 1.0
     """How often the node looks for changes made to the store by other processes (the CLI)."""
     log_level: str = "info"
@@ -48,7 +74,15 @@ class ServerConfig:
 
     # -- operations (docs/operations.md) ---------------------------------------------------------
     admin_token: str | None = field(default=None, repr=False)
-    """Bearer token of the operator admin API under ``/admin/v1``; unset disables that API."""
+    """Bearer token of the operator admin API under ``/admin/v1``; unset disables that API.
+    At least ``MIN_ADMIN_TOKEN_LENGTH`` characters: a short one can be guessed."""
+    admin_auth_failures: int = 10
+    """Failed admin authentications allowed per source IP per ``admin_auth_window``; past
+    that the IP gets 429 (even with the right token) until the window refills."""
+    admin_auth_window: float = 300.0
+    demo: str = "auto"
+    """The ``/demo`` page, which hands out the development key: ``auto`` (on only when
+    ``host`` is a loopback address), ``on`` or ``off``."""
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     """Static ICE servers put in every welcome (``[{"urls": ..., "username"?, ...}]``)."""
     turn_urls: list[str] = field(default_factory=list)
@@ -56,7 +90,8 @@ class ServerConfig:
     turn_secret: str | None = field(default=None, repr=False)
     """coturn ``static-auth-secret`` (``use-auth-secret``); unset: no TURN credentials."""
     turn_ttl: int = 0
-    """Lifetime of minted TURN credentials in seconds; 0: the token's lifetime (else 1 day)."""
+    """Lifetime of minted TURN credentials in seconds; 0: the token's lifetime (else 1 day).
+    Never more than one day, whatever this or the token says."""
     usage_flush_interval: float = 10.0
     """How often usage counters are written to the database (and at stop)."""
     rest_rate_limit: float = 50.0
@@ -135,12 +170,58 @@ class ServerConfig:
             raise ValueError("turn_ttl must be >= 0 and usage_flush_interval positive")
         if self.turn_urls and not self.turn_secret:
             raise ValueError("turn_urls needs turn_secret (coturn's static-auth-secret)")
+        if self.max_fragments_per_message < 1 or self.ping_rate <= 0 or self.ping_burst < 1:
+            raise ValueError("max_fragments_per_message and ping_burst must be >= 1 and "
+                             "ping_rate positive")
+        if min(self.http_keepalive_timeout, self.http_head_timeout, self.http_body_timeout) <= 0:
+            raise ValueError("http_keepalive_timeout, http_head_timeout and http_body_timeout "
+                             "must be positive")
+        if self.http_max_connections_per_ip < 0 or self.http_max_connections < 0:
+            raise ValueError("http_max_connections_per_ip and http_max_connections must be >= 0")
+        if self.max_token_lifetime < 60:
+            raise ValueError("max_token_lifetime must be at least 60 seconds")
         if self.rest_rate_limit < 0 or self.rest_rate_burst < 1:
             raise ValueError("rest_rate_limit must be >= 0 and rest_rate_burst >= 1")
         if self.presence_ttl <= 0 or self.heartbeat_interval < 0:
             raise ValueError("presence_ttl must be positive and heartbeat_interval >= 0")
         if self.heartbeat_interval and self.heartbeat_interval >= self.presence_ttl:
             raise ValueError("heartbeat_interval must be shorter than presence_ttl")
+        check_admin_token(self.admin_token)
+        if self.admin_auth_failures < 1 or self.admin_auth_window <= 0:
+            raise ValueError("admin_auth_failures must be >= 1 and admin_auth_window positive")
+        if self.demo not in DEMO_MODES:
+            raise ValueError(f"demo must be one of auto, on, off, not {self.demo!r}")
+
+    @property
+    def demo_enabled(self) -> bool:
+        """Whether ``/demo`` is served: ``auto`` means only on a loopback listen address,
+        where nobody but this machine can reach the development key it hands out."""
+        if self.demo == "auto":
+            return is_loopback(self.host)
+        return self.demo == "on"
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``; False for wildcards and anything else."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_admin_token(token: str | None) -> None:
+    """Refuse an admin token that could be guessed; the message never contains the token."""
+    if token is None or token == "":
+        return
+    if len(token) < MIN_ADMIN_TOKEN_LENGTH:
+        raise ValueError(
+            f"admin_token is {len(token)} characters long; it must be at least "
+            f"{MIN_ADMIN_TOKEN_LENGTH} (make one with: {ADMIN_TOKEN_HINT})"
+        )
 
 
 def _coerce(name: str, typ: Any, raw: str) -> Any:

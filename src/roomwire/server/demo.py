@@ -1,28 +1,41 @@
 """The demo video-call page at ``/demo``: static files from ``roomwire/web/`` plus the official
-browser SDK (``@metered-ca/realtime``) served from an npm install.
+browser SDK (``@metered-ca/realtime``, MIT licence).
 
-No third-party code is part of the package: the SDK comes from ``web/node_modules`` at the repo
-root (``scripts/setup-browser.sh`` runs ``npm ci`` there), or from the folder named by
-``ROOMWIRE_WEB_NODE_MODULES``. When it is missing, the page says what to run.
+Where the SDK comes from, first found wins: only the folder named by
+``ROOMWIRE_WEB_NODE_MODULES`` when that is set; else the copy a wheel build bundles under
+``roomwire/web/vendor/metered-realtime/`` (``setup.py`` copies it from ``web/node_modules``),
+then ``web/node_modules`` at the repo root (``scripts/setup-browser.sh`` runs ``npm ci``
+there; an editable install), then ``./web/node_modules``. When none has it, the page says
+what to run. The SDK's ES-module build is one self-contained file (it imports nothing), so
+serving that one file is enough.
 
 The page gets the default app's *development* publishable key injected (the key
 ``roomwire serve`` creates on the first start, meant for local development); no other key is
 ever put in a page. When that key was revoked the page asks for a key or a token instead.
+Because that key can do everything in the default app, the page only exists where
+``ServerConfig.demo_enabled`` says so: by default only on a loopback listen address.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .config import is_loopback
+
 if TYPE_CHECKING:
     from .node import Node
 
+log = logging.getLogger("roomwire.demo")
+
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+#: Laid out like the npm package (package.json, LICENSE, dist/index.mjs) by the wheel build.
+BUNDLED_SDK_DIR = WEB_DIR / "vendor" / "metered-realtime"
 SDK_PACKAGE = ("@metered-ca", "realtime")
 SDK_ENTRY = ("dist", "index.mjs")
 DEV_KEY_NAME = "development (all actions)"
@@ -50,6 +63,10 @@ def node_modules_candidates() -> list[Path]:
 
 def find_sdk() -> Path | None:
     """The official SDK's ES module build, if installed."""
+    if not os.environ.get(NODE_MODULES_ENV):
+        bundled = BUNDLED_SDK_DIR.joinpath(*SDK_ENTRY)
+        if bundled.is_file():
+            return bundled
     for nm in node_modules_candidates():
         path = nm.joinpath(*SDK_PACKAGE, *SDK_ENTRY)
         if path.is_file():
@@ -98,7 +115,17 @@ def _json_for_script(value: Any) -> str:
 
 
 def add_routes(app: web.Application, node: Node) -> None:
-    """Register ``/demo`` (the page), ``/demo/<static>`` and ``/demo/sdk.js``."""
+    """Register ``/demo`` (the page), ``/demo/<static>`` and ``/demo/sdk.js``, when the demo
+    is on; otherwise nothing, so every ``/demo`` path is a plain 404."""
+    config = node.config
+    if not config.demo_enabled:
+        if config.demo == "auto":
+            log.info("the /demo page is off: %s is not a loopback address (set demo = \"on\" "
+                     "to serve it anyway)", config.host)
+        return
+    if config.demo == "on" and not is_loopback(config.host):
+        log.warning("the /demo page is on at %s, which is not a loopback address: anyone who "
+                    "can reach this port gets the default app's development key", config.host)
 
     async def page(request: web.Request) -> web.Response:
         html = (WEB_DIR / "demo.html").read_text(encoding="utf-8")
@@ -119,7 +146,8 @@ def add_routes(app: web.Application, node: Node) -> None:
             return web.Response(
                 status=404, content_type="text/javascript", headers=_NO_CACHE,
                 text=("throw new Error('@metered-ca/realtime is not installed: "
-                      "run scripts/setup-browser.sh (or npm ci in web/)');\n"),
+                      "run scripts/setup-browser.sh (or npm ci in web/) in a checkout, or "
+                      "npm install it elsewhere and set ROOMWIRE_WEB_NODE_MODULES');\n"),
             )
         return web.Response(body=entry.read_bytes(), content_type="text/javascript",
                             charset="utf-8", headers=_NO_CACHE)

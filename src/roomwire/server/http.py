@@ -40,6 +40,8 @@ async def json_errors(request: web.Request, handler: _Handler) -> web.StreamResp
     unexpected exception into JSON error bodies."""
     try:
         return await handler(request)
+    except ConnectionError:
+        raise  # the client went away (or missed the body deadline): nothing to answer
     except web.HTTPRequestEntityTooLarge:
         return json_error(413, "invalid_request", f"the body is larger than {MAX_BODY} bytes")
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
@@ -51,6 +53,25 @@ async def json_errors(request: web.Request, handler: _Handler) -> web.StreamResp
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.rel_url.path)
         return json_error(500, "internal_error", "internal error")
+
+
+@web.middleware
+async def body_deadline(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Start the request body's deadline (``http_body_timeout``, enforced by the connection's
+    ``HttpGuard``): a body trickled a byte at a time would otherwise hold the connection for
+    as long as the client likes."""
+    from .gateway import HttpGuard
+
+    transport = request.transport
+    guard = transport.get_protocol() if transport is not None else None
+    if not isinstance(guard, HttpGuard):
+        return await handler(request)
+    body = request.content
+    guard.expect_body(body)
+    try:
+        return await handler(request)
+    finally:
+        guard.request_done(body)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -72,12 +93,14 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def index(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
+    demo = (f"Demo call page: {node.config.connect_url.replace('ws', 'http', 1)}/demo\n"
+            if node.config.demo_enabled else "")
     return web.Response(
         text=(
             "roomwire: a Metered Realtime v1 compatible server.\n"
             f"WebSocket endpoint: {node.config.connect_url}/v1\n"
             "Point an official SDK's `url` option at the base URL above.\n"
-            f"Demo call page: {node.config.connect_url.replace('ws', 'http', 1)}/demo\n"
+            f"{demo}"
         ),
         content_type="text/plain",
     )
@@ -98,7 +121,7 @@ async def websocket_on_keepalive(request: web.Request) -> web.Response:
 def build_http_app(node: Node) -> web.Application:
     from . import admin, demo, rest
 
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors, body_deadline])
     app[NODE_KEY] = node
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -2,7 +2,7 @@
 
 Plain synchronous logic over ``Link`` objects (a connection as the hub sees it), so every
 presence rule is testable without sockets. The ordering guarantees the official clients rely on
-(PROTOCOL-FACTS section 8) hold because each call runs to completion on the event loop:
+(docs/protocol.md, Presence ordering) hold because each call runs to completion on the loop:
 ``subscribe`` has broadcast the newcomer's ``joined`` before it returns, and the caller then
 sends the ack and the snapshot.
 """
@@ -323,20 +323,25 @@ class Hub:
             self._broadcast_presence(room, [], [old])
         self._maybe_drop_room(app_id, room)
 
-    def deliver_disconnect(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
+    def deliver_disconnect(self, app_id: str, peer_id: str, code: int, reason: str,
+                           scope: tuple[str, ...] | None = None) -> int:
         links = self.peer_links(app_id, peer_id)
+        if scope is not None:
+            links = [link for link in links if _within(link, scope)]
         for link in links:
             link.close(code, reason)
         return len(links)
 
     # -- cluster-wide actions and state --------------------------------------------------------
 
-    async def kick(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
+    async def kick(self, app_id: str, peer_id: str, code: int, reason: str,
+                   scope: tuple[str, ...] | None = None) -> int:
         """Close every socket of ``peer_id`` on every node; returns the number closed everywhere
-        (the other nodes' answers are awaited for a bounded time)."""
-        n = self.deliver_disconnect(app_id, peer_id, code, reason)
+        (the other nodes' answers are awaited for a bounded time). ``scope``: only sockets
+        whose whole channel scope these patterns cover (a kick by a narrower key)."""
+        n = self.deliver_disconnect(app_id, peer_id, code, reason, scope)
         if self.broker.clustered:
-            n += await self.broker.kick(app_id, peer_id, code, reason)
+            n += await self.broker.kick(app_id, peer_id, code, reason, scope)
         return n
 
     def connections_everywhere(self, app_id: str) -> int:
@@ -370,3 +375,11 @@ class Hub:
         if t is None:
             return {"connections": 0, "channels": 0, "peers": 0}
         return {"connections": t.links, "channels": len(t.rooms), "peers": len(t.peers)}
+
+
+def _within(link: Link, scope: tuple[str, ...]) -> bool:
+    """Whether ``link``'s principal may use only channels that ``scope`` covers. A link
+    without a principal is never inside a scope: a scoped kick leaves what it cannot judge."""
+    principal = getattr(link, "principal", None)
+    within = getattr(principal, "scope_within", None)
+    return bool(within(scope)) if callable(within) else False

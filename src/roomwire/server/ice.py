@@ -18,6 +18,9 @@ from typing import Any
 from ..protocol.limits import MAX_ICE_CREDENTIAL_CHARS, MAX_ICE_SERVERS, MAX_ICE_URL_CHARS
 
 DEFAULT_TTL = 86_400
+MAX_TTL = 86_400
+"""No TURN credential lives longer: coturn checks it without asking roomwire, so revoking the
+key or kicking the peer cannot end it, and this bounds how long it outlives them."""
 _SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
 
 
@@ -43,7 +46,7 @@ def mint_turn(
     """One ICE server entry with fresh credentials for ``peer_id``.
 
     ``ttl`` > 0 fixes the lifetime; 0 uses the token's expiry (``token_expires_at``) or, for a
-    credential without one (a publishable key), ``DEFAULT_TTL``.
+    credential without one (a publishable key), ``DEFAULT_TTL``. Never more than ``MAX_TTL``.
     """
     issued = int(time.time() if now is None else now)
     if ttl > 0:
@@ -52,13 +55,14 @@ def mint_turn(
         expiry = int(token_expires_at)
     else:
         expiry = issued + DEFAULT_TTL
+    expiry = min(expiry, issued + MAX_TTL)
     username = turn_username(expiry, peer_id)
     return {"urls": list(urls), "username": username,
             "credential": turn_credential(secret, username)}
 
 
 def ice_problem(servers: object) -> str | None:
-    """Why ``servers`` would be ignored by the official clients (PROTOCOL-FACTS 13.6), or None."""
+    """Why the official clients would drop ``servers`` (docs/protocol.md, ICE servers), or None."""
     if not isinstance(servers, list):
         return "ice_servers must be a list"
     if len(servers) > MAX_ICE_SERVERS:

@@ -118,3 +118,65 @@ class UsageMeter:
         u = self.usage(app_id)
         if current > u.peak_connections:
             u.peak_connections = current
+
+
+class ConnectionSlots:
+    """Open connections per source address and in total, each under a cap (0: no cap).
+
+    Counts the connections that have not become WebSockets: those still sending their first
+    request head and those served by the HTTP side. An upgraded socket gives its slot back,
+    since WebSockets have their own limits (per app, and the connect rate per address).
+    """
+
+    def __init__(self, per_address: int, total: int) -> None:
+        self.per_address = per_address
+        self.total = total
+        self.open = 0
+        self._by_address: dict[str, int] = {}
+
+    def acquire(self, address: str) -> str | None:
+        """Take a slot for ``address``; None when taken, else which cap is full
+        (``"per_ip"`` or ``"total"``)."""
+        if self.total > 0 and self.open >= self.total:
+            return "total"
+        held = self._by_address.get(address, 0)
+        if self.per_address > 0 and held >= self.per_address:
+            return "per_ip"
+        self._by_address[address] = held + 1
+        self.open += 1
+        return None
+
+    def release(self, address: str) -> None:
+        held = self._by_address.get(address, 0)
+        if held <= 0:
+            return
+        self.open -= 1
+        if held == 1:
+            del self._by_address[address]
+        else:
+            self._by_address[address] = held - 1
+
+    def held_by(self, address: str) -> int:
+        return self._by_address.get(address, 0)
+
+
+def open_files_limit() -> int | None:
+    """The process's soft limit on open file descriptors; None when unlimited or unknown."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return None
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return None
+    return int(soft)
+
+
+def default_http_connection_cap() -> int:
+    """Half the open-files limit (at least 16), so that HTTP clients can never take the file
+    descriptors WebSockets, the store and the listening socket need. 0 (no cap) when the
+    process may open any number of files."""
+    limit = open_files_limit()
+    if limit is None:
+        return 0
+    return max(16, limit // 2)

@@ -48,6 +48,14 @@ class Metrics:
         self.closes: Counter[int] = Counter()
         self.queue_overflows = 0
         self.upgrades_rate_limited = 0
+        self.http_refused: Counter[str] = Counter()
+        """Connections refused because a connection cap was full, by cap (per_ip, total)."""
+        self.http_timeouts: Counter[str] = Counter()
+        """Connections closed for a missed deadline, by phase (head, body)."""
+        self.pings_over_budget: Counter[str] = Counter()
+        """Sockets closed for pinging too often, by kind (websocket, protocol)."""
+        self.admin_auth_failures = 0
+        self.admin_auth_locked = 0
         self.connections_total = 0
         self.rest_requests: Counter[tuple[str, int]] = Counter()
         self.fanout_buckets = [0] * (len(FANOUT_BUCKETS) + 1)
@@ -110,6 +118,22 @@ class Metrics:
         metric("roomwire_upgrades_rate_limited_total", "counter",
                "Upgrades refused with HTTP 429 by the per-IP connect limit.",
                [("", self.upgrades_rate_limited)])
+        metric("roomwire_admin_auth_failures_total", "counter",
+               "Admin API requests with a missing or wrong admin token.",
+               [("", self.admin_auth_failures)])
+        metric("roomwire_admin_auth_locked_total", "counter",
+               "Admin API requests refused with HTTP 429 because their IP failed too often.",
+               [("", self.admin_auth_locked)])
+        metric("roomwire_http_connections_refused_total", "counter",
+               "New connections refused because a connection cap was full, by cap "
+               "(per_ip: http_max_connections_per_ip, total: http_max_connections).",
+               [(_labels(cap=k), v) for k, v in sorted(self.http_refused.items())])
+        metric("roomwire_http_timeouts_total", "counter",
+               "Connections closed because a request head or body missed its deadline.",
+               [(_labels(phase=k), v) for k, v in sorted(self.http_timeouts.items())])
+        metric("roomwire_pings_over_budget_total", "counter",
+               "Sockets closed with 4011 for sending pings faster than the ping budget, by kind.",
+               [(_labels(kind=k), v) for k, v in sorted(self.pings_over_budget.items())])
         metric("roomwire_connections_opened_total", "counter", "Connections accepted.",
                [("", self.connections_total)])
         metric("roomwire_rest_requests_total", "counter",

@@ -16,8 +16,15 @@ from . import usage_store
 from .auth import AuthFailure, Keyring, Principal, authenticate
 from .broker import Broker
 from .broker.memory import MemoryBroker
-from .config import ServerConfig
-from .gateway import FrontProtocol, Outbox, WsSession, upgrade_listener, ws_text_frame
+from .config import ServerConfig, check_admin_token
+from .gateway import (
+    ConnectionCaps,
+    FrontProtocol,
+    Outbox,
+    WsSession,
+    upgrade_listener,
+    ws_text_frame,
+)
 from .http import build_http_app
 from .hub import Hub
 from .ice import IceProvider
@@ -44,6 +51,7 @@ class Node:
         self.ice = IceProvider(config.ice_servers, config.turn_urls, config.turn_secret,
                                config.turn_ttl)
         self.connect_limiter = ConnectLimiter(config.connect_rate_limit, config.connect_rate_window)
+        self.http_caps = ConnectionCaps(config, self.metrics)
         self.sessions: set[WsSession] = set()
         self.accepting = False
         self.store: Store | None = None
@@ -59,6 +67,9 @@ class Node:
     # -- startup -------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # Before anything is opened, and also for a ServerConfig that nobody validated (a
+        # Node embedded in a program): a short admin token can be guessed.
+        check_admin_token(self.config.admin_token)
         self.loop = asyncio.get_running_loop()
         self.outbox = Outbox(self.loop)
         self.store = open_store(self.config)
@@ -68,8 +79,13 @@ class Node:
         self.reload_keyring()
         usage_store.restore(self.usage, self.store)
         await self.broker.start(self.hub)
+        # aiohttp closes a connection idle for keepalive_timeout after a response, also one
+        # that sent only part of its next request head (its timer runs until a whole head is
+        # in); lingering_time bounds how long it drains a body nobody read.
         self._runner = web.AppRunner(build_http_app(self), access_log=None,
-                                     handle_signals=False)
+                                     handle_signals=False,
+                                     keepalive_timeout=self.config.http_keepalive_timeout,
+                                     lingering_time=min(10.0, self.config.http_body_timeout))
         await self._runner.setup()
         http_server = self._runner.server
         assert http_server is not None
@@ -98,6 +114,7 @@ class Node:
         return authenticate(
             query, origin, self.keyring, leeway=self.config.jwt_leeway,
             allow_non_expiring=self.config.allow_non_expiring_tokens,
+            max_lifetime=self.config.max_token_lifetime,
         )
 
     def admit(self, session: WsSession) -> bool:
@@ -156,6 +173,7 @@ class Node:
             "roomwire_connections": len(self.sessions),
             "roomwire_subscriptions": sum(len(s.subscriptions) for s in self.sessions),
             "roomwire_apps_active": len(self.hub.tenants),
+            "roomwire_http_connections": self.http_caps.slots.open,
         }
         per_app: dict[str, dict[str, float]] = {
             "roomwire_app_connections": {}, "roomwire_app_channels": {},

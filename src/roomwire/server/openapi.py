@@ -185,6 +185,8 @@ _KEY = {
         "actions": _ACTIONS,
         "allowedOrigins": {"type": "array", "items": {"type": "string"}},
         "revoked": {"type": "boolean"}, "createdAt": {"type": "integer"},
+        "peerIdPattern": {"type": ["string", "null"],
+                          "description": "Secret keys: the peer ids it may mint and kick."},
         "secret": {"type": "string", "description": "Only in the answer to key creation."},
     },
 }
@@ -275,6 +277,7 @@ def admin_document() -> dict[str, Any]:
                              "type": "object", "required": ["kind"],
                              "properties": {"kind": {"enum": ["publishable", "secret"]},
                                             "name": {"type": "string"},
+                                            "peerIdPattern": {"type": ["string", "null"]},
                                             **scope["properties"]}}),  # type: ignore[dict-item]
                          "responses": {"201": key_ok, **_ADMIN_ERRORS}},
             },

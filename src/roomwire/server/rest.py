@@ -1,4 +1,4 @@
-"""The Metered-compatible REST control plane under ``/v1`` (PROTOCOL-FACTS section 10).
+"""The Metered-compatible REST control plane under ``/v1`` (docs/protocol.md, REST control plane).
 
 Auth is ``Authorization: Bearer sk_id_...:sk_secret_...``; every credential failure gets the
 same 401 body. The key's channel patterns and actions apply to channel-scoped endpoints, and
@@ -11,15 +11,17 @@ the raw path and decode it here, so an encoded slash is part of the name, never 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..protocol import ALL_ACTIONS, CloseCode, frames
 from ..protocol.limits import MAX_METADATA_BYTES, MAX_PEER_METADATA_BYTES
-from ..protocol.patterns import PatternError, covered_by_any, matches_any, tokenize
+from ..protocol.patterns import PatternError, covered_by_any, matches_any, pattern_problem
 from ..protocol.validate import channel_problem, is_reserved_channel, peer_id_problem
 from .auth import mint_token
 from .http import MAX_BODY, json_error
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("roomwire.rest")
 
-MAX_TOKEN_TTL = 86_400
 DEFAULT_TOKEN_TTL = 3_600
 UNAUTHORIZED_MESSAGE = (
     "a valid secret key is required: Authorization: Bearer sk_id_...:sk_secret_..."
@@ -85,6 +86,11 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "invalid_request",
                        f"the body is larger than {MAX_BODY} bytes") from None
+    except (ConnectionError, HttpProcessingError):
+        # The client went away inside the body (aiohttp reports a lost connection or a short
+        # payload): not a server fault, so no traceback; the answer is written nowhere.
+        raise ApiError(400, "invalid_request",
+                       "the connection ended before the whole body arrived") from None
     if len(body) > MAX_BODY:
         raise ApiError(413, "invalid_request", f"the body is larger than {MAX_BODY} bytes")
     if not body.strip():
@@ -93,6 +99,8 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         value = msgspec.json.decode(body)
     except (msgspec.DecodeError, ValueError):
         raise bad_request("the body is not valid JSON") from None
+    except RecursionError:
+        raise bad_request("the body nests arrays or objects too deeply") from None
     if not isinstance(value, dict):
         raise bad_request("the body must be a JSON object")
     return value
@@ -110,16 +118,20 @@ class RestApi:
         rate, burst = node.config.rest_rate_limit, node.config.rest_rate_burst
         window = burst / rate if rate > 0 else 1.0
         self.key_limiter = ConnectLimiter(burst if rate > 0 else 0, window)
-        self.fail_limiter = ConnectLimiter(burst if rate > 0 else 0, window)
+        self.failures = FailureLimiter(burst if rate > 0 else 0, window)
 
     # -- auth ------------------------------------------------------------------------------
 
     def authenticate(self, request: web.Request) -> Key:
+        address = request.remote or "?"
+        # Before the secret is compared: an address that used up its failures learns nothing
+        # more, not even that a guess was right.
+        if self.failures.exhausted(address):
+            raise _rate_limited()
         header = request.headers.get("Authorization", "")
         key = self._key_from_header(header)
         if key is None:
-            if not self.fail_limiter.allow(request.remote or "?"):
-                raise _rate_limited()
+            self.failures.record(address)
             raise unauthorized()
         if not self.key_limiter.allow(key.id):
             raise _rate_limited()
@@ -202,6 +214,10 @@ class RestApi:
         if problem is not None:
             raise bad_request(f"peerId: {problem}")
         assert isinstance(peer_id, str)
+        if not key.may_act_for(peer_id):
+            raise ApiError(403, "peer_not_authorized",
+                           "this key may not issue tokens for that peer id (see the key's "
+                           "peer id pattern)")
 
         channels = body.get("channels")
         if channels is not None:
@@ -210,10 +226,9 @@ class RestApi:
             if len(channels) > 100:
                 raise bad_request("channels may list at most 100 patterns")
             for c in channels:
-                try:
-                    tokenize(c)
-                except PatternError:
-                    raise bad_request("channels contains an invalid pattern") from None
+                problem = pattern_problem(c)
+                if problem is not None:
+                    raise bad_request(f"channels contains an invalid pattern: {problem}")
                 if channel_problem(c) is not None:
                     raise bad_request("channels contains an invalid channel pattern")
                 if is_reserved_channel(c):
@@ -238,9 +253,11 @@ class RestApi:
                 raise ApiError(403, "action_not_permitted",
                                "permissions must be a subset of the key's actions")
 
-        ttl = body.get("expiresInSec", DEFAULT_TOKEN_TTL)
-        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_TOKEN_TTL:
-            raise bad_request(f"expiresInSec must be a whole number from 1 to {MAX_TOKEN_TTL}")
+        max_ttl = self.node.config.max_token_lifetime
+        ttl = body.get("expiresInSec", min(DEFAULT_TOKEN_TTL, max_ttl))
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= max_ttl:
+            raise bad_request(f"expiresInSec must be a whole number of seconds from 1 to "
+                              f"{max_ttl} (this server's maximum token lifetime)")
 
         metadata = body.get("metadata")
         if metadata is not None:
@@ -311,9 +328,16 @@ class RestApi:
         problem = peer_id_problem(peer_id)
         if problem is not None:
             raise bad_request(f"peer id: {problem}")
-        # Every node closes the peer's sockets; the count covers the whole cluster.
+        if not key.may_act_for(peer_id):
+            raise ApiError(403, "peer_not_authorized",
+                           "this key may not disconnect that peer id (see the key's peer id "
+                           "pattern)")
+        # Every node closes the peer's sockets; the count covers the whole cluster. A key
+        # reaches only sockets whose channel scope lies within its own, so a key for
+        # rooms/** cannot cut off the same peer id's sockets on private/**.
         closed = await self.node.hub.kick(key.app_id, peer_id, CloseCode.ADMIN_DISCONNECT,
-                                          "disconnected by the app's backend")
+                                          "disconnected by the app's backend",
+                                          scope=key.channel_patterns)
         return self._ok("peer_delete", {"peerId": peer_id, "closed": closed})
 
     def usage(self, key: Key) -> web.Response:
@@ -321,6 +345,41 @@ class RestApi:
         if app is None:
             raise ApiError(503, "internal_error", "the app's plan is not available right now")
         return self._ok("usage", self.node.usage_document(app))
+
+
+class FailureLimiter:
+    """Failed authentications per source address: ``limit`` per ``window`` seconds, refilled
+    continuously; ``limit`` 0 disables it. Unlike ``ConnectLimiter`` it can be asked whether
+    an address is out of budget without spending, so the check comes before the secret is
+    compared."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.rate = limit / window if window > 0 else 0.0
+        self.window = window
+        self._spent: dict[str, tuple[float, float]] = {}
+        """address -> (failures not yet refilled, when that was computed)."""
+        self._last_sweep = time.monotonic()
+
+    def _level(self, address: str, now: float) -> float:
+        spent, at = self._spent.get(address, (0.0, now))
+        return max(0.0, spent - (now - at) * self.rate)
+
+    def exhausted(self, address: str) -> bool:
+        if self.limit <= 0:
+            return False
+        return self._level(address, time.monotonic()) > self.limit - 1.0
+
+    def record(self, address: str) -> None:
+        if self.limit <= 0:
+            return
+        now = time.monotonic()
+        if now - self._last_sweep > self.window:
+            # An address idle for a whole window is back to zero: forget it (bounded memory).
+            self._last_sweep = now
+            for a in [a for a, (_, at) in self._spent.items() if now - at >= self.window]:
+                del self._spent[a]
+        self._spent[address] = (min(float(self.limit), self._level(address, now) + 1.0), now)
 
 
 def _rate_limited() -> ApiError:

@@ -62,6 +62,9 @@ class Session(ABC):
         rate = app.rate_limit if app and app.rate_limit is not None else cfg.rate_limit
         burst = app.rate_burst if app and app.rate_burst is not None else cfg.rate_burst
         self.bucket = TokenBucket(rate, burst)
+        # Pings have their own small budget: the official clients send one after 20 s of
+        # silence, so a socket pinging faster than this is flooding (docs/protocol.md).
+        self.ping_bucket = TokenBucket(cfg.ping_rate, cfg.ping_burst)
         self.closed = False
         self.attached = False
         """True once ``opened`` registered the session with the hub."""
@@ -135,6 +138,9 @@ class Session(ABC):
             return
         kind = req.type
         if kind == "ping":
+            if not self.ping_bucket.take():
+                self.over_ping_budget("protocol")
+                return
             rid = req.requestId
             self.services.count_frame("ping")
             # Echo only a valid requestId: a ping must not become an amplifier.
@@ -171,6 +177,11 @@ class Session(ABC):
         if self._spend():
             self._error(ErrorCode.MALFORMED_MESSAGE, "binary frames are not supported; send text",
                         None)
+
+    def over_ping_budget(self, kind: str) -> None:
+        """The socket pinged faster than its ping budget allows (``kind``: ``websocket`` or
+        ``protocol``)."""
+        self.close(CloseCode.OVER_MESSAGE_RATE, "ping rate limit exceeded")
 
     def _spend(self) -> bool:
         if self.bucket.take():

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..protocol import ALL_ACTIONS
-from ..protocol.patterns import PatternError, tokenize
+from ..protocol.patterns import matches, pattern_problem
 
 PUBLISHABLE = "publishable"
 SECRET = "secret"
@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS keys (
     actions TEXT NOT NULL,
     allowed_origins TEXT NOT NULL DEFAULT '[]',
     revoked INTEGER NOT NULL DEFAULT 0,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    peer_id_pattern TEXT
 );
 CREATE INDEX IF NOT EXISTS keys_app ON keys(app_id);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -117,6 +118,13 @@ class Key:
     name: str = ""
     revoked: bool = False
     created_at: int = 0
+    peer_id_pattern: str | None = None
+    """Secret keys: the peer ids this key may mint tokens for and kick (a channel-pattern
+    glob over the peer id); None: any peer id of the app."""
+
+    def may_act_for(self, peer_id: str) -> bool:
+        """Whether this key may mint a token for, or kick, ``peer_id``."""
+        return self.peer_id_pattern is None or matches(self.peer_id_pattern, peer_id)
 
     def public(self, *, include_secret: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -129,6 +137,7 @@ class Key:
             "allowedOrigins": list(self.allowed_origins),
             "revoked": self.revoked,
             "createdAt": self.created_at,
+            "peerIdPattern": self.peer_id_pattern,
         }
         if include_secret and self.secret is not None:
             out["secret"] = self.secret
@@ -139,11 +148,23 @@ def validate_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
     if not patterns:
         raise StoreError("a key needs at least one channel pattern (use '**' for every channel)")
     for p in patterns:
-        try:
-            tokenize(p)
-        except PatternError as exc:
-            raise StoreError(str(exc)) from None
+        problem = pattern_problem(p)
+        if problem is not None:
+            raise StoreError(problem)
     return tuple(patterns)
+
+
+def validate_peer_id_pattern(kind: str, pattern: str | None) -> str | None:
+    """A key's peer-id pattern, checked like a channel pattern; secret keys only (a
+    publishable key's peers get random ids)."""
+    if pattern is None:
+        return None
+    if kind != SECRET:
+        raise StoreError("a peer id pattern applies to secret keys only")
+    problem = pattern_problem(pattern)
+    if problem is not None:
+        raise StoreError(f"peer id pattern: {problem}")
+    return pattern
 
 
 def validate_actions(actions: Iterable[str]) -> frozenset[str]:
@@ -209,6 +230,7 @@ def new_key(
     actions: Iterable[str] | None = None,
     allowed_origins: Sequence[str] = (),
     name: str = "",
+    peer_id_pattern: str | None = None,
 ) -> Key:
     """A validated new key with fresh credentials, not yet stored (shared by every store).
     Publishable keys default to publish, subscribe and presence (send is off, as hosted)."""
@@ -221,6 +243,7 @@ def new_key(
     else:
         acts = validate_actions(actions)
     origins = _check_origins(kind, allowed_origins)
+    peers = validate_peer_id_pattern(kind, peer_id_pattern)
     if kind == PUBLISHABLE:
         key_id, secret = "pk_live_" + secrets.token_hex(16), None
     else:
@@ -228,6 +251,7 @@ def new_key(
     return Key(
         id=key_id, app_id=app_id, kind=kind, channel_patterns=patterns, actions=acts,
         allowed_origins=origins, secret=secret, name=name, created_at=int(time.time()),
+        peer_id_pattern=peers,
     )
 
 
@@ -255,7 +279,7 @@ def key_row(key: Key) -> tuple[Any, ...]:
     """The column values of a new key, in the INSERT order both stores use."""
     return (key.id, key.app_id, key.kind, key.secret, key.name,
             json.dumps(list(key.channel_patterns)), json.dumps(sorted(key.actions)),
-            json.dumps(list(key.allowed_origins)), key.created_at)
+            json.dumps(list(key.allowed_origins)), key.created_at, key.peer_id_pattern)
 
 
 def app_row(app: App) -> tuple[Any, ...]:
@@ -277,6 +301,19 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a database made by an older release up to this schema (added columns only,
+        so an older node reading it still works)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(keys)")}
+        if "peer_id_pattern" not in columns:
+            try:
+                self._db.execute("ALTER TABLE keys ADD COLUMN peer_id_pattern TEXT")
+            except sqlite3.OperationalError as exc:
+                # Another process opening the same file may have added it first.
+                if "duplicate column" not in str(exc):
+                    raise
 
     def close(self) -> None:
         self._db.close()
@@ -348,10 +385,12 @@ class Store:
         actions: Iterable[str] | None = None,
         allowed_origins: Sequence[str] = (),
         name: str = "",
+        peer_id_pattern: str | None = None,
     ) -> Key:
         self.get_app(app_id)
         key = new_key(app_id, kind, channel_patterns=channel_patterns, actions=actions,
-                      allowed_origins=allowed_origins, name=name)
+                      allowed_origins=allowed_origins, name=name,
+                      peer_id_pattern=peer_id_pattern)
         count = self._db.execute(
             "SELECT COUNT(*) FROM keys WHERE app_id = ? AND revoked = 0", (app_id,)
         ).fetchone()[0]
@@ -360,7 +399,8 @@ class Store:
                              "revoke one first")
         self._db.execute(
             "INSERT INTO keys (id, app_id, kind, secret, name, channel_patterns, actions,"
-            " allowed_origins, revoked, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+            " allowed_origins, revoked, created_at, peer_id_pattern)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
             key_row(key),
         )
         return key
@@ -368,7 +408,7 @@ class Store:
     def list_keys(self, app_id: str | None = None, *, include_revoked: bool = True) -> list[Key]:
         sql = (
             "SELECT id, app_id, kind, secret, name, channel_patterns, actions, allowed_origins,"
-            " revoked, created_at FROM keys"
+            " revoked, created_at, peer_id_pattern FROM keys"
         )
         clauses, args = [], []
         if app_id is not None:
@@ -384,7 +424,7 @@ class Store:
     def get_key(self, key_id: str) -> Key:
         row = self._db.execute(
             "SELECT id, app_id, kind, secret, name, channel_patterns, actions, allowed_origins,"
-            " revoked, created_at FROM keys WHERE id = ?",
+            " revoked, created_at, peer_id_pattern FROM keys WHERE id = ?",
             (key_id,),
         ).fetchone()
         if row is None:
@@ -510,4 +550,5 @@ def _key(r: tuple[Any, ...]) -> Key:
         id=r[0], app_id=r[1], kind=r[2], secret=r[3], name=r[4],
         channel_patterns=tuple(json.loads(r[5])), actions=frozenset(json.loads(r[6])),
         allowed_origins=tuple(json.loads(r[7])), revoked=bool(r[8]), created_at=r[9],
+        peer_id_pattern=r[10] if len(r) > 10 else None,
     )

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from ..extras import missing_extra
 from ..protocol import ALL_ACTIONS
 from .store import (
     MAX_ACTIVE_KEYS,
@@ -64,8 +65,11 @@ CREATE TABLE IF NOT EXISTS keys (
     actions TEXT NOT NULL,
     allowed_origins TEXT NOT NULL DEFAULT '[]',
     revoked BOOLEAN NOT NULL DEFAULT FALSE,
-    created_at BIGINT NOT NULL
+    created_at BIGINT NOT NULL,
+    peer_id_pattern TEXT
 );
+-- Databases made before the peer id pattern existed get the column (nullable: no default).
+ALTER TABLE keys ADD COLUMN IF NOT EXISTS peer_id_pattern TEXT;
 CREATE INDEX IF NOT EXISTS keys_app ON keys(app_id);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS usage (
@@ -84,7 +88,7 @@ INSERT INTO meta (k, v) VALUES ('version', '0') ON CONFLICT (k) DO NOTHING;
 _APP_COLS = ("id, name, suspended, max_connections, max_messages_per_period, rate_limit,"
              " rate_burst, created_at")
 _KEY_COLS = ("id, app_id, kind, secret, name, channel_patterns, actions, allowed_origins,"
-             " revoked, created_at")
+             " revoked, created_at, peer_id_pattern")
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -99,7 +103,10 @@ class PostgresStore(Store):
     """The ``Store`` interface on PostgreSQL. Safe to use from many nodes at once."""
 
     def __init__(self, url: str, *, schema: str | None = None) -> None:
-        import psycopg
+        try:
+            import psycopg
+        except ImportError as exc:  # a PostgreSQL URL without the optional driver
+            raise missing_extra("cluster", exc, "the PostgreSQL store") from exc
 
         if schema is not None and not _SCHEMA_NAME.match(schema):
             raise StoreError(f"database schema {schema!r} is not a plain SQL identifier")
@@ -209,10 +216,12 @@ class PostgresStore(Store):
         actions: Iterable[str] | None = None,
         allowed_origins: Sequence[str] = (),
         name: str = "",
+        peer_id_pattern: str | None = None,
     ) -> Key:
         self.get_app(app_id)
         key = new_key(app_id, kind, channel_patterns=channel_patterns, actions=actions,
-                      allowed_origins=allowed_origins, name=name)
+                      allowed_origins=allowed_origins, name=name,
+                      peer_id_pattern=peer_id_pattern)
         row = self._one("SELECT COUNT(*) FROM keys WHERE app_id = %s AND NOT revoked", (app_id,))
         if row is not None and row[0] >= MAX_ACTIVE_KEYS:
             raise StoreError(f"an app can have at most {MAX_ACTIVE_KEYS} active keys; "
@@ -220,8 +229,8 @@ class PostgresStore(Store):
         with self._tx() as cur:
             cur.execute(
                 "INSERT INTO keys (id, app_id, kind, secret, name, channel_patterns, actions,"
-                " allowed_origins, revoked, created_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, FALSE, %s)",
+                " allowed_origins, revoked, created_at, peer_id_pattern)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, FALSE, %s, %s)",
                 key_row(key),
             )
             self._bump(cur)

@@ -41,7 +41,7 @@ def flush(meter: UsageMeter, store: Store) -> None:
 
 
 def usage_document(app: App, meter: UsageMeter, hub: Hub) -> dict[str, Any]:
-    """The ``GET /v1/usage`` body (PROTOCOL-FACTS section 10).
+    """The ``GET /v1/usage`` body (docs/operations.md, Usage and plans).
 
     A self-hosted server has no billing: ``overagesAllowed`` and ``overagesEnabled`` are false,
     ``overageMessages`` counts messages refused with ``over_message_quota`` and

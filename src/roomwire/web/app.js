@@ -29,9 +29,11 @@ const remotes = new Map(); // peerId -> { remote, tile, streams: Map(streamId ->
 const chat = [];
 const events = [];
 
-// Stuck-connection watchdog. When both tabs offer at once (glare), the polite side rolls back
-// and answers, and Chromium sometimes leaves that RTCPeerConnection wedged for good (ICE
-// gathering never produces a candidate; ICE restarts do not help, only a new connection does).
+// Stuck-connection watchdog, the last resort. When both tabs offer at once (glare), the polite
+// side rolls back and answers, and Chromium sometimes leaves that RTCPeerConnection wedged for
+// good (ICE gathering never produces a candidate; ICE restarts do not help, only a new
+// connection does). The page now keeps the two sides from offering at once ("who offers first"
+// below), so this is for connections that fail anyway.
 // The SDK offers no per-peer "new connection" call, so the page leaves and re-joins the room:
 // a fresh MeteredPeer (same credentials, same local media) means fresh connections on both
 // sides. Only the polite side of a stuck pair rejoins first; the impolite side waits one more
@@ -328,6 +330,58 @@ async function rejoin(reason) {
   }
 }
 
+// -- who offers first -----------------------------------------------------------------------------
+// When two peers with media meet, the SDK attaches the local tracks on both sides at once and
+// both offer. Perfect negotiation resolves that collision by the polite side rolling back its own
+// offer, and that rollback is what leaves Chromium's connection wedged (above). So the page keeps
+// the collision from happening: it gives the SDK (through its rtcPeerConnectionFactory option)
+// connections whose *first* negotiationneeded is held on the polite side, until the impolite
+// side's offer arrives or OFFER_WAIT_MS passes. The polite side then answers instead of offering;
+// its tracks ride in the answer (addTrack transceivers are matched to the remote m-lines), and if
+// anything is left to negotiate the browser fires negotiationneeded again once stable, which goes
+// straight to the SDK. The wait costs time only when the impolite side does not offer at once:
+// it has no media (it never offers), or it waits for our offer first (a roomwire Python peer
+// does, briefly). Later renegotiations (screen share, ICE restarts) are never held.
+// ?offerwait=MS changes the wait (0 turns the hold off; capped at 10 s).
+const OFFER_WAIT_MS = Math.min(10_000, Math.max(0, Number(params.get("offerwait") ?? 2000) || 0));
+
+function remoteOf(pc) {
+  for (const entry of remotes.values()) if (entry.remote.pc === pc) return entry.remote;
+  return null;
+}
+
+function makePeerConnection(config) {
+  const pc = new RTCPeerConnection(config);
+  let settled = false; // first negotiation decided: events pass to the SDK from now on
+  let held = null;     // timer of the held first offer
+  const settle = () => { settled = true; clearTimeout(held); held = null; };
+  // Registered before the SDK's own listener, so it runs first and can stop it.
+  pc.addEventListener("negotiationneeded", (ev) => {
+    if (settled) return;
+    const remote = remoteOf(pc);
+    if (pc.remoteDescription || pc.localDescription || !remote?.polite || !(OFFER_WAIT_MS > 0)) {
+      settle();
+      return;
+    }
+    ev.stopImmediatePropagation();
+    if (held) return;
+    note("offer-held", { peerId: remote.id, ms: OFFER_WAIT_MS });
+    held = setTimeout(() => {
+      settle();
+      if (pc.signalingState !== "stable" || pc.remoteDescription) return;
+      note("offer-released", { peerId: remote.id });
+      pc.dispatchEvent(new Event("negotiationneeded"));
+    }, OFFER_WAIT_MS);
+  });
+  pc.addEventListener("signalingstatechange", () => {
+    if (held && pc.remoteDescription) {
+      note("offer-answered", { peerId: remoteOf(pc)?.id });
+      settle();
+    }
+  });
+  return pc;
+}
+
 function dropRemotes() {
   for (const entry of remotes.values()) {
     clearTimeout(entry.watchdog);
@@ -520,7 +574,8 @@ async function connect() {
   const gen = ++generation;
   const live = () => gen === generation;
   const debug = params.get("debug") === "1";
-  const p = new sdk.MeteredPeer({ ...creds, url: serverUrl(), ...(debug ? { logger: sdk.ConsoleLogger } : {}) });
+  const p = new sdk.MeteredPeer({ ...creds, url: serverUrl(), rtcPeerConnectionFactory: makePeerConnection,
+                                  ...(debug ? { logger: sdk.ConsoleLogger } : {}) });
   peer = p;
   window.demo.peer = p;
   p.on("state-change", ({ from, to }) => {

@@ -34,8 +34,10 @@ class ClusterSink(Protocol):
         self, app_id: str, channel: str, peer_id: str, entry: bytes, present: bool
     ) -> None: ...
 
-    def deliver_disconnect(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
-        """Close the local sockets of ``peer_id`` (a kick that came from another node)."""
+    def deliver_disconnect(self, app_id: str, peer_id: str, code: int, reason: str,
+                           scope: tuple[str, ...] | None = None) -> int:
+        """Close the local sockets of ``peer_id`` (a kick that came from another node);
+        ``scope``: only those whose channel scope these patterns cover."""
         ...
 
     def local_state(self) -> tuple[list[tuple[str, str, str, bytes]], list[tuple[str, str]]]:
@@ -97,8 +99,10 @@ class Broker(ABC):
     def peer_connected(self, app_id: str, peer_id: str, online: bool) -> None:
         """The first socket of ``peer_id`` opened on this node (online) or its last closed."""
 
-    async def kick(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
-        """Close the sockets of ``peer_id`` on the other nodes and return how many closed."""
+    async def kick(self, app_id: str, peer_id: str, code: int, reason: str,
+                   scope: tuple[str, ...] | None = None) -> int:
+        """Close the sockets of ``peer_id`` on the other nodes and return how many closed
+        (``scope`` as in ``ClusterSink.deliver_disconnect``)."""
         return 0
 
     def connections_elsewhere(self, app_id: str) -> int:

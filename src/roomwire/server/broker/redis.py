@@ -8,7 +8,7 @@ How it works (docs/cluster.md has the long version):
 * **A replica of the cluster per node.** Each node keeps every other node's presence entries
   and online peers (``_NodeView``), fed in order from the bus, and feeds the hub's
   ``Room.remote`` counts from it. So ``subscribe`` stays synchronous and the ordering rules of
-  PROTOCOL-FACTS section 8 hold exactly as on one node; a publish goes only to the nodes that
+  docs/protocol.md#presence-ordering hold as on one node; a publish goes only to the nodes that
   have members in the channel, a direct message only to the nodes that hold the peer.
 * **Batching.** Events are queued synchronously and one writer task sends everything queued
   since its last round in one pipeline: the state writes first, then one ``PUBLISH`` per
@@ -23,7 +23,7 @@ How it works (docs/cluster.md has the long version):
 * **Failure.** Each node refreshes ``<prefix>hb:<instance>`` (TTL ``presence_ttl``) every
   ``heartbeat_interval``. A node whose key expired is dropped by the others (its members are
   ``left``) and its state is deleted (atomically, only while its key is still missing). A node
-  that loses Redis reports itself unhealthy (its node closes its sockets with 1012 and refuses
+  that loses Redis reports itself unhealthy (going_away and close 1001 to its sockets, refused
   upgrades), reconnects on its own with a new instance id and announces itself again.
 """
 
@@ -42,10 +42,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+
+from ...extras import missing_extra
+
+try:
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import RedisError
+except ImportError as exc:  # --redis-url without the optional Redis client
+    raise missing_extra("cluster", exc) from exc
 
 from ..limits import UsageMeter
 from . import Broker, ClusterSink
@@ -412,7 +418,8 @@ class RedisBroker(Broker):
     def peer_online_elsewhere(self, app_id: str, peer_id: str) -> bool:
         return bool(self._peer_nodes.get((app_id, peer_id)))
 
-    async def kick(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
+    async def kick(self, app_id: str, peer_id: str, code: int, reason: str,
+                   scope: tuple[str, ...] | None = None) -> int:
         nodes = self._peer_nodes.get((app_id, peer_id))
         if not self._live or not nodes:
             return 0
@@ -420,7 +427,8 @@ class RedisBroker(Broker):
         kick = _Kick(asyncio.get_running_loop().create_future(), len(nodes))
         self._kicks[req] = kick
         for inst in list(nodes):
-            self._to_node(inst, ["k", app_id, peer_id, code, reason, req])
+            self._to_node(inst, ["k", app_id, peer_id, code, reason, req,
+                                 None if scope is None else list(scope)])
         try:
             await asyncio.wait_for(asyncio.shield(kick.future), self.kick_timeout)
         except TimeoutError:
@@ -575,7 +583,11 @@ class RedisBroker(Broker):
             elif kind == "d":
                 sink.deliver_direct(ev[1], ev[2], ev[3], ev[4], ev[5])
             elif kind == "k":
-                n = sink.deliver_disconnect(ev[1], ev[2], ev[3], ev[4])
+                # A 7th element (the kicking key's patterns) may be absent: older nodes.
+                scope = ev[6] if len(ev) > 6 else None
+                n = sink.deliver_disconnect(
+                    ev[1], ev[2], ev[3], ev[4],
+                    None if scope is None else tuple(str(p) for p in scope))
                 if ev[5] and self._live:
                     self._to_node(origin, ["kr", ev[5], n])
             elif kind == "kr":
