@@ -66,22 +66,15 @@ raise SystemExit(main(["join", "room/demo", "--key", "pk_live_x", "--test-patter
     assert "pip install 'roomwire[webrtc]'" in done.stderr, done.stderr
 
 
-def test_serve_with_redis_url_without_the_cluster_extra(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [
+    ["serve", "--port", "0", "--redis-url", "redis://127.0.0.1:6379/9"],
+    ["apps", "list", "--database-url", "postgresql://postgres@127.0.0.1:5432/test"],
+], ids=["serve-redis", "postgres-store"])
+def test_cluster_features_without_the_cluster_extra(tmp_path: Path, command: list[str]) -> None:
+    args = [*command, "--data-dir", str(tmp_path)]
     done = run(CLUSTER, f"""
 from roomwire.cli import main
-raise SystemExit(main(["serve", "--port", "0", "--data-dir", {str(tmp_path)!r},
-                       "--redis-url", "redis://127.0.0.1:6379/9"]))
-""")
-    assert done.returncode == 2, (done.stdout, done.stderr)
-    assert "Traceback" not in done.stderr
-    assert "pip install 'roomwire[cluster]'" in done.stderr, done.stderr
-
-
-def test_postgres_store_without_the_cluster_extra(tmp_path: Path) -> None:
-    done = run(CLUSTER, f"""
-from roomwire.cli import main
-raise SystemExit(main(["apps", "list", "--data-dir", {str(tmp_path)!r},
-                       "--database-url", "postgresql://postgres@127.0.0.1:5432/test"]))
+raise SystemExit(main({args!r}))
 """)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr

@@ -14,10 +14,13 @@ import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .extras import MissingExtraError
-from .protocol import ALL_ACTIONS
+from .protocol.claims import DEFAULT_TOKEN_TTL
+
+if TYPE_CHECKING:
+    from .server.store import Store
 
 DEFAULT_DATA_DIR = "./roomwire-data"
 
@@ -154,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--key", default=None, help="secret key id sk_id_... (default: the app's "
                    "first active secret key)")
     t.add_argument("--sub", required=True, help="the peer id")
-    t.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    t.add_argument("--ttl", type=int, default=DEFAULT_TOKEN_TTL,
+                   help=f"lifetime in seconds (default {DEFAULT_TOKEN_TTL})")
     t.add_argument("--channels", type=_csv, default=None, help="comma-separated patterns")
     t.add_argument("--permissions", type=_csv, default=None, help="comma-separated actions")
     t.add_argument("--peer-metadata", default=None, help="JSON object stamped on presence")
@@ -174,9 +178,9 @@ def _print(obj: Any, as_json: bool, text: str) -> None:
         print(text)
 
 
-def _store(args: argparse.Namespace) -> Any:
+def _store(args: argparse.Namespace) -> Store:
     from .server.config import ServerConfig
-    from .server.store_postgres import open_store
+    from .server.store import open_store
 
     config = ServerConfig.from_env(data_dir=args.data_dir, database_url=args.database_url)
     return open_store(config)
@@ -297,8 +301,6 @@ def _token(args: argparse.Namespace) -> int:
         key = candidates[0]
     if key.revoked:
         raise ValueError(f"key {key.id} is revoked")
-    if args.permissions is not None and not set(args.permissions) <= ALL_ACTIONS:
-        raise ValueError("permissions are publish, subscribe, presence and send")
     peer_metadata = _json_object(args.peer_metadata, "--peer-metadata")
     metadata = _json_object(args.metadata, "--metadata")
     token, exp = mint_token(key, args.sub, ttl=args.ttl, channels=args.channels,

@@ -24,7 +24,7 @@ from typing import Any
 from roomwire.server.auth import mint_token
 from roomwire.server.config import ServerConfig
 from roomwire.server.node import Node
-from roomwire.server.store import PUBLISHABLE, SECRET, Store
+from roomwire.server.store import PUBLISHABLE, SECRET, SqliteStore
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -68,7 +68,7 @@ async def run(scenario: str, workdir: Path) -> dict[str, Any]:
         serve = ServeProcess(external, cfg)
         await serve.start()
         port = serve.port
-        store = Store(cfg.database_path)
+        store = SqliteStore(cfg.database_path)
         app, keys, _ = store.ensure_default_app()
         app_id = app.id
         pk = next(k for k in keys if k.kind == PUBLISHABLE)

@@ -22,7 +22,7 @@ def test_peer_id_pattern_and_migration_on_postgres() -> None:
         app = store.create_app("a")
         old = store.create_key(app.id, "secret")
         # The schema of releases before the column existed: drop it, as such a database lacks it.
-        with store._tx() as cur:
+        with store._write() as cur:
             cur.execute("ALTER TABLE keys DROP COLUMN peer_id_pattern")
         reopened = PostgresStore(PG_URL, schema=schema)
         try:

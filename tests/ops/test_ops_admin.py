@@ -196,9 +196,9 @@ async def test_admin_ops_without_a_node_is_the_cli_path(admin_server: RunningSer
     """AdminOps on the database alone (what the CLI does): the running node notices the change
     through the store poll and closes the right sockets."""
     from roomwire.server.admin_ops import AdminOps
-    from roomwire.server.store import Store, StoreError
+    from roomwire.server.store import SqliteStore, StoreError
 
-    store = Store(admin_server.node.config.database_path)
+    store = SqliteStore(admin_server.node.config.database_path)
     try:
         ops = AdminOps(store)
         key = ops.create_key(admin_server.app_id, "secret", name="cli")
@@ -225,7 +225,7 @@ async def test_admin_ops_without_a_node_is_the_cli_path(admin_server: RunningSer
 
 
 def test_failure_limiter_counts_a_sliding_window() -> None:
-    from roomwire.server.admin import FailureLimiter
+    from roomwire.server.limits import FailureLimiter
 
     now = [1000.0]
     lim = FailureLimiter(3, 60.0, max_addresses=4, clock=lambda: now[0])

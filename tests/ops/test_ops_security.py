@@ -18,7 +18,7 @@ import websockets
 from conftest import RawClient, RunningServer, start_node
 from roomwire.protocol import CloseCode
 from roomwire.server.ice import MAX_TTL, mint_turn
-from roomwire.server.store import Store, StoreError
+from roomwire.server.store import SqliteStore, StoreError
 from waiting import wait_for
 
 from .helpers import Http, bearer
@@ -123,7 +123,7 @@ async def test_kick_outside_the_peer_pattern_is_refused(server: RunningServer,
 
 
 def test_peer_id_pattern_is_validated_and_stored(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db.sqlite3")
+    store = SqliteStore(tmp_path / "db.sqlite3")
     app = store.create_app("a")
     key = store.create_key(app.id, "secret", peer_id_pattern="svc/*")
     assert store.get_key(key.id).peer_id_pattern == "svc/*"
@@ -156,13 +156,13 @@ def test_an_old_database_gains_the_peer_id_column(tmp_path: Path) -> None:
     """)
     db.commit()
     db.close()
-    store = Store(path)
+    store = SqliteStore(path)
     old = store.get_key("sk_id_old")
     assert old.peer_id_pattern is None and old.may_act_for("anyone")
     new = store.create_key("app_old", "secret", peer_id_pattern="bot-*")
     assert store.get_key(new.id).peer_id_pattern == "bot-*"
     store.close()
-    Store(path).close()  # a second open finds the column and leaves it
+    SqliteStore(path).close()  # a second open finds the column and leaves it
 
 
 async def test_admin_api_creates_a_key_with_a_peer_pattern(tmp_path: Path) -> None:

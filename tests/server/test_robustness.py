@@ -18,6 +18,7 @@ from roomwire.server.broker.memory import MemoryBroker
 from roomwire.server.config import ServerConfig
 from roomwire.server.hub import Hub
 from roomwire.server.limits import UsageMeter
+from roomwire.server.metrics import Metrics
 from roomwire.server.session import Session
 from roomwire.server.store import App
 
@@ -193,16 +194,11 @@ class _Services:
         self.hub = Hub(lambda payload: payload, MemoryBroker())
         self.config = ServerConfig(rate_limit=0, max_channels_per_connection=5)
         self.usage = UsageMeter()
+        self.metrics = Metrics()
         self._app = App(id="app", name="test", max_messages_per_period=1_000_000)
 
     def app(self, app_id: str) -> App | None:
         return self._app if app_id == "app" else None
-
-    def count_frame(self, kind: str) -> None:
-        return None
-
-    def count_error(self, code: str) -> None:
-        return None
 
 
 class CaptureSession(Session):

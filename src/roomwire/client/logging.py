@@ -1,37 +1,38 @@
 """Logging for the client: a standard-library logger behind a scrubbing front.
 
 Every line the client logs passes through ``scrub`` first, so that ``?token=``/``?key=`` values,
-JWTs and the client's own credentials never reach a log handler.
+JWTs, secret key secrets and the client's own credentials never reach a log handler (what
+counts as a secret is ``protocol/redact.py``'s, shared with the server).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import traceback
 from collections.abc import Callable, Iterable
 from typing import Any, TypeAlias
 
+from ..protocol import redact
+
 __all__ = ["DEFAULT_LOGGER_NAME", "ClientLogger", "LoggerLike", "ScrubbingAdapter", "scrub"]
 
 DEFAULT_LOGGER_NAME = "roomwire.client"
-MASK = "***"
+MASK = redact.MASK
 
 LoggerLike: TypeAlias = "logging.Logger | logging.LoggerAdapter[Any]"
 """What ``logger=`` accepts: a standard-library logger or adapter."""
 
-_QUERY_SECRET = re.compile(r"(?i)((?:^|[?&;\s])(?:token|key)=)[^&#\s'\"<>]+")
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+")
+_MIN_SECRET_CHARS = 4
+"""Shorter literal secrets are not masked: masking every "ab" would shred the log and hide
+little (a real key or token is far longer)."""
 
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with credentials replaced by ``***``: query values of ``token``/``key``,
-    anything shaped like a JWT, and each literal string in ``secrets``."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, MASK)
-    text = _QUERY_SECRET.sub(lambda m: m.group(1) + MASK, text)
-    return _JWT.sub(MASK, text)
+    anything shaped like a JWT or a secret key secret, and each literal string in
+    ``secrets`` of 4 characters or more."""
+    return redact.scrub(text, [s for s in secrets if s and len(s) >= _MIN_SECRET_CHARS],
+                        mask=MASK)
 
 
 class ClientLogger:

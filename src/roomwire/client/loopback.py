@@ -24,10 +24,11 @@ from typing import Any, Literal
 from ..extras import missing_extra
 
 try:
-    import aioice.ice
     from aiortc import RTCConfiguration, RTCIceServer
 except ImportError as exc:  # the optional WebRTC stack is not installed
     raise missing_extra("webrtc", exc) from exc
+
+from .aiortc_compat import AIOICE_HOST_ADDRESSES, HostAddressLookup, set_host_address_lookup
 
 __all__ = [
     "LoopbackMode",
@@ -46,7 +47,7 @@ that must stay on loopback even on a machine with other interfaces)."""
 
 LOOPBACK_V4 = "127.0.0.1"
 
-_original = aioice.ice.get_host_addresses
+_original: HostAddressLookup = AIOICE_HOST_ADDRESSES
 _lock = threading.Lock()
 _stack: list[LoopbackMode] = []
 
@@ -70,7 +71,7 @@ def enable_loopback_candidates(mode: LoopbackMode = "fallback") -> None:
         raise ValueError(f"unknown loopback mode {mode!r}")
     with _lock:
         _stack.append(mode)
-        aioice.ice.get_host_addresses = _patched_host_addresses
+        set_host_address_lookup(_patched_host_addresses)
 
 
 def disable_loopback_candidates() -> None:
@@ -79,7 +80,7 @@ def disable_loopback_candidates() -> None:
         if _stack:
             _stack.pop()
         if not _stack:
-            aioice.ice.get_host_addresses = _original
+            set_host_address_lookup(None)
 
 
 def loopback_mode() -> LoopbackMode | None:

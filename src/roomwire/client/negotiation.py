@@ -56,7 +56,7 @@ try:
         RTCRtpTransceiver,
         RTCSessionDescription,
     )
-    from aiortc.contrib.media import MediaRelay, RelayStreamTrack
+    from aiortc.contrib.media import MediaRelay
     from aiortc.mediastreams import MediaStreamError
     from aiortc.sdp import candidate_from_sdp
     from av.frame import Frame
@@ -64,7 +64,35 @@ try:
 except ImportError as exc:  # the optional WebRTC stack is not installed
     raise missing_extra("webrtc", exc) from exc
 
+from .aiortc_compat import (
+    SourceRelay,
+    label_sender,
+    mark_unoffered_inactive,
+    move_pending_channel,
+    repoint_proxy,
+    reset_encoder,
+    retire_proxy,
+    set_track_id,
+)
 from .loopback import make_configuration
+from .perfect_negotiation import (
+    AnswerAction,
+    CandidateAction,
+    CandidateView,
+    OfferAction,
+    OfferView,
+    TransceiverView,
+    candidate_in_generation,
+    decide_answer,
+    decide_candidate,
+    decide_offer,
+    first_offer_wait,
+    impolite_wait,
+    is_polite,
+    needs_offer,
+    outbound_still_current,
+)
+from .remote_peer_events import RemoteDataChannelEvent, RemoteNegotiationErrorEvent
 from .sdp import NO_STREAM, ice_ufrag, parse_sdp, pin_extmap_ids, reject_answer_mlines
 from .signals import (
     CandidateBudget,
@@ -97,6 +125,7 @@ __all__ = [
     "RemoteTrackEvent",
     "SendSignal",
     "SignallingUnavailableError",
+    "SourceRelay",
     "StreamAddedEvent",
     "StreamRemovedEvent",
     "TrackMetadataEvent",
@@ -143,9 +172,7 @@ class NegotiationTimings:
 
     @property
     def impolite_wait(self) -> float:
-        if self.impolite_offer_delay is not None:
-            return max(0.0, self.impolite_offer_delay)
-        return min(0.5, max(0.0, self.polite_offer_delay) / 4)
+        return impolite_wait(self.impolite_offer_delay, self.polite_offer_delay)
     rebuild_interval: float = 2.0
     """Rebuilds forced by the remote (glare, ufrag change) refill one token per interval..."""
     rebuild_burst: int = 2
@@ -240,13 +267,9 @@ class PeerStateChangeEvent:
     current: PeerState
 
 
-@dataclass(frozen=True, slots=True)
-class DataChannelEvent:
-    """A data channel opened: one the remote created (``local=False``) or one of ours."""
-
-    name: ClassVar[str] = "datachannel"
-    channel: RTCDataChannel
-    local: bool
+DataChannelEvent = RemoteDataChannelEvent
+"""A data channel opened: one the remote created (``local=False``) or one of ours. The public
+event itself: ``RemotePeer`` passes it on unchanged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,14 +287,9 @@ class ConnectionResetEvent:
     was_connected: bool
 
 
-@dataclass(frozen=True, slots=True)
-class NegotiationErrorEvent:
-    """A negotiation step failed. ``fatal`` only for the end of the recovery ladder (latched
-    until the connection comes back)."""
-
-    name: ClassVar[str] = "negotiation-error"
-    error: BaseException
-    fatal: bool
+NegotiationErrorEvent = RemoteNegotiationErrorEvent
+"""A negotiation step failed. ``fatal`` only for the end of the recovery ladder (latched until
+the connection comes back). The public event itself, passed on unchanged."""
 
 
 NegotiatorEvent = (
@@ -290,64 +308,6 @@ Listener = Callable[[NegotiatorEvent], None]
 
 # -- helpers -----------------------------------------------------------------------------------
 
-class SourceRelay(MediaRelay):
-    """Fans one local source track out to one proxy per peer connection, like aiortc's
-    ``MediaRelay``, but stops reading a source once its last proxy is retired. aiortc's relay
-    reads a live source for ever, which burns CPU after every peer has gone and steals frames
-    from anyone else the application lets read that track."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._consumers: dict[MediaStreamTrack, set[RelayStreamTrack]] = {}
-        self._readers: dict[MediaStreamTrack, asyncio.Future[None]] = {}
-
-    def subscribe(self, track: MediaStreamTrack, buffered: bool = True) -> MediaStreamTrack:
-        self._consumers.setdefault(track, set())
-        return RelayStreamTrack(self, track, buffered)
-
-    def _start(self, proxy: RelayStreamTrack) -> None:
-        source = proxy._source
-        if source is None:
-            return
-        self._consumers.setdefault(source, set()).add(proxy)
-        if source not in self._readers:
-            self._readers[source] = asyncio.ensure_future(self._read(source))
-
-    def _stop(self, proxy: RelayStreamTrack) -> None:
-        source = proxy._source
-        consumers = self._consumers.get(source) if source is not None else None
-        if consumers is None:
-            return
-        consumers.discard(proxy)
-        if not consumers:
-            del self._consumers[source]  # type: ignore[arg-type]
-            reader = self._readers.pop(source, None)  # type: ignore[arg-type]
-            if reader is not None:
-                reader.cancel()
-
-    def reading(self, source: MediaStreamTrack) -> bool:
-        """Whether the relay is reading ``source`` now."""
-        return source in self._readers
-
-    async def _read(self, source: MediaStreamTrack) -> None:
-        while True:
-            frame: Frame | Packet[Any] | None
-            try:
-                frame = await source.recv()
-            except MediaStreamError:
-                frame = None
-            for proxy in list(self._consumers.get(source, ())):
-                if proxy._queue is not None:
-                    proxy._queue.put_nowait(frame)
-                elif proxy._new_frame_event is not None:
-                    proxy._frame = frame
-                    proxy._new_frame_event.set()
-            if frame is None:
-                break
-        self._readers.pop(source, None)
-        self._consumers.pop(source, None)
-
-
 _default_relay: MediaRelay | None = None
 
 
@@ -358,29 +318,6 @@ def default_relay() -> MediaRelay:
     if _default_relay is None:
         _default_relay = SourceRelay()
     return _default_relay
-
-
-def _retire_proxy(proxy: MediaStreamTrack | None) -> None:
-    """Stop a relay proxy and wake a sender blocked in its ``recv()`` (an unbuffered proxy
-    only wakes on the next source frame, which a stopped proxy never gets)."""
-    if proxy is None:
-        return
-    proxy.stop()
-    if isinstance(proxy, RelayStreamTrack) and proxy._new_frame_event is not None:
-        proxy._frame = None
-        proxy._new_frame_event.set()
-
-
-def _restart_encoder(transceiver: RTCRtpTransceiver, proxy: RelayStreamTrack) -> None:
-    """After a proxy was re-pointed at another source: drop a frame of the old source still
-    pending in the proxy and give the sender a fresh encoder. The new source's timestamps
-    start afresh, and libvpx refuses a frame whose pts goes backwards (the sender's task
-    would die and the track freeze); a new encoder starts with a keyframe as well."""
-    if proxy._new_frame_event is not None:
-        proxy._new_frame_event.clear()
-    sender: Any = transceiver.sender
-    with contextlib.suppress(AttributeError):
-        sender._RTCRtpSender__encoder = None
 
 
 class _RebuildLimiter:
@@ -443,7 +380,7 @@ class ReceivedTrack(MediaStreamTrack):
         super().__init__()
         self.kind = kind
         if track_id:
-            self._id = track_id
+            set_track_id(self, track_id)
         self.stream_id = stream_id
         self.mid = mid
         self.max_queued_frames = max_queued_frames
@@ -601,7 +538,7 @@ class PeerNegotiator:
     @property
     def polite(self) -> bool:
         """``local_id < remote_id``: the polite side yields in a collision."""
-        return self._local_id < self.remote_id
+        return is_polite(self._local_id, self.remote_id)
 
     @property
     def pc(self) -> RTCPeerConnection:
@@ -714,7 +651,7 @@ class PeerNegotiator:
                 await self._outbox_wakeup.wait()
                 continue
             item = self._outbox.popleft()
-            if item.generation is not None and item.generation != self._gen.number:
+            if not outbound_still_current(item.generation, self._gen.number):
                 continue  # a description or candidate of a connection that no longer exists
             try:
                 await self._send_signal(item.data)
@@ -805,24 +742,19 @@ class PeerNegotiator:
         gen = self._gen
         pc = gen.pc
         ufrag = ice_ufrag(sdp)
-        reason: str | None = None
-        if pc.signalingState == "closed" or pc.connectionState in ("failed", "closed"):
-            # A dead (or closing) connection cannot answer: rebuild whatever our politeness.
-            dead = "closed" if pc.signalingState == "closed" else pc.connectionState
-            reason = "connection-" + dead
-        elif self._making_offer or pc.signalingState != "stable":
-            if not self.polite:
-                self._log.debug("ignoring a colliding offer from %s (impolite)", self.remote_id)
-                gen.ignoring_offer = True
-                return
-            reason = "glare"
-        elif gen.remote_ufrag is not None and ufrag is not None and ufrag != gen.remote_ufrag:
-            reason = "remote-restart"
-        if reason is not None:
+        decision = decide_offer(OfferView(
+            polite=self.polite, signaling_state=pc.signalingState,
+            connection_state=pc.connectionState, making_offer=self._making_offer,
+            known_ufrag=gen.remote_ufrag, offered_ufrag=ufrag))
+        if decision.action is OfferAction.IGNORE:
+            self._log.debug("ignoring a colliding offer from %s (impolite)", self.remote_id)
+            gen.ignoring_offer = True
+            return
+        if decision.action is OfferAction.REBUILD:
             await self._limiter.acquire()
             if self._closed:
                 return
-            await self._rebuild(reason, negotiate=False)
+            await self._rebuild(decision.reason or "remote-offer", negotiate=False)
             gen = self._gen
             pc = gen.pc
         gen.ignoring_offer = False
@@ -831,12 +763,7 @@ class PeerNegotiator:
         await self._flush_pending_candidates(gen)
         gen.remote_offer.set()
         answer = await pc.createAnswer()
-        for t in pc.getTransceivers():
-            # aiortc computes a direction for every transceiver when it applies an answer and
-            # crashes on one the offer did not include: mark those inactive (they are offered
-            # in a follow-up).
-            if t._offerDirection is None:
-                t._offerDirection = "inactive"
+        mark_unoffered_inactive(pc)
         await pc.setLocalDescription(answer)
         if self._closed or gen is not self._gen:
             return
@@ -852,16 +779,15 @@ class PeerNegotiator:
     async def _handle_answer(self, sdp: str) -> None:
         gen = self._gen
         pc = gen.pc
-        if pc.signalingState != "have-local-offer":
+        ufrag = ice_ufrag(sdp)
+        decision = decide_answer(pc.signalingState, gen.remote_ufrag, ufrag)
+        if decision.action is AnswerAction.DROP:
             self._log.debug("dropping a stale answer from %s", self.remote_id)
             return
-        ufrag = ice_ufrag(sdp)
-        if gen.remote_ufrag is not None and ufrag is not None and ufrag != gen.remote_ufrag:
-            # The remote answered from a rebuilt connection (it was the polite side of a
-            # collision): our connection cannot follow new ICE credentials. Start afresh.
+        if decision.action is AnswerAction.REBUILD_AND_OFFER:
             await self._limiter.acquire()
             if not self._closed:
-                await self._rebuild("remote-restart", offer_now=True)
+                await self._rebuild(decision.reason or "remote-restart", offer_now=True)
             return
         self._cancel_answer_timer(gen)
         # The collision (if any) is over: the remote rolled back and answered our offer. Its
@@ -890,37 +816,28 @@ class PeerNegotiator:
 
     async def _handle_candidate(self, signal: IceSignal) -> None:
         gen = self._gen
-        if signal.malformed:
-            return
-        if signal.candidate is None:
-            # While a colliding offer is ignored, an end-of-candidates may end that offer's
-            # candidates only: it must not end the ones of the answer the remote sends next.
-            if gen.pc.remoteDescription is not None and not gen.ignoring_offer:
-                with contextlib.suppress(Exception):
-                    await gen.pc.addIceCandidate(None)
-            return
         cand = signal.candidate
-        if not gen.budget.take(cand):
-            return
-        if gen.pc.remoteDescription is None or gen.ignoring_offer:
-            # Held until the next remote description. While we ignore a colliding offer,
-            # the remote (polite) rolls back and answers ours: candidates that follow may
-            # belong to that answer. Those of the ignored offer's ICE generation are
-            # filtered out by ufrag when the held candidates are applied.
-            if len(gen.pending_candidates) < _PENDING_CANDIDATES_CAP:
-                gen.pending_candidates.append(cand)
-            return
-        await self._add_candidate(gen, cand)
+        # The budget is spent only on a well-formed candidate (the order of the rules).
+        within_budget = (not signal.malformed and cand is not None
+                         and gen.budget.take(cand))
+        action = decide_candidate(CandidateView(
+            malformed=signal.malformed, end_of_candidates=cand is None,
+            has_remote_description=gen.pc.remoteDescription is not None,
+            ignoring_offer=gen.ignoring_offer, within_budget=within_budget,
+            held=len(gen.pending_candidates), hold_cap=_PENDING_CANDIDATES_CAP))
+        if action is CandidateAction.END:
+            with contextlib.suppress(Exception):
+                await gen.pc.addIceCandidate(None)
+        elif cand is not None and action is CandidateAction.HOLD:
+            gen.pending_candidates.append(cand)
+        elif cand is not None and action is CandidateAction.APPLY:
+            await self._add_candidate(gen, cand)
 
     async def _add_candidate(self, gen: _Generation, cand: IceCandidateInit) -> None:
         if gen is not self._gen or self._closed:
             return
-        if (
-            cand.username_fragment
-            and gen.remote_ufrag
-            and cand.username_fragment != gen.remote_ufrag
-        ):
-            return  # a candidate of another ICE generation
+        if not candidate_in_generation(cand.username_fragment, gen.remote_ufrag):
+            return
         try:
             candidate = candidate_from_sdp(cand.sdp_fragment)
         except Exception:
@@ -950,15 +867,12 @@ class PeerNegotiator:
         await asyncio.sleep(self.timings.debounce)
         while self._dirty and not self._closed:
             gen = self._gen
-            wait = (self.timings.polite_offer_delay if self.polite
-                    else self.timings.impolite_wait)
-            if (
-                wait > 0
-                and not self._force_offer
-                and gen.offers_sent == 0
-                and not gen.remote_offer.is_set()
-                and self._has_something_to_negotiate(gen)
-            ):
+            wait = first_offer_wait(
+                polite=self.polite, polite_delay=self.timings.polite_offer_delay,
+                impolite_delay=self.timings.impolite_wait, force_offer=self._force_offer,
+                offers_sent=gen.offers_sent, remote_offer_seen=gen.remote_offer.is_set(),
+                has_something=self._has_something_to_negotiate(gen))
+            if wait > 0:
                 # The first offer of a connection: give the remote's own offer (if it makes
                 # one) a head start, so the two do not collide.
                 with contextlib.suppress(TimeoutError):
@@ -981,21 +895,10 @@ class PeerNegotiator:
     def _needs_offer(self, gen: _Generation) -> bool:
         pc = gen.pc
         sctp = pc.sctp
-        if sctp is not None and sctp.mid is None:
-            return True
-        for t in pc.getTransceivers():
-            if t.stopped:
-                continue
-            if t.mid is None:
-                return True
-            current = t.currentDirection
-            if current is None:
-                continue
-            want_send = t.direction in ("sendrecv", "sendonly")
-            sends = current in ("sendrecv", "sendonly")
-            if want_send != sends:
-                return True
-        return False
+        views = (TransceiverView(t.stopped, t.mid, t.direction, t.currentDirection)
+                 for t in pc.getTransceivers())
+        return needs_offer(views, has_sctp=sctp is not None,
+                           sctp_mid=sctp.mid if sctp is not None else None)
 
     async def _make_offer(self, gen: _Generation) -> None:
         pc = gen.pc
@@ -1125,7 +1028,7 @@ class PeerNegotiator:
         # Remote tracks of the old connection end; no stream-removed for them.
         self._end_generation(old)
         for entry in self._local.values():
-            _retire_proxy(entry.proxy)
+            retire_proxy(entry.proxy)
             entry.proxy = None
             entry.transceiver = None
             self._attach(entry)
@@ -1150,29 +1053,12 @@ class PeerNegotiator:
 
     def _migrate_channel(self, channel: RTCDataChannel, old_pc: RTCPeerConnection,
                          new_pc: RTCPeerConnection) -> bool:
-        """Move a local channel that never opened to the new connection. This reaches into
-        aiortc internals (the SCTP transport's pending-open queue); on any surprise the channel
-        is left to die with the old connection."""
-        if channel.readyState != "connecting" or channel.id is not None:
-            return False
-        old_sctp: Any = old_pc.sctp
-        if old_sctp is None:
-            return False
-        try:
-            if new_pc.sctp is None:
-                create = getattr(new_pc, "_RTCPeerConnection__createSctpTransport")  # noqa: B009
-                create()
-            new_sctp: Any = new_pc.sctp
-            queued = [item for item in old_sctp._data_channel_queue if item[0] is channel]
-            old_sctp._data_channel_queue = deque(
-                item for item in old_sctp._data_channel_queue if item[0] is not channel
-            )
-            channel.__dict__["_RTCDataChannel__transport"] = new_sctp
-            new_sctp._data_channel_queue.extend(queued)
-        except Exception as exc:
-            self._log.debug("could not move data channel %r: %r", channel.label, exc)
-            return False
-        return True
+        """Move a local channel that never opened to the new connection; otherwise it is left
+        to die with the old connection."""
+        moved = move_pending_channel(channel, old_pc, new_pc)
+        if not moved and channel.readyState == "connecting" and channel.id is None:
+            self._log.debug("could not move data channel %r", channel.label)
+        return moved
 
     def _close_pc_later(self, pc: RTCPeerConnection) -> None:
         async def close() -> None:
@@ -1304,9 +1190,8 @@ class PeerNegotiator:
 
     @staticmethod
     def _label_sender(transceiver: RTCRtpTransceiver, entry: _LocalTrack) -> None:
-        # aiortc writes sender._stream_id / _track_id into the msid; keep the customer's ids.
-        transceiver.sender._track_id = entry.wire_id
-        transceiver.sender._stream_id = entry.stream_id or NO_STREAM
+        # The msid must carry the customer's ids, not those of the relay proxy.
+        label_sender(transceiver, entry.wire_id, entry.stream_id or NO_STREAM)
 
     def remove_track(self, track: MediaStreamTrack) -> bool:
         """Stop sending ``track``: ``replaceTrack(None)``, a direction without send, a
@@ -1322,7 +1207,7 @@ class PeerNegotiator:
             transceiver.sender.replaceTrack(None)
             current = transceiver.currentDirection
             transceiver.direction = "inactive" if current == "sendonly" else "recvonly"
-        _retire_proxy(entry.proxy)
+        retire_proxy(entry.proxy)
         entry.proxy = None
         self._request_negotiation()
         return True
@@ -1352,7 +1237,7 @@ class PeerNegotiator:
             if transceiver is not None:
                 transceiver.sender.replaceTrack(None)
                 self._label_sender(transceiver, entry)
-            _retire_proxy(entry.proxy)
+            retire_proxy(entry.proxy)
             entry.proxy = None
             return
         entry.source = new
@@ -1360,15 +1245,11 @@ class PeerNegotiator:
         self._local[new] = entry
         self._send_metadata(entry)
         proxy = entry.proxy
-        if isinstance(proxy, RelayStreamTrack) and proxy.readyState == "live":
-            self._relay.subscribe(new, buffered=False)  # registers `new` (proxy unused)
-            self._relay._stop(proxy)
-            proxy._source = new
-            self._relay._start(proxy)
+        if proxy is not None and repoint_proxy(self._relay, proxy, new):
             if transceiver is not None:
-                _restart_encoder(transceiver, proxy)
+                reset_encoder(transceiver, proxy)
         elif transceiver is not None:
-            _retire_proxy(proxy)
+            retire_proxy(proxy)
             entry.proxy = self._relay.subscribe(new, buffered=False)
             transceiver.sender.replaceTrack(entry.proxy)
         if transceiver is not None and transceiver.mid is None:
@@ -1575,7 +1456,7 @@ class PeerNegotiator:
             if task is not current:
                 task.cancel()
         for entry in self._local.values():
-            _retire_proxy(entry.proxy)
+            retire_proxy(entry.proxy)
             entry.proxy = None
         self._end_generation(gen)
         self._inbox.clear()

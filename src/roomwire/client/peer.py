@@ -89,6 +89,15 @@ from .peer_events import (
     PeerStateEvent,
 )
 from .remote_peer import RemotePeer
+from .roster import (
+    DeadlineAction,
+    JoinAction,
+    SwapAction,
+    on_deadline,
+    on_presence_joined,
+    plan_reconcile,
+    swap_action,
+)
 from .signalling import SignallingClient, TokenProvider
 from .signals import build_track_meta, has_reserved_key
 from .transport import WebSocketFactory
@@ -744,7 +753,7 @@ class MeteredPeer(Observable[PeerEventKey]):
         neg = PeerNegotiator(me, remote_id, send_signal, ice_servers=self._ice_servers(),
                              pc_factory=self._pc_factory, timings=self._timings,
                              logger=self._std_log)
-        remote = RemotePeer(self, remote_id, entry.metadata, neg, self._log)
+        remote = RemotePeer(self.send_to, remote_id, entry.metadata, neg, self._log)
         self._peers[remote_id] = remote
         if self._fan_out_now():
             for tracked in list(self._tracks.values()):
@@ -875,16 +884,17 @@ class MeteredPeer(Observable[PeerEventKey]):
         for joined in ev.joined:
             existing = self._peers.get(joined.peer_id)
             missing = self._missing.pop(joined.peer_id, None)
-            if existing is None:
+            action = on_presence_joined(known=existing is not None, missing=missing is not None,
+                                        reconnecting=self._state is _S.RECONNECTING)
+            if action is JoinAction.ADD:
                 self._add_peer(joined)
-            elif missing is not None:
-                # Back from its own reconnect: the same RemotePeer, a fresh connection.
+            elif existing is not None and missing is not None and action is JoinAction.REJOINED:
                 if missing.timer is not None:
                     missing.timer.cancel()
                 self._start_flush()
                 existing._set_metadata(joined.metadata)
                 self._spawn(self._swap(existing, missing.dropped_at), f"swap:{existing.id}")
-            elif self._state is _S.RECONNECTING:
+            elif existing is not None and action is JoinAction.REFRESH:
                 existing._set_metadata(joined.metadata)
 
     # -- reconnect reconcile -----------------------------------------------------------------
@@ -909,18 +919,21 @@ class MeteredPeer(Observable[PeerEventKey]):
 
     def _on_deadline(self, rc: _Reconnect) -> None:
         rc.deadline = None
-        if self._reconnect is not rc or self._state is not _S.RECONNECTING:
+        action = on_deadline(
+            current=self._reconnect is rc, reconnecting=self._state is _S.RECONNECTING,
+            connected=self._client.state == "connected",
+            awaiting_snapshot=rc.awaiting_snapshot, resubscribes=rc.resubscribes,
+            max_resubscribes=MAX_RECONCILE_RESUBSCRIBES)
+        if action in (DeadlineAction.IGNORE, DeadlineAction.WAIT):
             return
-        if self._client.state != "connected":
-            return  # no welcome yet: the signalling client decides (and gives up in time)
-        if rc.awaiting_snapshot:
-            if rc.resubscribes < MAX_RECONCILE_RESUBSCRIBES:
-                rc.resubscribes += 1
-                self._log.info("no roster after the reconnect; re-subscribing (%d/%d)",
-                               rc.resubscribes, MAX_RECONCILE_RESUBSCRIBES)
-                self._spawn(self._resubscribe(), "resubscribe")
-                self._arm_deadline(rc)
-                return
+        if action is DeadlineAction.RESUBSCRIBE:
+            rc.resubscribes += 1
+            self._log.info("no roster after the reconnect; re-subscribing (%d/%d)",
+                           rc.resubscribes, MAX_RECONCILE_RESUBSCRIBES)
+            self._spawn(self._resubscribe(), "resubscribe")
+            self._arm_deadline(rc)
+            return
+        if action is DeadlineAction.FAIL:
             err = MeteredPeerFatalError(
                 "reconcile_timeout",
                 f"no roster for the channel within {self._reconcile_timeout * 3:g} s "
@@ -934,30 +947,27 @@ class MeteredPeer(Observable[PeerEventKey]):
         self._finish_reconcile(rc)
 
     def _reconcile(self, rc: _Reconnect, ev: PresenceEvent) -> None:
-        me = self._client.peer_id
-        roster = {e.peer_id: e for e in ev.joined if e.peer_id != me}
-        for pid, remote in list(self._peers.items()):
-            if pid not in roster and pid not in self._missing:
-                # Gone, or reconnecting as well: wait a little before peer-left.
-                missing = _Missing(remote, rc.dropped_at)
-                missing.timer = asyncio.get_running_loop().call_later(
-                    self._rejoin_grace, self._missing_expired, missing)
-                self._missing[pid] = missing
+        roster = {e.peer_id: e for e in ev.joined}  # the last entry of a duplicated id wins
+        plan = plan_reconcile(self._client.peer_id, self._peers, self._missing,
+                              (e.peer_id for e in ev.joined))
+        for pid in plan.missing:
+            missing = _Missing(self._peers[pid], rc.dropped_at)
+            missing.timer = asyncio.get_running_loop().call_later(
+                self._rejoin_grace, self._missing_expired, missing)
+            self._missing[pid] = missing
         survivors: list[RemotePeer] = []
-        for pid, entry in roster.items():
-            known = self._peers.get(pid)
-            if known is not None:
-                known._set_metadata(entry.metadata)
-                survivors.append(known)
-        for pid, entry in roster.items():
-            if pid not in self._peers:
-                self._add_peer(entry)  # newcomers: attached now (fan-out still deferred)
+        for pid in plan.survivors:
+            known = self._peers[pid]
+            known._set_metadata(roster[pid].metadata)
+            survivors.append(known)
+        for pid in plan.newcomers:
+            self._add_peer(roster[pid])  # attached now (fan-out still deferred)
         self._arm_deadline(rc)
         for remote in survivors:
             task = self._spawn(self._swap(remote, rc.dropped_at), f"swap:{remote.id}")
             rc.swaps.add(task)
             task.add_done_callback(rc.swaps.discard)
-        if not survivors:
+        if plan.finished:
             self._finish_reconcile(rc)
         else:
             self._spawn(self._await_swaps(rc), "reconcile")
@@ -973,13 +983,14 @@ class MeteredPeer(Observable[PeerEventKey]):
     async def _swap(self, remote: RemotePeer, dropped_at: float) -> None:
         """Give a survivor a fresh connection: metadata first, then media, renegotiated."""
         neg = remote.negotiator
-        if neg.closed or self._state not in (_S.RECONNECTING, _S.JOINED):
+        action = swap_action(engine_closed=neg.closed,
+                             live=self._state in (_S.RECONNECTING, _S.JOINED),
+                             last_rebuild_at=neg.last_rebuild_at, dropped_at=dropped_at)
+        if action is SwapAction.SKIP:
             return
         self._sync_local(remote)
         me = self._client.peer_id
-        if neg.last_rebuild_at is not None and neg.last_rebuild_at > dropped_at:
-            # The engine already rebuilt the connection since the drop (the remote offered
-            # from a fresh connection): re-announce the metadata, keep the connection.
+        if action is SwapAction.KEEP:
             neg.announce_metadata()
             neg.resync_state()
             return

@@ -8,7 +8,8 @@ reconnects: the WebRTC session underneath (a ``PeerNegotiator``) swaps its
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ..extras import missing_extra
 
@@ -34,13 +35,11 @@ from .negotiation import (
     TrackMetadataEvent,
 )
 from .peer_errors import MeteredPeerStateError
-from .peer_events import (
+from .remote_peer_events import (
     REMOTE_PEER_EVENT_TYPES,
     MediaStream,
     PeerEventKey,
     RemoteConnectionResetEvent,
-    RemoteDataChannelEvent,
-    RemoteNegotiationErrorEvent,
     RemoteStateChangeEvent,
     RemoteStreamAddedEvent,
     RemoteStreamRemovedEvent,
@@ -48,10 +47,10 @@ from .peer_events import (
     TrackEvent,
 )
 
-if TYPE_CHECKING:
-    from .peer import MeteredPeer
+__all__ = ["RemotePeer", "SendTo"]
 
-__all__ = ["RemotePeer"]
+SendTo = Callable[[str, Any], Awaitable[None]]
+"""``send_to(peer_id, data)``: the owner's server-routed direct send, with all its gates."""
 
 
 class RemotePeer(Observable[PeerEventKey]):
@@ -65,9 +64,10 @@ class RemotePeer(Observable[PeerEventKey]):
     ``MeteredPeer`` only.
     """
 
-    def __init__(self, owner: MeteredPeer, peer_id: str, metadata: dict[str, Any] | None,
+    def __init__(self, send_to: SendTo, peer_id: str, metadata: dict[str, Any] | None,
                  negotiator: PeerNegotiator, log: ClientLogger) -> None:
-        self._owner = owner
+        # A callable, not the MeteredPeer: a RemotePeer needs one thing of its owner.
+        self._send_to = send_to
         self._id = peer_id
         self._metadata = metadata
         self._neg = negotiator
@@ -136,11 +136,11 @@ class RemotePeer(Observable[PeerEventKey]):
             max_retransmits=max_retransmits, protocol=protocol, negotiated=negotiated, id=id)
 
     async def send(self, data: Any) -> None:
-        """``owner.send_to(self.id, data)``, with every gate of it; refused once this remote
-        peer is closed (its id may be reused by someone else)."""
+        """``MeteredPeer.send_to(self.id, data)``, with every gate of it; refused once this
+        remote peer is closed (its id may be reused by someone else)."""
         if self._closed:
             raise MeteredPeerStateError("invalid_state", "send", "closed")
-        await self._owner.send_to(self._id, data)
+        await self._send_to(self._id, data)
 
     # -- internals (MeteredPeer) -----------------------------------------------------------------
 
@@ -202,10 +202,8 @@ class RemotePeer(Observable[PeerEventKey]):
             self._streams = {}
             self._emitter.emit(RemoteConnectionResetEvent(event.new_pc, event.old_pc,
                                                           event.reason))
-        elif isinstance(event, DataChannelEvent):
-            self._emitter.emit(RemoteDataChannelEvent(event.channel, event.local))
-        elif isinstance(event, NegotiationErrorEvent):
-            self._emitter.emit(RemoteNegotiationErrorEvent(event.error, event.fatal))
+        elif isinstance(event, DataChannelEvent | NegotiationErrorEvent):
+            self._emitter.emit(event)  # the engine emits the public event itself
         elif isinstance(event, TrackMetadataEvent):
             self._emitter.emit(RemoteTrackMetadataEvent(event.track, event.metadata))
 

@@ -18,19 +18,17 @@ from __future__ import annotations
 import hmac
 import logging
 import math
-import time
-from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from .admin_ops import AdminOps
+from .admin_ops import AdminOps, LiveNode
+from .config import ServerConfig
+from .limits import FailureLimiter
+from .metrics import Metrics
 from .rest import ApiError, bad_request, decode_segment, raw_segments, read_json_object
-from .store import NotFoundError, StoreError
-
-if TYPE_CHECKING:
-    from .node import Node
+from .store import NotFoundError, Store, StoreError
+from .usage_store import usage_document
 
 log = logging.getLogger("roomwire.admin")
 PREFIX = "/admin/v1"
@@ -45,53 +43,23 @@ def _ident(seg: str, what: str) -> str:
     return value
 
 
-class FailureLimiter:
-    """Failed authentications per source address in a sliding window of ``window`` seconds.
+class AdminContext(LiveNode, Protocol):
+    """What the admin API needs from its node."""
 
-    ``retry_after`` is asked before a credential is compared, ``failed`` after a wrong one.
-    Memory is bounded: at most ``limit`` timestamps per address, and addresses whose failures
-    all left the window are dropped once more than ``max_addresses`` are tracked."""
+    @property
+    def config(self) -> ServerConfig: ...
 
-    def __init__(self, limit: int, window: float, *, max_addresses: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit = limit
-        self.window = window
-        self.max_addresses = max_addresses
-        self._clock = clock
-        self._failures: dict[str, deque[float]] = {}
+    @property
+    def store(self) -> Store | None:
+        """None before the node started and after it stopped."""
+        ...
 
-    def retry_after(self, address: str) -> float | None:
-        """Seconds until ``address`` may try again, or None when it may try now."""
-        times = self._failures.get(address)
-        if times is None or len(times) < self.limit:
-            return None
-        wait = times[0] + self.window - self._clock()
-        return wait if wait > 0 else None
-
-    def failed(self, address: str) -> bool:
-        """Count one failure; True when it is the one that locks ``address`` out."""
-        now = self._clock()
-        times = self._failures.get(address)
-        if times is None:
-            if len(self._failures) >= self.max_addresses:
-                self._sweep(now)
-            times = self._failures[address] = deque(maxlen=self.limit)
-        times.append(now)
-        return len(times) == self.limit and times[0] + self.window > now
-
-    def _sweep(self, now: float) -> None:
-        stale = [a for a, t in self._failures.items() if t[-1] + self.window <= now]
-        for a in stale:
-            del self._failures[a]
-        if len(self._failures) >= self.max_addresses:
-            # Still full of live attackers: forget the oldest half rather than grow.
-            by_age = sorted(self._failures, key=lambda a: self._failures[a][-1])
-            for a in by_age[: len(by_age) // 2 + 1]:
-                del self._failures[a]
+    @property
+    def metrics(self) -> Metrics: ...
 
 
 class AdminApi:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: AdminContext) -> None:
         self.node = node
         self.failures = FailureLimiter(node.config.admin_auth_failures,
                                        node.config.admin_auth_window)
@@ -180,7 +148,7 @@ class AdminApi:
                     app = self.node.store.get_app(app_id) if self.node.store else None
                     if app is None:
                         raise ApiError(503, "internal_error", "the store is not open")
-                    return self.node.usage_document(app)
+                    return usage_document(app, self.node.usage, self.node.hub)
                 if action == "keys" and method == "GET":
                     return {"keys": ops.list_keys(app_id)}
                 if action == "keys" and method == "POST":
@@ -216,6 +184,6 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     return await request.app[ADMIN_KEY].dispatch(request)
 
 
-def add_routes(app: web.Application, node: Node) -> None:
+def add_routes(app: web.Application, node: AdminContext) -> None:
     app[ADMIN_KEY] = AdminApi(node)
     app.router.add_route("*", PREFIX + "{tail:(/.*)?}", _handle)

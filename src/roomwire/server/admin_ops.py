@@ -2,7 +2,8 @@
 
 ``AdminOps(store)`` works on the database alone (the CLI: a running node notices the change
 through SQLite's ``data_version`` within ``store_poll_interval`` and closes the affected
-sockets). ``AdminOps(store, node)`` also applies the change to the node at once (the admin API).
+sockets). ``AdminOps(store, live)`` also applies the change to a running node at once (the
+admin API), and adds its live stats and usage to the answers.
 Every method validates its input and raises ``StoreError`` (``NotFoundError`` for an unknown
 app or key) with a message that is safe to show; results are JSON-ready dicts.
 """
@@ -10,12 +11,26 @@ app or key) with a message that is safe to show; results are JSON-ready dicts.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from .hub import Hub
+from .limits import UsageMeter
 from .store import PUBLISHABLE, SECRET, Store, StoreError
+from .usage_store import usage_document
 
-if TYPE_CHECKING:
-    from .node import Node
+
+class LiveNode(Protocol):
+    """A running node, as operator actions see it."""
+
+    @property
+    def hub(self) -> Hub: ...
+
+    @property
+    def usage(self) -> UsageMeter: ...
+
+    def reload_keyring(self) -> None:
+        """Read apps and keys again and apply the changes to open sockets."""
+        ...
 
 #: admin API / JSON field name -> store column, for app limits.
 LIMIT_FIELDS: dict[str, str] = {
@@ -68,13 +83,13 @@ def _str_list(value: object, what: str, max_items: int = 100) -> list[str]:
 class AdminOps:
     """Apps and keys, for the operator."""
 
-    def __init__(self, store: Store, node: Node | None = None) -> None:
+    def __init__(self, store: Store, live: LiveNode | None = None) -> None:
         self.store = store
-        self.node = node
+        self.live = live
 
     def _applied(self) -> None:
-        if self.node is not None:
-            self.node.reload_keyring()
+        if self.live is not None:
+            self.live.reload_keyring()
 
     # -- apps ----------------------------------------------------------------------------------
 
@@ -94,9 +109,9 @@ class AdminOps:
         """The app's settings, plus live stats and usage when a node is attached."""
         app = self.store.get_app(app_id)
         out = app.public()
-        if self.node is not None:
-            out["stats"] = self.node.hub.stats(app.id)
-            out["usage"] = self.node.usage_document(app)
+        if self.live is not None:
+            out["stats"] = self.live.hub.stats(app.id)
+            out["usage"] = usage_document(app, self.live.usage, self.live.hub)
         return out
 
     def update_limits(self, app_id: str, limits: Mapping[str, object]) -> dict[str, Any]:
@@ -116,9 +131,9 @@ class AdminOps:
 
     def stats(self, app_id: str) -> dict[str, int]:
         self.store.get_app(app_id)
-        if self.node is None:
+        if self.live is None:
             raise StoreError("live stats need a running node (use the admin API)")
-        return self.node.hub.stats(app_id)
+        return self.live.hub.stats(app_id)
 
     # -- keys ----------------------------------------------------------------------------------
 

@@ -16,11 +16,10 @@ from typing import Any
 
 import jwt
 
-from ..protocol import ALL_ACTIONS, CloseCode
+from ..protocol import CloseCode
+from ..protocol import claims as claim_rules
 from ..protocol.frames import encode_json
-from ..protocol.limits import MAX_METADATA_BYTES, MAX_PEER_METADATA_BYTES
-from ..protocol.patterns import check_pattern, covered_by_any, matches_any, pattern_problem
-from ..protocol.validate import peer_id_problem
+from ..protocol.patterns import covered_by_any, matches_any
 from .store import PUBLISHABLE, SECRET, App, Key
 
 
@@ -175,89 +174,52 @@ def _token(
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError:
         return _fail("malformed token")
-    if header.get("alg") != "HS256":
-        return _fail("token must be signed with HS256")
-    kid = header.get("kid")
-    if not isinstance(kid, str):
-        return _fail("token header has no kid naming a secret key")
-    key = keyring.active_key(kid)
+    problem = claim_rules.header_problem(header)
+    if problem is not None:
+        return _fail(problem)
+    key = keyring.active_key(header["kid"])
     if key is None or key.kind != SECRET or key.secret is None:
         return _fail("token names an unknown or revoked key")
     gate = _app_gate(keyring, key)
     if isinstance(gate, AuthFailure):
         return gate
-    required = ["sub"] if allow_non_expiring else ["sub", "exp"]
     try:
+        # The library checks the signature only; every claim rule is in protocol/claims.py,
+        # applied below with this call's ``now``.
         claims = jwt.decode(
-            token,
-            key.secret.encode("utf-8"),
-            algorithms=["HS256"],
-            leeway=leeway,
-            options={"require": required, "verify_aud": False},
-        )
-    except jwt.ExpiredSignatureError:
-        return AuthFailure("token expired", close_code=CloseCode.TOKEN_EXPIRED)
-    except jwt.ImmatureSignatureError:
-        return _fail("token is not valid yet")
-    except jwt.MissingRequiredClaimError as exc:
-        return _fail(f"token lacks the {exc.claim!r} claim")
+            token, key.secret.encode("utf-8"), algorithms=[claim_rules.ALGORITHM],
+            options={"verify_signature": True, "require": [], "verify_exp": False,
+                     "verify_nbf": False, "verify_iat": False, "verify_aud": False,
+                     "verify_iss": False, "verify_sub": False, "verify_jti": False})
     except jwt.PyJWTError:
         return _fail("token signature or claims are invalid")
 
-    sub = claims.get("sub")
-    if not isinstance(sub, str) or peer_id_problem(sub) is not None:
-        return _fail("token 'sub' must be 1-128 printable ASCII characters")
-    if not key.may_act_for(sub):
-        return _fail("token 'sub' is not a peer id its signing key may issue tokens for")
+    problem = (claim_rules.missing_claim_problem(claims, allow_non_expiring=allow_non_expiring)
+               or claim_rules.timing_problem(claims, now=now, leeway=leeway))
+    if problem is not None:
+        return _fail(problem)
+    if claim_rules.expiry_problem(claims, now=now, leeway=leeway) is not None:
+        return AuthFailure(claim_rules.EXPIRED, close_code=CloseCode.TOKEN_EXPIRED)
+    sub = claims["sub"]
     exp = claims.get("exp")
-    if exp is not None and (not isinstance(exp, int | float) or isinstance(exp, bool)):
-        # PyJWT accepts a numeric string; JWT's NumericDate is a JSON number, and a string
-        # here would otherwise yield a token that never expires.
-        return _fail("token 'exp' must be a number")
-    if exp is not None and max_lifetime is not None and exp - now > max_lifetime + leeway:
-        # Measured from now, not from 'iat': the signer chooses 'iat' as freely as 'exp'.
-        return _fail(f"token 'exp' is more than {int(max_lifetime)} s ahead, this server's "
-                     "maximum token lifetime")
-    expires_at = int(exp) if exp is not None else None
-
-    token_patterns: tuple[str, ...] | None = None
     channels = claims.get("channels")
-    if channels is not None:
-        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
-            return _fail("token 'channels' must be a list of strings")
-        if len(channels) > 100:
-            return _fail("token 'channels' has more than 100 entries")
-        for c in channels:
-            if pattern_problem(c) is not None:
-                # Close reasons are short (123 bytes): the limits are in docs/operations.md.
-                return _fail("token 'channels' has an invalid, too long or too wild pattern")
-        token_patterns = tuple(channels)
-
-    actions = key.actions
     permissions = claims.get("permissions")
-    if permissions is not None:
-        if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
-            return _fail("token 'permissions' must be a list of strings")
-        if not set(permissions) <= ALL_ACTIONS:
-            return _fail("token 'permissions' contains an unknown action")
-        actions = key.actions & frozenset(permissions)
-
-    peer_metadata: bytes | None = None
-    if "peerMetadata" in claims and claims["peerMetadata"] is not None:
-        pm = claims["peerMetadata"]
-        if not isinstance(pm, dict):
-            return _fail("token 'peerMetadata' must be an object")
-        peer_metadata = encode_json(pm)
-        if len(peer_metadata) > MAX_PEER_METADATA_BYTES:
-            return _fail("token 'peerMetadata' is larger than 4 KB")
-    metadata: dict[str, Any] | None = None
-    if "metadata" in claims and claims["metadata"] is not None:
-        md = claims["metadata"]
-        if not isinstance(md, dict):
-            return _fail("token 'metadata' must be an object")
-        if len(encode_json(md)) > MAX_METADATA_BYTES:
-            return _fail("token 'metadata' is larger than 8 KB")
-        metadata = md
+    peer_metadata_claim = claims.get("peerMetadata")
+    metadata = claims.get("metadata")
+    problem = (
+        claim_rules.jti_problem(claims)
+        or claim_rules.sub_problem(sub, "token 'sub'", brief=True)
+        or claim_rules.signer_problem(key.peer_id_pattern, sub, "token 'sub'", brief=True)
+        or claim_rules.exp_problem(exp, now=now, leeway=leeway, max_lifetime=max_lifetime)
+        or (None if channels is None
+            else claim_rules.channels_problem(channels, "token 'channels'", brief=True))
+        or (None if permissions is None
+            else claim_rules.permissions_problem(permissions, "token 'permissions'", brief=True))
+        or claim_rules.peer_metadata_problem(peer_metadata_claim, "token 'peerMetadata'")
+        or claim_rules.metadata_problem(metadata, "token 'metadata'")
+    )
+    if problem is not None:
+        return _fail(problem)
 
     return Principal(
         app_id=key.app_id,
@@ -265,11 +227,11 @@ def _token(
         peer_id=sub,
         via_token=True,
         key_patterns=key.channel_patterns,
-        token_patterns=token_patterns,
-        actions=actions,
+        token_patterns=None if channels is None else tuple(channels),
+        actions=key.actions if permissions is None else key.actions & frozenset(permissions),
         token_actions=None if permissions is None else frozenset(permissions),
-        expires_at=expires_at,
-        peer_metadata=peer_metadata,
+        expires_at=None if exp is None else int(exp),
+        peer_metadata=None if peer_metadata_claim is None else encode_json(peer_metadata_claim),
         metadata=metadata,
     )
 
@@ -278,47 +240,24 @@ def mint_token(
     key: Key,
     sub: str,
     *,
-    ttl: int | None = 3600,
+    ttl: int | None = claim_rules.DEFAULT_TOKEN_TTL,
     channels: list[str] | None = None,
     permissions: list[str] | None = None,
     peer_metadata: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
     now: float | None = None,
 ) -> tuple[str, int | None]:
-    """Sign a JWT for ``sub`` with a secret key. Returns the token and its expiry."""
+    """Sign a JWT for ``sub`` with a secret key. Returns the token and its expiry. Raises
+    ``ValueError`` for a claim the server would refuse at connect (protocol/claims.py)."""
     if key.kind != SECRET or key.secret is None:
         raise ValueError("tokens are signed with a secret key (sk_id_...)")
-    problem = peer_id_problem(sub)
-    if problem:
-        raise ValueError(f"sub: {problem}")
-    if not key.may_act_for(sub):
-        raise ValueError(f"sub: this key may only issue tokens for peer ids matching "
-                         f"{key.peer_id_pattern!r}")
-    issued = int(time.time() if now is None else now)
-    claims: dict[str, Any] = {"sub": sub, "iat": issued}
-    exp: int | None = None
-    if ttl is not None:
-        if ttl <= 0:
-            raise ValueError("ttl must be a positive number of seconds")
-        exp = issued + int(ttl)
-        claims["exp"] = exp
-    if channels is not None:
-        for c in channels:
-            check_pattern(c)
-        claims["channels"] = channels
-    if permissions is not None:
-        unknown = set(permissions) - ALL_ACTIONS
-        if unknown:
-            raise ValueError(f"unknown permission(s): {sorted(unknown)}")
-        claims["permissions"] = permissions
-    if peer_metadata is not None:
-        if len(encode_json(peer_metadata)) > MAX_PEER_METADATA_BYTES:
-            raise ValueError("peer metadata is larger than 4 KB")
-        claims["peerMetadata"] = peer_metadata
-    if metadata is not None:
-        if len(encode_json(metadata)) > MAX_METADATA_BYTES:
-            raise ValueError("metadata is larger than 8 KB")
-        claims["metadata"] = metadata
-    token = jwt.encode(claims, key.secret.encode("utf-8"), algorithm="HS256",
+    problem = (claim_rules.sub_problem(sub, "sub")
+               or claim_rules.signer_problem(key.peer_id_pattern, sub, "sub"))
+    if problem is not None:
+        raise ValueError(problem)
+    claims = claim_rules.token_claims(
+        sub, issued=int(time.time() if now is None else now), ttl=ttl, channels=channels,
+        permissions=permissions, peer_metadata=peer_metadata, metadata=metadata)
+    token = jwt.encode(claims, key.secret.encode("utf-8"), algorithm=claim_rules.ALGORITHM,
                        headers={"kid": key.id, "typ": "JWT"})
-    return token, exp
+    return token, claims.get("exp")

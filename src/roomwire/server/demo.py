@@ -21,15 +21,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-from .config import is_loopback
-
-if TYPE_CHECKING:
-    from .node import Node
+from .auth import Keyring
+from .config import ServerConfig, is_loopback
 
 log = logging.getLogger("roomwire.demo")
 
@@ -83,21 +83,30 @@ def sdk_version(entry: Path) -> str | None:
     return version if isinstance(version, str) else None
 
 
-def development_key(node: Node) -> str | None:
+@dataclass(frozen=True)
+class DemoContext:
+    """What the demo page needs from its node (built once the default app exists)."""
+
+    config: ServerConfig
+    """Read for ``demo``, ``host`` and ``public_url``, which stay as they are while a node
+    runs."""
+    default_app_id: str
+    keyring: Callable[[], Keyring]
+    """The apps and keys as last loaded: a revoked development key leaves the page at once."""
+
+
+def development_key(node: DemoContext) -> str | None:
     """The default app's development publishable key, while it is active."""
-    app = getattr(node, "default_app", None)
-    if app is None:
-        return None
     candidates = [
-        k for k in node.keyring.keys.values()
-        if k.app_id == app.id and k.kind == "publishable" and not k.revoked
+        k for k in node.keyring().keys.values()
+        if k.app_id == node.default_app_id and k.kind == "publishable" and not k.revoked
         and k.name == DEV_KEY_NAME
     ]
     candidates.sort(key=lambda k: k.created_at)
     return candidates[0].id if candidates else None
 
 
-def page_config(node: Node) -> dict[str, Any]:
+def page_config(node: DemoContext) -> dict[str, Any]:
     sdk = find_sdk()
     return {
         "apiKey": development_key(node),
@@ -114,7 +123,7 @@ def _json_for_script(value: Any) -> str:
             .replace("&", "\\u0026"))
 
 
-def add_routes(app: web.Application, node: Node) -> None:
+def add_routes(app: web.Application, node: DemoContext) -> None:
     """Register ``/demo`` (the page), ``/demo/<static>`` and ``/demo/sdk.js``, when the demo
     is on; otherwise nothing, so every ``/demo`` path is a plain 404."""
     config = node.config

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qsl, urlsplit
 
 import picows
@@ -20,13 +20,10 @@ from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 from ..protocol import CloseCode
 from .auth import AuthFailure, Principal
-from .limits import ConnectionSlots, TokenBucket, default_http_connection_cap
-from .session import Session
-
-if TYPE_CHECKING:
-    from .config import ServerConfig
-    from .metrics import Metrics
-    from .node import Node
+from .config import ServerConfig
+from .limits import ConnectionSlots, ConnectLimiter, TokenBucket, default_http_connection_cap
+from .metrics import Metrics
+from .session import Services, Session
 
 log = logging.getLogger("roomwire.gateway")
 _picows_log = logging.getLogger("roomwire.picows")
@@ -66,6 +63,41 @@ def ws_text_frame(payload: bytes) -> bytes:
     return b"\x81\x7f" + n.to_bytes(8, "big") + payload
 
 
+class GatewayContext(Services, Protocol):
+    """What the transport needs from its node: admission and the session's services."""
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+    @property
+    def http_caps(self) -> ConnectionCaps: ...
+
+    @property
+    def connect_limiter(self) -> ConnectLimiter: ...
+
+    @property
+    def accepting(self) -> bool:
+        """False while starting, draining or cut off from the cluster: upgrades get 503."""
+        ...
+
+    def authenticate(self, query: Mapping[str, str], origin: str | None,
+                     ) -> Principal | AuthFailure: ...
+
+    def admit(self, session: WsSession) -> bool:
+        """Whether the app takes this socket now; False after closing it with the reason."""
+        ...
+
+    def forget(self, session: WsSession) -> None: ...
+
+    def ice_servers_for(self, session: WsSession) -> list[dict[str, object]] | None: ...
+
+
 class Outbox:
     """Write coalescing: the frames queued for one socket go out in one ``write()``.
 
@@ -102,7 +134,7 @@ class Outbox:
 class WsSession(Session, picows.WSListener):
     """A session on a picows WebSocket."""
 
-    def __init__(self, node: Node, principal: Principal) -> None:
+    def __init__(self, node: GatewayContext, principal: Principal) -> None:
         Session.__init__(self, node, principal)
         self.node = node
         self._out: list[bytes] = []
@@ -288,11 +320,16 @@ class WsSession(Session, picows.WSListener):
         if not self._closing and self._ws is not None:
             self._ws.send_ping()
 
+    def drop(self) -> None:
+        """Cut the connection now, without a close handshake (the node is stopping)."""
+        if self._ws is not None:
+            self._ws.disconnect(graceful=False)
+
 
 class _Refusal(picows.WSListener):
     """Upgrade, then close with a code: what the SDKs need to see for auth failures."""
 
-    def __init__(self, node: Node, code: int, reason: str) -> None:
+    def __init__(self, node: GatewayContext, code: int, reason: str) -> None:
         self._node = node
         self._code = code
         self._reason = reason
@@ -360,7 +397,7 @@ class HttpGuard(asyncio.Protocol):
     connection: it gives the connection's slot back when it ends, and closes it when a
     request body misses its deadline (aiohttp only times out idle connections)."""
 
-    def __init__(self, node: Node, inner: asyncio.Protocol, address: str,
+    def __init__(self, node: GatewayContext, inner: asyncio.Protocol, address: str,
                  transport: asyncio.Transport) -> None:
         self._node = node
         self._inner = inner
@@ -425,7 +462,8 @@ class FrontProtocol(asyncio.Protocol):
     finish its head within ``http_head_timeout``; a WebSocket gives the slot back when it is
     handed over, an HTTP connection keeps it until it ends (``HttpGuard``)."""
 
-    def __init__(self, node: Node, http_factory: Callable[[], asyncio.BaseProtocol]) -> None:
+    def __init__(self, node: GatewayContext,
+                 http_factory: Callable[[], asyncio.BaseProtocol]) -> None:
         self._node = node
         self._http_factory = http_factory
         self._buf = bytearray()
@@ -539,7 +577,7 @@ class FrontProtocol(asyncio.Protocol):
         cfg = node.config
         # Pings are answered by WsSession (enable_auto_pong off), under a budget.
         proto = WSProtocol(
-            None, None, False, node.listener_factory, _picows_log, True,
+            None, None, False, lambda request: upgrade_listener(node, request), _picows_log, True,
             cfg.handshake_timeout, False, 20.0, 20.0,
             picows.WSAutoPingStrategy.PING_WHEN_IDLE, False, cfg.max_frame_size, None,
             16 * 1024,
@@ -594,7 +632,7 @@ def parse_upgrade_target(path: bytes) -> tuple[str, dict[str, str]] | None:
     return parts.path, query
 
 
-def upgrade_listener(node: Node, request: Any) -> Any:
+def upgrade_listener(node: GatewayContext, request: Any) -> Any:
     """picows listener factory: route, authenticate, and answer or refuse the upgrade."""
     target = parse_upgrade_target(request.path)
     if target is None or target[0].rstrip("/") != "/v1":

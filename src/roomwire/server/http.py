@@ -1,23 +1,36 @@
 """The plain-HTTP side of the port: health, readiness, metrics and a landing page.
 
-The REST control plane (``rest.py``, under ``/v1``) and the operator admin API (``admin.py``,
-under ``/admin/v1``) are added here. Every error is a JSON ``{"error", "message"}`` body.
+The node mounts the REST control plane (``rest.py``, under ``/v1``), the operator admin API
+(``admin.py``, under ``/admin/v1``) and the demo page on this app. Every error is a JSON
+``{"error", "message"}`` body.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiohttp import web
 
+from .config import ServerConfig
+from .gateway import HttpGuard
 from .logs import scrub
 
-if TYPE_CHECKING:
-    from .node import Node
 
-NODE_KEY: web.AppKey[Node] = web.AppKey("node")
+class HttpContext(Protocol):
+    """What the health, readiness, metrics and landing pages read from their node."""
+
+    @property
+    def accepting(self) -> bool: ...
+
+    @property
+    def config(self) -> ServerConfig: ...
+
+    def render_metrics(self) -> str: ...
+
+
+CONTEXT_KEY: web.AppKey[HttpContext] = web.AppKey("http_context")
 MAX_BODY = 32 * 1024
 
 log = logging.getLogger("roomwire.http")
@@ -60,8 +73,6 @@ async def body_deadline(request: web.Request, handler: _Handler) -> web.StreamRe
     """Start the request body's deadline (``http_body_timeout``, enforced by the connection's
     ``HttpGuard``): a body trickled a byte at a time would otherwise hold the connection for
     as long as the client likes."""
-    from .gateway import HttpGuard
-
     transport = request.transport
     guard = transport.get_protocol() if transport is not None else None
     if not isinstance(guard, HttpGuard):
@@ -79,20 +90,20 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    node = request.app[NODE_KEY]
+    node = request.app[CONTEXT_KEY]
     if node.accepting:
         return web.json_response({"status": "ready"})
     return web.json_response({"status": "draining"}, status=503)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    node = request.app[NODE_KEY]
+    node = request.app[CONTEXT_KEY]
     return web.Response(text=node.render_metrics(), content_type="text/plain",
                         headers={"X-Content-Type-Options": "nosniff"})
 
 
 async def index(request: web.Request) -> web.Response:
-    node = request.app[NODE_KEY]
+    node = request.app[CONTEXT_KEY]
     demo = (f"Demo call page: {node.config.connect_url.replace('ws', 'http', 1)}/demo\n"
             if node.config.demo_enabled else "")
     return web.Response(
@@ -118,17 +129,16 @@ async def websocket_on_keepalive(request: web.Request) -> web.Response:
     )
 
 
-def build_http_app(node: Node) -> web.Application:
-    from . import admin, demo, rest
-
+def build_http_app(node: HttpContext,
+                   *mounts: Callable[[web.Application], None]) -> web.Application:
+    """The HTTP app of a node; each of ``mounts`` adds its routes after the built-in ones."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors, body_deadline])
-    app[NODE_KEY] = node
+    app[CONTEXT_KEY] = node
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
     app.router.add_get("/v1", websocket_on_keepalive)
-    rest.add_routes(app, node)
-    admin.add_routes(app, node)
-    demo.add_routes(app, node)
+    for mount in mounts:
+        mount(app)
     return app

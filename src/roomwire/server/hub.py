@@ -9,12 +9,44 @@ sends the ack and the snapshot.
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..protocol import frames
 from .broker import Broker
+
+_perf = time.perf_counter
+
+
+class HubCounters(Protocol):
+    """What the hub reports while it fans frames out (``metrics.Metrics`` is one)."""
+
+    frames_sent: Counter[str]
+    """Frames queued for local sockets, by type (``message``, ``direct``, ``presence``)."""
+
+    def sample_fanout(self) -> bool:
+        """Called once per local publish: whether to time this one's fan-out."""
+        ...
+
+    def observe_fanout(self, seconds: float) -> None:
+        """How long a sampled publish took to reach the local subscribers' queues."""
+        ...
+
+
+class _Uncounted:
+    """Counters nobody reads: a hub built without metrics (tests, tools)."""
+
+    def __init__(self) -> None:
+        self.frames_sent: Counter[str] = Counter()
+
+    def sample_fanout(self) -> bool:
+        return False
+
+    def observe_fanout(self, seconds: float) -> None:
+        return None
 
 
 class Link(Protocol):
@@ -80,9 +112,11 @@ class Tenant:
 class Hub:
     """Routes frames between the links of every app on this node."""
 
-    def __init__(self, wire: Callable[[bytes], bytes], broker: Broker) -> None:
+    def __init__(self, wire: Callable[[bytes], bytes], broker: Broker,
+                 counters: HubCounters | None = None) -> None:
         self._wire = wire
         self.broker = broker
+        self.counters: HubCounters = counters if counters is not None else _Uncounted()
         self.tenants: dict[str, Tenant] = {}
 
     # -- connections ---------------------------------------------------------------------------
@@ -149,6 +183,7 @@ class Hub:
             if sub.receives_presence:
                 sub.send_wire(wire)
                 n += 1
+        self.counters.frames_sent["presence"] += n
         return n
 
     def subscribe(self, link: Link, channel: str, include_sender_metadata: bool) -> bytes | None:
@@ -226,8 +261,16 @@ class Hub:
         skip: Link | None = None,
     ) -> int:
         """Fan a message out to the channel's subscribers except ``skip``. The frame is encoded
-        and framed once per variant, and every write is queued, never awaited."""
-        delivered = self._fan_out(app_id, channel, data, sender_json, sender_metadata, skip)
+        and framed once per variant, and every write is queued, never awaited. One publish in
+        a few is timed (``HubCounters.sample_fanout``): two clock reads, not on every call."""
+        counters = self.counters
+        if counters.sample_fanout():
+            start = _perf()
+            delivered = self._fan_out(app_id, channel, data, sender_json, sender_metadata, skip)
+            counters.observe_fanout(_perf() - start)
+        else:
+            delivered = self._fan_out(app_id, channel, data, sender_json, sender_metadata, skip)
+        counters.frames_sent["message"] += delivered
         if self.broker.clustered:
             self.broker.publish(app_id, channel, data, sender_json, sender_metadata)
         return delivered
@@ -281,7 +324,9 @@ class Hub:
         self, app_id: str, channel: str, data: bytes, sender_json: bytes,
         sender_metadata: bytes | None,
     ) -> int:
-        return self._fan_out(app_id, channel, data, sender_json, sender_metadata, None)
+        n = self._fan_out(app_id, channel, data, sender_json, sender_metadata, None)
+        self.counters.frames_sent["message"] += n
+        return n
 
     def deliver_direct(
         self, app_id: str, peer_id: str, data: bytes, sender_json: bytes,
@@ -294,13 +339,15 @@ class Hub:
         if not sockets:
             return 0
         payload = frames.encode_direct(sender_json, data, sender_metadata)
-        if len(sockets) == 1:
+        n = len(sockets)
+        self.counters.frames_sent["direct"] += n
+        if n == 1:
             next(iter(sockets)).send(payload)
             return 1
         wire = self._wire(payload)
         for link in sockets:
             link.send_wire(wire)
-        return len(sockets)
+        return n
 
     def remote_presence(
         self, app_id: str, channel: str, peer_id: str, entry: bytes, present: bool

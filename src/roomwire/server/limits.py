@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +36,11 @@ class TokenBucket:
         self._tokens = tokens - 1.0
         return True
 
+    @property
+    def last_used(self) -> float:
+        """When (on the bucket's clock) a token was last asked for."""
+        return self._last
+
 
 class ConnectLimiter:
     """Connection attempts per source address: ``limit`` per ``window`` seconds, refilled
@@ -63,7 +69,7 @@ class ConnectLimiter:
     def _sweep(self, now: float) -> None:
         # A bucket idle for a whole window is full again: forget it to bound memory.
         self._last_sweep = now
-        stale = [a for a, b in self._buckets.items() if now - b._last >= self.window]
+        stale = [a for a, b in self._buckets.items() if now - b.last_used >= self.window]
         for a in stale:
             del self._buckets[a]
 
@@ -74,6 +80,56 @@ def month_period(now: float) -> tuple[int, int]:
     start = datetime(d.year, d.month, 1, tzinfo=UTC)
     end = datetime(d.year + (d.month == 12), d.month % 12 + 1, 1, tzinfo=UTC)
     return int(start.timestamp()), int(end.timestamp())
+
+
+class FailureLimiter:
+    """Failed authentications per source address in a sliding window of ``window`` seconds,
+    for the admin API and the REST control plane; ``limit`` 0 disables it.
+
+    ``retry_after`` is asked before a credential is compared, ``failed`` after a wrong one.
+    Memory is bounded: at most ``limit`` timestamps per address, and addresses whose failures
+    all left the window are dropped once more than ``max_addresses`` are tracked."""
+
+    def __init__(self, limit: int, window: float, *, max_addresses: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_addresses = max_addresses
+        self._clock = clock
+        self._failures: dict[str, deque[float]] = {}
+
+    def retry_after(self, address: str) -> float | None:
+        """Seconds until ``address`` may try again, or None when it may try now."""
+        if self.limit <= 0:
+            return None
+        times = self._failures.get(address)
+        if times is None or len(times) < self.limit:
+            return None
+        wait = times[0] + self.window - self._clock()
+        return wait if wait > 0 else None
+
+    def failed(self, address: str) -> bool:
+        """Count one failure; True when it is the one that locks ``address`` out."""
+        if self.limit <= 0:
+            return False
+        now = self._clock()
+        times = self._failures.get(address)
+        if times is None:
+            if len(self._failures) >= self.max_addresses:
+                self._sweep(now)
+            times = self._failures[address] = deque(maxlen=self.limit)
+        times.append(now)
+        return len(times) == self.limit and times[0] + self.window > now
+
+    def _sweep(self, now: float) -> None:
+        stale = [a for a, t in self._failures.items() if t[-1] + self.window <= now]
+        for a in stale:
+            del self._failures[a]
+        if len(self._failures) >= self.max_addresses:
+            # Still full of live attackers: forget the oldest half rather than grow.
+            by_age = sorted(self._failures, key=lambda a: self._failures[a][-1])
+            for a in by_age[: len(by_age) // 2 + 1]:
+                del self._failures[a]
 
 
 @dataclass

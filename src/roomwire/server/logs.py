@@ -1,36 +1,24 @@
 """Logging setup: plain or JSON lines, with secrets scrubbed from every record.
 
 ``configure_logging(level, json_output, secrets=[...])`` installs one handler on the root
-logger. The ``Redactor`` filter masks secret key secrets (``sk_secret_...``), JWTs and any
-configured secret (the admin token, the TURN secret) wherever they appear in a message, its
-arguments or an exception's text, as a last line of defence: roomwire never logs them on
-purpose.
+logger. The ``Redactor`` filter masks what ``protocol/redact.py`` counts as a secret (secret
+key secrets, JWTs, ``token=``/``key=`` query values) and any configured secret (the admin
+token, the TURN secret) wherever they appear in a message, its arguments or an exception's
+text, as a last line of defence: roomwire never logs them on purpose.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Iterable
 from typing import Any
 
-_PATTERNS = [
-    re.compile(r"sk_secret_[A-Za-z0-9_\-]+"),
-    re.compile(r"eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"),
-]
-REDACTED = "[redacted]"
+from ..protocol.redact import REDACTED, scrub
 
-
-def scrub(text: str, extra: Iterable[str] = ()) -> str:
-    for pattern in _PATTERNS:
-        text = pattern.sub(REDACTED, text)
-    for secret in extra:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    return text
+__all__ = ["REDACTED", "JsonFormatter", "Redactor", "configure_logging", "scrub"]
 
 
 class Redactor(logging.Filter):

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import bisect
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
-from .broker import Broker
-from .hub import Hub, Link, Room
-
-_perf = time.perf_counter
+from .hub import Hub
+from .limits import UsageMeter
+from .session import Session
 
 #: Fan-out latency is measured on one publish in ``FANOUT_SAMPLE_MASK + 1`` (16).
 FANOUT_SAMPLE_MASK = 15
@@ -74,6 +72,11 @@ class Metrics:
 
     def count_rest(self, endpoint: str, status: int) -> None:
         self.rest_requests[(endpoint, status)] += 1
+
+    def sample_fanout(self) -> bool:
+        """One publish in ``FANOUT_SAMPLE_MASK + 1`` is timed (``HubCounters``)."""
+        self.publishes += 1
+        return self.publishes & FANOUT_SAMPLE_MASK == 1
 
     def observe_fanout(self, seconds: float) -> None:
         self.fanout_buckets[bisect.bisect_left(FANOUT_BUCKETS, seconds)] += 1
@@ -161,52 +164,24 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-class InstrumentedHub(Hub):
-    """A hub that counts the frames it fans out and times one publish in 16. The additions
-    are a few counter increments per call, and two clock reads per sampled publish."""
-
-    def __init__(self, wire: Callable[[bytes], bytes], broker: Broker, metrics: Metrics,
-                 ) -> None:
-        super().__init__(wire, broker)
-        self.metrics = metrics
-
-    def publish(
-        self,
-        app_id: str,
-        channel: str,
-        data: bytes,
-        sender_json: bytes,
-        sender_metadata: bytes | None,
-        skip: Link | None = None,
-    ) -> int:
-        m = self.metrics
-        m.publishes += 1
-        if m.publishes & FANOUT_SAMPLE_MASK != 1:
-            n = Hub.publish(self, app_id, channel, data, sender_json, sender_metadata, skip)
-        else:
-            start = _perf()
-            n = Hub.publish(self, app_id, channel, data, sender_json, sender_metadata, skip)
-            m.observe_fanout(_perf() - start)
-        m.frames_sent["message"] += n
-        return n
-
-    def deliver_publish(
-        self, app_id: str, channel: str, data: bytes, sender_json: bytes,
-        sender_metadata: bytes | None,
-    ) -> int:
-        n = Hub.deliver_publish(self, app_id, channel, data, sender_json, sender_metadata)
-        self.metrics.frames_sent["message"] += n
-        return n
-
-    def deliver_direct(
-        self, app_id: str, peer_id: str, data: bytes, sender_json: bytes,
-        sender_metadata: bytes | None,
-    ) -> int:
-        n = super().deliver_direct(app_id, peer_id, data, sender_json, sender_metadata)
-        self.metrics.frames_sent["direct"] += n
-        return n
-
-    def _broadcast_presence(self, room: Room, joined: list[bytes], left: list[bytes]) -> int:
-        n = super()._broadcast_presence(room, joined, left)
-        self.metrics.frames_sent["presence"] += n
-        return n
+def render_node(metrics: Metrics, hub: Hub, usage: UsageMeter, sessions: Collection[Session],
+                http_connections: int) -> str:
+    """The ``/metrics`` page of one node: its counters, and gauges read at this moment."""
+    gauges: dict[str, float] = {
+        "roomwire_connections": len(sessions),
+        "roomwire_subscriptions": sum(len(s.subscriptions) for s in sessions),
+        "roomwire_apps_active": len(hub.tenants),
+        "roomwire_http_connections": http_connections,
+    }
+    per_app: dict[str, dict[str, float]] = {
+        "roomwire_app_connections": {}, "roomwire_app_channels": {},
+        "roomwire_app_peers": {}, "roomwire_app_messages_period": {},
+    }
+    for app_id in list(hub.tenants):
+        stats = hub.stats(app_id)
+        per_app["roomwire_app_connections"][app_id] = stats["connections"]
+        per_app["roomwire_app_channels"][app_id] = stats["channels"]
+        per_app["roomwire_app_peers"][app_id] = stats["peers"]
+    for app_id, u in list(usage.apps.items()):
+        per_app["roomwire_app_messages_period"][app_id] = u.messages
+    return metrics.render(gauges, per_app)

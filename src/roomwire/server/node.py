@@ -1,4 +1,9 @@
-"""A roomwire node: wires the store, auth, hub, broker and transport, and runs them."""
+"""A roomwire node: wires the store, auth, hub, broker and transport, and runs them.
+
+``Node`` is the composition root. Each adapter is handed a narrow context of what it uses
+(``GatewayContext``, ``HttpContext``, ``RestContext``, ``AdminContext``, ``DemoContext``, and
+``Services`` for a session), which a node satisfies; none of them imports this module.
+"""
 
 from __future__ import annotations
 
@@ -7,47 +12,45 @@ import dataclasses
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from aiohttp import web
 
 from ..protocol import CloseCode, frames
-from . import usage_store
+from .admin import add_routes as mount_admin_api
 from .auth import AuthFailure, Keyring, Principal, authenticate
 from .broker import Broker
 from .broker.memory import MemoryBroker
 from .config import ServerConfig, check_admin_token
-from .gateway import (
-    ConnectionCaps,
-    FrontProtocol,
-    Outbox,
-    WsSession,
-    upgrade_listener,
-    ws_text_frame,
-)
+from .demo import DemoContext
+from .demo import add_routes as mount_demo
+from .gateway import ConnectionCaps, FrontProtocol, Outbox, WsSession, ws_text_frame
 from .http import build_http_app
 from .hub import Hub
 from .ice import IceProvider
 from .limits import ConnectLimiter, UsageMeter
-from .metrics import InstrumentedHub, Metrics
-from .store import App, Store
-from .store_postgres import open_store
+from .metrics import Metrics, render_node
+from .rest import add_routes as mount_rest_api
+from .store import App, Store, open_store
+from .usage_store import flush as flush_usage_rows
+from .usage_store import restore as restore_usage
 
 log = logging.getLogger("roomwire.node")
 
 
 class Node:
-    """One server process. ``await start()``, then ``await stop()`` (or ``shutdown()``)."""
+    """One server process. ``await start()``, then ``await stop()`` (or ``shutdown()``).
+
+    ``broker``: used as given (a ``RedisBroker`` shares quota counts across the cluster only
+    when built with ``usage=``); by default the config's broker, wired to this node's meter.
+    """
 
     def __init__(self, config: ServerConfig, broker: Broker | None = None) -> None:
         self.config = config
-        self.broker: Broker = broker or _broker_for(config)
         self.metrics = Metrics()
-        self.hub: Hub = InstrumentedHub(ws_text_frame, self.broker, self.metrics)
         self.usage = UsageMeter()
+        self.broker: Broker = broker or _broker_for(config, self.usage)
+        self.hub = Hub(ws_text_frame, self.broker, self.metrics)
         self.broker.health_listener = self._backplane_health
-        if getattr(self.broker, "usage", False) is None:
-            self.broker.usage = self.usage  # type: ignore[attr-defined]
         self.ice = IceProvider(config.ice_servers, config.turn_urls, config.turn_secret,
                                config.turn_ttl)
         self.connect_limiter = ConnectLimiter(config.connect_rate_limit, config.connect_rate_window)
@@ -77,12 +80,19 @@ class Node:
             self.store.ensure_default_app()
         )
         self.reload_keyring()
-        usage_store.restore(self.usage, self.store)
+        restore_usage(self.usage, self.store)
         await self.broker.start(self.hub)
+        demo_context = DemoContext(self.config, self.default_app.id, lambda: self.keyring)
+        http_app = build_http_app(
+            self,
+            lambda app: mount_rest_api(app, self),
+            lambda app: mount_admin_api(app, self),
+            lambda app: mount_demo(app, demo_context),
+        )
         # aiohttp closes a connection idle for keepalive_timeout after a response, also one
         # that sent only part of its next request head (its timer runs until a whole head is
         # in); lingering_time bounds how long it drains a body nobody read.
-        self._runner = web.AppRunner(build_http_app(self), access_log=None,
+        self._runner = web.AppRunner(http_app, access_log=None,
                                      handle_signals=False,
                                      keepalive_timeout=self.config.http_keepalive_timeout,
                                      lingering_time=min(10.0, self.config.http_body_timeout))
@@ -101,9 +111,6 @@ class Node:
         self._tasks.append(self.loop.create_task(self._keepalive()))
         self._tasks.append(self.loop.create_task(self._watch_store()))
         self._tasks.append(self.loop.create_task(self._flush_usage_loop()))
-
-    def listener_factory(self, request: Any) -> Any:
-        return upgrade_listener(self, request)
 
     # -- auth and admission -------------------------------------------------------------------
 
@@ -147,12 +154,9 @@ class Node:
             return None
         return self.ice.servers_for(session.peer_id, session.principal.expires_at)
 
-    def usage_document(self, app: App) -> dict[str, Any]:
-        return usage_store.usage_document(app, self.usage, self.hub)
-
     def flush_usage(self) -> None:
         if self.store is not None:
-            usage_store.flush(self.usage, self.store)
+            flush_usage_rows(self.usage, self.store)
 
     async def _flush_usage_loop(self) -> None:
         while True:
@@ -162,31 +166,9 @@ class Node:
             except Exception:
                 log.exception("writing usage counters failed; will retry")
 
-    def count_frame(self, kind: str) -> None:
-        self.metrics.frames_in[kind] += 1
-
-    def count_error(self, code: str) -> None:
-        self.metrics.errors[code] += 1
-
     def render_metrics(self) -> str:
-        gauges: dict[str, float] = {
-            "roomwire_connections": len(self.sessions),
-            "roomwire_subscriptions": sum(len(s.subscriptions) for s in self.sessions),
-            "roomwire_apps_active": len(self.hub.tenants),
-            "roomwire_http_connections": self.http_caps.slots.open,
-        }
-        per_app: dict[str, dict[str, float]] = {
-            "roomwire_app_connections": {}, "roomwire_app_channels": {},
-            "roomwire_app_peers": {}, "roomwire_app_messages_period": {},
-        }
-        for app_id in list(self.hub.tenants):
-            stats = self.hub.stats(app_id)
-            per_app["roomwire_app_connections"][app_id] = stats["connections"]
-            per_app["roomwire_app_channels"][app_id] = stats["channels"]
-            per_app["roomwire_app_peers"][app_id] = stats["peers"]
-        for app_id, u in list(self.usage.apps.items()):
-            per_app["roomwire_app_messages_period"][app_id] = u.messages
-        return self.metrics.render(gauges, per_app)
+        return render_node(self.metrics, self.hub, self.usage, self.sessions,
+                           self.http_caps.slots.open)
 
     # -- keeping the keyring fresh -------------------------------------------------------------
 
@@ -296,8 +278,7 @@ class Node:
             self._server.close()
             self._server = None
         for s in list(self.sessions):
-            if s._ws is not None:
-                s._ws.disconnect(graceful=False)
+            s.drop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -315,8 +296,9 @@ class Node:
         await self._stopped.wait()
 
 
-def _broker_for(config: ServerConfig) -> Broker:
-    """Redis when the config names one (a cluster), else the single-node broker."""
+def _broker_for(config: ServerConfig, usage: UsageMeter) -> Broker:
+    """Redis when the config names one (a cluster, sharing ``usage`` for quotas), else the
+    single-node broker."""
     if not config.redis_url:
         return MemoryBroker()
     from .broker.redis import RedisBroker
@@ -324,5 +306,5 @@ def _broker_for(config: ServerConfig) -> Broker:
     return RedisBroker(
         config.redis_url, prefix=config.redis_prefix, node_id=config.node_id,
         presence_ttl=config.presence_ttl, heartbeat_interval=config.heartbeat_interval or None,
-        usage_sync_interval=config.usage_sync_interval,
+        usage_sync_interval=config.usage_sync_interval, usage=usage,
     )

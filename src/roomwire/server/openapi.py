@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__ as _version
+from ..protocol.claims import DEFAULT_TOKEN_TTL, MAX_REQUEST_PERMISSIONS, MAX_TOKEN_CHANNELS
+from ..protocol.limits import MAX_CHANNEL_BYTES, MAX_PEER_ID_BYTES
 
 _ERROR = {
     "type": "object",
@@ -39,7 +41,7 @@ _REST_ERRORS = {
 _CHANNEL_PARAM = {
     "name": "channel", "in": "path", "required": True,
     "description": "Channel name, URL-encoded ('/' as %2F).",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_CHANNEL_BYTES},
 }
 
 _PLAN = {
@@ -94,12 +96,13 @@ def rest_document() -> dict[str, Any]:
                 "requestBody": _body({
                     "type": "object", "required": ["peerId"],
                     "properties": {
-                        "peerId": {"type": "string", "minLength": 1, "maxLength": 128},
-                        "channels": {"type": "array", "maxItems": 100,
+                        "peerId": {"type": "string", "minLength": 1,
+                                   "maxLength": MAX_PEER_ID_BYTES},
+                        "channels": {"type": "array", "maxItems": MAX_TOKEN_CHANNELS,
                                      "items": {"type": "string"}},
-                        "permissions": {**_ACTIONS, "maxItems": 16},
+                        "permissions": {**_ACTIONS, "maxItems": MAX_REQUEST_PERMISSIONS},
                         "expiresInSec": {"type": "integer", "minimum": 1, "maximum": 86400,
-                                         "default": 3600},
+                                         "default": DEFAULT_TOKEN_TTL},
                         "metadata": {"type": "object"},
                         "peerMetadata": {"type": "object"},
                     }}),
@@ -140,7 +143,7 @@ def rest_document() -> dict[str, Any]:
                 "summary": "Close every socket of a peer of the key's app with 4020.",
                 "parameters": [{"name": "peerId", "in": "path", "required": True,
                                 "schema": {"type": "string", "minLength": 1,
-                                           "maxLength": 128}}],
+                                           "maxLength": MAX_PEER_ID_BYTES}}],
                 "responses": {"200": _ok({
                     "type": "object", "required": ["peerId", "closed"],
                     "properties": {"peerId": {"type": "string"},

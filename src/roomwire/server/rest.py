@@ -11,29 +11,31 @@ the raw path and decode it here, so an encoded slash is part of the name, never 
 from __future__ import annotations
 
 import logging
-import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 import msgspec
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from ..protocol import ALL_ACTIONS, CloseCode, frames
-from ..protocol.limits import MAX_METADATA_BYTES, MAX_PEER_METADATA_BYTES
-from ..protocol.patterns import PatternError, covered_by_any, matches_any, pattern_problem
+from ..protocol import CloseCode, ErrorCode, frames
+from ..protocol import claims as claim_rules
+from ..protocol.limits import MAX_PEER_METADATA_BYTES
+from ..protocol.patterns import PatternError, matches_any
 from ..protocol.validate import channel_problem, is_reserved_channel, peer_id_problem
-from .auth import mint_token
+from .auth import Keyring, mint_token
+from .broker import Broker
+from .config import ServerConfig
 from .http import MAX_BODY, json_error
-from .limits import ConnectLimiter
+from .hub import Hub
+from .limits import ConnectLimiter, FailureLimiter, UsageMeter
+from .metrics import Metrics
 from .store import Key
-
-if TYPE_CHECKING:
-    from .node import Node
+from .usage_store import usage_document
 
 log = logging.getLogger("roomwire.rest")
 
-DEFAULT_TOKEN_TTL = 3_600
+DEFAULT_TOKEN_TTL = claim_rules.DEFAULT_TOKEN_TTL
 UNAUTHORIZED_MESSAGE = (
     "a valid secret key is required: Authorization: Bearer sk_id_...:sk_secret_..."
 )
@@ -106,14 +108,34 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return value
 
 
-def _json_size(value: Any) -> int:
-    return len(frames.encode_json(value))
+class RestContext(Protocol):
+    """What the REST control plane needs from its node."""
+
+    @property
+    def config(self) -> ServerConfig: ...
+
+    @property
+    def keyring(self) -> Keyring:
+        """The apps and keys as last loaded (replaced whenever the store changes)."""
+        ...
+
+    @property
+    def hub(self) -> Hub: ...
+
+    @property
+    def broker(self) -> Broker: ...
+
+    @property
+    def usage(self) -> UsageMeter: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
 
 
 class RestApi:
     """Handlers of the ``/v1`` REST endpoints of one node."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: RestContext) -> None:
         self.node = node
         rate, burst = node.config.rest_rate_limit, node.config.rest_rate_burst
         window = burst / rate if rate > 0 else 1.0
@@ -126,12 +148,12 @@ class RestApi:
         address = request.remote or "?"
         # Before the secret is compared: an address that used up its failures learns nothing
         # more, not even that a guess was right.
-        if self.failures.exhausted(address):
+        if self.failures.retry_after(address) is not None:
             raise _rate_limited()
         header = request.headers.get("Authorization", "")
         key = self._key_from_header(header)
         if key is None:
-            self.failures.record(address)
+            self.failures.failed(address)
             raise unauthorized()
         if not self.key_limiter.allow(key.id):
             raise _rate_limited()
@@ -209,68 +231,51 @@ class RestApi:
 
     async def tokens(self, request: web.Request, key: Key) -> web.Response:
         body = await read_json_object(request)
+        # The rules are protocol/claims.py's, in the order of the answer's status: the 400s
+        # of a malformed request before the 403s of a key that may not grant it.
         peer_id = body.get("peerId")
-        problem = peer_id_problem(peer_id)
+        problem = claim_rules.sub_problem(peer_id, "peerId")
         if problem is not None:
-            raise bad_request(f"peerId: {problem}")
+            raise bad_request(problem)
         assert isinstance(peer_id, str)
-        if not key.may_act_for(peer_id):
-            raise ApiError(403, "peer_not_authorized",
-                           "this key may not issue tokens for that peer id (see the key's "
-                           "peer id pattern)")
+        problem = claim_rules.signer_problem(key.peer_id_pattern, peer_id, "peerId")
+        if problem is not None:
+            raise ApiError(403, "peer_not_authorized", problem)
 
         channels = body.get("channels")
         if channels is not None:
-            if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
-                raise bad_request("channels must be a list of strings")
-            if len(channels) > 100:
-                raise bad_request("channels may list at most 100 patterns")
-            for c in channels:
-                problem = pattern_problem(c)
-                if problem is not None:
-                    raise bad_request(f"channels contains an invalid pattern: {problem}")
-                if channel_problem(c) is not None:
-                    raise bad_request("channels contains an invalid channel pattern")
-                if is_reserved_channel(c):
-                    raise bad_request("channels contains a reserved channel",
-                                      "channel_reserved")
-            for c in channels:
-                if not covered_by_any(key.channel_patterns, c):
-                    raise ApiError(403, "channel_not_authorized",
-                                   "channels must be covered by the key's channel patterns")
+            problem = (claim_rules.channels_problem(channels, "channels")
+                       or claim_rules.requested_channels_problem(channels, "channels"))
+            if problem is not None:
+                raise bad_request(problem)
+            problem = claim_rules.reserved_channels_problem(channels, "channels")
+            if problem is not None:
+                raise bad_request(problem, "channel_reserved")
+            problem = claim_rules.channels_within_problem(channels, key.channel_patterns,
+                                                          "channels")
+            if problem is not None:
+                raise ApiError(403, "channel_not_authorized", problem)
 
         permissions = body.get("permissions")
         if permissions is not None:
-            if not isinstance(permissions, list) or not all(
-                    isinstance(p, str) for p in permissions):
-                raise bad_request("permissions must be a list of strings")
-            if len(permissions) > 16:
-                raise bad_request("permissions may list at most 16 actions")
-            if not set(permissions) <= ALL_ACTIONS:
-                raise bad_request("permissions: each must be one of publish, subscribe, "
-                                  "presence, send")
-            if not set(permissions) <= key.actions:
-                raise ApiError(403, "action_not_permitted",
-                               "permissions must be a subset of the key's actions")
+            problem = claim_rules.permissions_problem(
+                permissions, "permissions", max_entries=claim_rules.MAX_REQUEST_PERMISSIONS)
+            if problem is not None:
+                raise bad_request(problem)
+            problem = claim_rules.permissions_within_problem(permissions, key.actions,
+                                                             "permissions")
+            if problem is not None:
+                raise ApiError(403, "action_not_permitted", problem)
 
         max_ttl = self.node.config.max_token_lifetime
         ttl = body.get("expiresInSec", min(DEFAULT_TOKEN_TTL, max_ttl))
-        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= max_ttl:
-            raise bad_request(f"expiresInSec must be a whole number of seconds from 1 to "
-                              f"{max_ttl} (this server's maximum token lifetime)")
-
         metadata = body.get("metadata")
-        if metadata is not None:
-            if not isinstance(metadata, dict):
-                raise bad_request("metadata must be an object")
-            if _json_size(metadata) > MAX_METADATA_BYTES:
-                raise bad_request("metadata is larger than 8 KB")
         peer_metadata = body.get("peerMetadata")
-        if peer_metadata is not None:
-            if not isinstance(peer_metadata, dict):
-                raise bad_request("peerMetadata must be an object")
-            if _json_size(peer_metadata) > MAX_PEER_METADATA_BYTES:
-                raise bad_request("peerMetadata is larger than 4 KB")
+        problem = (claim_rules.lifetime_problem(ttl, "expiresInSec", max_ttl)
+                   or claim_rules.metadata_problem(metadata, "metadata")
+                   or claim_rules.peer_metadata_problem(peer_metadata, "peerMetadata"))
+        if problem is not None:
+            raise bad_request(problem)
 
         try:
             token, exp = mint_token(key, peer_id, ttl=ttl, channels=channels,
@@ -313,11 +318,11 @@ class RestApi:
         app = node.keyring.app(key.app_id)
         limit = app.max_messages_per_period if app else None
         if not node.usage.count_message(key.app_id, limit):
-            node.count_error("over_message_quota")
+            node.metrics.count_error(ErrorCode.OVER_MESSAGE_QUOTA)
             raise ApiError(429, "over_message_quota",
                            "the app's message quota for this period is used up")
         data = frames.encode_json(body["data"])
-        node.count_frame("rest_publish")
+        node.metrics.count_frame("rest_publish")
         delivered = node.hub.publish(key.app_id, channel, data, frames.encode_json(sender),
                                      sender_metadata, skip=None)
         if node.broker.clustered:
@@ -344,42 +349,7 @@ class RestApi:
         app = self.node.keyring.app(key.app_id)
         if app is None:
             raise ApiError(503, "internal_error", "the app's plan is not available right now")
-        return self._ok("usage", self.node.usage_document(app))
-
-
-class FailureLimiter:
-    """Failed authentications per source address: ``limit`` per ``window`` seconds, refilled
-    continuously; ``limit`` 0 disables it. Unlike ``ConnectLimiter`` it can be asked whether
-    an address is out of budget without spending, so the check comes before the secret is
-    compared."""
-
-    def __init__(self, limit: int, window: float) -> None:
-        self.limit = limit
-        self.rate = limit / window if window > 0 else 0.0
-        self.window = window
-        self._spent: dict[str, tuple[float, float]] = {}
-        """address -> (failures not yet refilled, when that was computed)."""
-        self._last_sweep = time.monotonic()
-
-    def _level(self, address: str, now: float) -> float:
-        spent, at = self._spent.get(address, (0.0, now))
-        return max(0.0, spent - (now - at) * self.rate)
-
-    def exhausted(self, address: str) -> bool:
-        if self.limit <= 0:
-            return False
-        return self._level(address, time.monotonic()) > self.limit - 1.0
-
-    def record(self, address: str) -> None:
-        if self.limit <= 0:
-            return
-        now = time.monotonic()
-        if now - self._last_sweep > self.window:
-            # An address idle for a whole window is back to zero: forget it (bounded memory).
-            self._last_sweep = now
-            for a in [a for a, (_, at) in self._spent.items() if now - at >= self.window]:
-                del self._spent[a]
-        self._spent[address] = (min(float(self.limit), self._level(address, now) + 1.0), now)
+        return self._ok("usage", usage_document(app, self.node.usage, self.node.hub))
 
 
 def _rate_limited() -> ApiError:
@@ -394,6 +364,6 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     return await request.app[REST_KEY].dispatch(request)
 
 
-def add_routes(app: web.Application, node: Node) -> None:
+def add_routes(app: web.Application, node: RestContext) -> None:
     app[REST_KEY] = RestApi(node)
     app.router.add_route("*", "/v1/{tail:.*}", _handle)

@@ -14,6 +14,7 @@ from typing import Protocol
 import msgspec
 
 from ..protocol import Action, CloseCode, ErrorCode, frames
+from ..protocol.limits import MAX_REQUEST_ID_CHARS
 from ..protocol.validate import (
     channel_problem,
     is_reserved_channel,
@@ -29,6 +30,14 @@ from .store import App
 _SCOPE_CACHE_MAX = 256
 
 
+class SessionCounters(Protocol):
+    """The counters a session bumps (``metrics.Metrics`` is one)."""
+
+    def count_frame(self, kind: str) -> None: ...
+
+    def count_error(self, code: str) -> None: ...
+
+
 class Services(Protocol):
     """What a session needs from its node."""
 
@@ -36,11 +45,10 @@ class Services(Protocol):
     config: ServerConfig
     usage: UsageMeter
 
+    @property
+    def metrics(self) -> SessionCounters: ...
+
     def app(self, app_id: str) -> App | None: ...
-
-    def count_frame(self, kind: str) -> None: ...
-
-    def count_error(self, code: str) -> None: ...
 
 
 class Session(ABC):
@@ -48,6 +56,7 @@ class Session(ABC):
 
     def __init__(self, services: Services, principal: Principal) -> None:
         self.services = services
+        self.counters = services.metrics
         self.principal = principal
         self.app_id = principal.app_id
         self.peer_id = principal.peer_id
@@ -122,7 +131,7 @@ class Session(ABC):
     # -- requests ----------------------------------------------------------------------------
 
     def _error(self, code: str, message: str, request_id: str | None) -> None:
-        self.services.count_error(code)
+        self.counters.count_error(code)
         self.send(frames.encode_error(code, message, request_id))
 
     def handle_text(self, payload: bytes | str) -> None:
@@ -142,34 +151,35 @@ class Session(ABC):
                 self.over_ping_budget("protocol")
                 return
             rid = req.requestId
-            self.services.count_frame("ping")
+            self.counters.count_frame("ping")
             # Echo only a valid requestId: a ping must not become an amplifier.
             self.send(frames.encode_pong(rid if request_id_problem(rid) is None else None))
             return
         if not self._spend():
             return
         rid = req.requestId
-        if rid is not None and (not isinstance(rid, str) or not rid or len(rid) > 128):
+        if rid is not None and request_id_problem(rid) is not None:
             self._error(ErrorCode.MALFORMED_MESSAGE,
-                        "requestId must be a non-empty string of at most 128 characters", None)
+                        "requestId must be a non-empty string of at most "
+                        f"{MAX_REQUEST_ID_CHARS} characters", None)
             return
         if kind == "publish":
-            self.services.count_frame("publish")
+            self.counters.count_frame("publish")
             self._publish(req, rid)
         elif kind == "send":
-            self.services.count_frame("send")
+            self.counters.count_frame("send")
             self._send(req, rid)
         elif kind == "subscribe":
-            self.services.count_frame("subscribe")
+            self.counters.count_frame("subscribe")
             self._subscribe(req, rid)
         elif kind == "unsubscribe":
-            self.services.count_frame("unsubscribe")
+            self.counters.count_frame("unsubscribe")
             self._unsubscribe(req, rid)
         elif isinstance(kind, str):
-            self.services.count_frame("unknown")
+            self.counters.count_frame("unknown")
             self._error(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {kind[:40]!r}", rid)
         else:
-            self.services.count_frame("malformed")
+            self.counters.count_frame("malformed")
             self._error(ErrorCode.MALFORMED_MESSAGE, "frame has no string 'type'", rid)
 
     def handle_binary(self) -> None:

@@ -19,7 +19,7 @@ import time
 from types import FrameType
 
 from .config import ServerConfig
-from .store_postgres import open_store
+from .store import open_store
 
 log = logging.getLogger("roomwire.workers")
 

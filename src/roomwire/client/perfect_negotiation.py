@@ -1,0 +1,261 @@
+"""The decisions of perfect negotiation, as plain functions over plain values.
+
+``PeerNegotiator`` (``negotiation.py``) asks these functions what to do and only does the I/O
+(aiortc calls, queues, timers). Nothing here imports asyncio or aiortc, so every rule is
+table-tested without a socket (``tests/unit/test_perfect_negotiation.py``). The rules and
+why they are so: docs/webrtc-notes.md, "Perfect negotiation, as a table".
+
+States are the W3C strings aiortc reports: ``signalingState`` (``stable``,
+``have-local-offer``, ``have-remote-offer``, ``closed``) and ``connectionState`` (``new``,
+``connecting``, ``connected``, ``failed``, ``closed``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = [
+    "AnswerAction",
+    "AnswerDecision",
+    "CandidateAction",
+    "CandidateView",
+    "OfferAction",
+    "OfferDecision",
+    "OfferView",
+    "TransceiverView",
+    "candidate_in_generation",
+    "decide_answer",
+    "decide_candidate",
+    "decide_offer",
+    "first_offer_wait",
+    "impolite_wait",
+    "is_polite",
+    "needs_offer",
+    "outbound_still_current",
+]
+
+
+def is_polite(local_id: str, remote_id: str) -> bool:
+    """The polite side (the one that yields in a collision) has the smaller peer id; both
+    sides compute the same answer from the same two ids."""
+    return local_id < remote_id
+
+
+# -- a remote offer ---------------------------------------------------------------------------
+
+
+class OfferAction(StrEnum):
+    IGNORE = "ignore"
+    """Impolite side of a collision: drop the offer (the remote yields and answers ours)."""
+    ACCEPT = "accept"
+    """Apply it on the current connection and answer."""
+    REBUILD = "rebuild"
+    """Swap in a fresh connection (rate-limited), then apply it there and answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class OfferView:
+    """What the negotiator knows when a remote offer arrives."""
+
+    polite: bool
+    signaling_state: str
+    connection_state: str
+    making_offer: bool
+    """An offer of ours is being created/applied right now."""
+    known_ufrag: str | None
+    """The remote ICE ufrag of the current connection (None before any remote description)."""
+    offered_ufrag: str | None
+    """The ICE ufrag in the offer (None when it carries none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OfferDecision:
+    action: OfferAction
+    reason: str | None = None
+    """For ``REBUILD``: ``connection-closed``/``connection-failed``, ``glare`` or
+    ``remote-restart`` (the ``reason`` of the ``ConnectionResetEvent``)."""
+
+
+def decide_offer(view: OfferView) -> OfferDecision:
+    """What to do with a remote offer, in this order:
+
+    1. the connection is dead (signalling ``closed``, connection ``failed``/``closed``):
+       rebuild, whatever our politeness (a dead connection cannot answer);
+    2. a collision (we are making an offer, or signalling is not ``stable``): the impolite
+       side ignores the offer; the polite side rebuilds (aiortc cannot roll back) and answers
+       from the fresh connection (``glare``);
+    3. the offer carries another ICE ufrag than the one we know: the remote rebuilt its side,
+       and ours cannot follow new ICE credentials: rebuild (``remote-restart``);
+    4. otherwise accept it on the current connection.
+    """
+    if view.signaling_state == "closed":
+        return OfferDecision(OfferAction.REBUILD, "connection-closed")
+    if view.connection_state in ("failed", "closed"):
+        return OfferDecision(OfferAction.REBUILD, "connection-" + view.connection_state)
+    if view.making_offer or view.signaling_state != "stable":
+        if not view.polite:
+            return OfferDecision(OfferAction.IGNORE)
+        return OfferDecision(OfferAction.REBUILD, "glare")
+    if _ufrag_changed(view.known_ufrag, view.offered_ufrag):
+        return OfferDecision(OfferAction.REBUILD, "remote-restart")
+    return OfferDecision(OfferAction.ACCEPT)
+
+
+def _ufrag_changed(known: str | None, seen: str | None) -> bool:
+    return known is not None and seen is not None and seen != known
+
+
+# -- a remote answer --------------------------------------------------------------------------
+
+
+class AnswerAction(StrEnum):
+    DROP = "drop"
+    """Stale: we have no offer out (it was replaced, or already answered)."""
+    ACCEPT = "accept"
+    """Apply it; the collision (if any) is over."""
+    REBUILD_AND_OFFER = "rebuild-and-offer"
+    """The remote answered from a rebuilt connection (it was the polite side of a collision):
+    ours cannot follow new ICE credentials, so start afresh and offer at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerDecision:
+    action: AnswerAction
+    reason: str | None = None
+
+
+def decide_answer(signaling_state: str, known_ufrag: str | None,
+                  answered_ufrag: str | None) -> AnswerDecision:
+    """What to do with a remote answer."""
+    if signaling_state != "have-local-offer":
+        return AnswerDecision(AnswerAction.DROP)
+    if _ufrag_changed(known_ufrag, answered_ufrag):
+        return AnswerDecision(AnswerAction.REBUILD_AND_OFFER, "remote-restart")
+    return AnswerDecision(AnswerAction.ACCEPT)
+
+
+# -- a remote candidate -----------------------------------------------------------------------
+
+
+class CandidateAction(StrEnum):
+    APPLY = "apply"
+    """Add it to the current connection now."""
+    HOLD = "hold"
+    """Keep it until the next remote description (then applied in order, filtered by ufrag)."""
+    DROP = "drop"
+    """Malformed, over the budget, over the hold cap, or an end-of-candidates that would end
+    the wrong candidates."""
+    END = "end"
+    """Signal the end of the remote's candidates to the current connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateView:
+    """What the negotiator knows when an ``rtc-ice`` signal arrives."""
+
+    malformed: bool
+    end_of_candidates: bool
+    has_remote_description: bool
+    ignoring_offer: bool
+    """The current connection ignored a colliding offer (impolite) and no answer came yet."""
+    within_budget: bool = True
+    """``CandidateBudget.take`` accepted it (only asked for a well-formed candidate)."""
+    held: int = 0
+    hold_cap: int = 200
+
+
+def decide_candidate(view: CandidateView) -> CandidateAction:
+    """What to do with a remote candidate:
+
+    * malformed: drop (silently: it is still a signal, never customer data);
+    * end-of-candidates: pass it on only with a remote description and no ignored offer (while
+      a colliding offer is ignored it may end that offer's candidates only, not those of the
+      answer the remote sends next), else drop;
+    * over the per-generation budget: drop;
+    * no remote description yet, or a colliding offer ignored: hold (the remote, polite, rolls
+      back and answers ours; what follows may belong to that answer), up to ``hold_cap``;
+    * otherwise apply.
+    """
+    if view.malformed:
+        return CandidateAction.DROP
+    if view.end_of_candidates:
+        if view.has_remote_description and not view.ignoring_offer:
+            return CandidateAction.END
+        return CandidateAction.DROP
+    if not view.within_budget:
+        return CandidateAction.DROP
+    if not view.has_remote_description or view.ignoring_offer:
+        return CandidateAction.HOLD if view.held < view.hold_cap else CandidateAction.DROP
+    return CandidateAction.APPLY
+
+
+def candidate_in_generation(candidate_ufrag: str | None, remote_ufrag: str | None) -> bool:
+    """Whether a candidate (applied now, or held until a description) belongs to the current
+    remote ICE generation; one naming another ufrag is dropped. A candidate or a description
+    without a ufrag matches anything."""
+    return not (candidate_ufrag and remote_ufrag and candidate_ufrag != remote_ufrag)
+
+
+def outbound_still_current(signal_generation: int | None, current_generation: int) -> bool:
+    """Whether a queued outbound signal (held while signalling was down, across reconnects)
+    is still worth sending: a description or candidate of a connection replaced meanwhile is
+    dropped; ``None`` marks signals sent whatever happens (track metadata)."""
+    return signal_generation is None or signal_generation == current_generation
+
+
+# -- whether to offer -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TransceiverView:
+    stopped: bool
+    mid: str | None
+    direction: str
+    current_direction: str | None
+
+
+def needs_offer(transceivers: Iterable[TransceiverView], *, has_sctp: bool,
+                sctp_mid: str | None) -> bool:
+    """Whether the current connection has something the remote has not agreed to yet: a data
+    channel transport or a transceiver never negotiated (no mid), or a negotiated transceiver
+    whose wish to send differs from what was agreed."""
+    if has_sctp and sctp_mid is None:
+        return True
+    for t in transceivers:
+        if t.stopped:
+            continue
+        if t.mid is None:
+            return True
+        if t.current_direction is None:
+            continue
+        want_send = t.direction in ("sendrecv", "sendonly")
+        sends = t.current_direction in ("sendrecv", "sendonly")
+        if want_send != sends:
+            return True
+    return False
+
+
+def impolite_wait(impolite_offer_delay: float | None, polite_offer_delay: float) -> float:
+    """How long the impolite side waits for the remote's first offer. A browser offers at
+    once even when polite, and answering its offer avoids a collision that can wedge its
+    connection; the default (a quarter of the polite wait, at most 0.5 s) stays well below the
+    polite side's wait, so a polite Python peer still gets our offer first."""
+    if impolite_offer_delay is not None:
+        return max(0.0, impolite_offer_delay)
+    return min(0.5, max(0.0, polite_offer_delay) / 4)
+
+
+def first_offer_wait(*, polite: bool, polite_delay: float, impolite_delay: float,
+                     force_offer: bool, offers_sent: int, remote_offer_seen: bool,
+                     has_something: bool) -> float:
+    """How long to wait for the remote's offer before offering ourselves (0: offer now). Only
+    the first offer of a connection waits, and only when there is something to negotiate and
+    no one asked to offer at once: the polite side defers (``polite_delay``) so the two offers
+    do not collide, and the impolite side waits a little (``impolite_delay``) for a browser's
+    offer."""
+    wait = polite_delay if polite else impolite_delay
+    if wait <= 0 or force_offer or offers_sent or remote_offer_seen or not has_something:
+        return 0.0
+    return wait

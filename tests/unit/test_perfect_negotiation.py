@@ -1,0 +1,246 @@
+"""Every rule of perfect negotiation, tabled, without a socket or an event loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from roomwire.client.perfect_negotiation import (
+    AnswerAction,
+    CandidateAction,
+    CandidateView,
+    OfferAction,
+    OfferView,
+    TransceiverView,
+    candidate_in_generation,
+    decide_answer,
+    decide_candidate,
+    decide_offer,
+    first_offer_wait,
+    impolite_wait,
+    is_polite,
+    needs_offer,
+    outbound_still_current,
+)
+
+
+def test_the_module_is_pure() -> None:
+    # The point of the module: its rules run without an event loop or a WebRTC stack.
+    import roomwire.client.perfect_negotiation as mod
+
+    source = Path(mod.__file__).read_text(encoding="utf-8")
+    for name in ("asyncio", "aiortc", "aioice", "av"):
+        assert f"import {name}" not in source and f"from {name}" not in source, name
+
+
+def test_politeness_is_the_smaller_id_and_both_sides_agree() -> None:
+    assert is_polite("alice", "bob") is True
+    assert is_polite("bob", "alice") is False
+    assert is_polite("a", "b") != is_polite("b", "a")
+
+
+def offer(*, polite: bool = True, sig: str = "stable", conn: str = "new",
+          making: bool = False, known: str | None = None, seen: str | None = None) -> OfferView:
+    return OfferView(polite=polite, signaling_state=sig, connection_state=conn,
+                     making_offer=making, known_ufrag=known, offered_ufrag=seen)
+
+
+OFFER_TABLE = [
+    # (case, view, action, reason)
+    ("fresh connection", offer(), OfferAction.ACCEPT, None),
+    ("renegotiation, same ufrag", offer(conn="connected", known="u1", seen="u1"),
+     OfferAction.ACCEPT, None),
+    ("offer without ufrag", offer(known="u1", seen=None), OfferAction.ACCEPT, None),
+    ("first offer carries a ufrag", offer(known=None, seen="u1"), OfferAction.ACCEPT, None),
+    ("remote rebuilt: new ufrag", offer(conn="connected", known="u1", seen="u2"),
+     OfferAction.REBUILD, "remote-restart"),
+    ("impolite, we are making an offer", offer(polite=False, making=True),
+     OfferAction.IGNORE, None),
+    ("impolite, our offer is out", offer(polite=False, sig="have-local-offer"),
+     OfferAction.IGNORE, None),
+    ("polite, we are making an offer", offer(polite=True, making=True),
+     OfferAction.REBUILD, "glare"),
+    ("polite, our offer is out", offer(polite=True, sig="have-local-offer"),
+     OfferAction.REBUILD, "glare"),
+    ("polite glare wins over a ufrag change",
+     offer(polite=True, sig="have-local-offer", known="u1", seen="u2"),
+     OfferAction.REBUILD, "glare"),
+    ("impolite collision ignores even a new ufrag",
+     offer(polite=False, making=True, known="u1", seen="u2"), OfferAction.IGNORE, None),
+    ("signalling closed, impolite", offer(polite=False, sig="closed"),
+     OfferAction.REBUILD, "connection-closed"),
+    ("connection failed, impolite in a collision",
+     offer(polite=False, sig="have-local-offer", conn="failed"),
+     OfferAction.REBUILD, "connection-failed"),
+    ("connection closed, polite", offer(polite=True, conn="closed"),
+     OfferAction.REBUILD, "connection-closed"),
+    ("signalling closed beats the connection state", offer(sig="closed", conn="failed"),
+     OfferAction.REBUILD, "connection-closed"),
+]
+
+
+@pytest.mark.parametrize(("case", "view", "action", "reason"), OFFER_TABLE,
+                         ids=[row[0] for row in OFFER_TABLE])
+def test_remote_offer(case: str, view: OfferView, action: OfferAction,
+                      reason: str | None) -> None:
+    decision = decide_offer(view)
+    assert (decision.action, decision.reason) == (action, reason), case
+
+
+ANSWER_TABLE = [
+    ("answer to our offer", "have-local-offer", "u1", "u1", AnswerAction.ACCEPT, None),
+    ("first answer", "have-local-offer", None, "u1", AnswerAction.ACCEPT, None),
+    ("answer without ufrag", "have-local-offer", "u1", None, AnswerAction.ACCEPT, None),
+    ("stale: no offer out", "stable", "u1", "u1", AnswerAction.DROP, None),
+    ("stale even with a new ufrag", "stable", "u1", "u2", AnswerAction.DROP, None),
+    ("stale: answering their offer", "have-remote-offer", None, None, AnswerAction.DROP, None),
+    ("closed connection", "closed", None, None, AnswerAction.DROP, None),
+    ("answered from a rebuilt connection", "have-local-offer", "u1", "u2",
+     AnswerAction.REBUILD_AND_OFFER, "remote-restart"),
+]
+
+
+@pytest.mark.parametrize(("case", "state", "known", "seen", "action", "reason"),
+                         ANSWER_TABLE, ids=[row[0] for row in ANSWER_TABLE])
+def test_remote_answer(case: str, state: str, known: str | None, seen: str | None,
+                       action: AnswerAction, reason: str | None) -> None:
+    decision = decide_answer(state, known, seen)
+    assert (decision.action, decision.reason) == (action, reason), case
+
+
+def cand(*, malformed: bool = False, end: bool = False, desc: bool = True,
+         ignoring: bool = False, budget: bool = True, held: int = 0,
+         cap: int = 200) -> CandidateView:
+    return CandidateView(malformed=malformed, end_of_candidates=end,
+                         has_remote_description=desc, ignoring_offer=ignoring,
+                         within_budget=budget, held=held, hold_cap=cap)
+
+
+CANDIDATE_TABLE = [
+    ("candidate with a description", cand(), CandidateAction.APPLY),
+    ("candidate before any description", cand(desc=False), CandidateAction.HOLD),
+    ("candidate while a colliding offer is ignored", cand(ignoring=True),
+     CandidateAction.HOLD),
+    ("hold is capped", cand(desc=False, held=200), CandidateAction.DROP),
+    ("one below the cap is held", cand(desc=False, held=199), CandidateAction.HOLD),
+    ("over the budget, applicable", cand(budget=False), CandidateAction.DROP),
+    ("over the budget, holdable", cand(desc=False, budget=False), CandidateAction.DROP),
+    ("malformed", cand(malformed=True), CandidateAction.DROP),
+    ("malformed before a description", cand(malformed=True, desc=False),
+     CandidateAction.DROP),
+    ("end of candidates with a description", cand(end=True), CandidateAction.END),
+    ("end of candidates before any description", cand(end=True, desc=False),
+     CandidateAction.DROP),
+    ("end of candidates of an ignored offer", cand(end=True, ignoring=True),
+     CandidateAction.DROP),
+    ("end of candidates is not budgeted", cand(end=True, budget=False), CandidateAction.END),
+]
+
+
+@pytest.mark.parametrize(("case", "view", "action"), CANDIDATE_TABLE,
+                         ids=[row[0] for row in CANDIDATE_TABLE])
+def test_remote_candidate(case: str, view: CandidateView, action: CandidateAction) -> None:
+    assert decide_candidate(view) is action, case
+
+
+@pytest.mark.parametrize(("cand_ufrag", "remote_ufrag", "applies"), [
+    ("u1", "u1", True),
+    ("u1", "u2", False),  # another ICE generation (held across a rebuild, or late)
+    (None, "u1", True),
+    ("", "u1", True),
+    ("u1", None, True),
+    (None, None, True),
+])
+def test_candidate_generation(cand_ufrag: str | None, remote_ufrag: str | None,
+                              applies: bool) -> None:
+    assert candidate_in_generation(cand_ufrag, remote_ufrag) is applies
+
+
+@pytest.mark.parametrize(("signal_gen", "current", "send"), [
+    (3, 3, True),
+    (2, 3, False),  # held while signalling was down; the connection was replaced meanwhile
+    (None, 3, True),  # track metadata: sent whatever happens
+    (None, 0, True),
+])
+def test_held_outbound_signal(signal_gen: int | None, current: int, send: bool) -> None:
+    assert outbound_still_current(signal_gen, current) is send
+
+
+def tv(mid: str | None = "0", direction: str = "sendrecv", current: str | None = "sendrecv",
+       stopped: bool = False) -> TransceiverView:
+    return TransceiverView(stopped=stopped, mid=mid, direction=direction,
+                           current_direction=current)
+
+
+NEEDS_OFFER_TABLE = [
+    ("nothing at all", [], False, None, False),
+    ("negotiated, unchanged", [tv()], False, None, False),
+    ("new transceiver", [tv(mid=None, current=None)], False, None, True),
+    ("new data channel transport", [], True, None, True),
+    ("negotiated data channel transport", [], True, "1", False),
+    ("removed a track: want recv only, still sending", [tv(direction="recvonly")],
+     False, None, True),
+    ("added on a recvonly transceiver", [tv(direction="sendrecv", current="recvonly")],
+     False, None, True),
+    ("sendonly vs sendrecv both send", [tv(direction="sendonly", current="sendrecv")],
+     False, None, False),
+    ("inactive vs recvonly both silent", [tv(direction="inactive", current="recvonly")],
+     False, None, False),
+    ("mid but never answered", [tv(current=None, direction="recvonly")], False, None, False),
+    ("stopped transceivers are ignored", [tv(mid=None, current=None, stopped=True)],
+     False, None, False),
+    ("one changed among many", [tv(), tv(mid="1", direction="inactive")], False, None, True),
+]
+
+
+@pytest.mark.parametrize(("case", "ts", "sctp", "sctp_mid", "expected"), NEEDS_OFFER_TABLE,
+                         ids=[row[0] for row in NEEDS_OFFER_TABLE])
+def test_needs_offer(case: str, ts: list[TransceiverView], sctp: bool, sctp_mid: str | None,
+                     expected: bool) -> None:
+    assert needs_offer(ts, has_sctp=sctp, sctp_mid=sctp_mid) is expected, case
+
+
+@pytest.mark.parametrize(("impolite_delay", "polite_delay", "wait"), [
+    (None, 2.0, 0.5),  # a quarter of 2 s, capped at 0.5 s
+    (None, 1.0, 0.25),
+    (None, 0.0, 0.0),
+    (None, -1.0, 0.0),
+    (0.3, 2.0, 0.3),  # explicit
+    (0.0, 2.0, 0.0),  # offer at once
+    (-1.0, 2.0, 0.0),
+])
+def test_impolite_wait(impolite_delay: float | None, polite_delay: float,
+                       wait: float) -> None:
+    assert impolite_wait(impolite_delay, polite_delay) == pytest.approx(wait)
+
+
+FIRST_OFFER_TABLE = [
+    # (case, polite, force, offers_sent, remote_offer_seen, has_something, wait)
+    ("polite defers the first offer", True, False, 0, False, True, 2.0),
+    ("impolite waits a little for a browser", False, False, 0, False, True, 0.5),
+    ("asked to offer now", True, True, 0, False, True, 0.0),
+    ("not the first offer", True, False, 1, False, True, 0.0),
+    ("the remote offered already", True, False, 0, True, True, 0.0),
+    ("nothing to negotiate", True, False, 0, False, False, 0.0),
+    ("impolite asked to offer now", False, True, 0, False, True, 0.0),
+]
+
+
+@pytest.mark.parametrize(("case", "polite", "force", "sent", "seen", "something", "wait"),
+                         FIRST_OFFER_TABLE, ids=[row[0] for row in FIRST_OFFER_TABLE])
+def test_first_offer_wait(case: str, polite: bool, force: bool, sent: int, seen: bool,
+                          something: bool, wait: float) -> None:
+    got = first_offer_wait(polite=polite, polite_delay=2.0, impolite_delay=0.5,
+                           force_offer=force, offers_sent=sent, remote_offer_seen=seen,
+                           has_something=something)
+    assert got == pytest.approx(wait), case
+
+
+def test_a_zero_delay_never_waits() -> None:
+    assert first_offer_wait(polite=True, polite_delay=0.0, impolite_delay=0.5,
+                            force_offer=False, offers_sent=0, remote_offer_seen=False,
+                            has_something=True) == 0.0
+    assert first_offer_wait(polite=False, polite_delay=2.0, impolite_delay=0.0,
+                            force_offer=False, offers_sent=0, remote_offer_seen=False,
+                            has_something=True) == 0.0
