@@ -90,7 +90,7 @@ def bundle_sdk(dest: Path) -> bool:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(SDK / rel, target)
     if files != ["dist/index.mjs"]:
-        # roomwire.server.demo serves dist/index.mjs alone as /demo/sdk.js (1.2.0 imports
+        # roomwire.server.http.demo serves dist/index.mjs alone as /demo/sdk.js (1.2.0 imports
         # nothing); an SDK split into modules needs a route for the others too.
         _say(f"note: the SDK's ES module is {files}; /demo serves dist/index.mjs only")
     _say(f"bundled @metered-ca/realtime {meta.get('version')} ({', '.join(files)}, LICENSE)")

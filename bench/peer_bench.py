@@ -32,10 +32,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from roomwire.client.loopback import enable_loopback_candidates
 from roomwire.client.media import AudioSource, VideoSource
-from roomwire.client.peer import MeteredPeer
-from roomwire.client.peer_events import MediaStream
+from roomwire.client.rtc.events import MediaStream
+from roomwire.client.rtc.loopback import enable_loopback_candidates
+from roomwire.client.rtc.peer import MeteredPeer
 from roomwire.server.auth import mint_token
 from roomwire.server.config import ServerConfig
 from roomwire.server.node import Node

@@ -25,8 +25,8 @@ def run(hidden: tuple[str, ...], code: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("module", [
-    "roomwire.client.peer", "roomwire.client.media", "roomwire.client.remote_peer",
-    "roomwire.client.negotiation", "roomwire.client.loopback", "roomwire.client.peer_events",
+    "roomwire.client.rtc.peer", "roomwire.client.media", "roomwire.client.rtc.remote_peer",
+    "roomwire.client.rtc.negotiation", "roomwire.client.rtc.loopback", "roomwire.client.rtc.events",
 ])
 def test_webrtc_modules_name_the_extra(module: str) -> None:
     done = run(WEBRTC, f"""

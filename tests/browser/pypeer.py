@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "peer"))
 from kit import Tap, drain
 
 from roomwire.client.media import AudioSource, VideoSource
-from roomwire.client.negotiation import NegotiationTimings
-from roomwire.client.peer import MeteredPeer
-from roomwire.client.peer_events import MediaStream
+from roomwire.client.rtc.events import MediaStream
+from roomwire.client.rtc.negotiation import NegotiationTimings
+from roomwire.client.rtc.peer import MeteredPeer
 
 log = logging.getLogger("pypeer")
 

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from conftest import RunningServer, start_node
-from roomwire.server import demo
+from roomwire.server.http import demo
 
 
 def http(srv: RunningServer) -> str:

@@ -17,7 +17,7 @@ import pytest
 from srvkit import conn
 
 from roomwire.server.store import NotFoundError, StoreError, UsageRow
-from roomwire.server.store_postgres import PostgresStore
+from roomwire.server.store.postgres import PostgresStore
 from waiting import wait_for
 
 from .conftest import PG_URL, REDIS_URL, delete_prefix, start_node

@@ -7,7 +7,7 @@ import secrets
 import pytest
 
 from roomwire.server.store import StoreError
-from roomwire.server.store_postgres import PostgresStore
+from roomwire.server.store.postgres import PostgresStore
 
 from .conftest import PG_URL
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from conftest import RunningServer
-from roomwire.client.loopback import loopback_candidates
 from roomwire.client.media import AudioSource, VideoSource
-from roomwire.client.peer import MeteredPeer
-from roomwire.client.peer_events import MediaStream
+from roomwire.client.rtc.events import MediaStream
+from roomwire.client.rtc.loopback import loopback_candidates
+from roomwire.client.rtc.peer import MeteredPeer
 
 from .official import DRIVERS, REPO, OfficialClient, _child_env, official_python
 

@@ -195,7 +195,7 @@ async def test_admin_openapi_document(admin_server: RunningServer, api: Http) ->
 async def test_admin_ops_without_a_node_is_the_cli_path(admin_server: RunningServer) -> None:
     """AdminOps on the database alone (what the CLI does): the running node notices the change
     through the store poll and closes the right sockets."""
-    from roomwire.server.admin_ops import AdminOps
+    from roomwire.server.http.admin_ops import AdminOps
     from roomwire.server.store import SqliteStore, StoreError
 
     store = SqliteStore(admin_server.node.config.database_path)

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import RawClient, RunningServer, start_node
-from roomwire.server.openapi import admin_document, rest_document
+from roomwire.server.http.openapi import admin_document, rest_document
 from roomwire.server.store import Key
 
 ADMIN = "fuzz-admin-token-0123456789-abcdefghijkl"

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import RawClient, start_node
 from roomwire.server.config import ServerConfig
+from roomwire.server.config_sources import load_config, load_file
 from roomwire.server.ice import IceProvider, ice_problem, mint_turn, turn_credential
-from roomwire.server.settings import load_config, load_file
 from waiting import wait_for
 
 from .helpers import Http, bearer

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from conftest import RunningServer
-from roomwire.client.loopback import loopback_candidates
-from roomwire.client.peer import MeteredPeer
+from roomwire.client.rtc.loopback import loopback_candidates
+from roomwire.client.rtc.peer import MeteredPeer
 
 from .kit import FAST, Tap
 

@@ -9,10 +9,10 @@ from typing import Any, TypeVar
 from aiortc import MediaStreamTrack
 
 from roomwire.client.media import iter_frames
-from roomwire.client.negotiation import NegotiationTimings
-from roomwire.client.peer import MeteredPeer
-from roomwire.client.peer_events import PEER_EVENT_TYPES, REMOTE_PEER_EVENT_TYPES
-from roomwire.client.remote_peer import RemotePeer
+from roomwire.client.rtc.events import PEER_EVENT_TYPES, REMOTE_PEER_EVENT_TYPES
+from roomwire.client.rtc.negotiation import NegotiationTimings
+from roomwire.client.rtc.peer import MeteredPeer
+from roomwire.client.rtc.remote_peer import RemotePeer
 from waiting import wait_for
 
 E = TypeVar("E")

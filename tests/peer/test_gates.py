@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-import roomwire.client.peer as peer_mod
+import roomwire.client.rtc.peer as peer_mod
 from conftest import RawClient, RunningServer, start_node
 from roomwire.client import (
     MediaStream,
@@ -20,10 +20,10 @@ from roomwire.client import (
     MeteredPeerSendError,
     MeteredPeerStateError,
 )
-from roomwire.client.errors import SignallingConnectError
 from roomwire.client.media import AudioSource, VideoSource
-from roomwire.client.options import ReconnectOptions
-from roomwire.client.transport import WebSocketConnection, websockets_factory
+from roomwire.client.signalling.errors import SignallingConnectError
+from roomwire.client.signalling.options import ReconnectOptions
+from roomwire.client.signalling.transport import WebSocketConnection, websockets_factory
 
 from .conftest import MakePeer
 from .kit import Tap, wait_until
@@ -337,7 +337,7 @@ async def test_options_factories_ice_servers_loopback_and_no_auto_resubscribe(
         make_peer: MakePeer) -> None:
     from aiortc import RTCConfiguration, RTCPeerConnection
 
-    from roomwire.client.loopback import loopback_mode
+    from roomwire.client.rtc.loopback import loopback_mode
 
     configs: list[RTCConfiguration] = []
 

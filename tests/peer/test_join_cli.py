@@ -14,7 +14,7 @@ import av
 import pytest
 
 from conftest import RunningServer
-from roomwire.client.join_cli import CliError, build_join_parser, join_command, main
+from roomwire.cli.join import CliError, build_join_parser, join_command, main
 from roomwire.client.media import AudioSource, iter_frames
 
 from .conftest import MakePeer

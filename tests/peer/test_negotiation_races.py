@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from roomwire.client.media import VideoSource
-from roomwire.client.negotiation import (
+from roomwire.client.rtc.negotiation import (
     NegotiationTimings,
     PeerNegotiator,
     PeerState,

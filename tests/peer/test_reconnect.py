@@ -11,9 +11,9 @@ import pytest
 
 from conftest import RunningServer, start_node
 from roomwire.client.media import AudioSource, VideoSource
-from roomwire.client.options import ReconnectOptions
-from roomwire.client.peer_errors import MeteredPeerClosedError
-from roomwire.client.peer_events import MediaStream
+from roomwire.client.rtc.errors import MeteredPeerClosedError
+from roomwire.client.rtc.events import MediaStream
+from roomwire.client.signalling.options import ReconnectOptions
 from waiting import quiet_period
 
 from .conftest import MakePeer

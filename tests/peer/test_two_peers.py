@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from roomwire.client.media import AudioSource, VideoSource
-from roomwire.client.peer_events import MediaStream
+from roomwire.client.rtc.events import MediaStream
 
 from .conftest import MakePeer
 from .kit import Tap, count_frames, fresh_frames, wait_until

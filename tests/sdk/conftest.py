@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from roomwire.client import ReconnectOptions, SignallingClient
-from roomwire.client.events import EVENT_TYPES, Event
+from roomwire.client.signalling.events import EVENT_TYPES, Event
 from roomwire.protocol import frames
 
 FAST = ReconnectOptions(initial_delay=0.02, multiplier=2.0, max_delay=0.1, jitter=0.0,

@@ -690,7 +690,7 @@ async def test_zero_inactivity_timeout_disables_ping_and_watchdog() -> None:
 
 async def test_a_driver_bug_still_ends_in_one_terminal_event(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    from roomwire.client import signalling
+    from roomwire.client.signalling import client as signalling
 
     def broken(code: int, *, reconnect_enabled: bool) -> Any:
         raise RuntimeError("bug")

@@ -8,8 +8,8 @@ import math
 import pytest
 
 from roomwire.client import ClientState, ReconnectOptions
-from roomwire.client.logging import scrub
-from roomwire.client.reconnect import (
+from roomwire.client.log import scrub
+from roomwire.client.signalling.reconnect import (
     Backoff,
     DisconnectCause,
     TokenFailureStreak,
@@ -18,8 +18,8 @@ from roomwire.client.reconnect import (
     judge_close,
     retry_after_seconds,
 )
-from roomwire.client.state import TRANSITIONS, IllegalTransition, StateMachine
-from roomwire.client.url import connect_url, endpoint_url
+from roomwire.client.signalling.state import TRANSITIONS, IllegalTransition, StateMachine
+from roomwire.client.signalling.url import connect_url, endpoint_url
 from roomwire.protocol import limits
 
 S = ClientState

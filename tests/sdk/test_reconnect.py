@@ -17,7 +17,7 @@ from websockets.asyncio.server import ServerConnection
 
 from conftest import RunningServer, start_node
 from roomwire.client import ClientState, ReconnectOptions, SignallingClient
-from roomwire.client.transport import WebSocketConnection, websockets_factory
+from roomwire.client.signalling.transport import WebSocketConnection, websockets_factory
 from waiting import quiet_period, wait_for
 
 from .conftest import (

@@ -1,4 +1,4 @@
-"""What ``roomwire.client.aiortc_compat`` relies on in aiortc and aioice, checked on the real
+"""What ``roomwire.client.rtc.aiortc_compat`` relies on in aiortc and aioice, checked on the real
 objects of the pinned versions. A failure here after an upgrade names the private attribute
 or behaviour that moved: fix ``aiortc_compat`` (and only it) before anything else."""
 
@@ -16,8 +16,8 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 
-from roomwire.client import aiortc_compat as compat
-from roomwire.client.loopback import make_configuration
+from roomwire.client.rtc import aiortc_compat as compat
+from roomwire.client.rtc.loopback import make_configuration
 
 BOUND = 10.0  # seconds; in-process steps take milliseconds even on a loaded machine
 

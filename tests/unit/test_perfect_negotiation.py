@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from roomwire.client.perfect_negotiation import (
+from roomwire.client.rtc.perfect_negotiation import (
     AnswerAction,
     CandidateAction,
     CandidateView,
@@ -27,7 +27,7 @@ from roomwire.client.perfect_negotiation import (
 
 def test_the_module_is_pure() -> None:
     # The point of the module: its rules run without an event loop or a WebRTC stack.
-    import roomwire.client.perfect_negotiation as mod
+    import roomwire.client.rtc.perfect_negotiation as mod
 
     source = Path(mod.__file__).read_text(encoding="utf-8")
     for name in ("asyncio", "aiortc", "aioice", "av"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from roomwire.client.logging import scrub as client_scrub
+from roomwire.client.log import scrub as client_scrub
 from roomwire.protocol.redact import MASK, REDACTED, scrub
 from roomwire.server.logs import scrub as server_scrub
 

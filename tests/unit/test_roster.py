@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from roomwire.client.roster import (
+from roomwire.client.rtc.roster import (
     DeadlineAction,
     JoinAction,
     ReconcilePlan,
@@ -19,7 +19,7 @@ from roomwire.client.roster import (
 
 
 def test_the_module_is_pure() -> None:
-    import roomwire.client.roster as mod
+    import roomwire.client.rtc.roster as mod
 
     source = Path(mod.__file__).read_text(encoding="utf-8")
     for name in ("asyncio", "aiortc", "aioice", "av"):

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
-from roomwire.client.loopback import loopback_candidates
-from roomwire.client.negotiation import NegotiationTimings
+from roomwire.client.rtc.loopback import loopback_candidates
+from roomwire.client.rtc.negotiation import NegotiationTimings
 
 from .harness import FAST, Mesh
 

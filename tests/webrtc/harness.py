@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from aiortc import MediaStreamTrack
 
 from roomwire.client.media import iter_frames
-from roomwire.client.negotiation import (
+from roomwire.client.rtc.negotiation import (
     NegotiationTimings,
     NegotiatorEvent,
     PeerNegotiator,

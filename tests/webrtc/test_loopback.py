@@ -6,8 +6,8 @@ import aioice.ice
 import pytest
 from aiortc import RTCIceServer, RTCPeerConnection
 
-from roomwire.client import loopback
-from roomwire.client.loopback import (
+from roomwire.client.rtc import loopback
+from roomwire.client.rtc.loopback import (
     disable_loopback_candidates,
     enable_loopback_candidates,
     loopback_candidates,

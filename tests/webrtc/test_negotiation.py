@@ -15,7 +15,7 @@ import pytest
 from aiortc import RTCDataChannel
 
 from roomwire.client.media import AudioSource, Recorder, VideoSource, from_file, iter_frames
-from roomwire.client.negotiation import (
+from roomwire.client.rtc.negotiation import (
     ConnectionResetEvent,
     DataChannelEvent,
     IceRecoveryExhaustedError,

@@ -8,7 +8,7 @@ import fractions
 from aiortc.mediastreams import MediaStreamTrack
 from av import VideoFrame
 
-from roomwire.client.negotiation import SourceRelay
+from roomwire.client.rtc.negotiation import SourceRelay
 from waiting import quiet_period, wait_for
 
 FRAME = 0.01  # seconds between the test source's frames

@@ -6,8 +6,8 @@ import re
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from roomwire.client.loopback import make_configuration
-from roomwire.client.sdp import (
+from roomwire.client.rtc.loopback import make_configuration
+from roomwire.client.rtc.sdp import (
     ice_ufrag,
     negotiated_extmap_ids,
     parse_sdp,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from roomwire.client.signals import (
+from roomwire.client.rtc.signals import (
     MAX_CANDIDATE_CHARS,
     CandidateBudget,
     DescriptionSignal,

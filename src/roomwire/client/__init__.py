@@ -10,7 +10,8 @@ and PyAV and is imported on first use, so a pub/sub-only install never imports t
 from typing import Any
 
 from .emitter import EventKey, EventStream
-from .errors import (
+from .signalling.client import SignallingClient, TokenProvider
+from .signalling.errors import (
     AckTimeoutError,
     ClientStateError,
     DisconnectedError,
@@ -26,7 +27,7 @@ from .errors import (
     SignallingError,
     TokenProviderError,
 )
-from .events import (
+from .signalling.events import (
     ConnectedEvent,
     DirectEvent,
     DisconnectedEvent,
@@ -39,41 +40,40 @@ from .events import (
     StateChangeEvent,
     TokenProviderErrorEvent,
 )
-from .options import ReconnectOptions
-from .reconnect import DisconnectCause
-from .signalling import SignallingClient, TokenProvider
-from .state import ClientState
-from .transport import HandshakeRejected, WebSocketConnection, WebSocketFactory
+from .signalling.options import ReconnectOptions
+from .signalling.reconnect import DisconnectCause
+from .signalling.state import ClientState
+from .signalling.transport import HandshakeRejected, WebSocketConnection, WebSocketFactory
 
 _LAZY: dict[str, str] = {
-    # peer.py
-    "MeteredPeer": "peer", "MeteredPeerState": "peer", "StreamMetadata": "peer",
-    # remote_peer.py
-    "RemotePeer": "remote_peer",
-    # peer_errors.py
-    "MeteredPeerBufferFullError": "peer_errors", "MeteredPeerClosedError": "peer_errors",
-    "MeteredPeerError": "peer_errors", "MeteredPeerFatalError": "peer_errors",
-    "MeteredPeerOversizedError": "peer_errors", "MeteredPeerReplaceTrackError": "peer_errors",
-    "MeteredPeerSendError": "peer_errors", "MeteredPeerStateError": "peer_errors",
-    "ReplaceTrackFailure": "peer_errors",
-    # peer_events.py
-    "DataEvent": "peer_events", "ErrorEvent": "peer_events", "JoinedEvent": "peer_events",
-    "LeftEvent": "peer_events", "MediaStream": "peer_events",
-    "PeerJoinedEvent": "peer_events", "PeerLeftEvent": "peer_events",
-    "PeerStateEvent": "peer_events", "RemoteConnectionResetEvent": "peer_events",
-    "RemoteDataChannelEvent": "peer_events", "RemoteNegotiationErrorEvent": "peer_events",
-    "RemoteStateChangeEvent": "peer_events", "RemoteStreamAddedEvent": "peer_events",
-    "RemoteStreamRemovedEvent": "peer_events", "RemoteTrackMetadataEvent": "peer_events",
-    "TrackEvent": "peer_events",
+    # rtc/peer.py
+    "MeteredPeer": "rtc.peer", "MeteredPeerState": "rtc.peer", "StreamMetadata": "rtc.peer",
+    # rtc/remote_peer.py
+    "RemotePeer": "rtc.remote_peer",
+    # rtc/errors.py
+    "MeteredPeerBufferFullError": "rtc.errors", "MeteredPeerClosedError": "rtc.errors",
+    "MeteredPeerError": "rtc.errors", "MeteredPeerFatalError": "rtc.errors",
+    "MeteredPeerOversizedError": "rtc.errors", "MeteredPeerReplaceTrackError": "rtc.errors",
+    "MeteredPeerSendError": "rtc.errors", "MeteredPeerStateError": "rtc.errors",
+    "ReplaceTrackFailure": "rtc.errors",
+    # rtc/events.py
+    "DataEvent": "rtc.events", "ErrorEvent": "rtc.events", "JoinedEvent": "rtc.events",
+    "LeftEvent": "rtc.events", "MediaStream": "rtc.events",
+    "PeerJoinedEvent": "rtc.events", "PeerLeftEvent": "rtc.events",
+    "PeerStateEvent": "rtc.events", "RemoteConnectionResetEvent": "rtc.events",
+    "RemoteDataChannelEvent": "rtc.events", "RemoteNegotiationErrorEvent": "rtc.events",
+    "RemoteStateChangeEvent": "rtc.events", "RemoteStreamAddedEvent": "rtc.events",
+    "RemoteStreamRemovedEvent": "rtc.events", "RemoteTrackMetadataEvent": "rtc.events",
+    "TrackEvent": "rtc.events",
     # media.py
     "AudioSource": "media", "Recorder": "media", "VideoSource": "media",
     "from_camera": "media", "from_file": "media", "from_microphone": "media",
     "iter_frames": "media",
-    # loopback.py
-    "disable_loopback_candidates": "loopback", "enable_loopback_candidates": "loopback",
-    "loopback_candidates": "loopback",
-    # negotiation.py
-    "NegotiationTimings": "negotiation",
+    # rtc/loopback.py
+    "disable_loopback_candidates": "rtc.loopback", "enable_loopback_candidates": "rtc.loopback",
+    "loopback_candidates": "rtc.loopback",
+    # rtc/negotiation.py
+    "NegotiationTimings": "rtc.negotiation",
 }
 
 

@@ -14,8 +14,8 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
-from .events import EVENT_TYPES, Event
-from .logging import ClientLogger
+from .log import ClientLogger
+from .signalling.events import EVENT_TYPES, Event
 
 __all__ = ["EventEmitter", "EventKey", "EventStream", "Observable", "event_name"]
 

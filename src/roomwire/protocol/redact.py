@@ -1,6 +1,6 @@
 """What counts as a secret in a line of text, and ``scrub()`` that masks it: one source for
 the server's log filter (``server/logs.py``, also its HTTP error bodies) and the SDK's
-logger (``client/logging.py``).
+logger (``client/log.py``).
 
 Masked wherever they appear (docs/operations.md, Logs; docs/sdk-signalling.md, Logging):
 

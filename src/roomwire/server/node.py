@@ -16,23 +16,24 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from ..protocol import CloseCode, frames
-from .admin import add_routes as mount_admin_api
 from .auth import AuthFailure, Keyring, Principal, authenticate
 from .broker import Broker
 from .broker.memory import MemoryBroker
 from .config import ServerConfig, check_admin_token
-from .demo import DemoContext
-from .demo import add_routes as mount_demo
-from .gateway import ConnectionCaps, FrontProtocol, Outbox, WsSession, ws_text_frame
-from .http import build_http_app
+from .gateway.front import ConnectionCaps, FrontProtocol
+from .gateway.websocket import Outbox, WsSession, ws_text_frame
+from .http.admin import add_routes as mount_admin_api
+from .http.app import build_http_app
+from .http.demo import DemoContext
+from .http.demo import add_routes as mount_demo
+from .http.rest import add_routes as mount_rest_api
 from .hub import Hub
 from .ice import IceProvider
 from .limits import ConnectLimiter, UsageMeter
 from .metrics import Metrics, render_node
-from .rest import add_routes as mount_rest_api
 from .store import App, Store, open_store
-from .usage_store import flush as flush_usage_rows
-from .usage_store import restore as restore_usage
+from .store.usage import flush as flush_usage_rows
+from .store.usage import restore as restore_usage
 
 log = logging.getLogger("roomwire.node")
 

@@ -1,0 +1,236 @@
+"""Every use of aiortc's and aioice's private state, in one place.
+
+The SDK works around gaps of aiortc (docs/webrtc-notes.md, "What aiortc cannot do") by reading
+and writing attributes that are not part of aiortc's API. They are verified against the aiortc
+version pinned in ``pyproject.toml`` (the ``webrtc`` extra) by
+``tests/unit/test_aiortc_compat.py``: when an upgrade renames or drops one of them, that test
+names it. Nothing outside this module touches an underscore attribute of an aiortc or aioice
+object.
+
+What each helper relies on:
+
+* ``set_track_id``: ``MediaStreamTrack._id``, the value behind its read-only ``id``.
+* ``mark_unoffered_inactive``: ``RTCRtpTransceiver._offerDirection`` (aiortc computes the answer
+  direction from it and fails on ``None`` for a transceiver the remote's offer did not include).
+* ``label_sender``: ``RTCRtpSender._track_id`` / ``_stream_id``, which aiortc writes into the
+  ``a=msid`` line of every description.
+* ``reset_encoder``: the name-mangled ``RTCRtpSender.__encoder`` (``None`` makes the sender build
+  a fresh encoder on the next frame).
+* ``move_pending_channel``: ``RTCPeerConnection.__createSctpTransport``,
+  ``RTCSctpTransport._data_channel_queue`` (``(channel, ...)`` items waiting for the SCTP
+  association) and the name-mangled ``RTCDataChannel.__transport``.
+* ``SourceRelay`` / ``retire_proxy`` / ``repoint_proxy``: ``MediaRelay._start`` / ``_stop``
+  (called by a ``RelayStreamTrack`` when it is first read and when it stops) and the proxy's
+  ``_source``, ``_queue`` (buffered), ``_new_frame_event`` and ``_frame`` (unbuffered).
+* ``set_host_address_lookup``: the module function ``aioice.ice.get_host_addresses(use_ipv4,
+  use_ipv6)``, looked up by aioice at gather time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ...extras import missing_extra
+
+try:
+    import aioice.ice
+    from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCRtpTransceiver
+    from aiortc.contrib.media import MediaRelay, RelayStreamTrack
+    from aiortc.mediastreams import MediaStreamError
+    from av.frame import Frame
+    from av.packet import Packet
+except ImportError as exc:  # the optional WebRTC stack is not installed
+    raise missing_extra("webrtc", exc) from exc
+
+__all__ = [
+    "AIOICE_HOST_ADDRESSES",
+    "HostAddressLookup",
+    "SourceRelay",
+    "host_address_lookup",
+    "label_sender",
+    "mark_unoffered_inactive",
+    "move_pending_channel",
+    "repoint_proxy",
+    "reset_encoder",
+    "retire_proxy",
+    "set_host_address_lookup",
+    "set_track_id",
+]
+
+HostAddressLookup = Callable[..., list[str]]
+"""``(use_ipv4: bool, use_ipv6: bool) -> [address, ...]``, aioice's host-address lookup."""
+
+AIOICE_HOST_ADDRESSES: HostAddressLookup = aioice.ice.get_host_addresses
+"""aioice's own lookup, captured before anything replaces it."""
+
+
+# -- aioice --------------------------------------------------------------------------------------
+
+
+def host_address_lookup() -> HostAddressLookup:
+    """The lookup aioice uses now."""
+    lookup: HostAddressLookup = aioice.ice.get_host_addresses
+    return lookup
+
+
+def set_host_address_lookup(lookup: HostAddressLookup | None) -> None:
+    """Replace aioice's host-address lookup for every later gathering (``None``: aioice's
+    own). aioice resolves the name at gather time, so connections created earlier follow."""
+    aioice.ice.get_host_addresses = lookup if lookup is not None else AIOICE_HOST_ADDRESSES
+
+
+# -- tracks, transceivers and senders --------------------------------------------------------
+
+
+def set_track_id(track: MediaStreamTrack, track_id: str) -> None:
+    """Give a track the id of its sender (``MediaStreamTrack.id`` is read-only), so a
+    received track shows the id the remote announced in its msid."""
+    track._id = track_id
+
+
+
+def mark_unoffered_inactive(pc: RTCPeerConnection) -> None:
+    """Before ``setLocalDescription(answer)``: give every transceiver the remote's offer did
+    not include an offer direction of ``inactive``, so aiortc can compute its answer direction
+    (it is offered in a follow-up negotiation)."""
+    for t in pc.getTransceivers():
+        if t._offerDirection is None:
+            t._offerDirection = "inactive"
+
+
+def label_sender(transceiver: RTCRtpTransceiver, track_id: str, stream_id: str) -> None:
+    """Make the msid of the sender's m-section announce ``stream_id`` and ``track_id`` (aiortc
+    otherwise announces its relay proxy's own ids)."""
+    sender: Any = transceiver.sender
+    sender._track_id = track_id
+    sender._stream_id = stream_id
+
+
+def reset_encoder(transceiver: RTCRtpTransceiver, proxy: MediaStreamTrack | None) -> None:
+    """After ``proxy`` (what the sender reads) was re-pointed at another source: drop a frame
+    of the old source still pending in the proxy and make the sender build a fresh encoder.
+    The new source's timestamps start afresh, and libvpx refuses a frame whose pts goes
+    backwards (the sender's task would die and the track freeze); a new encoder starts with a
+    keyframe as well."""
+    if isinstance(proxy, RelayStreamTrack) and proxy._new_frame_event is not None:
+        proxy._new_frame_event.clear()
+    sender: Any = transceiver.sender
+    with contextlib.suppress(AttributeError):
+        sender._RTCRtpSender__encoder = None
+
+
+# -- data channels ------------------------------------------------------------------------------
+
+
+def move_pending_channel(channel: RTCDataChannel, old_pc: RTCPeerConnection,
+                         new_pc: RTCPeerConnection) -> bool:
+    """Move a local data channel that never opened from ``old_pc`` to ``new_pc``: it opens
+    with the new connection's SCTP association. Returns False (the channel stays behind and
+    dies with ``old_pc``) when it already opened or had an id, or on any surprise."""
+    if channel.readyState != "connecting" or channel.id is not None:
+        return False
+    old_sctp: Any = old_pc.sctp
+    if old_sctp is None:
+        return False
+    try:
+        if new_pc.sctp is None:
+            create = getattr(new_pc, "_RTCPeerConnection__createSctpTransport")  # noqa: B009
+            create()
+        new_sctp: Any = new_pc.sctp
+        queue = old_sctp._data_channel_queue
+        queued = [item for item in queue if item[0] is channel]
+        old_sctp._data_channel_queue = deque(item for item in queue if item[0] is not channel)
+        channel.__dict__["_RTCDataChannel__transport"] = new_sctp
+        new_sctp._data_channel_queue.extend(queued)
+    except Exception:
+        return False
+    return True
+
+
+# -- relay proxies ------------------------------------------------------------------------------
+
+
+class SourceRelay(MediaRelay):
+    """Fans one local source track out to one proxy per peer connection, like aiortc's
+    ``MediaRelay``, but stops reading a source once its last proxy is retired. aiortc's relay
+    reads a live source for ever, which burns CPU after every peer has gone and steals frames
+    from anyone else the application lets read that track."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._consumers: dict[MediaStreamTrack, set[RelayStreamTrack]] = {}
+        self._readers: dict[MediaStreamTrack, asyncio.Future[None]] = {}
+
+    def subscribe(self, track: MediaStreamTrack, buffered: bool = True) -> MediaStreamTrack:
+        self._consumers.setdefault(track, set())
+        return RelayStreamTrack(self, track, buffered)
+
+    def _start(self, proxy: RelayStreamTrack) -> None:
+        source = proxy._source
+        if source is None:
+            return
+        self._consumers.setdefault(source, set()).add(proxy)
+        if source not in self._readers:
+            self._readers[source] = asyncio.ensure_future(self._read(source))
+
+    def _stop(self, proxy: RelayStreamTrack) -> None:
+        source = proxy._source
+        consumers = self._consumers.get(source) if source is not None else None
+        if consumers is None:
+            return
+        consumers.discard(proxy)
+        if not consumers:
+            del self._consumers[source]  # type: ignore[arg-type]
+            reader = self._readers.pop(source, None)  # type: ignore[arg-type]
+            if reader is not None:
+                reader.cancel()
+
+    def reading(self, source: MediaStreamTrack) -> bool:
+        """Whether the relay is reading ``source`` now."""
+        return source in self._readers
+
+    async def _read(self, source: MediaStreamTrack) -> None:
+        while True:
+            frame: Frame | Packet[Any] | None
+            try:
+                frame = await source.recv()
+            except MediaStreamError:
+                frame = None
+            for proxy in list(self._consumers.get(source, ())):
+                if proxy._queue is not None:
+                    proxy._queue.put_nowait(frame)
+                elif proxy._new_frame_event is not None:
+                    proxy._frame = frame
+                    proxy._new_frame_event.set()
+            if frame is None:
+                break
+        self._readers.pop(source, None)
+        self._consumers.pop(source, None)
+
+
+def retire_proxy(proxy: MediaStreamTrack | None) -> None:
+    """Stop a relay proxy and wake a sender blocked in its ``recv()`` (an unbuffered proxy
+    only wakes on the next source frame, which a stopped proxy never gets)."""
+    if proxy is None:
+        return
+    proxy.stop()
+    if isinstance(proxy, RelayStreamTrack) and proxy._new_frame_event is not None:
+        proxy._frame = None
+        proxy._new_frame_event.set()
+
+
+def repoint_proxy(relay: MediaRelay, proxy: MediaStreamTrack, new: MediaStreamTrack) -> bool:
+    """Make a live relay proxy read ``new`` instead of its source, so the sender reading the
+    proxy never sees its track end (follow with ``reset_encoder``). Returns False when
+    ``proxy`` is not a live relay proxy (the caller replaces it instead)."""
+    if not isinstance(proxy, RelayStreamTrack) or proxy.readyState != "live":
+        return False
+    relay.subscribe(new, buffered=False)  # registers `new` with the relay (proxy unused)
+    relay._stop(proxy)
+    proxy._source = new
+    relay._start(proxy)
+    return True

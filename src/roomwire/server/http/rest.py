@@ -1,0 +1,369 @@
+"""The Metered-compatible REST control plane under ``/v1`` (docs/protocol.md, REST control plane).
+
+Auth is ``Authorization: Bearer sk_id_...:sk_secret_...``; every credential failure gets the
+same 401 body. The key's channel patterns and actions apply to channel-scoped endpoints, and
+every endpoint acts on the key's own app only.
+
+Channel names and peer ids travel URL-encoded in the path (``/`` as ``%2F``). The routes capture
+the raw path and decode it here, so an encoded slash is part of the name, never a separator.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+from urllib.parse import unquote
+
+import msgspec
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from ...protocol import CloseCode, ErrorCode, frames
+from ...protocol import claims as claim_rules
+from ...protocol.limits import MAX_PEER_METADATA_BYTES
+from ...protocol.patterns import PatternError, matches_any
+from ...protocol.validate import channel_problem, is_reserved_channel, peer_id_problem
+from ..auth import Keyring, mint_token
+from ..broker import Broker
+from ..config import ServerConfig
+from ..hub import Hub
+from ..limits import ConnectLimiter, FailureLimiter, UsageMeter
+from ..metrics import Metrics
+from ..store import Key
+from ..store.usage import usage_document
+from .app import MAX_BODY, json_error
+
+log = logging.getLogger("roomwire.rest")
+
+DEFAULT_TOKEN_TTL = claim_rules.DEFAULT_TOKEN_TTL
+UNAUTHORIZED_MESSAGE = (
+    "a valid secret key is required: Authorization: Bearer sk_id_...:sk_secret_..."
+)
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error", "message"}`` with an HTTP status."""
+
+    def __init__(self, status: int, error: str, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+        self.headers = headers
+
+    def response(self) -> web.Response:
+        return json_error(self.status, self.error, self.message, self.headers)
+
+
+def unauthorized() -> ApiError:
+    return ApiError(401, "unauthorized", UNAUTHORIZED_MESSAGE,
+                    {"WWW-Authenticate": 'Bearer realm="roomwire"'})
+
+
+def bad_request(message: str, error: str = "invalid_request") -> ApiError:
+    return ApiError(400, error, message)
+
+
+def raw_segments(request: web.Request, prefix: str) -> list[str]:
+    """The still-encoded path segments after ``prefix`` (which ends without a slash)."""
+    raw = request.raw_path.split("?", 1)[0].split("#", 1)[0]
+    rest = raw[len(prefix):]
+    return rest.split("/")[1:] if rest.startswith("/") else []
+
+
+def decode_segment(seg: str, what: str) -> str:
+    try:
+        return unquote(seg, errors="strict")
+    except UnicodeDecodeError:
+        raise bad_request(f"the {what} in the path is not valid UTF-8") from None
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object; 413 over 32 KB, 400 when it is not an object."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise ApiError(413, "invalid_request", f"the body is larger than {MAX_BODY} bytes")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "invalid_request",
+                       f"the body is larger than {MAX_BODY} bytes") from None
+    except (ConnectionError, HttpProcessingError):
+        # The client went away inside the body (aiohttp reports a lost connection or a short
+        # payload): not a server fault, so no traceback; the answer is written nowhere.
+        raise ApiError(400, "invalid_request",
+                       "the connection ended before the whole body arrived") from None
+    if len(body) > MAX_BODY:
+        raise ApiError(413, "invalid_request", f"the body is larger than {MAX_BODY} bytes")
+    if not body.strip():
+        raise bad_request("the body must be a JSON object")
+    try:
+        value = msgspec.json.decode(body)
+    except (msgspec.DecodeError, ValueError):
+        raise bad_request("the body is not valid JSON") from None
+    except RecursionError:
+        raise bad_request("the body nests arrays or objects too deeply") from None
+    if not isinstance(value, dict):
+        raise bad_request("the body must be a JSON object")
+    return value
+
+
+class RestContext(Protocol):
+    """What the REST control plane needs from its node."""
+
+    @property
+    def config(self) -> ServerConfig: ...
+
+    @property
+    def keyring(self) -> Keyring:
+        """The apps and keys as last loaded (replaced whenever the store changes)."""
+        ...
+
+    @property
+    def hub(self) -> Hub: ...
+
+    @property
+    def broker(self) -> Broker: ...
+
+    @property
+    def usage(self) -> UsageMeter: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+
+class RestApi:
+    """Handlers of the ``/v1`` REST endpoints of one node."""
+
+    def __init__(self, node: RestContext) -> None:
+        self.node = node
+        rate, burst = node.config.rest_rate_limit, node.config.rest_rate_burst
+        window = burst / rate if rate > 0 else 1.0
+        self.key_limiter = ConnectLimiter(burst if rate > 0 else 0, window)
+        self.failures = FailureLimiter(burst if rate > 0 else 0, window)
+
+    # -- auth ------------------------------------------------------------------------------
+
+    def authenticate(self, request: web.Request) -> Key:
+        address = request.remote or "?"
+        # Before the secret is compared: an address that used up its failures learns nothing
+        # more, not even that a guess was right.
+        if self.failures.retry_after(address) is not None:
+            raise _rate_limited()
+        header = request.headers.get("Authorization", "")
+        key = self._key_from_header(header)
+        if key is None:
+            self.failures.failed(address)
+            raise unauthorized()
+        if not self.key_limiter.allow(key.id):
+            raise _rate_limited()
+        return key
+
+    def _key_from_header(self, header: str) -> Key | None:
+        scheme, _, credential = header.partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        credential = credential.strip()
+        key_id, sep, secret = credential.partition(":")
+        if not sep or not key_id.startswith("sk_id_") or not secret:
+            # Also refuses pk keys, a key id alone and old-style sk_live_ keys.
+            return None
+        key = self.node.keyring.secret_key(key_id, secret)
+        if key is None:
+            return None
+        app = self.node.keyring.app(key.app_id)
+        if app is None or app.suspended:
+            return None
+        return key
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        segs = raw_segments(request, "/v1")
+        method = request.method
+        endpoint = "unknown"
+        try:
+            if segs == ["openapi.json"] and method == "GET":
+                from .openapi import rest_document
+
+                endpoint = "openapi"
+                return web.json_response(rest_document())
+            if segs == ["tokens"] and method == "POST":
+                endpoint = "tokens"
+                return await self.tokens(request, self.authenticate(request))
+            if len(segs) >= 3 and segs[0] == "channels" and segs[-1] in ("peers", "publish"):
+                if segs[-1] == "peers" and method == "GET":
+                    endpoint = "channel_peers"
+                    key = self.authenticate(request)
+                    return self.channel_peers(key, self._channel(segs[1:-1]))
+                if segs[-1] == "publish" and method == "POST":
+                    endpoint = "channel_publish"
+                    key = self.authenticate(request)
+                    channel = self._channel(segs[1:-1])
+                    return await self.publish(request, key, channel)
+            if len(segs) == 2 and segs[0] == "peers" and method == "DELETE":
+                endpoint = "peer_delete"
+                key = self.authenticate(request)
+                return await self.kick(key, decode_segment(segs[1], "peer id"))
+            if segs == ["usage"] and method == "GET":
+                endpoint = "usage"
+                return self.usage(self.authenticate(request))
+            raise ApiError(404, "not_found", "no such endpoint")
+        except ApiError as exc:
+            self.node.metrics.count_rest(endpoint, exc.status)
+            return exc.response()
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    def _channel(self, encoded: list[str]) -> str:
+        channel = "/".join(decode_segment(s, "channel") for s in encoded)
+        problem = channel_problem(channel)
+        if problem is not None:
+            raise bad_request(problem)
+        if is_reserved_channel(channel):
+            raise bad_request("channels starting with _metered/, _internal/ or _system/ are "
+                              "reserved", "channel_reserved")
+        return channel
+
+    def _ok(self, endpoint: str, body: dict[str, Any]) -> web.Response:
+        self.node.metrics.count_rest(endpoint, 200)
+        return web.json_response(body)
+
+    async def tokens(self, request: web.Request, key: Key) -> web.Response:
+        body = await read_json_object(request)
+        # The rules are protocol/claims.py's, in the order of the answer's status: the 400s
+        # of a malformed request before the 403s of a key that may not grant it.
+        peer_id = body.get("peerId")
+        problem = claim_rules.sub_problem(peer_id, "peerId")
+        if problem is not None:
+            raise bad_request(problem)
+        assert isinstance(peer_id, str)
+        problem = claim_rules.signer_problem(key.peer_id_pattern, peer_id, "peerId")
+        if problem is not None:
+            raise ApiError(403, "peer_not_authorized", problem)
+
+        channels = body.get("channels")
+        if channels is not None:
+            problem = (claim_rules.channels_problem(channels, "channels")
+                       or claim_rules.requested_channels_problem(channels, "channels"))
+            if problem is not None:
+                raise bad_request(problem)
+            problem = claim_rules.reserved_channels_problem(channels, "channels")
+            if problem is not None:
+                raise bad_request(problem, "channel_reserved")
+            problem = claim_rules.channels_within_problem(channels, key.channel_patterns,
+                                                          "channels")
+            if problem is not None:
+                raise ApiError(403, "channel_not_authorized", problem)
+
+        permissions = body.get("permissions")
+        if permissions is not None:
+            problem = claim_rules.permissions_problem(
+                permissions, "permissions", max_entries=claim_rules.MAX_REQUEST_PERMISSIONS)
+            if problem is not None:
+                raise bad_request(problem)
+            problem = claim_rules.permissions_within_problem(permissions, key.actions,
+                                                             "permissions")
+            if problem is not None:
+                raise ApiError(403, "action_not_permitted", problem)
+
+        max_ttl = self.node.config.max_token_lifetime
+        ttl = body.get("expiresInSec", min(DEFAULT_TOKEN_TTL, max_ttl))
+        metadata = body.get("metadata")
+        peer_metadata = body.get("peerMetadata")
+        problem = (claim_rules.lifetime_problem(ttl, "expiresInSec", max_ttl)
+                   or claim_rules.metadata_problem(metadata, "metadata")
+                   or claim_rules.peer_metadata_problem(peer_metadata, "peerMetadata"))
+        if problem is not None:
+            raise bad_request(problem)
+
+        try:
+            token, exp = mint_token(key, peer_id, ttl=ttl, channels=channels,
+                                    permissions=permissions, peer_metadata=peer_metadata,
+                                    metadata=metadata)
+        except (ValueError, PatternError) as exc:
+            raise bad_request(str(exc)) from None
+        return self._ok("tokens", {"token": token, "expiresAt": exp})
+
+    def _scope(self, key: Key, channel: str, action: str) -> None:
+        if action not in key.actions:
+            raise ApiError(403, "action_not_permitted", f"this key may not {action}")
+        if not matches_any(key.channel_patterns, channel):
+            raise ApiError(403, "channel_not_authorized",
+                           "this key's channel patterns do not cover this channel")
+
+    def channel_peers(self, key: Key, channel: str) -> web.Response:
+        self._scope(key, channel, "presence")
+        peers = [msgspec.json.decode(e) for e in self.node.hub.members(key.app_id, channel)]
+        return self._ok("channel_peers", {"channel": channel, "peers": peers})
+
+    async def publish(self, request: web.Request, key: Key, channel: str) -> web.Response:
+        self._scope(key, channel, "publish")
+        body = await read_json_object(request)
+        if "data" not in body:
+            raise bad_request("publish needs a 'data' field (null is allowed)")
+        sender = body.get("from", "server")
+        problem = peer_id_problem(sender)
+        if problem is not None:
+            raise bad_request(f"from: {problem}")
+        peer_metadata = body.get("peerMetadata")
+        sender_metadata: bytes | None = None
+        if peer_metadata is not None:
+            if not isinstance(peer_metadata, dict):
+                raise bad_request("peerMetadata must be an object")
+            sender_metadata = frames.encode_json(peer_metadata)
+            if len(sender_metadata) > MAX_PEER_METADATA_BYTES:
+                raise bad_request("peerMetadata is larger than 4 KB")
+        node = self.node
+        app = node.keyring.app(key.app_id)
+        limit = app.max_messages_per_period if app else None
+        if not node.usage.count_message(key.app_id, limit):
+            node.metrics.count_error(ErrorCode.OVER_MESSAGE_QUOTA)
+            raise ApiError(429, "over_message_quota",
+                           "the app's message quota for this period is used up")
+        data = frames.encode_json(body["data"])
+        node.metrics.count_frame("rest_publish")
+        delivered = node.hub.publish(key.app_id, channel, data, frames.encode_json(sender),
+                                     sender_metadata, skip=None)
+        if node.broker.clustered:
+            return self._ok("channel_publish", {"channel": channel, "accepted": True})
+        return self._ok("channel_publish", {"channel": channel, "delivered": delivered})
+
+    async def kick(self, key: Key, peer_id: str) -> web.Response:
+        problem = peer_id_problem(peer_id)
+        if problem is not None:
+            raise bad_request(f"peer id: {problem}")
+        if not key.may_act_for(peer_id):
+            raise ApiError(403, "peer_not_authorized",
+                           "this key may not disconnect that peer id (see the key's peer id "
+                           "pattern)")
+        # Every node closes the peer's sockets; the count covers the whole cluster. A key
+        # reaches only sockets whose channel scope lies within its own, so a key for
+        # rooms/** cannot cut off the same peer id's sockets on private/**.
+        closed = await self.node.hub.kick(key.app_id, peer_id, CloseCode.ADMIN_DISCONNECT,
+                                          "disconnected by the app's backend",
+                                          scope=key.channel_patterns)
+        return self._ok("peer_delete", {"peerId": peer_id, "closed": closed})
+
+    def usage(self, key: Key) -> web.Response:
+        app = self.node.keyring.app(key.app_id)
+        if app is None:
+            raise ApiError(503, "internal_error", "the app's plan is not available right now")
+        return self._ok("usage", usage_document(app, self.node.usage, self.node.hub))
+
+
+def _rate_limited() -> ApiError:
+    return ApiError(429, "rate_limited", "too many requests; slow down",
+                    {"Retry-After": "1"})
+
+
+REST_KEY: web.AppKey[RestApi] = web.AppKey("rest")
+
+
+async def _handle(request: web.Request) -> web.StreamResponse:
+    return await request.app[REST_KEY].dispatch(request)
+
+
+def add_routes(app: web.Application, node: RestContext) -> None:
+    app[REST_KEY] = RestApi(node)
+    app.router.add_route("*", "/v1/{tail:.*}", _handle)
