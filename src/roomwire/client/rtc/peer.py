@@ -39,7 +39,7 @@ try:
 except ImportError as exc:  # the optional WebRTC stack is not installed
     raise missing_extra("webrtc", exc) from exc
 
-from ...protocol import ErrorCode, ProtocolViolation, limits
+from ...protocol import FATAL_UNCORRELATED_ERRORS, ErrorCode, ProtocolViolation, limits
 from ...protocol.frames import data_size
 from ...protocol.validate import validate_channel, validate_peer_id
 from ..emitter import EventEmitter, Observable
@@ -121,12 +121,6 @@ sender-stamped, not signed: use it for UI hints."""
 
 PeerConnectionFactory = Callable[[RTCConfiguration], RTCPeerConnection]
 
-#: Fatal server ``error`` codes (uncorrelated error frames with these end nothing by
-#: themselves but fire ``error``).
-_FATAL_SERVER_CODES = frozenset({
-    "account_suspended", "channel_not_authorized", "action_not_permitted", "invalid_token",
-    "token_expired",
-})
 
 
 class MeteredPeerState(StrEnum):
@@ -838,7 +832,7 @@ class MeteredPeer(Observable[PeerEventKey]):
             f"the token provider failed {ev.consecutive_failures} times: {ev.error.message}")))
 
     def _on_server_error(self, ev: ServerErrorEvent) -> None:
-        if ev.code in _FATAL_SERVER_CODES and self._state not in (_S.LEAVING, _S.CLOSED):
+        if ev.code in FATAL_UNCORRELATED_ERRORS and self._state not in (_S.LEAVING, _S.CLOSED):
             self._emitter.emit(ErrorEvent(MeteredPeerFatalError(
                 ev.code, f"server error {ev.code}: {ev.message or ''}".rstrip(": "))))
 
