@@ -55,5 +55,12 @@ if ! have turnserver; then
 fi
 # -- espeak-ng (`roomwire join --say` and its test) -------------------------------------------
 have espeak-ng || apt_install espeak-ng
+# -- Prometheus and promtool (tests/ops/test_prometheus.py, deploy/prometheus) -------------------
+# The tests start their own prometheus on a free port; Debian's service is never started here
+# (no systemd in these containers) and is stopped where it is.
+if ! have prometheus || ! have promtool; then
+    apt_install --no-install-recommends prometheus
+    (systemctl disable --now prometheus >/dev/null 2>&1 || service prometheus stop >/dev/null 2>&1) || true
+fi
 
-echo "services ready: redis 127.0.0.1:6379, postgresql 127.0.0.1:5432/test, coturn, espeak-ng"
+echo "services ready: redis 127.0.0.1:6379, postgresql 127.0.0.1:5432/test, coturn, espeak-ng, prometheus"

@@ -35,6 +35,24 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
+#: HELP lines of the gauges (docs/operations.md lists every series).
+GAUGE_HELP: dict[str, str] = {
+    "roomwire_connections": "Open WebSocket connections on this node.",
+    "roomwire_subscriptions": "Channel subscriptions of the open connections on this node.",
+    "roomwire_apps_active": "Apps with at least one connection or room on this node.",
+    "roomwire_http_connections": "Open HTTP connections that are not WebSockets.",
+    "roomwire_ready": "1 while /readyz answers 200 (accepting sockets), 0 while draining or "
+                      "while a cluster node has lost Redis.",
+    "roomwire_cluster_backplane_up": "1 while this cluster node reaches Redis, else 0.",
+    "roomwire_app_connections": "Open connections of each app on this node.",
+    "roomwire_app_channels": "Channels with members of each app on this node.",
+    "roomwire_app_peers": "Distinct peers of each app with a socket on this node.",
+    "roomwire_app_messages_period": "Messages of each app counted in the current quota period.",
+    "roomwire_app_max_connections": "Each app's connection limit across the cluster "
+                                    "(apps without a limit have no sample).",
+}
+
+
 class Metrics:
     """Cheap counters; ``render`` writes the Prometheus text exposition format."""
 
@@ -157,25 +175,33 @@ class Metrics:
         lines.append(f"roomwire_fanout_seconds_sum {self.fanout_sum!r}")
         lines.append(f"roomwire_fanout_seconds_count {self.fanout_count}")
         for name, value in sorted(gauges.items()):
-            metric(name, "gauge", name.replace("_", " "), [("", value)])
+            metric(name, "gauge", GAUGE_HELP.get(name, name.replace("_", " ")), [("", value)])
         for name, values in sorted((per_app or {}).items()):
-            metric(name, "gauge", name.replace("_", " ") + " (per app)",
+            metric(name, "gauge", GAUGE_HELP.get(name, name.replace("_", " ") + " (per app)"),
                    [(_labels(app=a), v) for a, v in sorted(values.items())])
         return "\n".join(lines) + "\n"
 
 
 def render_node(metrics: Metrics, hub: Hub, usage: UsageMeter, sessions: Collection[Session],
-                http_connections: int) -> str:
-    """The ``/metrics`` page of one node: its counters, and gauges read at this moment."""
+                http_connections: int, *, ready: bool = True, backplane_up: bool | None = None,
+                max_connections: Mapping[str, int] | None = None) -> str:
+    """The ``/metrics`` page of one node: its counters, and gauges read at this moment.
+
+    ``ready``: what ``/readyz`` answers; ``backplane_up``: whether a cluster node reaches Redis
+    (None on a single node: no series); ``max_connections``: the apps' connection limits."""
     gauges: dict[str, float] = {
         "roomwire_connections": len(sessions),
         "roomwire_subscriptions": sum(len(s.subscriptions) for s in sessions),
         "roomwire_apps_active": len(hub.tenants),
         "roomwire_http_connections": http_connections,
+        "roomwire_ready": int(ready),
     }
+    if backplane_up is not None:
+        gauges["roomwire_cluster_backplane_up"] = int(backplane_up)
     per_app: dict[str, dict[str, float]] = {
         "roomwire_app_connections": {}, "roomwire_app_channels": {},
         "roomwire_app_peers": {}, "roomwire_app_messages_period": {},
+        "roomwire_app_max_connections": dict(max_connections or {}),
     }
     for app_id in list(hub.tenants):
         stats = hub.stats(app_id)

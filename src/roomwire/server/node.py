@@ -168,8 +168,12 @@ class Node:
                 log.exception("writing usage counters failed; will retry")
 
     def render_metrics(self) -> str:
+        limits = {a.id: a.max_connections for a in self.keyring.apps.values()
+                  if a.max_connections is not None}
         return render_node(self.metrics, self.hub, self.usage, self.sessions,
-                           self.http_caps.slots.open)
+                           self.http_caps.slots.open, ready=self.accepting,
+                           backplane_up=self.broker.healthy if self.broker.clustered else None,
+                           max_connections=limits)
 
     # -- keeping the keyring fresh -------------------------------------------------------------
 
