@@ -31,6 +31,10 @@ def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
     return {"uvloop": uvloop.new_event_loop}
 
 
+#: tests/container builds images and runs the compose set (minutes, podman): collected only with
+#: ``ROOMWIRE_TEST_CONTAINERS=1``, which `.ci/run` sets for a step of its own.
+collect_ignore = [] if os.environ.get("ROOMWIRE_TEST_CONTAINERS") == "1" else ["container"]
+
 #: ``ROOMWIRE_TEST_CLUSTER=3`` runs the ``server`` fixture (and ``start_server``) as that many
 #: nodes sharing Redis and one store; unset or 0/1: one in-process node (the default).
 CLUSTER_NODES = int(os.environ.get("ROOMWIRE_TEST_CLUSTER", "0") or 0)

@@ -49,7 +49,8 @@ class PostgresStore(SqlStore):
         self.url = url
         self.schema = schema
         try:
-            self._pg: psycopg.Connection[Any] = psycopg.connect(url, autocommit=True)
+            self._pg: psycopg.Connection[Any] = psycopg.connect(url, autocommit=True,
+                                                               client_encoding="UTF8")
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to PostgreSQL: {exc}") from None
         with self._pg.transaction(), self._pg.cursor() as cur:
