@@ -123,6 +123,14 @@ def _raw(data: bytes) -> bytes:
     return data if type(data) is bytes else bytes(data)
 
 
+def _reraise_cancellation() -> None:
+    # The Redis client can swallow a cancellation that lands while it writes a command;
+    # without this a cancelled loop would go round again and outlive stop().
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class _Lost(Exception):
     """Raised inside the broker's tasks when Redis answered with an error."""
 
@@ -464,6 +472,7 @@ class RedisBroker(Broker):
             except (RedisError, OSError) as exc:
                 self._lost(exc)
                 return
+            _reraise_cancellation()
             self.stats["published"] += len(ops)
             failed: BaseException | None = None
             for (_, cb), res in zip(ops, results, strict=True):
@@ -494,6 +503,7 @@ class RedisBroker(Broker):
             except (RedisError, OSError) as exc:
                 self._lost(exc)
                 return
+            _reraise_cancellation()
 
     # -- outgoing ------------------------------------------------------------------------------
 
