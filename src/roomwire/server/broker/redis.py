@@ -711,6 +711,7 @@ class RedisBroker(Broker):
             self._peers[key] = ready
             return ready
         if self._peers.pop(key, None) is not None:
+            self._routes.pop(rch, None)
             gone = self._unsubscribe(shard, rch)
             self._unsubscribing[rch] = gone
             gone.add_done_callback(
