@@ -3,11 +3,16 @@ holds whatever nodes the clients are on, every time, with no waiting in the test
 
 from __future__ import annotations
 
+import json
+
 from srvkit import conn
+
+from waiting import wait_equal
 
 from .conftest import Cluster
 
 TRIALS = 100
+ROOM_CHURN = "churn/1"
 
 
 async def test_publish_right_after_a_cross_node_ack_arrives(cluster: Cluster) -> None:
@@ -93,3 +98,35 @@ async def test_a_node_follows_only_the_channels_it_holds(cluster: Cluster) -> No
     assert broker(cluster[2]).channels_held() == []
     await a.ok({"type": "unsubscribe", "channel": "only/here"})
     assert broker(cluster[0]).channels_held() == []
+
+
+async def test_pipelined_churn_leaves_consistent_presence(cluster: Cluster) -> None:
+    """Subscribe/unsubscribe pipelined without waiting, by two sockets of one peer on one
+    node, while the channel is new to that node: every join and leave reaches Redis in
+    order, so the counts end right and the other node agrees."""
+    obs = await conn(cluster[1].token_url("obs"))
+    await obs.subscribe(ROOM_CHURN)
+    x1 = await conn(cluster[0].token_url("x"))
+    x2 = await conn(cluster[0].token_url("x"))
+    for _ in range(10):
+        for x in (x1, x2):
+            await x.send({"type": "subscribe", "channel": ROOM_CHURN})
+            await x.send({"type": "unsubscribe", "channel": ROOM_CHURN})
+    await x1.ok({"type": "subscribe", "channel": ROOM_CHURN})
+    await x2.ok({"type": "unsubscribe", "channel": ROOM_CHURN})
+
+    async def members(i: int) -> list[str]:
+        srv = cluster[i]
+        got = await srv.node.hub.members_everywhere(srv.app_id, ROOM_CHURN)
+        return sorted(json.loads(e)["peerId"] for e in got)
+
+    for i in range(3):
+        await wait_equal(lambda i=i: members(i), ["obs", "x"], 3,  # type: ignore[misc]
+                         f"node {i} lists obs and x")
+    await x1.close()
+    await wait_equal(lambda: members(1), ["obs"], 3, "x left once its last socket went")
+    await wait_equal(lambda: members(2), ["obs"], 3, "the hash agrees (node 2 holds none)")
+    frames = await obs.drain(0.2)
+    presence = [f for f in frames if f["type"] == "presence"]
+    assert presence, frames
+    assert presence[-1]["left"] == [{"peerId": "x"}], presence
