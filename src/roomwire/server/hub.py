@@ -132,6 +132,8 @@ class Hub:
         self.broker = broker
         self.counters: HubCounters = counters if counters is not None else _Uncounted()
         self.tenants: dict[str, Tenant] = {}
+        self._unwelcomed: set[Link] = set()
+        """Cluster: links whose welcome waits for the broker; no direct reaches them yet."""
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -158,7 +160,13 @@ class Hub:
         elif self.broker.clustered:
             ready = self.broker.peer_route(link.app_id, link.peer_id)
         sockets[link] = None
+        if ready is not None and not ready.done():
+            self._unwelcomed.add(link)
         return ready
+
+    def welcomed(self, link: Link) -> None:
+        """Cluster: the link's welcome is going out now; directs may reach it from here on."""
+        self._unwelcomed.discard(link)
 
     def detach(self, link: Link, channels: list[str]) -> None:
         """A connection is gone: leave its channels, then the peer directory."""
@@ -167,6 +175,7 @@ class Hub:
             return
         for channel in channels:
             self.unsubscribe(link, channel)
+        self._unwelcomed.discard(link)
         sockets = t.peers.get(link.peer_id)
         if sockets is not None and link in sockets:
             del sockets[link]
@@ -430,6 +439,11 @@ class Hub:
         sockets = t.peers.get(peer_id)
         if not sockets:
             return 0
+        if self._unwelcomed:
+            # Nothing may precede a welcome.
+            sockets = {link: None for link in sockets if link not in self._unwelcomed}
+            if not sockets:
+                return 0
         payload = frames.encode_direct(sender_json, data, sender_metadata)
         n = len(sockets)
         self.counters.frames_sent["direct"] += n

@@ -125,6 +125,7 @@ class Session(ABC):
 
         def routed(f: asyncio.Future[None]) -> None:
             if not self.closed and not f.cancelled() and f.exception() is None:
+                self.services.hub.welcomed(self)
                 then()
 
         ready.add_done_callback(routed)
