@@ -89,7 +89,8 @@ class Room:
     local: dict[str, int] = field(default_factory=dict)
     """peerId -> number of its local sockets subscribed."""
     remote: dict[str, int] = field(default_factory=dict)
-    """peerId -> number of other nodes where it is subscribed (cluster replica)."""
+    """Cluster: peerId -> 1 while the broker's view of the channel lists it (the members of
+    every node, this one's included)."""
     entries: dict[str, bytes] = field(default_factory=dict)
     """peerId -> encoded presence entry, in join order."""
     held: dict[str, int] = field(default_factory=dict)

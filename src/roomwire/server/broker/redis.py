@@ -570,11 +570,17 @@ class RedisBroker(Broker):
             return fut
         self._joined.add((app_id, channel, peer_id))
         held = self._hold(app_id, channel)
-        if held.ready.done():
-            self._send_join(held, peer_id, entry, fut)
-        else:
+        if self._deferring(held):
             held.deferred.append(("join", peer_id, entry, fut))
+        else:
+            self._send_join(held, peer_id, entry, fut)
         return fut
+
+    @staticmethod
+    def _deferring(held: _Held) -> bool:
+        # Until the SUBSCRIBE is confirmed, and until what waited for it went out (its
+        # callback runs a little after the confirmation): joins and leaves keep their order.
+        return not held.ready.done() or bool(held.deferred)
 
     def leave(self, app_id: str, channel: str, peer_id: str, last: bool) -> None:
         key = (app_id, channel)
@@ -582,7 +588,7 @@ class RedisBroker(Broker):
         m = (app_id, channel, peer_id)
         if m in self._joined and self._live:
             self._joined.discard(m)
-            if held is not None and not held.ready.done() and not last:
+            if held is not None and self._deferring(held) and not last:
                 held.deferred.append(("leave", peer_id, b"", None))
             else:
                 if held is not None:
