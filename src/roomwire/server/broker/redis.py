@@ -102,6 +102,27 @@ end
 return 1
 """
 
+# KEYS: nodes zset. ARGV: instance, ttl in ms, "1" to register (else only refresh an entry
+# still there: a node already reaped is not brought back by a late heartbeat).
+# Returns {previous expiry or false, live nodes, expired nodes}. Expiries are on Redis's
+# clock, so the nodes' clocks need not agree.
+_BEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if ARGV[3] == '1' then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  old = tostring(now)
+elseif old and tonumber(old) >= now then
+  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+end
+if old and tonumber(old) < now then
+  old = false
+end
+return {old, redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf'),
+        redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)}
+"""
+
 # Add a node's new messages to the cluster counter; never let it fall below what the node
 # already counted (Redis may have lost it).
 _USAGE = """
@@ -309,11 +330,7 @@ class RedisBroker(Broker):
                     break
             shard.idle.set()
         r0 = self._shards[0].redis
-        now = time.time()
-        pipe = r0.pipeline(transaction=False)
-        pipe.zadd(self.keys.nodes, {self.inst: self._expiry(now)})
-        pipe.zrangebyscore(self.keys.nodes, int(now * 1000), "+inf")
-        live = (await pipe.execute())[1]
+        _, live, _ = await r0.eval(_BEAT, 1, self.keys.nodes, self.inst, self._ttl_ms, "1")
         self._live_nodes = {m.decode() for m in live}
         self._reported = set()
         self._live = True
@@ -327,8 +344,9 @@ class RedisBroker(Broker):
         self.healthy = True
         log.info("joined the cluster as %s (%d Redis)", self.inst, len(self._shards))
 
-    def _expiry(self, now: float) -> int:
-        return int((now + self.presence_ttl) * 1000)
+    @property
+    def _ttl_ms(self) -> int:
+        return int(self.presence_ttl * 1000)
 
     async def _cancel_tasks(self) -> None:
         current = asyncio.current_task()
@@ -916,29 +934,23 @@ class RedisBroker(Broker):
         shard0 = self._shards[0]
         r = shard0.redis
         assert self._sink is not None
-        now = time.time()
-        now_ms = int(now * 1000)
         conns = self._sink.local_connections()
         pipe = r.pipeline(transaction=False)
-        pipe.zscore(self.keys.nodes, self.inst)
-        # XX: a node already reaped is not brought back by a late heartbeat.
-        pipe.zadd(self.keys.nodes, {self.inst: self._expiry(now)}, xx=True)
+        pipe.eval(_BEAT, 1, self.keys.nodes, self.inst, self._ttl_ms, "0")
         for app_id in set(conns) | self._reported:
             pipe.hset(self.keys.conns(app_id), self.inst, conns.get(app_id, 0))
             pipe.sadd(self.keys.conn_apps, app_id)
-        pipe.zrangebyscore(self.keys.nodes, now_ms, "+inf")
-        pipe.zrangebyscore(self.keys.nodes, "-inf", now_ms)
         pipe.smembers(self.keys.conn_apps)
         res = await pipe.execute()
         self._reported = set(conns)
-        score = res[0]
-        if score is None or float(score) < now_ms:
+        previous, live, gone = res[0]
+        if not previous:
             # Our entry expired (a stall, or Redis lost its data): the others may have
             # reaped us already. Start over as a new instance.
             self._lost("this node's heartbeat entry had expired")
             raise _Lost("expired")
-        self._live_nodes = {m.decode() for m in res[-3]}
-        expired = [m.decode() for m in res[-2]]
+        self._live_nodes = {m.decode() for m in live}
+        expired = [m.decode() for m in gone]
         apps = sorted(m.decode() for m in res[-1])
         if apps:
             pipe = r.pipeline(transaction=False)
