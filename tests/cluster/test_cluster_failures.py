@@ -63,6 +63,11 @@ async def test_dead_node_members_leave_within_the_bound(cluster: Cluster) -> Non
     # Its Redis state was reaped: the survivors forget it (within a heartbeat or two).
     await wait_equal(broker(cluster[0]).nodes, [broker(cluster[2]).inst],
                      BOUND, "node 0 knows only node 2 once node 1 died")
+    # One survivor claimed the dead node and reaped it; the other left it alone.
+    await wait_equal(
+        lambda: broker(cluster[0]).stats["reaped"] + broker(cluster[2]).stats["reaped"], 1,
+        BOUND, "dead nodes reaped by the survivors")
+    assert await broker(cluster[0]).members(cluster[0].app_id, ROOM) == [b'{"peerId":"obs"}']
 
 
 async def test_graceful_stop_delivers_left_at_once(empty_cluster: Cluster) -> None:
