@@ -22,11 +22,9 @@ async def test_snapshot_and_joined_across_nodes(cluster: Cluster) -> None:
     b = await conn(cluster[1].key_url())
     c = await conn(cluster[2].key_url())
     await a.subscribe(ROOM)
-    await cluster.settle_replicas()
     _, snap = await b.subscribe(ROOM)
     assert snap == presence([{"peerId": a.peer_id}])
     assert await a.recv() == presence([{"peerId": b.peer_id}])
-    await cluster.settle_replicas()
     _, snap = await c.subscribe(ROOM)
     assert sorted(e["peerId"] for e in snap["joined"]) == sorted([a.peer_id, b.peer_id])
     for x in (a, b):
@@ -34,7 +32,6 @@ async def test_snapshot_and_joined_across_nodes(cluster: Cluster) -> None:
     await b.close()
     for x in (a, c):
         assert await x.recv() == presence(left=[{"peerId": b.peer_id}])
-    await cluster.settle_replicas()
     for x in (a, c):
         assert await x.drain() == []
 
@@ -42,7 +39,6 @@ async def test_snapshot_and_joined_across_nodes(cluster: Cluster) -> None:
 async def test_presence_carries_peer_metadata_across_nodes(cluster: Cluster) -> None:
     a = await conn(cluster[0].token_url("alice", peer_metadata={"name": "A"}))
     await a.subscribe(ROOM)
-    await cluster.settle_replicas()
     b = await conn(cluster[1].token_url("bob"))
     _, snap = await b.subscribe(ROOM)
     assert snap == presence([{"peerId": "alice", "metadata": {"name": "A"}}])
@@ -53,7 +49,6 @@ async def test_newcomer_known_remotely_before_it_can_send(cluster: Cluster) -> N
     sends after its ack (the SDKs drop signals from peers they do not know)."""
     a = await conn(cluster[0].token_url("alice"))
     await a.subscribe(ROOM)
-    await cluster.settle_replicas()
     for i in range(5):
         b = await conn(cluster[1 + i % 2].token_url(f"bob{i}"))
         await b.subscribe(ROOM)
@@ -72,7 +67,6 @@ async def test_publish_fans_out_to_every_node_once(cluster: Cluster) -> None:
     for s in subs:
         await s.subscribe(ROOM)
     pub = await conn(cluster[0].token_url("pub"))
-    await cluster.settle_replicas()
     for s in subs:
         await s.drain(0.05)  # the `joined` of the later subscribers
     for n in range(20):
@@ -81,7 +75,6 @@ async def test_publish_fans_out_to_every_node_once(cluster: Cluster) -> None:
         got = await s.messages(20)
         assert got == list(range(20)), got
     # Once: no node delivers a second copy (every copy would be on its way by now).
-    await cluster.settle_replicas()
     for s in subs:
         assert [f for f in await s.drain(0.1) if f["type"] == "message"] == []
     assert await pub.drain(0.1) == []
@@ -93,7 +86,6 @@ async def test_sender_metadata_variant_across_nodes(cluster: Cluster) -> None:
     meta = await conn(cluster[2].key_url())
     await plain.subscribe(ROOM)
     await meta.subscribe(ROOM, includeSenderMetadata=True)
-    await cluster.settle_replicas()
     await sender.ok({"type": "publish", "channel": ROOM, "data": 1})
     m1 = await plain.recv_type("message")
     m2 = await meta.recv_type("message")
@@ -106,7 +98,6 @@ async def test_send_reaches_every_socket_of_a_peer_on_every_node(cluster: Cluste
     b1 = await conn(cluster[1].token_url("bob"))
     b2 = await conn(cluster[1].token_url("bob"))
     a = await conn(cluster[2].token_url("alice"))
-    await cluster.settle_replicas()
     await a.ok({"type": "send", "to": "bob", "data": "hi"})
     for b in (b0, b1, b2):
         d = await b.recv()
@@ -126,25 +117,20 @@ async def test_send_reaches_every_socket_of_a_peer_on_every_node(cluster: Cluste
 async def test_reference_counting_across_nodes(cluster: Cluster) -> None:
     obs = await conn(cluster[2].token_url("obs"))
     await obs.subscribe(ROOM)
-    await cluster.settle_replicas()
     x0 = await conn(cluster[0].token_url("x"))
     x1 = await conn(cluster[1].token_url("x"))
     await x0.subscribe(ROOM)
     assert await obs.recv() == presence([{"peerId": "x"}])
-    await cluster.settle_replicas()
     _, snap = await x1.subscribe(ROOM)
     assert snap == presence([{"peerId": "obs"}])
-    await cluster.settle_replicas()  # a wrong second `joined` would be on its way by now
     assert await obs.drain(0.1) == []  # no second joined
     await x0.close()
     # Node 0 drops x's socket; the other nodes hear of it. Then silence must hold.
     await wait_for(lambda: cluster[0].node.hub.local_connections(), 5,
                    "node 0 notices x0 closing", until=lambda n: not n)
-    await cluster.settle_replicas()
     assert await obs.drain(0.1) == []  # x still present on node 1
     await x1.ok({"type": "unsubscribe", "channel": ROOM})
     assert await obs.recv() == presence(left=[{"peerId": "x"}])
-    await cluster.settle_replicas()
     assert await obs.drain(0.1) == []
 
 
@@ -155,7 +141,6 @@ async def test_tenants_are_isolated_across_nodes(cluster: Cluster) -> None:
     a = await conn(cluster[0].token_url("same"))
     b = await conn(cluster[1].key_url(pk2.id))
     await a.subscribe(ROOM)
-    await cluster.settle_replicas()
     _, snap = await b.subscribe(ROOM)
     assert snap == presence()
     await b.ok({"type": "publish", "channel": ROOM, "data": 1})
@@ -168,7 +153,6 @@ async def test_rest_kick_and_presence_listing_across_nodes(cluster: Cluster) -> 
     victim = await conn(cluster[1].token_url("victim"))
     other = await conn(cluster[2].token_url("victim"))
     await victim.subscribe(ROOM)
-    await cluster.settle_replicas()
     sk = cluster[0].sk
     auth = {"Authorization": f"Bearer {sk.id}:{sk.secret}"}
     base = f"http://127.0.0.1:{cluster[0].node.port}"
@@ -186,7 +170,6 @@ async def test_rest_kick_and_presence_listing_across_nodes(cluster: Cluster) -> 
 
 async def test_hub_kick_counts_sockets_on_every_node(cluster: Cluster) -> None:
     socks = [await conn(cluster[i].token_url("k")) for i in (0, 1, 1, 2)]
-    await cluster.settle_replicas()
     n = await cluster[0].node.hub.kick(cluster[0].app_id, "k", 4020, "kicked")
     assert n == 4
     for s in socks:

@@ -22,7 +22,7 @@ from srvkit import conn
 from roomwire.server.broker.redis import RedisBroker
 from waiting import wait_equal, wait_for
 
-from .conftest import FAST, Cluster, RunningServer, settle_replicas, start_node
+from .conftest import FAST, Cluster, RunningServer, start_node
 
 ROOM = "room/1"
 #: docs/cluster.md: a dead node's peers get `left` within presence_ttl + heartbeat_interval;
@@ -39,11 +39,7 @@ def broker(srv: RunningServer) -> RedisBroker:
 async def crash(srv: RunningServer) -> None:
     """What a node that dies looks like to the others: no goodbye, no more heartbeats, its
     sockets gone without close frames."""
-    b = broker(srv)
-    b._stopping = True
-    b._live = False
-    await b._cancel_tasks()
-    await b._close_clients()
+    await broker(srv).crash()
     for s in list(srv.node.sessions):
         if s._raw is not None:
             s._raw.abort()
@@ -65,8 +61,13 @@ async def test_dead_node_members_leave_within_the_bound(cluster: Cluster) -> Non
     err = await obs.error({"type": "send", "to": "victim", "data": 1})
     assert err["code"] == "peer_not_found"
     # Its Redis state was reaped: the survivors forget it (within a heartbeat or two).
-    await wait_equal(broker(cluster[0]).cluster_nodes, [broker(cluster[2]).inst],
+    await wait_equal(broker(cluster[0]).nodes, [broker(cluster[2]).inst],
                      BOUND, "node 0 knows only node 2 once node 1 died")
+    # One survivor claimed the dead node and reaped it; the other left it alone.
+    await wait_equal(
+        lambda: broker(cluster[0]).stats["reaped"] + broker(cluster[2]).stats["reaped"], 1,
+        BOUND, "dead nodes reaped by the survivors")
+    assert await broker(cluster[0]).members(cluster[0].app_id, ROOM) == [b'{"peerId":"obs"}']
 
 
 async def test_graceful_stop_delivers_left_at_once(empty_cluster: Cluster) -> None:
@@ -76,7 +77,7 @@ async def test_graceful_stop_delivers_left_at_once(empty_cluster: Cluster) -> No
     for _ in range(3):
         await empty_cluster.add(presence_ttl=ttl, heartbeat_interval=0.5)
     cluster = empty_cluster
-    await wait_for(lambda: [len(broker(srv).cluster_nodes()) for srv in cluster.nodes], 5,
+    await wait_for(lambda: [len(broker(srv).nodes()) for srv in cluster.nodes], 5,
                    "the nodes know each other (others known per node)",
                    until=lambda known: known == [2, 2, 2])
     obs = await conn(cluster[0].token_url("obs"))
@@ -144,55 +145,65 @@ async def test_kill_9_of_a_node(cluster: Cluster, tmp_path: Path) -> None:
 # -- convergence after a partition -----------------------------------------------------------
 
 
+async def _member_ids(srv: RunningServer) -> list[str]:
+    members = await srv.node.hub.members_everywhere(srv.app_id, ROOM)
+    return sorted(json.loads(e)["peerId"] for e in members)
+
+
 async def test_partitioned_node_converges(cluster: Cluster) -> None:
-    """Node 0 stops heartbeating long enough for the others to declare it dead (they drop
-    its peer: `left`); when it comes back it finds its key gone, announces its state again, and
+    """Node 0 stops heartbeating long enough for the others to declare it dead (a survivor
+    reaps its memberships: `left`). When it comes back it finds its entry gone and starts
+    over as a new instance: its sockets get going_away + 1001, the client reconnects, and
     every node agrees on the peer once more (`joined`)."""
     p = await conn(cluster[0].token_url("p"))
     await p.subscribe(ROOM)
-    await cluster.settle_replicas()
     obs = await conn(cluster[1].token_url("obs"))
     _, snap = await obs.subscribe(ROOM)
     assert snap["joined"] == [{"peerId": "p"}], snap
-    await cluster.settle_replicas()
     assert await obs.drain(0.05) == []
     b0 = broker(cluster[0])
-    hb = [t for t in b0._tasks if t.get_coro().__name__ == "_heartbeat"]  # type: ignore[union-attr]
-    assert len(hb) == 1
-    hb[0].cancel()
+    old = b0.inst
+    b0.pause_heartbeat()
     frame = await obs.recv(timeout=BOUND + 1)
     assert frame == {"type": "presence", "channel": ROOM, "joined": [],
                      "left": [{"peerId": "p"}]}, frame
-    hub1 = cluster[1].node.hub
-    assert [json.loads(e) for e in hub1.members(cluster[1].app_id, ROOM)] == [{"peerId": "obs"}]
-    b0._spawn(b0._heartbeat())
+    assert await _member_ids(cluster[1]) == ["obs"]
+    b0.resume_heartbeat()
+    going = await p.recv_type("going_away", timeout=3)
+    assert going["type"] == "going_away"
+    code, _ = await p.closed()
+    assert code == 1001
+    await wait_equal(lambda: cluster[0].node.accepting, True, 5,
+                     "node 0 accepts sockets again")
+    assert b0.inst != old, "node 0 came back as a new instance"
+    p = await conn(cluster[0].token_url("p"))
+    await p.subscribe(ROOM)
     frame = await obs.recv(timeout=3)
     assert frame["joined"] == [{"peerId": "p"}]
     for srv in cluster.nodes:
-        await wait_equal(lambda srv=srv: sorted(  # type: ignore[misc]
-            json.loads(e)["peerId"] for e in srv.node.hub.members(srv.app_id, ROOM)
-        ), ["obs", "p"], 3, f"node {srv.node.port} lists both members again")
+        await wait_equal(lambda srv=srv: _member_ids(srv), ["obs", "p"], 3,  # type: ignore[misc]
+                         f"node {srv.node.port} lists both members again")
     # And messages flow both ways again.
     await p.ok({"type": "send", "to": "obs", "data": 1})
     assert (await obs.recv_type("direct"))["data"] == 1
+    await obs.ok({"type": "publish", "channel": ROOM, "data": 2})
+    assert (await p.recv_type("message"))["data"] == 2
 
 
-async def test_missed_events_are_repaired_by_heartbeat(cluster: Cluster) -> None:
-    """A replica that lost an event (as after a dropped subscription) notices at the next
-    heartbeat that it is behind and reloads the node's state."""
+async def test_missed_events_are_repaired(cluster: Cluster) -> None:
+    """A node that lost a presence event (as after a dropped subscription) notices within
+    two heartbeats that the channel moved on in Redis and reads it again."""
     b1 = broker(cluster[1])
+    obs = await conn(cluster[1].token_url("obs"))
+    await obs.subscribe(ROOM)
+    b1.lose_events(1)
     x = await conn(cluster[0].token_url("x"))
     await x.subscribe(ROOM)
-    await cluster.settle_replicas()
-    view = b1._nodes[broker(cluster[0]).inst]
-    # Forget the event, as if it never arrived: the peer is unknown and the seq behind.
-    b1._remove_presence(view, next(iter(view.presence)))
-    view.seq -= 1
-    assert cluster[1].node.hub.members(cluster[1].app_id, ROOM) == []
-    members = await wait_for(lambda: cluster[1].node.hub.members(cluster[1].app_id, ROOM),
-                             FAST["heartbeat_interval"] * 3 + 1,
-                             "node 1 repairs its replica of node 0")
-    assert [json.loads(e) for e in members] == [{"peerId": "x"}]
+    frame = await obs.recv(timeout=FAST["heartbeat_interval"] * 3 + 1)
+    assert frame == {"type": "presence", "channel": ROOM, "joined": [{"peerId": "x"}],
+                     "left": []}, frame
+    assert await _member_ids(cluster[1]) == ["obs", "x"]
+    assert b1.stats["reloads"] >= 1
 
 
 # -- Redis lost and back ---------------------------------------------------------------------
@@ -266,7 +277,6 @@ async def test_redis_restart_under_load(pair: list[RunningServer],
     sub = await conn(b.key_url())
     await sub.subscribe(ROOM)
     pub = await conn(a.key_url())
-    await settle_replicas([a.node, b.node])
     seen: list[Any] = []
 
     async def load() -> None:
@@ -310,7 +320,6 @@ async def test_redis_restart_under_load(pair: list[RunningServer],
     # Subscriptions come back: clients reconnect and everything flows across nodes again.
     sub2 = await conn(b.token_url("s2"))
     await sub2.subscribe(ROOM)
-    await settle_replicas([a.node, b.node])
     pub2 = await conn(a.token_url("p2"))
     _, snap = await pub2.subscribe(ROOM)
     assert snap["joined"] == [{"peerId": "s2"}]
@@ -322,6 +331,5 @@ async def test_redis_restart_under_load(pair: list[RunningServer],
                          "left": []}, frames[0]
     assert [f["data"] for f in frames[1:]] == list(range(50)), frames
     # Nothing twice and nothing else: the resubscribed nodes deliver each publish once.
-    await settle_replicas([a.node, b.node])
     assert await sub2.drain(0.2) == []
     assert await pub2.drain(0.05) == []

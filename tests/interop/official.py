@@ -61,16 +61,6 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-async def _settle() -> None:
-    """Cluster mode: let every node learn what this client just did before the test acts on
-    it out of band, as ``RawClient`` does (a subscribe reaches the other nodes one Redis hop
-    after its ack; docs/cluster.md). A no-op on one node."""
-    from conftest import RawClient
-
-    if RawClient.settle_hook is not None:
-        await RawClient.settle_hook()
-
-
 class OfficialClient:
     """One official ``SignallingClient`` in a driver process, seen through its events."""
 
@@ -211,7 +201,6 @@ class OfficialClient:
         assert res["ok"], f"{self.name}: connect() failed: {res}\n" + self.describe()
         ev = await self.next("connected", timeout=timeout)
         self.peer_id = ev["peer_id"]
-        await _settle()
         return ev
 
     async def subscribe(self, channel: str, *, include_sender_metadata: bool = False) -> Event:
@@ -219,7 +208,6 @@ class OfficialClient:
         await self.ok("subscribe", channel=channel,
                       include_sender_metadata=include_sender_metadata)
         snapshot = await self.next("presence", channel=channel)
-        await _settle()
         return snapshot
 
     async def stop(self, timeout: float = 3.0) -> int | None:

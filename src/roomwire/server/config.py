@@ -100,7 +100,10 @@ class ServerConfig:
 
     # -- cluster (docs/cluster.md) --------------------------------------------------------------
     redis_url: str | None = None
-    """Redis shared by the nodes of a cluster (``redis://host:6379/0``); unset: one node."""
+    """Redis shared by the nodes of a cluster (``redis://host:6379/0``); unset: one node.
+    Several comma-separated URLs spread channels and peers over several Redis servers (by
+    a hash of app and name; node-level keys stay on the first). Every node must list the
+    same URLs in the same order."""
     redis_prefix: str = "roomwire:"
     """Prefix of every Redis key and channel the cluster uses (one prefix per cluster)."""
     database_url: str | None = field(default=None, repr=False)

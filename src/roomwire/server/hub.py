@@ -5,10 +5,17 @@ presence rule is testable without sockets. The ordering guarantees the official 
 (docs/protocol.md, Presence ordering) hold because each call runs to completion on the loop:
 ``subscribe`` has broadcast the newcomer's ``joined`` before it returns, and the caller then
 sends the ack and the snapshot.
+
+In a cluster (``broker.clustered``) presence is cluster-wide and lives in Redis: a node's first
+local holder of a peer in a channel *joins* through the broker, and the subscribe completes
+(``subscribe`` returns a future) once the broker's view of the channel includes that join, so
+the ack and the snapshot still follow the newcomer's ``joined`` everywhere. The view's changes
+come back through ``remote_presence``. The single-node paths do not change.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -82,9 +89,17 @@ class Room:
     local: dict[str, int] = field(default_factory=dict)
     """peerId -> number of its local sockets subscribed."""
     remote: dict[str, int] = field(default_factory=dict)
-    """peerId -> number of other nodes where it is subscribed (cluster replica)."""
+    """Cluster: peerId -> 1 while the broker's view of the channel lists it (the members of
+    every node, this one's included)."""
     entries: dict[str, bytes] = field(default_factory=dict)
     """peerId -> encoded presence entry, in join order."""
+    held: dict[str, int] = field(default_factory=dict)
+    """Cluster: peerId -> local sockets subscribed or subscribing (joins and leaves follow
+    its 0 <-> 1 transitions)."""
+    pending: dict[Link, bool] = field(default_factory=dict)
+    """Cluster: links whose subscribe waits for the broker -> includeSenderMetadata."""
+    joining: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    """Cluster: peerId -> its join in flight (later sockets of the peer wait for it too)."""
 
     def __len__(self) -> int:
         return len(self.plain) + len(self.with_meta)
@@ -118,6 +133,8 @@ class Hub:
         self.broker = broker
         self.counters: HubCounters = counters if counters is not None else _Uncounted()
         self.tenants: dict[str, Tenant] = {}
+        self._unwelcomed: set[Link] = set()
+        """Cluster: links whose welcome waits for the broker; no direct reaches them yet."""
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -131,15 +148,26 @@ class Hub:
         t = self.tenants.get(app_id)
         return t.links if t else 0
 
-    def attach(self, link: Link) -> None:
-        """A new authenticated connection."""
+    def attach(self, link: Link) -> asyncio.Future[None] | None:
+        """A new authenticated connection. In a cluster, returns a future while the node's
+        route to the peer is not confirmed yet (the welcome waits for it)."""
         t = self.tenant(link.app_id)
         t.links += 1
         sockets = t.peers.get(link.peer_id)
+        ready: asyncio.Future[None] | None = None
         if sockets is None:
             sockets = t.peers[link.peer_id] = {}
-            self.broker.peer_connected(link.app_id, link.peer_id, True)
+            ready = self.broker.peer_connected(link.app_id, link.peer_id, True)
+        elif self.broker.clustered:
+            ready = self.broker.peer_route(link.app_id, link.peer_id)
         sockets[link] = None
+        if ready is not None and not ready.done():
+            self._unwelcomed.add(link)
+        return ready
+
+    def welcomed(self, link: Link) -> None:
+        """Cluster: the link's welcome is going out now; directs may reach it from here on."""
+        self._unwelcomed.discard(link)
 
     def detach(self, link: Link, channels: list[str]) -> None:
         """A connection is gone: leave its channels, then the peer directory."""
@@ -148,6 +176,7 @@ class Hub:
             return
         for channel in channels:
             self.unsubscribe(link, channel)
+        self._unwelcomed.discard(link)
         sockets = t.peers.get(link.peer_id)
         if sockets is not None and link in sockets:
             del sockets[link]
@@ -186,10 +215,15 @@ class Hub:
         self.counters.frames_sent["presence"] += n
         return n
 
-    def subscribe(self, link: Link, channel: str, include_sender_metadata: bool) -> bytes | None:
+    def subscribe(self, link: Link, channel: str, include_sender_metadata: bool,
+                  ) -> bytes | asyncio.Future[None] | None:
         """Subscribe ``link``. Others hear ``joined`` before this returns (when the peer is new
         to the channel). Returns the snapshot frame to send after the ack, or None when the
-        link may not see presence."""
+        link may not see presence. In a cluster, possibly a future instead (the join waits
+        for Redis): once it is done, ``finish_subscribe`` returns the snapshot, and the
+        caller sends ack and snapshot right then."""
+        if self.broker.clustered:
+            return self._subscribe_clustered(link, channel, include_sender_metadata)
         room = self._room(link.app_id, channel, create=True)
         assert room is not None
         if room.has(link):
@@ -210,6 +244,46 @@ class Hub:
             return None
         return self.snapshot_frame(room, exclude=link.peer_id)
 
+    def _subscribe_clustered(self, link: Link, channel: str, include: bool,
+                             ) -> bytes | asyncio.Future[None] | None:
+        room = self._room(link.app_id, channel, create=True)
+        assert room is not None
+        if room.has(link):
+            room.plain.pop(link, None)
+            room.with_meta.pop(link, None)
+            (room.with_meta if include else room.plain)[link] = None
+            return self.snapshot_frame(room, link.peer_id) if link.receives_presence else None
+        peer = link.peer_id
+        held = room.held.get(peer, 0) + 1
+        room.held[peer] = held
+        joining: asyncio.Future[None] | None
+        if held == 1:
+            joining = self.broker.join(link.app_id, channel, peer, link.presence_entry)
+            if joining is not None and not joining.done():
+                room.joining[peer] = joining
+                joining.add_done_callback(
+                    lambda f: room.joining.pop(peer) if room.joining.get(peer) is f else None)
+        else:
+            joining = room.joining.get(peer)
+        room.pending[link] = include
+        if joining is None or joining.done():
+            if joining is None or not (joining.cancelled() or joining.exception()):
+                return self.finish_subscribe(link, channel)
+            gone: asyncio.Future[None] = joining.get_loop().create_future()
+            gone.cancel()
+            return gone
+        return joining
+
+    def finish_subscribe(self, link: Link, channel: str) -> bytes | None:
+        """Cluster: the join ``subscribe`` waited for is done; the link becomes a subscriber
+        now, so no presence frame reaches it before the snapshot this returns."""
+        room = self._room(link.app_id, channel, create=False)
+        if room is None or link not in room.pending:
+            return None
+        include = room.pending.pop(link)
+        (room.with_meta if include else room.plain)[link] = None
+        return self.snapshot_frame(room, link.peer_id) if link.receives_presence else None
+
     def snapshot_frame(self, room: Room, exclude: str | None = None) -> bytes:
         members = [e for p, e in room.entries.items() if p != exclude and room.present(p)]
         return frames.encode_presence(room.name_json, members, [])
@@ -218,7 +292,11 @@ class Hub:
         """Remove the subscription; others hear ``left`` when the peer's last socket leaves the
         channel on every node. Returns whether the link was subscribed."""
         room = self._room(link.app_id, channel, create=False)
-        if room is None or not room.has(link):
+        if room is None:
+            return False
+        if self.broker.clustered:
+            return self._unsubscribe_clustered(link, channel, room)
+        if not room.has(link):
             return False
         room.plain.pop(link, None)
         room.with_meta.pop(link, None)
@@ -236,8 +314,26 @@ class Hub:
         self._maybe_drop_room(link.app_id, room)
         return True
 
+    def _unsubscribe_clustered(self, link: Link, channel: str, room: Room) -> bool:
+        if room.pending.pop(link, None) is None:
+            if not room.has(link):
+                return False
+            room.plain.pop(link, None)
+            room.with_meta.pop(link, None)
+        peer = link.peer_id
+        held = room.held.get(peer, 0) - 1
+        if held > 0:
+            room.held[peer] = held
+        else:
+            room.held.pop(peer, None)
+            # The others (and this node's other subscribers) hear `left` from the broker
+            # once Redis counted the last holder out.
+            self.broker.leave(link.app_id, channel, peer, last=not room.held)
+        self._maybe_drop_room(link.app_id, room)
+        return True
+
     def _maybe_drop_room(self, app_id: str, room: Room) -> None:
-        if len(room) == 0 and not room.remote:
+        if len(room) == 0 and not room.remote and not room.held and not room.pending:
             t = self.tenants.get(app_id)
             if t is not None:
                 t.rooms.pop(room.name, None)
@@ -248,6 +344,12 @@ class Hub:
         if room is None:
             return []
         return [e for p, e in room.entries.items() if room.present(p)]
+
+    async def members_everywhere(self, app_id: str, channel: str) -> list[bytes]:
+        """``members``, for a channel this node may hold no member of (REST)."""
+        if self.broker.clustered:
+            return await self.broker.members(app_id, channel)
+        return self.members(app_id, channel)
 
     # -- messages ------------------------------------------------------------------------------
 
@@ -309,13 +411,13 @@ class Hub:
     def direct(
         self, app_id: str, peer_id: str, data: bytes, sender_json: bytes,
         sender_metadata: bytes | None,
-    ) -> int | None:
+    ) -> int | asyncio.Future[int | None] | None:
         """Deliver to every socket of ``peer_id``. Returns the local delivery count, or None
-        when the peer is online nowhere (``peer_not_found``)."""
+        when the peer is online nowhere (``peer_not_found``). In a cluster, with no local
+        socket of the peer, a future of that: Redis tells how many nodes got it."""
         n = self.deliver_direct(app_id, peer_id, data, sender_json, sender_metadata)
-        if self.broker.clustered and self.broker.peer_online_elsewhere(app_id, peer_id):
-            self.broker.direct(app_id, peer_id, data, sender_json, sender_metadata)
-            return n
+        if self.broker.clustered:
+            return self.broker.direct(app_id, peer_id, data, sender_json, sender_metadata, n)
         return n if n else None
 
     # -- ClusterSink: events from other nodes ------------------------------------------------------
@@ -338,6 +440,11 @@ class Hub:
         sockets = t.peers.get(peer_id)
         if not sockets:
             return 0
+        if self._unwelcomed:
+            # Nothing may precede a welcome.
+            sockets = {link: None for link in sockets if link not in self._unwelcomed}
+            if not sockets:
+                return 0
         payload = frames.encode_direct(sender_json, data, sender_metadata)
         n = len(sockets)
         self.counters.frames_sent["direct"] += n

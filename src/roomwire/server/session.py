@@ -7,8 +7,10 @@ error code, correlated by ``requestId`` whenever the request carried a valid one
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Protocol
 
 import msgspec
@@ -28,6 +30,8 @@ from .limits import TokenBucket, UsageMeter
 from .store import App
 
 _SCOPE_CACHE_MAX = 256
+#: Frames a client may send while its subscribe waits for the cluster (one Redis round trip).
+_HELD_MAX = 1024
 
 
 class SessionCounters(Protocol):
@@ -77,6 +81,10 @@ class Session(ABC):
         self.closed = False
         self.attached = False
         """True once ``opened`` registered the session with the hub."""
+        self._held: list[bytes | str] | None = None
+        """Cluster: frames that arrived while a subscribe waits for Redis (handled after it,
+        so the client's requests keep their order)."""
+        self._subscribing: str | None = None
 
     # -- transport ---------------------------------------------------------------------------
 
@@ -104,9 +112,23 @@ class Session(ABC):
             metadata or None,
         )
 
-    def opened(self) -> None:
-        self.services.hub.attach(self)
+    def opened(self, then: Callable[[], None] | None = None) -> None:
+        """Register with the hub; ``then`` (the welcome) runs once the node can route to this
+        peer: at once on one node, after Redis confirmed the peer's channel in a cluster."""
+        ready = self.services.hub.attach(self)
         self.attached = True
+        if then is None:
+            return
+        if ready is None or ready.done():
+            then()
+            return
+
+        def routed(f: asyncio.Future[None]) -> None:
+            if not self.closed and not f.cancelled() and f.exception() is None:
+                self.services.hub.welcomed(self)
+                then()
+
+        ready.add_done_callback(routed)
 
     def ended(self) -> None:
         """The connection is gone: leave every channel (others hear ``left``). A session that
@@ -115,8 +137,12 @@ class Session(ABC):
             return
         self.closed = True
         if self.attached:
-            self.services.hub.detach(self, list(self.subscriptions))
+            channels = list(self.subscriptions)
+            if self._subscribing is not None and self._subscribing not in self.subscriptions:
+                channels.append(self._subscribing)
+            self.services.hub.detach(self, channels)
         self.subscriptions.clear()
+        self._held = None
 
     def rescope(self, principal: Principal) -> bool:
         """Adopt a changed scope (the key was edited). False when a subscribed channel is no
@@ -136,6 +162,12 @@ class Session(ABC):
 
     def handle_text(self, payload: bytes | str) -> None:
         """Process one text frame from the client."""
+        if self._held is not None:
+            if len(self._held) >= _HELD_MAX:
+                self.close(CloseCode.OVER_MESSAGE_RATE, "message rate limit exceeded")
+                return
+            self._held.append(payload)
+            return
         try:
             req = frames.decode_request(payload)
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
@@ -283,11 +315,27 @@ class Session(ABC):
         delivered = self.services.hub.direct(
             self.app_id, to, req.data, self.peer_json, self.peer_metadata
         )
+        if isinstance(delivered, asyncio.Future):
+            # Answered once Redis said whether a node holds the peer; later requests wait,
+            # so answers keep the order of the requests.
+            self._held = []
+            delivered.add_done_callback(lambda f: self._sent(f, rid))
+            return
         if delivered is None:
             self._error(ErrorCode.PEER_NOT_FOUND, "no peer with that id is connected", rid)
             return
         if rid is not None:
             self.send(frames.encode_ack(rid))
+
+    def _sent(self, f: asyncio.Future[int | None], rid: str | None) -> None:
+        """A cluster direct's answer: Redis told whether any node holds the peer."""
+        if self.closed or f.cancelled() or f.exception() is not None:
+            return
+        if f.result() is None:
+            self._error(ErrorCode.PEER_NOT_FOUND, "no peer with that id is connected", rid)
+        elif rid is not None:
+            self.send(frames.encode_ack(rid))
+        self._release()
 
     def _subscribe(self, req: frames.Request, rid: str | None) -> None:
         channel = req.channel
@@ -303,11 +351,42 @@ class Session(ABC):
             return
         include = req.includeSenderMetadata is True
         snapshot = self.services.hub.subscribe(self, channel, include)
+        if isinstance(snapshot, asyncio.Future):
+            self._held = []
+            self._subscribing = channel
+            snapshot.add_done_callback(
+                lambda f: self._subscribed(f, channel, include, rid))
+            return
         self.subscriptions[channel] = include
         if rid is not None:
             self.send(frames.encode_ack(rid))
         if snapshot is not None:
             self.send(snapshot)
+
+    def _subscribed(self, f: asyncio.Future[None], channel: str, include: bool,
+                    rid: str | None) -> None:
+        """A cluster subscribe completed: ack, snapshot, then the frames held meanwhile."""
+        self._subscribing = None
+        if self.closed or f.cancelled() or f.exception() is not None:
+            return
+        snapshot = self.services.hub.finish_subscribe(self, channel)
+        self.subscriptions[channel] = include
+        if rid is not None:
+            self.send(frames.encode_ack(rid))
+        if snapshot is not None:
+            self.send(snapshot)
+        self._release()
+
+    def _release(self) -> None:
+        """Handle the frames held while a request waited for the cluster."""
+        held, self._held = self._held or [], None
+        for n, payload in enumerate(held):
+            if self._held is not None:  # another request waits: keep the rest in order
+                self._held.extend(held[n:])
+                return
+            if self.closed:
+                return
+            self.handle_text(payload)
 
     def _unsubscribe(self, req: frames.Request, rid: str | None) -> None:
         channel = req.channel

@@ -5,13 +5,14 @@ broker can carry it to other nodes; events from other nodes come back to the hub
 ``ClusterSink`` methods. One node needs no carrying: ``MemoryBroker`` (``memory.py``). A cluster
 uses Redis (``redis.py``, see docs/cluster.md).
 
-Presence stays consistent across nodes because each node keeps a replica of the remote
-members of the channels it serves, fed in order by the broker; the hub counts a peer as present
-while any socket of it, on any node, is subscribed.
+In a cluster, presence is cluster-wide state in Redis; a node follows (``routing.ChannelView``)
+only the channels it holds local members of, and hears only the messages of those channels and
+of the peers it holds sockets of.
 """
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Protocol
@@ -38,11 +39,6 @@ class ClusterSink(Protocol):
                            scope: tuple[str, ...] | None = None) -> int:
         """Close the local sockets of ``peer_id`` (a kick that came from another node);
         ``scope``: only those whose channel scope these patterns cover."""
-        ...
-
-    def local_state(self) -> tuple[list[tuple[str, str, str, bytes]], list[tuple[str, str]]]:
-        """This node's presence ``(app, channel, peer, entry)`` and online peers ``(app, peer)``
-        (what a broker announces again after its view of the cluster was lost)."""
         ...
 
     def local_connections(self) -> dict[str, int]:
@@ -82,22 +78,42 @@ class Broker(ABC):
     @abstractmethod
     def direct(
         self, app_id: str, peer_id: str, data: bytes, sender_json: bytes,
-        sender_metadata: bytes | None,
-    ) -> None:
-        """A direct message for the sockets of ``peer_id`` on other nodes."""
+        sender_metadata: bytes | None, local: int,
+    ) -> int | asyncio.Future[int | None] | None:
+        """A direct message that reached ``local`` sockets here, for the peer's sockets
+        elsewhere. Returns what ``Hub.direct`` returns: the count, None for
+        ``peer_not_found``, or a future of either while the other nodes are asked."""
 
-    @abstractmethod
     def presence(self, app_id: str, channel: str, peer_id: str, entry: bytes,
                  present: bool) -> None:
-        """``peer_id`` became present in (or left) ``channel`` on this node."""
+        """Single node: ``peer_id`` became present in (or left) ``channel``. Nothing to carry;
+        a cluster broker gets ``join``/``leave`` instead."""
+        return None
 
     @abstractmethod
-    def peer_online_elsewhere(self, app_id: str, peer_id: str) -> bool:
-        """Whether some other node holds a socket of ``peer_id`` (for ``peer_not_found``)."""
+    def join(self, app_id: str, channel: str, peer_id: str, entry: bytes,
+             ) -> asyncio.Future[None] | None:
+        """This node's first socket of ``peer_id`` subscribes to ``channel``. A future while
+        the join is not yet part of this node's view of the channel."""
 
     @abstractmethod
-    def peer_connected(self, app_id: str, peer_id: str, online: bool) -> None:
-        """The first socket of ``peer_id`` opened on this node (online) or its last closed."""
+    def leave(self, app_id: str, channel: str, peer_id: str, last: bool) -> None:
+        """This node's last socket of ``peer_id`` left ``channel`` (``last``: the node now
+        holds no member of it)."""
+
+    @abstractmethod
+    def peer_connected(self, app_id: str, peer_id: str, online: bool,
+                       ) -> asyncio.Future[None] | None:
+        """The first socket of ``peer_id`` opened on this node (online) or its last closed.
+        A future while the node cannot yet receive the peer's direct messages."""
+
+    def peer_route(self, app_id: str, peer_id: str) -> asyncio.Future[None] | None:
+        """The pending future of ``peer_connected`` for ``peer_id``, if any."""
+        return None
+
+    async def members(self, app_id: str, channel: str) -> list[bytes]:
+        """Presence entries of the channel's members on every node."""
+        return []
 
     async def kick(self, app_id: str, peer_id: str, code: int, reason: str,
                    scope: tuple[str, ...] | None = None) -> int:

@@ -21,15 +21,14 @@ class MemoryBroker(Broker):
         return None
 
     def direct(self, app_id: str, peer_id: str, data: bytes, sender_json: bytes,
-               sender_metadata: bytes | None) -> None:
+               sender_metadata: bytes | None, local: int) -> int | None:
+        return local if local else None
+
+    def join(self, app_id: str, channel: str, peer_id: str, entry: bytes) -> None:
         return None
 
-    def presence(self, app_id: str, channel: str, peer_id: str, entry: bytes,
-                 present: bool) -> None:
+    def leave(self, app_id: str, channel: str, peer_id: str, last: bool) -> None:
         return None
-
-    def peer_online_elsewhere(self, app_id: str, peer_id: str) -> bool:
-        return False
 
     def peer_connected(self, app_id: str, peer_id: str, online: bool) -> None:
         return None

@@ -1,30 +1,24 @@
-"""The cluster broker: nodes that share one Redis (pub/sub for routing, keys for state).
+"""The cluster broker: nodes that share Redis (pub/sub for routing, keys for presence).
 
-How it works (docs/cluster.md has the long version):
+This module does the I/O; what it means is decided in ``routing.py`` (docs/cluster.md has the
+design):
 
-* **One pub/sub connection per node**, subscribed to two Redis channels: the cluster bus
-  ``<prefix>bus`` (presence, peer directory, heartbeats: every node needs them) and the node's
-  own ``<prefix>n:<instance>`` (messages, direct messages and kicks addressed to it).
-* **A replica of the cluster per node.** Each node keeps every other node's presence entries
-  and online peers (``_NodeView``), fed in order from the bus, and feeds the hub's
-  ``Room.remote`` counts from it. So ``subscribe`` stays synchronous and the ordering rules of
-  docs/protocol.md#presence-ordering hold as on one node; a publish goes only to the nodes that
-  have members in the channel, a direct message only to the nodes that hold the peer.
-* **Batching.** Events are queued synchronously and one writer task sends everything queued
-  since its last round in one pipeline: the state writes first, then one ``PUBLISH`` per
-  destination carrying every frame for it (msgpack). Order is kept per destination and
-  between the bus and a node channel. Nothing is ever retransmitted, so no socket gets a
-  message twice.
-* **State in Redis, with sequence numbers.** Each node mirrors its presence and peers in the
-  hash ``<prefix>st:<instance>`` (with a ``seq`` field); every bus event carries the next
-  ``seq``. A node that sees a gap, a heartbeat whose ``seq`` it has not reached, an unknown node
-  or a ``reset`` reloads that node's hash and applies the difference (anti-entropy: replicas
-  that disagree after a partition converge within one heartbeat).
-* **Failure.** Each node refreshes ``<prefix>hb:<instance>`` (TTL ``presence_ttl``) every
-  ``heartbeat_interval``. A node whose key expired is dropped by the others (its members are
-  ``left``) and its state is deleted (atomically, only while its key is still missing). A node
-  that loses Redis reports itself unhealthy (going_away and close 1001 to its sockets, refused
-  upgrades), reconnects on its own with a new instance id and announces itself again.
+* **Interest-based pub/sub.** A node subscribes ``c:<app>\\0<channel>`` only while it holds
+  local members of the channel, ``d:<app>\\0<peer>`` only while it holds a socket of the peer,
+  and ``n:<instance>`` (replies) always. A subscribe is acked only after Redis confirmed the
+  channel's SUBSCRIBE, and a welcome is sent only after the peer channel's: a publish after
+  an ack, or a direct after a welcome, is always heard.
+* **Presence in Redis.** Per channel, the members hash ``pm:``, the holders hash ``pc:`` and a
+  sequence number ``ps:``, changed only by the ``join``/``leave`` Lua scripts, which also
+  PUBLISH the ``Join``/``Leave`` event: the hash and the stream are serialised by Redis. A
+  node follows the channels it holds with a ``routing.ChannelView``.
+* **One writer per Redis.** Everything a node sends to one Redis goes through one connection
+  in order: the hub's calls queue commands synchronously and the writer sends all that was
+  queued since its previous round as one pipeline (nothing awaits Redis inside a fan-out).
+* **Failure.** The ``nodes`` zset holds each node's heartbeat expiry; one survivor claims an
+  expired node (``reap:<inst>``, SET NX) and runs the leave script for every membership in its
+  ``nm:<inst>`` set. A node that loses Redis, or finds its own entry expired, closes its
+  sockets (going_away + 1001), refuses upgrades and comes back with a new instance id.
 """
 
 from __future__ import annotations
@@ -37,7 +31,8 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Coroutine, Iterable
+from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,23 +50,77 @@ except ImportError as exc:  # --redis-url without the optional Redis client
 
 from ..limits import UsageMeter
 from . import Broker, ClusterSink
+from .routing import (
+    Changes,
+    ChannelView,
+    Keys,
+    live_total,
+    membership,
+    parse_membership,
+    remote_receivers,
+    shard_of,
+)
+from .wire import Direct, Join, Kick, KickReply, Leave, Message, decode, encode
 
 log = logging.getLogger("roomwire.broker.redis")
 
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder().decode
-
-_SEQ = b"seq"
-
-# Delete a dead node's state only while its heartbeat key is still missing, so a node that
-# comes back at the same moment never loses the state it just wrote.
-_REAP = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[2])
-  redis.call('SREM', KEYS[3], ARGV[1])
-  return 1
+# KEYS: members, holders, seq, this node's memberships.
+# ARGV: peer, entry, pub/sub channel, membership, want a snapshot ("1").
+# Idempotent per node (the memberships set), so a retried join never counts twice.
+_JOIN = """
+local seq
+if redis.call('SADD', KEYS[4], ARGV[4]) == 1
+   and redis.call('HINCRBY', KEYS[2], ARGV[1], 1) == 1 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  seq = redis.call('INCR', KEYS[3])
+  redis.call('PERSIST', KEYS[3])
+  redis.call('PUBLISH', ARGV[3], cmsgpack.pack({'join', seq, ARGV[1], ARGV[2]}))
+else
+  seq = tonumber(redis.call('GET', KEYS[3]) or '0')
 end
-return 0
+if ARGV[5] == '1' then
+  return {seq, redis.call('HGETALL', KEYS[1])}
+end
+return {seq}
+"""
+
+# KEYS as for join. ARGV: peer, pub/sub channel, membership. Only a membership still in the
+# set counts down, so the reaper and a late leave of the same node never both do.
+_LEAVE = """
+if redis.call('SREM', KEYS[4], ARGV[3]) == 0 then
+  return 0
+end
+if redis.call('HINCRBY', KEYS[2], ARGV[1], -1) <= 0 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  local seq = redis.call('INCR', KEYS[3])
+  -- The sequence must outlive any view of the channel; a day is far longer than one lasts
+  -- without members.
+  redis.call('EXPIRE', KEYS[3], 86400)
+  redis.call('PUBLISH', ARGV[2], cmsgpack.pack({'leave', seq, ARGV[1]}))
+end
+return 1
+"""
+
+# KEYS: nodes zset. ARGV: instance, ttl in ms, "1" to register (else only refresh an entry
+# still there: a node already reaped is not brought back by a late heartbeat).
+# Returns {previous expiry or false, live nodes, expired nodes}. Expiries are on Redis's
+# clock, so the nodes' clocks need not agree.
+_BEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if ARGV[3] == '1' then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  old = tostring(now)
+elseif old and tonumber(old) >= now then
+  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+end
+if old and tonumber(old) < now then
+  old = false
+end
+return {old, redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf'),
+        redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)}
 """
 
 # Add a node's new messages to the cluster counter; never let it fall below what the node
@@ -86,38 +135,78 @@ redis.call('EXPIREAT', KEYS[1], ARGV[3])
 return v
 """
 
-_Event = list[Any]
+_Result = Any
+_Op = tuple[tuple[Any, ...], Callable[[_Result], None] | None]
 
 
 def _raw(data: bytes) -> bytes:
+    # The session hands ``data`` over as msgspec.Raw, which msgpack would embed verbatim.
     return data if type(data) is bytes else bytes(data)
-_PresenceKey = tuple[str, str, str]
 
 
-@dataclass
-class _NodeView:
-    """What this node knows of another node."""
-
-    inst: str
-    seq: int = 0
-    presence: dict[_PresenceKey, bytes] = field(default_factory=dict)
-    peers: set[tuple[str, str]] = field(default_factory=set)
-    conns: dict[str, int] = field(default_factory=dict)
-    buffer: list[_Event] | None = None
-    """Events held back while the node's state is being reloaded (None: not holding)."""
-    resyncing: bool = False
-    again: bool = False
+def _reraise_cancellation() -> None:
+    # The Redis client can swallow a cancellation that lands while it writes a command;
+    # without this a cancelled loop would go round again and outlive stop().
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
-@dataclass
+class _Lost(Exception):
+    """Raised inside the broker's tasks when Redis answered with an error."""
+
+
+@dataclass(eq=False)
+class _Shard:
+    """One Redis: a writer connection, a subscriber connection, and their queues."""
+
+    index: int
+    url: str
+    redis: Any = None
+    pubsub: Any = None
+    ops: list[_Op] = field(default_factory=list)
+    subs: list[tuple[str, bytes]] = field(default_factory=list)
+    confirms: dict[bytes, deque[asyncio.Future[None]]] = field(default_factory=dict)
+    dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    sub_dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    join_sha: str = ""
+    leave_sha: str = ""
+
+
+@dataclass(eq=False)
+class _Held:
+    """A channel this node holds local members of."""
+
+    app_id: str
+    channel: str
+    rch: bytes
+    shard: _Shard
+    keys: tuple[str, str, str]
+    ready: asyncio.Future[None]
+    view: ChannelView = field(default_factory=ChannelView)
+    deferred: list[tuple[str, str, bytes, asyncio.Future[None] | None]] = field(
+        default_factory=list)
+    waiters: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list)
+    reloading: bool = False
+    behind: int | None = None
+
+
+@dataclass(eq=False)
 class _Kick:
     future: asyncio.Future[None]
-    waiting: int
+    expected: int | None = None
+    answers: int = 0
     closed: int = 0
+
+    def check(self) -> None:
+        if (self.expected is not None and self.answers >= self.expected
+                and not self.future.done()):
+            self.future.set_result(None)
 
 
 class RedisBroker(Broker):
-    """A node of a cluster sharing one Redis."""
+    """A node of a cluster sharing one or more Redis servers."""
 
     clustered = True
 
@@ -136,8 +225,12 @@ class RedisBroker(Broker):
     ) -> None:
         if presence_ttl <= 0:
             raise ValueError("presence_ttl must be positive")
+        self.urls = [u.strip() for u in url.split(",") if u.strip()]
+        if not self.urls:
+            raise ValueError("redis_url names no Redis")
         self.url = url
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.presence_ttl = presence_ttl
         self.heartbeat_interval = heartbeat_interval or max(0.05, presence_ttl / 5)
@@ -150,48 +243,27 @@ class RedisBroker(Broker):
         self.healthy = False
         self.inst = ""
         self._sink: ClusterSink | None = None
-        self._redis: aioredis.Redis | None = None
-        self._pubsub: Any = None
+        self._shards: list[_Shard] = []
         self._live = False
         self._stopping = False
-        self._seq = 0
-        self._nodes: dict[str, _NodeView] = {}
-        self._room_nodes: dict[tuple[str, str], dict[str, int]] = {}
-        self._peer_nodes: dict[tuple[str, str], set[str]] = {}
-        # Outgoing, since the writer's last round.
-        self._ops: list[tuple[bool, bytes, bytes]] = []
-        self._groups: list[tuple[bytes, list[_Event]]] = []
-        self._bus_group = -1
-        self._node_group: dict[bytes, int] = {}
-        self._reset = False
-        self._dirty = asyncio.Event()
-        self._idle = asyncio.Event()
+        self._views: dict[tuple[str, str], _Held] = {}
+        self._peers: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._unsubscribing: dict[bytes, asyncio.Future[None]] = {}
+        self._routes: dict[bytes, tuple[str, str, str]] = {}
+        self._joined: set[tuple[str, str, str]] = set()
+        self._live_nodes: set[str] = set()
+        self._conns: dict[str, dict[str, int]] = {}
+        self._reported: set[str] = set()
+        self._reaping: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._heartbeat_task: asyncio.Task[None] | None = None
         self._recover_task: asyncio.Task[None] | None = None
         self._kicks: dict[int, _Kick] = {}
         self._kick_ids = itertools.count(1)
         self._usage_sent: dict[tuple[str, int], int] = {}
         self._usage_lock = asyncio.Lock()
-        self.stats = {"published": 0, "received": 0, "resyncs": 0, "reaped": 0, "lost": 0}
-
-    # -- keys ----------------------------------------------------------------------------------
-
-    @property
-    def _bus(self) -> bytes:
-        return (self.prefix + "bus").encode()
-
-    def _node_channel(self, inst: str) -> bytes:
-        return (self.prefix + "n:" + inst).encode()
-
-    def _hb_key(self, inst: str) -> str:
-        return self.prefix + "hb:" + inst
-
-    def _state_key(self, inst: str) -> str:
-        return self.prefix + "st:" + inst
-
-    @property
-    def _nodes_key(self) -> str:
-        return self.prefix + "nodes"
+        self._lose_events = 0
+        self.stats = {"published": 0, "received": 0, "reloads": 0, "reaped": 0, "lost": 0}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -203,82 +275,78 @@ class RedisBroker(Broker):
                 self._usage_sent[(app_id, u.period_start)] = u.messages
         try:
             await self._connect()
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, _Lost) as exc:
             await self._close_clients()
             raise RuntimeError(f"cannot reach Redis at {self.url}: {exc}") from None
 
     async def stop(self) -> None:
-        """Say goodbye: the other nodes drop this node's members at once."""
+        """Say goodbye: this node's memberships leave at once (the others hear ``left``)."""
         self._stopping = True
         if self._recover_task is not None:
             self._recover_task.cancel()
-        if self._live and self._redis is not None:
-            # Let the writer send what the closing sockets queued (their `left`s), then go.
+        if self._live:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained(), self.command_timeout)
             self._live = False
-            await self._cancel_tasks()  # no heartbeat may land after the goodbye
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
-                await asyncio.wait_for(self._goodbye(self.inst), self.command_timeout)
+            await self._cancel_tasks()
+            with contextlib.suppress(RedisError, OSError, TimeoutError, _Lost):
+                await asyncio.wait_for(self._reap(self.inst, claim=False), self.command_timeout)
         self._live = False
         await self._cancel_tasks()
         await self._close_clients()
         self.healthy = False
 
     async def _drained(self) -> None:
-        while self._ops or self._groups or not self._idle.is_set():
-            self._idle.clear()
-            self._dirty.set()
-            await self._idle.wait()
-
-    async def _goodbye(self, inst: str) -> None:
-        assert self._redis is not None
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.delete(self._state_key(inst), self._hb_key(inst))
-        pipe.srem(self._nodes_key, inst)
-        pipe.publish(self._bus, _encode([inst, [["b"]]]))
-        await pipe.execute()
+        for shard in self._shards:
+            while shard.ops or not shard.idle.is_set():
+                shard.idle.clear()
+                shard.dirty.set()
+                await shard.idle.wait()
 
     async def _connect(self) -> None:
-        """Connect, subscribe, announce this node and load every other node's state."""
-        self._redis = aioredis.Redis.from_url(
-            self.url, socket_timeout=self.command_timeout,
-            socket_connect_timeout=self.command_timeout, retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
-        await self._redis.ping()
+        """Connect to every Redis, subscribe the node channel, register the node."""
         self.inst = f"{self.node_id}.{secrets.token_hex(4)}"
-        self._seq = 0
-        self._pubsub = self._redis.pubsub()
-        await self._pubsub.subscribe(self._bus, self._node_channel(self.inst))
-        confirmed = 0
-        deadline = time.monotonic() + self.command_timeout
-        while confirmed < 2:
-            if time.monotonic() > deadline:
-                raise RedisError("no subscription confirmation from Redis")
-            msg = await self._pubsub.get_message(timeout=self.command_timeout)
-            if msg is not None and msg.get("type") == "subscribe":
-                confirmed += 1
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.set(self._hb_key(self.inst), b"1", px=int(self.presence_ttl * 1000))
-        pipe.sadd(self._nodes_key, self.inst)
-        pipe.smembers(self._nodes_key)
-        members = (await pipe.execute())[2]
+        self._shards = [_Shard(i, url) for i, url in enumerate(self.urls)]
+        node_ch = self.keys.node(self.inst)
+        for shard in self._shards:
+            shard.redis = aioredis.Redis.from_url(
+                shard.url, socket_timeout=self.command_timeout,
+                socket_connect_timeout=self.command_timeout, retry=Retry(NoBackoff(), 0),
+                health_check_interval=0,
+            )
+            await shard.redis.ping()
+            shard.join_sha = await shard.redis.script_load(_JOIN)
+            shard.leave_sha = await shard.redis.script_load(_LEAVE)
+            # Every subscriber connection holds the node channel, so it always has one
+            # subscription to read from (replies come on shard 0's).
+            shard.pubsub = shard.redis.pubsub()
+            await shard.pubsub.subscribe(node_ch)
+            deadline = time.monotonic() + self.command_timeout
+            while True:
+                if time.monotonic() > deadline:
+                    raise RedisError("no subscription confirmation from Redis")
+                msg = await shard.pubsub.get_message(timeout=self.command_timeout)
+                if msg is not None and msg.get("type") == "subscribe":
+                    break
+            shard.idle.set()
+        r0 = self._shards[0].redis
+        _, live, _ = await r0.eval(_BEAT, 1, self.keys.nodes, self.inst, self._ttl_ms, "1")
+        self._live_nodes = {m.decode() for m in live}
+        self._reported = set()
         self._live = True
-        self._reset = True  # the writer writes the full state and tells the others
-        self._idle.set()
-        self._spawn(self._reader())
-        self._spawn(self._writer())
-        self._spawn(self._heartbeat())
+        for shard in self._shards:
+            self._spawn(self._reader(shard))
+            self._spawn(self._writer(shard))
+            self._spawn(self._subscriber(shard))
+        self._heartbeat_task = self._spawn(self._heartbeat())
         if self.usage is not None:
             self._spawn(self._usage_loop())
-        self._dirty.set()
-        others = {m.decode() for m in members} - {self.inst}
-        loading = [t for t in (self._spawn_resync(inst) for inst in others) if t is not None]
-        if loading:
-            await asyncio.wait(loading, timeout=self.command_timeout)
         self.healthy = True
-        log.info("joined the cluster as %s (%d other nodes)", self.inst, len(self._nodes))
+        log.info("joined the cluster as %s (%d Redis)", self.inst, len(self._shards))
+
+    @property
+    def _ttl_ms(self) -> int:
+        return int(self.presence_ttl * 1000)
 
     async def _cancel_tasks(self) -> None:
         current = asyncio.current_task()
@@ -298,48 +366,76 @@ class RedisBroker(Broker):
                 await t
 
     async def _close_clients(self) -> None:
-        ps, r = self._pubsub, self._redis
-        self._pubsub = None
-        self._redis = None
-        if ps is not None:
-            with contextlib.suppress(Exception):
-                await ps.aclose()
-        if r is not None:
-            with contextlib.suppress(Exception):
-                await r.aclose()
+        shards, self._shards = self._shards, []
+        for shard in shards:
+            ps, r = shard.pubsub, shard.redis
+            shard.pubsub = shard.redis = None
+            if ps is not None:
+                with contextlib.suppress(Exception):
+                    await ps.aclose()
+            if r is not None:
+                with contextlib.suppress(Exception):
+                    await r.aclose()
 
     def _lost(self, exc: BaseException | str) -> None:
-        """Redis is unreachable: report unhealthy, forget the cluster, reconnect in the
-        background."""
+        """Redis is unreachable (or forgot this node): report unhealthy, close this node's
+        sockets, forget the cluster, and come back in the background as a new instance."""
         if not self._live or self._stopping:
             return
-        log.warning("lost Redis (%s); closing this node's sockets until it is back", exc)
+        log.warning("lost the cluster (%s); closing this node's sockets until it is back", exc)
         self.stats["lost"] += 1
         self._live = False
         self.healthy = False
-        self._ops.clear()
-        self._groups.clear()
-        self._bus_group = -1
-        self._node_group.clear()
+        # Nothing this instance joined may be left later: its state is the reaper's now.
+        self._joined.clear()
+        for shard in self._shards:
+            ops, shard.ops = shard.ops, []
+            for _, cb in ops:
+                if cb is not None:
+                    cb(_Lost("lost Redis"))
+            shard.subs.clear()
+            for q in shard.confirms.values():
+                for f in q:
+                    f.cancel()
+            shard.confirms.clear()
         for kick in self._kicks.values():
             if not kick.future.done():
                 kick.future.set_result(None)
+        for fut in self._peers.values():
+            fut.cancel()
+        for held in self._views.values():
+            held.ready.cancel()
+            for _, _, _, d in held.deferred:
+                if d is not None:
+                    d.cancel()
+            for _, f in held.waiters:
+                f.cancel()
         if self.health_listener is not None:
             self.health_listener(False)
-        for inst in list(self._nodes):
-            self._drop(inst)
+        # What the closing sockets did not release yet is dropped without a sound: nobody
+        # local is left to hear it.
+        for key in list(self._views):
+            self._forget_view(key)
+        self._peers.clear()
+        self._unsubscribing.clear()
+        self._routes.clear()
         self._recover_task = asyncio.get_running_loop().create_task(self._recover())
 
     async def _recover(self) -> None:
         old = self.inst
         await self._cancel_tasks()
         await self._close_clients()
+        # The sockets were told to go; start clean once they are gone (bounded).
+        deadline = time.monotonic() + self.command_timeout
+        while (self._sink is not None and self._sink.local_connections()
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.02)
         delay = 0.05
         while not self._stopping:
             try:
                 await self._connect()
                 break
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, _Lost) as exc:
                 log.debug("Redis still unreachable: %s", exc)
                 self._live = False
                 await self._cancel_tasks()
@@ -348,154 +444,476 @@ class RedisBroker(Broker):
                 delay = min(delay * 2, 1.0)
         if self._stopping:
             return
-        with contextlib.suppress(RedisError, OSError):
-            await self._goodbye(old)
-        log.info("Redis is back; this node accepts sockets again")
+        self._spawn(self._reap(old, claim=True))
+        log.info("back in the cluster; this node accepts sockets again")
         if self.health_listener is not None:
             self.health_listener(True)
 
+    # -- queues --------------------------------------------------------------------------------
+
+    def _send(self, shard: _Shard, args: tuple[Any, ...],
+              then: Callable[[_Result], None] | None = None) -> None:
+        shard.ops.append((args, then))
+        shard.dirty.set()
+
+    def _subscribe(self, shard: _Shard, rch: bytes) -> asyncio.Future[None]:
+        """SUBSCRIBE ``rch``; the future completes when Redis confirmed it."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        shard.confirms.setdefault(rch, deque()).append(fut)
+        shard.subs.append(("SUBSCRIBE", rch))
+        shard.sub_dirty.set()
+        return fut
+
+    def _unsubscribe(self, shard: _Shard, rch: bytes) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        shard.confirms.setdefault(rch, deque()).append(fut)
+        shard.subs.append(("UNSUBSCRIBE", rch))
+        shard.sub_dirty.set()
+        return fut
+
+    async def _writer(self, shard: _Shard) -> None:
+        """Send everything queued since the last round, in order, as one pipeline."""
+        while True:
+            if not shard.ops:
+                shard.idle.set()
+                await shard.dirty.wait()
+            shard.dirty.clear()
+            shard.idle.clear()
+            ops, shard.ops = shard.ops, []
+            if not ops:
+                continue
+            try:
+                pipe = shard.redis.pipeline(transaction=False)
+                for args, _ in ops:
+                    pipe.execute_command(*args)
+                results = await pipe.execute(raise_on_error=False)
+            except (RedisError, OSError) as exc:
+                self._lost(exc)
+                return
+            _reraise_cancellation()
+            self.stats["published"] += len(ops)
+            failed: BaseException | None = None
+            for (_, cb), res in zip(ops, results, strict=True):
+                if isinstance(res, BaseException):
+                    failed = res
+                    continue
+                if cb is not None:
+                    cb(res)
+            if failed is not None:
+                self._lost(failed)
+                return
+
+    async def _subscriber(self, shard: _Shard) -> None:
+        """Send SUBSCRIBE/UNSUBSCRIBE in the order they were asked for (their confirmations
+        come back in that order on the reader)."""
+        while True:
+            if not shard.subs:
+                await shard.sub_dirty.wait()
+            shard.sub_dirty.clear()
+            subs, shard.subs = shard.subs, []
+            try:
+                start = 0
+                for n in range(1, len(subs) + 1):
+                    if n == len(subs) or subs[n][0] != subs[start][0]:
+                        await shard.pubsub.execute_command(
+                            subs[start][0], *(rch for _, rch in subs[start:n]))
+                        start = n
+            except (RedisError, OSError) as exc:
+                self._lost(exc)
+                return
+            _reraise_cancellation()
+
     # -- outgoing ------------------------------------------------------------------------------
 
-    def _to_bus(self, ev: _Event) -> None:
-        g = self._groups
-        if g and self._bus_group == len(g) - 1:
-            g[-1][1].append(ev)
-        else:
-            g.append((self._bus, [ev]))
-            self._bus_group = len(g) - 1
-        self._dirty.set()
-
-    def _to_node(self, inst: str, ev: _Event) -> None:
-        ch = self._node_channel(inst)
-        g = self._groups
-        i = self._node_group.get(ch, -1)
-        if i > self._bus_group:
-            g[i][1].append(ev)
-        else:
-            g.append((ch, [ev]))
-            self._node_group[ch] = len(g) - 1
-        self._dirty.set()
+    def _shard(self, app_id: str, name: str) -> _Shard:
+        return self._shards[shard_of(app_id, name, len(self._shards))]
 
     def publish(self, app_id: str, channel: str, data: bytes, sender_json: bytes,
                 sender_metadata: bytes | None) -> None:
         if not self._live:
             return
-        nodes = self._room_nodes.get((app_id, channel))
-        if not nodes:
-            return
-        # The session hands ``data`` over as msgspec.Raw, which msgpack would embed verbatim.
-        ev: _Event = ["m", app_id, channel, _raw(data), sender_json, sender_metadata]
-        for inst in nodes:
-            self._to_node(inst, ev)
+        frame = encode(Message(self.inst, _raw(data), sender_json, sender_metadata))
+        self._send(self._shard(app_id, channel),
+                   ("PUBLISH", self.keys.channel(app_id, channel), frame))
 
     def direct(self, app_id: str, peer_id: str, data: bytes, sender_json: bytes,
-               sender_metadata: bytes | None) -> None:
+               sender_metadata: bytes | None, local: int,
+               ) -> int | asyncio.Future[int | None] | None:
         if not self._live:
-            return
-        nodes = self._peer_nodes.get((app_id, peer_id))
-        if not nodes:
-            return
-        ev: _Event = ["d", app_id, peer_id, _raw(data), sender_json, sender_metadata]
-        for inst in nodes:
-            self._to_node(inst, ev)
+            return local if local else None
+        shard = self._shard(app_id, peer_id)
+        rch = self.keys.peer(app_id, peer_id)
+        args = ("PUBLISH", rch, encode(Direct(self.inst, _raw(data), sender_json,
+                                              sender_metadata)))
+        if local:
+            self._send(shard, args)
+            return local
+        # No local socket: whether anyone has it is what Redis says the PUBLISH reached.
+        fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        key = (app_id, peer_id)
 
-    def presence(self, app_id: str, channel: str, peer_id: str, entry: bytes,
-                 present: bool) -> None:
+        def published(res: _Result) -> None:
+            if fut.done():
+                return
+            if isinstance(res, BaseException):
+                fut.cancel()
+                return
+            n = remote_receivers(int(res), key in self._peers)
+            fut.set_result(n if n else None)
+
+        def send(_: object = None) -> None:
+            if self._live:
+                self._send(shard, args, published)
+            elif not fut.done():
+                fut.cancel()
+
+        self._after_unsubscribed(rch, send)
+        return fut
+
+    def _after_unsubscribed(self, rch: bytes, send: Callable[..., None]) -> None:
+        """Run ``send`` (a PUBLISH whose count decides something) once this node's own
+        subscription of ``rch`` is not going away any more: until Redis confirmed the
+        UNSUBSCRIBE it may count this node, or not."""
+        leaving = self._unsubscribing.get(rch)
+        if leaving is not None and not leaving.done():
+            leaving.add_done_callback(send)
+        else:
+            send()
+
+    def join(self, app_id: str, channel: str, peer_id: str, entry: bytes,
+             ) -> asyncio.Future[None] | None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not self._live:
-            return
-        self._seq += 1
-        self._ops.append((present, _encode(["p", app_id, channel, peer_id]), entry))
-        self._to_bus(["p", self._seq, app_id, channel, peer_id,
-                      entry if present else None, present])
+            fut.cancel()
+            return fut
+        self._joined.add((app_id, channel, peer_id))
+        held = self._hold(app_id, channel)
+        if self._deferring(held):
+            held.deferred.append(("join", peer_id, entry, fut))
+        else:
+            self._send_join(held, peer_id, entry, fut)
+        return fut
 
-    def peer_connected(self, app_id: str, peer_id: str, online: bool) -> None:
+    @staticmethod
+    def _deferring(held: _Held) -> bool:
+        # Until the SUBSCRIBE is confirmed, and until what waited for it went out (its
+        # callback runs a little after the confirmation): joins and leaves keep their order.
+        return not held.ready.done() or bool(held.deferred)
+
+    def leave(self, app_id: str, channel: str, peer_id: str, last: bool) -> None:
+        key = (app_id, channel)
+        held = self._views.get(key)
+        m = (app_id, channel, peer_id)
+        if m in self._joined and self._live:
+            self._joined.discard(m)
+            if held is not None and self._deferring(held) and not last:
+                held.deferred.append(("leave", peer_id, b"", None))
+            else:
+                if held is not None:
+                    self._flush_deferred(held)
+                shard = self._shard(app_id, channel)
+                pm, pc, ps = self.keys.presence(app_id, channel)
+                self._send(shard, ("EVALSHA", shard.leave_sha, 4, pm, pc, ps,
+                                   self.keys.memberships(self.inst), peer_id,
+                                   self.keys.channel(app_id, channel),
+                                   membership(app_id, channel, peer_id)))
+        if last and held is not None:
+            self._release(held)
+
+    def _hold(self, app_id: str, channel: str) -> _Held:
+        key = (app_id, channel)
+        held = self._views.get(key)
+        if held is None:
+            shard = self._shard(app_id, channel)
+            rch = self.keys.channel(app_id, channel)
+            self._routes[rch] = ("c", app_id, channel)
+            held = _Held(app_id, channel, rch, shard, self.keys.presence(app_id, channel),
+                         self._subscribe(shard, rch))
+            self._views[key] = held
+            ready = held
+
+            def on_ready(f: asyncio.Future[None]) -> None:
+                self._channel_ready(ready, f)
+
+            held.ready.add_done_callback(on_ready)
+        return held
+
+    def _channel_ready(self, held: _Held, f: asyncio.Future[None]) -> None:
+        if f.cancelled() or self._views.get((held.app_id, held.channel)) is not held:
+            for _, _, _, fut in held.deferred:
+                if fut is not None:
+                    fut.cancel()
+            held.deferred.clear()
+            return
+        self._flush_deferred(held)
+
+    def _flush_deferred(self, held: _Held) -> None:
+        deferred, held.deferred = held.deferred, []
+        shard = held.shard
+        pm, pc, ps = held.keys
+        for kind, peer, entry, fut in deferred:
+            if kind == "join":
+                assert fut is not None
+                self._send_join(held, peer, entry, fut)
+            else:
+                self._send(shard, ("EVALSHA", shard.leave_sha, 4, pm, pc, ps,
+                                   self.keys.memberships(self.inst), peer, held.rch,
+                                   membership(held.app_id, held.channel, peer)))
+
+    def _send_join(self, held: _Held, peer: str, entry: bytes,
+                   fut: asyncio.Future[None]) -> None:
+        shard = held.shard
+        pm, pc, ps = held.keys
+        snapshot = held.view.loading
+
+        def joined(res: _Result) -> None:
+            if isinstance(res, BaseException) or self._views.get(
+                    (held.app_id, held.channel)) is not held:
+                fut.cancel()
+                return
+            seq = int(res[0])
+            if snapshot and held.view.loading and not held.reloading:
+                flat = res[1]
+                members = {flat[i].decode(): bytes(flat[i + 1])
+                           for i in range(0, len(flat), 2)}
+                self._changed(held, held.view.load(seq, members))
+            held.waiters.append((seq, fut))
+            self._check_waiters(held)
+            if not fut.done():
+                # The events up to our own are on their way on the subscription; should
+                # they not come (a lost message), read the channel again.
+                asyncio.get_running_loop().call_later(
+                    self.command_timeout / 3, self._overdue, held, seq)
+
+        self._send(shard, ("EVALSHA", shard.join_sha, 4, pm, pc, ps,
+                           self.keys.memberships(self.inst), peer, entry, held.rch,
+                           membership(held.app_id, held.channel, peer),
+                           "1" if snapshot else "0"), joined)
+
+    def _overdue(self, held: _Held, seq: int) -> None:
+        if self._views.get((held.app_id, held.channel)) is held and not held.view.reached(seq):
+            self._reload(held)
+
+    def _release(self, held: _Held) -> None:
+        """The node holds no member of the channel any more: stop following it."""
+        key = (held.app_id, held.channel)
+        if self._views.get(key) is not held:
+            return
+        self._forget_view(key)
+        self._routes.pop(held.rch, None)
+        if self._live:
+            self._unsubscribe(held.shard, held.rch)
+
+    def _forget_view(self, key: tuple[str, str]) -> None:
+        held = self._views.pop(key, None)
+        if held is None:
+            return
+        for _, f in held.waiters:
+            f.cancel()
+        held.waiters.clear()
+        sink = self._sink
+        assert sink is not None
+        for peer, entry in list(held.view.members.items()):
+            sink.remote_presence(held.app_id, held.channel, peer, entry, False)
+        held.view.members.clear()
+
+    def peer_connected(self, app_id: str, peer_id: str, online: bool,
+                       ) -> asyncio.Future[None] | None:
+        key = (app_id, peer_id)
         if not self._live:
-            return
-        self._seq += 1
-        self._ops.append((online, _encode(["c", app_id, peer_id]), b"1"))
-        self._to_bus(["c", self._seq, app_id, peer_id, online])
+            self._peers.pop(key, None)
+            if online:
+                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                fut.cancel()
+                return fut
+            return None
+        shard = self._shard(app_id, peer_id)
+        rch = self.keys.peer(app_id, peer_id)
+        if online:
+            self._routes[rch] = ("d", app_id, peer_id)
+            ready = self._subscribe(shard, rch)
+            self._peers[key] = ready
+            return ready
+        if self._peers.pop(key, None) is not None:
+            self._routes.pop(rch, None)
+            gone = self._unsubscribe(shard, rch)
+            self._unsubscribing[rch] = gone
+            gone.add_done_callback(
+                lambda f: self._unsubscribing.pop(rch) if self._unsubscribing.get(rch) is f
+                else None)
+        return None
 
-    def peer_online_elsewhere(self, app_id: str, peer_id: str) -> bool:
-        return bool(self._peer_nodes.get((app_id, peer_id)))
+    def peer_route(self, app_id: str, peer_id: str) -> asyncio.Future[None] | None:
+        ready = self._peers.get((app_id, peer_id))
+        return ready if ready is not None and not ready.done() else None
 
     async def kick(self, app_id: str, peer_id: str, code: int, reason: str,
                    scope: tuple[str, ...] | None = None) -> int:
-        nodes = self._peer_nodes.get((app_id, peer_id))
-        if not self._live or not nodes:
+        if not self._live:
             return 0
         req = next(self._kick_ids)
-        kick = _Kick(asyncio.get_running_loop().create_future(), len(nodes))
+        kick = _Kick(asyncio.get_running_loop().create_future())
         self._kicks[req] = kick
-        for inst in list(nodes):
-            self._to_node(inst, ["k", app_id, peer_id, code, reason, req,
-                                 None if scope is None else list(scope)])
+        key = (app_id, peer_id)
+
+        def published(res: _Result) -> None:
+            if isinstance(res, BaseException):
+                kick.expected = 0
+            else:
+                kick.expected = remote_receivers(int(res), key in self._peers)
+            kick.check()
+
+        shard = self._shard(app_id, peer_id)
+        rch = self.keys.peer(app_id, peer_id)
+        args = ("PUBLISH", rch, encode(Kick(self.inst, req, code, reason,
+                                            None if scope is None else list(scope))))
+
+        def send(_: object = None) -> None:
+            if self._live:
+                self._send(shard, args, published)
+            else:
+                kick.expected = 0
+                kick.check()
+
+        self._after_unsubscribed(rch, send)
         try:
             await asyncio.wait_for(asyncio.shield(kick.future), self.kick_timeout)
         except TimeoutError:
-            log.warning("kick of %s: %d node(s) did not answer in time", peer_id, kick.waiting)
+            log.warning("kick of %s: %s node(s) did not answer in time", peer_id,
+                        "some" if kick.expected is None else kick.expected - kick.answers)
         finally:
             self._kicks.pop(req, None)
         return kick.closed
 
     def connections_elsewhere(self, app_id: str) -> int:
-        return sum(v.conns.get(app_id, 0) for v in self._nodes.values())
+        return live_total(self._conns.get(app_id, {}), self._live_nodes, self.inst)
 
-    def cluster_nodes(self) -> list[str]:
-        """Instance ids of the other live nodes this node knows."""
-        return sorted(self._nodes)
+    async def members(self, app_id: str, channel: str) -> list[bytes]:
+        held = self._views.get((app_id, channel))
+        if held is not None and held.view.ready:
+            return list(held.view.members.values())
+        if not self._live:
+            return []
+        shard = self._shard(app_id, channel)
+        raw = await shard.redis.hgetall(self.keys.presence(app_id, channel)[0])
+        return [bytes(v) for v in raw.values()]
 
-    async def _writer(self) -> None:
-        """Send everything queued since the last round: state writes, then the frames."""
-        while True:
-            if not self._ops and not self._groups and not self._reset:
-                self._idle.set()
-                await self._dirty.wait()
-            self._dirty.clear()
-            self._idle.clear()
-            try:
-                await self._write_round()
-            except (RedisError, OSError) as exc:
-                self._lost(exc)
+    # -- incoming ------------------------------------------------------------------------------
+
+    async def _reader(self, shard: _Shard) -> None:
+        ps = shard.pubsub
+        try:
+            while True:
+                msg = await ps.get_message(timeout=None)
+                if msg is None:
+                    continue
+                kind = msg.get("type")
+                if kind == "message":
+                    self.stats["received"] += 1
+                    self._incoming(shard, msg["channel"], msg["data"])
+                elif kind in ("subscribe", "unsubscribe"):
+                    q = shard.confirms.get(msg["channel"])
+                    if q:
+                        f = q.popleft()
+                        if not q:
+                            del shard.confirms[msg["channel"]]
+                        if not f.done():
+                            f.set_result(None)
+        except (RedisError, OSError) as exc:
+            self._lost(exc)
+
+    def _incoming(self, shard: _Shard, rch: bytes, data: bytes) -> None:
+        try:
+            frame = decode(data)
+        except (msgspec.DecodeError, ValueError, TypeError):
+            log.warning("dropping an unreadable cluster message")
+            return
+        sink = self._sink
+        assert sink is not None
+        if isinstance(frame, KickReply):
+            kick = self._kicks.get(frame.request)
+            if kick is not None:
+                kick.closed += frame.closed
+                kick.answers += 1
+                kick.check()
+            return
+        route = self._routes.get(rch)
+        if route is None:
+            return  # a channel given up a moment ago
+        _, app_id, name = route
+        if isinstance(frame, Message):
+            if frame.origin != self.inst:
+                sink.deliver_publish(app_id, name, frame.data, frame.sender,
+                                     frame.sender_metadata)
+        elif isinstance(frame, Join | Leave):
+            held = self._views.get((app_id, name))
+            if held is None:
                 return
+            if self._lose_events > 0:
+                self._lose_events -= 1
+                return
+            self._changed(held, held.view.event(frame))
+            self._check_waiters(held)
+        elif isinstance(frame, Direct):
+            if frame.origin != self.inst:
+                sink.deliver_direct(app_id, name, frame.data, frame.sender,
+                                    frame.sender_metadata)
+        elif isinstance(frame, Kick):
+            if frame.origin == self.inst:
+                return
+            n = sink.deliver_disconnect(
+                app_id, name, frame.code, frame.reason,
+                None if frame.scope is None else tuple(frame.scope))
+            if self._live:
+                self._send(self._shards[0], ("PUBLISH", self.keys.node(frame.origin),
+                                             encode(KickReply(frame.request, n))))
 
-    async def _write_round(self) -> None:
-        r = self._redis
-        assert r is not None and self._sink is not None
-        ops, groups = self._ops, self._groups
-        self._ops, self._groups = [], []
-        self._bus_group = -1
-        self._node_group = {}
-        st = self._state_key(self.inst)
-        pipe = r.pipeline(transaction=False)
-        if self._reset:
-            # Announce the whole state again (start, or the heartbeat found it gone).
-            self._reset = False
-            ops = []
-            self._seq += 1
-            presence, peers = self._sink.local_state()
-            mapping: dict[bytes, bytes] = {_SEQ: str(self._seq).encode()}
-            for app_id, channel, peer, entry in presence:
-                mapping[_encode(["p", app_id, channel, peer])] = entry
-            for app_id, peer in peers:
-                mapping[_encode(["c", app_id, peer])] = b"1"
-            pipe.delete(st)
-            pipe.hset(st, mapping=mapping)  # type: ignore[arg-type]
-            pipe.pexpire(st, int(self.presence_ttl * 3000))
-            pipe.set(self._hb_key(self.inst), b"1", px=int(self.presence_ttl * 1000))
-            pipe.sadd(self._nodes_key, self.inst)
-            groups.insert(0, (self._bus, [["r", self._seq]]))
-        elif ops:
-            for present, f, value in ops:
-                if present:
-                    pipe.hset(st, f, value)
-                else:
-                    pipe.hdel(st, f)
-            pipe.hset(st, _SEQ, str(self._seq).encode())
-        inst = self.inst
-        for ch, events in groups:
-            pipe.publish(ch, _encode([inst, events]))
-        self.stats["published"] += len(groups)
-        await pipe.execute()
+    def _changed(self, held: _Held, changes: Changes) -> None:
+        sink = self._sink
+        assert sink is not None
+        for peer, entry in changes.left:
+            sink.remote_presence(held.app_id, held.channel, peer, entry, False)
+        for peer, entry in changes.joined:
+            sink.remote_presence(held.app_id, held.channel, peer, entry, True)
+        if changes.reload:
+            self._reload(held)
+
+    def _check_waiters(self, held: _Held) -> None:
+        if not held.waiters:
+            return
+        keep: list[tuple[int, asyncio.Future[None]]] = []
+        for seq, f in held.waiters:
+            if held.view.reached(seq):
+                if not f.done():
+                    f.set_result(None)
+            elif not f.done():
+                keep.append((seq, f))
+        held.waiters = keep
+
+    def _reload(self, held: _Held) -> None:
+        if held.reloading or not self._live:
+            return
+        held.reloading = True
+        held.view.begin_reload()
+        self.stats["reloads"] += 1
+        self._spawn(self._reload_task(held))
+
+    async def _reload_task(self, held: _Held) -> None:
+        try:
+            pipe = held.shard.redis.pipeline(transaction=True)  # one consistent point
+            pipe.hgetall(held.keys[0])
+            pipe.get(held.keys[2])
+            raw, seq = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            held.reloading = False
+            self._lost(exc)
+            return
+        held.reloading = False
+        if self._views.get((held.app_id, held.channel)) is not held:
+            return
+        members = {k.decode(): bytes(v) for k, v in raw.items()}
+        self._changed(held, held.view.load(int(seq or 0), members))
+        self._check_waiters(held)
 
     # -- heartbeat and failure detection ------------------------------------------------------
 
@@ -508,217 +926,106 @@ class RedisBroker(Broker):
                 # then outlive stop() (which awaits it: a hang).
                 async with asyncio.timeout(self.command_timeout):
                     await self._beat()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (RedisError, OSError, TimeoutError, _Lost) as exc:
                 self._lost(exc or "heartbeat timed out")
                 return
 
     async def _beat(self) -> None:
-        r = self._redis
-        assert r is not None and self._sink is not None
-        ttl_ms = int(self.presence_ttl * 1000)
+        shard0 = self._shards[0]
+        r = shard0.redis
+        assert self._sink is not None
+        conns = self._sink.local_connections()
         pipe = r.pipeline(transaction=False)
-        pipe.exists(self._hb_key(self.inst))
-        pipe.set(self._hb_key(self.inst), b"1", px=ttl_ms)
-        pipe.pexpire(self._state_key(self.inst), ttl_ms * 3)
-        pipe.sadd(self._nodes_key, self.inst)
-        pipe.smembers(self._nodes_key)
+        pipe.eval(_BEAT, 1, self.keys.nodes, self.inst, self._ttl_ms, "0")
+        for app_id in set(conns) | self._reported:
+            pipe.hset(self.keys.conns(app_id), self.inst, conns.get(app_id, 0))
+            pipe.sadd(self.keys.conn_apps, app_id)
+        pipe.smembers(self.keys.conn_apps)
         res = await pipe.execute()
-        if not res[0] and not self._reset:
-            # Our key had expired (a long stall, or Redis lost its data): the others may have
-            # dropped us. Write the whole state again and tell them to reload it.
-            log.warning("this node's heartbeat key had expired; announcing its state again")
-            self._reset = True
-            self._dirty.set()
-        self._to_bus(["h", self._seq, self._sink.local_connections()])
-        known = {m.decode() for m in res[4]} | set(self._nodes)
-        known.discard(self.inst)
-        if not known:
-            return
-        order = sorted(known)
-        pipe = r.pipeline(transaction=False)
-        for inst in order:
-            pipe.exists(self._hb_key(inst))
-        alive = await pipe.execute()
-        for inst, ok in zip(order, alive, strict=True):
-            if ok:
-                if inst not in self._nodes:
-                    self._spawn_resync(inst)
-                continue
-            reaped = await r.eval(_REAP, 3, self._hb_key(inst), self._state_key(inst),
-                                  self._nodes_key, inst)
-            if reaped:
-                self.stats["reaped"] += 1
-            if inst in self._nodes:
-                log.warning("node %s stopped heartbeating; dropping its members", inst)
-                self._drop(inst)
+        self._reported = set(conns)
+        previous, live, gone = res[0]
+        if not previous:
+            # Our entry expired (a stall, or Redis lost its data): the others may have
+            # reaped us already. Start over as a new instance.
+            self._lost("this node's heartbeat entry had expired")
+            raise _Lost("expired")
+        self._live_nodes = {m.decode() for m in live}
+        expired = [m.decode() for m in gone]
+        apps = sorted(m.decode() for m in res[-1])
+        if apps:
+            pipe = r.pipeline(transaction=False)
+            for app_id in apps:
+                pipe.hgetall(self.keys.conns(app_id))
+            counts = await pipe.execute()
+            self._conns = {app_id: {k.decode(): int(v) for k, v in c.items()}
+                           for app_id, c in zip(apps, counts, strict=True)}
+        for inst in expired:
+            if inst != self.inst and inst not in self._reaping:
+                self._spawn(self._reap(inst, claim=True))
+        await self._check_views()
 
-    # -- incoming ------------------------------------------------------------------------------
+    async def _check_views(self) -> None:
+        """Anti-entropy: a view whose channel moved on in Redis while its stream stayed
+        silent (a lost message) is read again, at its second check behind."""
+        by_shard: dict[int, list[_Held]] = {}
+        for held in self._views.values():
+            if held.view.ready and not held.reloading:
+                by_shard.setdefault(held.shard.index, []).append(held)
+        for index, helds in by_shard.items():
+            seqs = await self._shards[index].redis.mget([h.keys[2] for h in helds])
+            for held, raw in zip(helds, seqs, strict=True):
+                seq = int(raw or 0)
+                current = held.view.seq or 0
+                if seq > current:
+                    if held.behind == current:
+                        self._reload(held)
+                    held.behind = current
+                else:
+                    held.behind = None
 
-    async def _reader(self) -> None:
-        ps = self._pubsub
-        assert ps is not None
+    async def _reap(self, inst: str, claim: bool) -> None:
+        """Leave every membership of ``inst`` (a dead node, or this one saying goodbye)."""
+        self._reaping.add(inst)
         try:
-            while True:
-                msg = await ps.get_message(ignore_subscribe_messages=True, timeout=None)
-                if msg is None or msg.get("type") != "message":
-                    continue
-                self.stats["received"] += 1
-                try:
-                    origin, events = _decode(msg["data"])
-                except (msgspec.DecodeError, ValueError, TypeError):
-                    log.warning("dropping an unreadable cluster message")
-                    continue
-                if origin != self.inst:
-                    self._apply(origin, events)
+            r0 = self._shards[0].redis
+            if claim and not await r0.set(self.keys.reap(inst), self.inst, nx=True,
+                                          ex=max(5, int(self.presence_ttl * 3))):
+                return  # another survivor has it
+            if claim:
+                log.warning("node %s stopped heartbeating; its members leave", inst)
+            nm = self.keys.memberships(inst)
+            for shard in self._shards:
+                while True:
+                    chunk = await shard.redis.srandmember(nm, 200)
+                    if not chunk:
+                        break
+                    pipe = shard.redis.pipeline(transaction=False)
+                    for raw in chunk:
+                        app_id, channel, peer = parse_membership(raw.decode())
+                        pm, pc, ps = self.keys.presence(app_id, channel)
+                        pipe.evalsha(shard.leave_sha, 4, pm, pc, ps, nm, peer,
+                                     self.keys.channel(app_id, channel), raw)
+                    await pipe.execute()
+            pipe = r0.pipeline(transaction=False)
+            pipe.zrem(self.keys.nodes, inst)
+            pipe.smembers(self.keys.conn_apps)
+            apps = (await pipe.execute())[1]
+            if apps:
+                pipe = r0.pipeline(transaction=False)
+                for app_id in apps:
+                    pipe.hdel(self.keys.conns(app_id.decode()), inst)
+                await pipe.execute()
+            if claim:
+                self.stats["reaped"] += 1
         except (RedisError, OSError) as exc:
-            self._lost(exc)
-
-    def _apply(self, origin: str, events: Iterable[_Event]) -> None:
-        sink = self._sink
-        assert sink is not None
-        for ev in events:
-            kind = ev[0]
-            if kind == "m":
-                sink.deliver_publish(ev[1], ev[2], ev[3], ev[4], ev[5])
-            elif kind == "d":
-                sink.deliver_direct(ev[1], ev[2], ev[3], ev[4], ev[5])
-            elif kind == "k":
-                # A 7th element (the kicking key's patterns) may be absent: older nodes.
-                scope = ev[6] if len(ev) > 6 else None
-                n = sink.deliver_disconnect(
-                    ev[1], ev[2], ev[3], ev[4],
-                    None if scope is None else tuple(str(p) for p in scope))
-                if ev[5] and self._live:
-                    self._to_node(origin, ["kr", ev[5], n])
-            elif kind == "kr":
-                kick = self._kicks.get(ev[1])
-                if kick is not None:
-                    kick.closed += ev[2]
-                    kick.waiting -= 1
-                    if kick.waiting <= 0 and not kick.future.done():
-                        kick.future.set_result(None)
+            if claim:
+                self._lost(exc)
             else:
-                self._control(origin, ev)
+                raise
+        finally:
+            self._reaping.discard(inst)
 
-    def _control(self, origin: str, ev: _Event) -> None:
-        """Bus events that change the replica, applied in ``seq`` order."""
-        kind = ev[0]
-        view = self._nodes.get(origin)
-        if kind == "b":
-            if view is not None:
-                self._drop(origin)
-            return
-        if view is None:
-            view = self._nodes[origin] = _NodeView(origin)
-            self._spawn_resync(origin, view)
-        if view.buffer is not None:
-            view.buffer.append(ev)
-            return
-        if kind == "r":
-            self._spawn_resync(origin, view)
-            return
-        seq = ev[1]
-        if kind == "h":
-            view.conns = ev[2]
-            if seq > view.seq:
-                # Events up to `seq` were sent before this heartbeat; some never arrived.
-                self._spawn_resync(origin, view)
-            return
-        if seq <= view.seq:
-            return
-        if seq != view.seq + 1:
-            self._spawn_resync(origin, view)
-            self._hold(view, ev)
-            return
-        view.seq = seq
-        if kind == "p":
-            key = (ev[2], ev[3], ev[4])
-            if ev[6]:
-                self._add_presence(view, key, ev[5])
-            else:
-                self._remove_presence(view, key)
-        elif kind == "c":
-            if ev[4]:
-                self._add_peer(view, (ev[2], ev[3]))
-            else:
-                self._remove_peer(view, (ev[2], ev[3]))
-
-    # -- replica -------------------------------------------------------------------------------
-
-    def _add_presence(self, view: _NodeView, key: _PresenceKey, entry: bytes) -> None:
-        if key in view.presence:
-            view.presence[key] = entry
-            return
-        view.presence[key] = entry
-        room = (key[0], key[1])
-        nodes = self._room_nodes.get(room)
-        if nodes is None:
-            nodes = self._room_nodes[room] = {}
-        nodes[view.inst] = nodes.get(view.inst, 0) + 1
-        assert self._sink is not None
-        self._sink.remote_presence(key[0], key[1], key[2], entry, True)
-
-    def _remove_presence(self, view: _NodeView, key: _PresenceKey) -> None:
-        entry = view.presence.pop(key, None)
-        if entry is None:
-            return
-        room = (key[0], key[1])
-        nodes = self._room_nodes.get(room)
-        if nodes is not None:
-            left = nodes.get(view.inst, 0) - 1
-            if left > 0:
-                nodes[view.inst] = left
-            else:
-                nodes.pop(view.inst, None)
-                if not nodes:
-                    del self._room_nodes[room]
-        assert self._sink is not None
-        self._sink.remote_presence(key[0], key[1], key[2], entry, False)
-
-    def _add_peer(self, view: _NodeView, key: tuple[str, str]) -> None:
-        if key in view.peers:
-            return
-        view.peers.add(key)
-        self._peer_nodes.setdefault(key, set()).add(view.inst)
-
-    def _remove_peer(self, view: _NodeView, key: tuple[str, str]) -> None:
-        if key not in view.peers:
-            return
-        view.peers.discard(key)
-        nodes = self._peer_nodes.get(key)
-        if nodes is not None:
-            nodes.discard(view.inst)
-            if not nodes:
-                del self._peer_nodes[key]
-
-    def _drop(self, inst: str) -> None:
-        """Forget a node: its members leave (others hear ``left`` where it was the last)."""
-        view = self._nodes.pop(inst, None)
-        if view is None:
-            return
-        for key in list(view.presence):
-            self._remove_presence(view, key)
-        for peer in list(view.peers):
-            self._remove_peer(view, peer)
-
-    @staticmethod
-    def _hold(view: _NodeView, ev: _Event) -> None:
-        if view.buffer is not None:
-            view.buffer.append(ev)
-
-    def _spawn_resync(self, inst: str, view: _NodeView | None = None,
-                      ) -> asyncio.Task[None] | None:
-        if view is None:
-            view = self._nodes.get(inst)
-            if view is None:
-                view = self._nodes[inst] = _NodeView(inst)
-        if view.buffer is None:
-            view.buffer = []
-        if view.resyncing:
-            view.again = True
-            return None
-        view.resyncing = True
-        return self._spawn(self._resync(inst, view))
+    # -- tasks -----------------------------------------------------------------------------------
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -730,66 +1037,39 @@ class RedisBroker(Broker):
         with contextlib.suppress(ValueError):
             self._tasks.remove(task)
 
-    async def _resync(self, inst: str, view: _NodeView) -> None:
-        """Reload ``inst``'s state from Redis and apply the difference to the replica. Its bus
-        events are held back meanwhile and replayed after (those the state already covers, by
-        ``seq``, are skipped)."""
-        try:
-            await self._resync_rounds(inst, view)
-        finally:
-            view.resyncing = False
+    # -- what tests (and operators) may look at and do -------------------------------------------
 
-    async def _resync_rounds(self, inst: str, view: _NodeView) -> None:
-        r = self._redis
-        assert r is not None
-        while True:
-            self.stats["resyncs"] += 1
-            view.again = False
-            if view.buffer is None:
-                view.buffer = []
-            try:
-                pipe = r.pipeline(transaction=False)
-                pipe.hgetall(self._state_key(inst))
-                pipe.exists(self._hb_key(inst))
-                raw, alive = await pipe.execute()
-            except (RedisError, OSError) as exc:
-                self._lost(exc)
-                return
-            if self._nodes.get(inst) is not view:
-                return  # dropped meanwhile (goodbye, or declared dead)
-            if not alive and not raw:
-                self._drop(inst)
-                return
-            seq = 0
-            presence: dict[_PresenceKey, bytes] = {}
-            peers: set[tuple[str, str]] = set()
-            for f, value in raw.items():
-                if f == _SEQ:
-                    seq = int(value)
-                    continue
-                parts = _decode(f)
-                if parts[0] == "p":
-                    presence[(parts[1], parts[2], parts[3])] = value
-                elif parts[0] == "c":
-                    peers.add((parts[1], parts[2]))
-            for key in [k for k in view.presence if k not in presence]:
-                self._remove_presence(view, key)
-            for key, entry in presence.items():
-                self._add_presence(view, key, entry)
-            for p in [p for p in view.peers if p not in peers]:
-                self._remove_peer(view, p)
-            for p in peers:
-                self._add_peer(view, p)
-            view.seq = seq
-            held, view.buffer = view.buffer, None
-            for n, ev in enumerate(held):
-                self._control(inst, ev)
-                if view.buffer is not None:
-                    # A gap again: hold the rest for the next round.
-                    view.buffer.extend(held[n + 1:])
-                    break
-            if view.buffer is None and not view.again:
-                return
+    def nodes(self) -> list[str]:
+        """Instance ids of the other live nodes (as of the last heartbeat)."""
+        return sorted(self._live_nodes - {self.inst})
+
+    def channels_held(self) -> list[tuple[str, str]]:
+        """The channels this node follows (holds local members of)."""
+        return sorted(self._views)
+
+    async def crash(self) -> None:
+        """Test hook: stop every task and drop the connections without a goodbye, as a node
+        that died would (its entry expires and a survivor reaps it)."""
+        self._stopping = True
+        self._live = False
+        await self._cancel_tasks()
+        await self._close_clients()
+
+    def pause_heartbeat(self) -> None:
+        """Test hook: stop heartbeating (a stalled or partitioned node)."""
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            self._heartbeat_task = None
+
+    def resume_heartbeat(self) -> None:
+        """Test hook: heartbeat again."""
+        if self._heartbeat_task is None and self._live:
+            self._heartbeat_task = self._spawn(self._heartbeat())
+
+    def lose_events(self, count: int) -> None:
+        """Test hook: drop the next ``count`` presence events on arrival, as a dropped
+        subscription would."""
+        self._lose_events = count
 
     # -- cluster-wide usage (quota) -------------------------------------------------------------
 
@@ -812,20 +1092,20 @@ class RedisBroker(Broker):
             await self._sync_usage_round()
 
     async def _sync_usage_round(self) -> None:
-        meter, r = self.usage, self._redis
-        if meter is None or r is None:
+        meter = self.usage
+        if meter is None or not self._shards:
             return
+        r = self._shards[0].redis
         apps = list(meter.apps.items())
-        if not apps:
+        if not apps or r is None:
             return
         pipe = r.pipeline(transaction=False)
         sent: list[tuple[str, int, int]] = []
         for app_id, u in apps:
             k = (app_id, u.period_start)
             base = self._usage_sent.get(k, 0)
-            key = f"{self.prefix}usage:{app_id}:{u.period_start}"
-            pipe.eval(_USAGE, 1, key, u.messages - base, u.messages,
-                      u.period_end + 86_400 * 31)
+            pipe.eval(_USAGE, 1, self.keys.usage(app_id, u.period_start), u.messages - base,
+                      u.messages, u.period_end + 86_400 * 31)
             sent.append((app_id, u.period_start, u.messages))
         res = await pipe.execute()
         for (app_id, period, counted), value in zip(sent, res, strict=True):
@@ -836,3 +1116,8 @@ class RedisBroker(Broker):
             grown = now.messages - counted
             now.messages = total + grown
             self._usage_sent[(app_id, period)] = total
+
+    async def refresh_counts(self) -> None:
+        """Run one heartbeat now (tests: connection counts without waiting for the timer)."""
+        if self._live:
+            await self._beat()

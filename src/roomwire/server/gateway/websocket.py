@@ -146,14 +146,17 @@ class WsSession(Session, picows.WSListener):
         self._raw.set_write_buffer_limits(high=self.node.config.outbound_queue_bytes)
         if not self.node.admit(self):
             return
-        self.opened()
-        self.send(self.welcome_frame(int(time.time()), self.node.ice_servers_for(self)))
+        # In a cluster the welcome waits until this node receives the peer's directs.
+        self.opened(self._welcome)
         exp = self.principal.expires_at
         if exp is not None:
             delay = exp - time.time() - self.node.config.token_expiry_margin
             self._expiry = self.node.loop.call_later(
                 max(0.0, delay), self.close, CloseCode.TOKEN_EXPIRED, "token expired"
             )
+
+    def _welcome(self) -> None:
+        self.send(self.welcome_frame(int(time.time()), self.node.ice_servers_for(self)))
 
     def on_ws_frame(self, transport: Any, frame: Any) -> None:
         self.last_seen = time.monotonic()

@@ -195,7 +195,7 @@ class RestApi:
                 if segs[-1] == "peers" and method == "GET":
                     endpoint = "channel_peers"
                     key = self.authenticate(request)
-                    return self.channel_peers(key, self._channel(segs[1:-1]))
+                    return await self.channel_peers(key, self._channel(segs[1:-1]))
                 if segs[-1] == "publish" and method == "POST":
                     endpoint = "channel_publish"
                     key = self.authenticate(request)
@@ -292,9 +292,10 @@ class RestApi:
             raise ApiError(403, "channel_not_authorized",
                            "this key's channel patterns do not cover this channel")
 
-    def channel_peers(self, key: Key, channel: str) -> web.Response:
+    async def channel_peers(self, key: Key, channel: str) -> web.Response:
         self._scope(key, channel, "presence")
-        peers = [msgspec.json.decode(e) for e in self.node.hub.members(key.app_id, channel)]
+        members = await self.node.hub.members_everywhere(key.app_id, channel)
+        peers = [msgspec.json.decode(e) for e in members]
         return self._ok("channel_peers", {"channel": channel, "peers": peers})
 
     async def publish(self, request: web.Request, key: Key, channel: str) -> web.Response:
