@@ -241,32 +241,8 @@ async def test_two_node_cluster_and_every_dashboard_panel(tmp_path: Path,
         prom = await prom_factory([n0.node.port, n1.node.port])
         await prom.wait_value('sum(up{job="roomwire"})', 2)
         await prom.wait_value("sum(roomwire_cluster_backplane_up)", 2)
-        a = await RawClient.connect(n0.key_url())
-        b = await RawClient.connect(n1.key_url())
-        c = await RawClient.connect(n1.key_url())
-        for cl in (a, b, c):
-            await cl.subscribe("room")
-        await prom.wait_value("sum(roomwire_connections)", 3)
-        on_n1 = f'instance="127.0.0.1:{n1.node.port}"'
-        await prom.wait_value(f"roomwire_connections{{{on_n1}}}", 2)
-        for i in range(40):
-            await a.request({"type": "publish", "channel": "room", "data": i})
-        await a.request({"type": "publish", "channel": "room", "data": "last"})
-        for cl in (b, c):
-            while (await cl.recv_type("message"))["data"] != "last":
-                pass
-        await a.send({"type": "subscribe", "channel": "_system/x"})
-        await a.recv_type("error")
         http = Http(n0.node.port)
         try:
-            status, body, _ = await http.request("GET", "/v1/channels/room/peers",
-                                                 headers=bearer(n0.sk))
-            assert status == 200, body
-        # Remote deliveries: the node of b and c counted 2 recipients per publish.
-            await prom.wait_value(f'roomwire_frames_sent_total{{type="message",{on_n1}}}', 82)
-            await a.close()
-            await b.close()
-            await c.close()
             # The "Closes by code" panel needs a close the server sent: a REST kick (4020)
             # of a peer on the other node.
             d = await RawClient.connect(n1.key_url())
@@ -274,18 +250,46 @@ async def test_two_node_cluster_and_every_dashboard_panel(tmp_path: Path,
                                                  headers=bearer(n0.sk))
             assert status in (200, 204), body
             assert (await d.closed())[0] == 4020
+
+            a = await RawClient.connect(n0.key_url())
+            b = await RawClient.connect(n1.key_url())
+            c = await RawClient.connect(n1.key_url())
+            for cl in (a, b, c):
+                await cl.subscribe("room")
+            await prom.wait_value("sum(roomwire_connections)", 3)
+            on_n1 = f'instance="127.0.0.1:{n1.node.port}"'
+            await prom.wait_value(f"roomwire_connections{{{on_n1}}}", 2)
+            # Publishes from both nodes: each has a local subscriber of the other's (the
+            # fan-out histogram times local fan-outs).
+            for i in range(40):
+                await a.request({"type": "publish", "channel": "room", "data": i})
+                await b.request({"type": "publish", "channel": "room", "data": i})
+            await a.request({"type": "publish", "channel": "room", "data": "last"})
+            for cl in (b, c):
+                while (await cl.recv_type("message"))["data"] != "last":
+                    pass
+            await a.send({"type": "subscribe", "channel": "_system/x"})
+            await a.recv_type("error")
+            status, body, _ = await http.request("GET", "/v1/channels/room/peers",
+                                                 headers=bearer(n0.sk))
+            assert status == 200, body
+            # Node 1 delivered a's 41 publishes to b and c, and b's 40 to c.
+            await prom.wait_value(f'roomwire_frames_sent_total{{type="message",{on_n1}}}',
+                                  41 * 2 + 40)
+
+            async def panels_without_data() -> dict[str, Any]:
+                missing = {}
+                for title, expr in _panel_exprs():
+                    result = await prom.query(expr.replace("$__rate_interval", "30s"))
+                    if not any(math.isfinite(float(r["value"][1])) for r in result):
+                        missing[title] = (expr, result)
+                return missing
+            await wait_for(panels_without_data, 30, "every dashboard panel returns data",
+                           until=lambda missing: not missing, step=0.5)
+            for cl in (a, b, c):
+                await cl.close()
         finally:
             await http.close()
-
-        async def panels_without_data() -> dict[str, Any]:
-            missing = {}
-            for title, expr in _panel_exprs():
-                result = await prom.query(expr.replace("$__rate_interval", "30s"))
-                if not any(math.isfinite(float(r["value"][1])) for r in result):
-                    missing[title] = (expr, result)
-            return missing
-        await wait_for(panels_without_data, 30, "every dashboard panel returns data",
-                       until=lambda missing: not missing, step=0.5)
     finally:
         await n1.node.stop()
         await n0.node.stop()
