@@ -329,9 +329,13 @@ class Session(ABC):
 
     def _sent(self, f: asyncio.Future[int | None], rid: str | None) -> None:
         """A cluster direct's answer: Redis told whether any node holds the peer."""
-        if self.closed or f.cancelled() or f.exception() is not None:
+        if self.closed:
             return
-        if f.result() is None:
+        if f.cancelled() or f.exception() is not None:
+            # The backplane failed mid-request (the node closes every socket then); answer
+            # anyway so nothing the client sent waits behind a request that never completes.
+            self._error(ErrorCode.INTERNAL_ERROR, "the cluster did not answer; retry", rid)
+        elif f.result() is None:
             self._error(ErrorCode.PEER_NOT_FOUND, "no peer with that id is connected", rid)
         elif rid is not None:
             self.send(frames.encode_ack(rid))
@@ -367,7 +371,11 @@ class Session(ABC):
                     rid: str | None) -> None:
         """A cluster subscribe completed: ack, snapshot, then the frames held meanwhile."""
         self._subscribing = None
-        if self.closed or f.cancelled() or f.exception() is not None:
+        if self.closed:
+            return
+        if f.cancelled() or f.exception() is not None:
+            self._error(ErrorCode.INTERNAL_ERROR, "the cluster did not answer; retry", rid)
+            self._release()
             return
         snapshot = self.services.hub.finish_subscribe(self, channel)
         self.subscriptions[channel] = include
