@@ -458,16 +458,16 @@ class RedisBroker(Broker):
 
     def _subscribe(self, shard: _Shard, rch: bytes) -> asyncio.Future[None]:
         """SUBSCRIBE ``rch``; the future completes when Redis confirmed it."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        shard.confirms.setdefault(rch, deque()).append(fut)
-        shard.subs.append(("SUBSCRIBE", rch))
-        shard.sub_dirty.set()
-        return fut
+        return self._pubsub(shard, "SUBSCRIBE", rch)
 
     def _unsubscribe(self, shard: _Shard, rch: bytes) -> asyncio.Future[None]:
+        return self._pubsub(shard, "UNSUBSCRIBE", rch)
+
+    def _pubsub(self, shard: _Shard, command: str, rch: bytes) -> asyncio.Future[None]:
+        # Confirmations come back in the order the commands were sent, one queue per channel.
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         shard.confirms.setdefault(rch, deque()).append(fut)
-        shard.subs.append(("UNSUBSCRIBE", rch))
+        shard.subs.append((command, rch))
         shard.sub_dirty.set()
         return fut
 
