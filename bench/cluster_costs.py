@@ -118,8 +118,34 @@ async def measure_costs(b: Bench, k: int) -> dict[str, Any]:
     out["redis_us_connect"] = per(d, k, ["redis"])
     out["node_kib_per_conn"] = (a.rss_kib() - rss0) / k
     out["redis_bytes_per_conn"] = (b.redis.used_memory() - mem0) / k
-    # -- subscribe to a channel no one holds, and its unsubscribe
+    # -- what held connections cost while nothing happens (pings, heartbeats, timers)
+    await asyncio.sleep(0.5)
+    c0 = b.cpu()
+    await asyncio.sleep(5.0)
+    c1 = b.cpu()
+    out["node_us_idle_per_conn_s"] = (c1["A"] - c0["A"]) / 5.0 / k * 1e6
+    out["redis_us_idle_per_s"] = (c1["redis"] - c0["redis"]) / 5.0 * 1e6
+    out["node_us_idle_per_s"] = (c1["B"] - c0["B"]) / 5.0 * 1e6  # a node holding nothing
+    # -- memory per remote presence entry: B holds channels of 100 members on A
     tag = secrets.token_hex(3)
+    big = k // 100
+    await subscribe(conns, [f"big-{tag}-{i // 100}" for i in range(big * 100)], b)
+    await loadgen.settle(run, quiet=0.3)
+    on_b = await loadgen.connect_many(run, Place([nb.url()]), 2 * big, 16)
+    await asyncio.sleep(0.5)
+    rss_1 = nb.rss_kib()
+    await subscribe(on_b[:big], [f"none-{tag}-{i}" for i in range(big)], b)
+    await loadgen.settle(run, quiet=0.3)
+    rss_2 = nb.rss_kib()
+    await subscribe(on_b[big:], [f"big-{tag}-{i}" for i in range(big)], b)
+    await loadgen.settle(run, quiet=0.5)
+    rss_3 = nb.rss_kib()
+    out["node_kib_per_remote_entry"] = ((rss_3 - rss_2) - (rss_2 - rss_1)) / (big * 100)
+    out["node_kib_per_channel_sub"] = (rss_2 - rss_1) / big
+    out["node_rss_steps_kib"] = [rss_1, rss_2, rss_3]
+    await subscribe(conns[:big * 100], [f"big-{tag}-{i // 100}" for i in range(big * 100)], b,
+                    "unsubscribe")
+    # -- subscribe to a channel no one holds, and its unsubscribe
     chans = [f"solo-{tag}-{i}" for i in range(k)]
     mem0 = b.redis.used_memory()
     d = await b.measured(subscribe(conns, chans, b))
@@ -148,25 +174,6 @@ async def measure_costs(b: Bench, k: int) -> dict[str, Any]:
     out["node_us_leave_origin"] = per(d, groups, ["A"])
     out["node_us_leave_per_remote_node"] = per(d, groups, ["B", "C"]) / 2
     out["redis_us_leave"] = per(d, groups, ["redis"])
-    # -- memory per remote entry: B holds `groups` views of 6 members each (4 of them remote)
-    rss_b0 = nb.rss_kib()
-    late = await loadgen.connect_many(run, Place([nb.url()]), groups, 32)
-    base = await loadgen.connect_many(run, Place([nb.url()]), groups, 32)
-    rss_b1 = nb.rss_kib()
-    await subscribe(base, [f"empty-{tag}-{g}" for g in range(groups)], b)
-    await loadgen.settle(run, quiet=0.3)
-    rss_b2 = nb.rss_kib()
-    # B already holds these views (its own 2 members each); make B hold new ones instead:
-    await subscribe(fill[:2 * groups], [gch[i // 2] for i in range(2 * groups)], b, "unsubscribe")
-    await loadgen.settle(run, quiet=0.3)
-    rss_b3 = nb.rss_kib()
-    await subscribe(late, gch, b)
-    await loadgen.settle(run, quiet=0.5)
-    rss_b4 = nb.rss_kib()
-    # (b4 - b3): views with 1 local + 4 remote members; (b2 - b1): views with 1 local member.
-    out["node_kib_per_remote_entry"] = ((rss_b4 - rss_b3) - (rss_b2 - rss_b1)) / (4 * groups)
-    out["node_kib_per_channel_sub"] = (rss_b2 - rss_b1) / groups
-    out["node_kib_per_rss_steps"] = [rss_b0, rss_b1, rss_b2, rss_b3, rss_b4]
     run.close_all()
     await asyncio.sleep(1.0)
     # -- disconnect (a fresh set, so the phase holds only disconnects)
@@ -205,7 +212,8 @@ async def measure_routing(b: Bench, rate: float = 2000.0, seconds: float = 4.0
     out: dict[str, Any] = {}
     rows = []
     # (subscribers on A, on B, on C)
-    for layout in ((1, 0, 0), (1, 1, 0), (1, 1, 1), (1, 10, 0)):
+    for layout, r in (((1, 0, 0), rate), ((1, 1, 0), rate), ((1, 1, 1), rate), ((1, 10, 0), rate),
+                      ((1, 1, 0), rate / 10)):
         run = loadgen.Run()
         ch = f"route-{secrets.token_hex(3)}"
         pub = (await loadgen.connect_many(run, Place([a.url()]), 1, 4))[0]
@@ -224,17 +232,23 @@ async def measure_routing(b: Bench, rate: float = 2000.0, seconds: float = 4.0
         await loadgen.settle(run, quiet=0.3)
         box: list[int] = []
 
-        async def go(pub: loadgen.Conn = pub, ch: str = ch, box: list[int] = box) -> None:
-            box.append(await fixed_rate(pub, ch, rate, seconds))
+        async def go(pub: loadgen.Conn = pub, ch: str = ch, box: list[int] = box,
+                     r: float = r) -> None:
+            box.append(await fixed_rate(pub, ch, r, seconds * (2 if r < rate else 1)))
 
         d = await b.measured(go())
         n = box[0]
-        rows.append({"layout": layout, "publishes": n, "delivered": got[0],
+        rows.append({"layout": layout, "rate": r, "publishes": n, "delivered": got[0],
                      **{f"us_{k}": v / n * 1e6 for k, v in d.items()}})
         run.close_all()
         await asyncio.sleep(0.3)
     out["routing_rows"] = rows
-    r1, r2, r3, r10 = rows
+    r1, r2, r3, r10, low = rows
+    # The same two-node layout at a tenth of the rate: fewer commands share a pipeline round.
+    out["node_us_publish_origin_low_rate"] = low["us_A"]
+    out["node_us_remote_message_low_rate"] = low["us_B"]
+    out["redis_us_per_publish_low_rate"] = low["us_redis"] - 2 * (
+        (r3["us_redis"] - r1["us_redis"]) / 2)
     # Redis: PUBLISH + one send per subscribed node (the origin's own echo included).
     slope = ((r2["us_redis"] - r1["us_redis"]) + (r3["us_redis"] - r2["us_redis"])) / 2
     out["redis_us_per_publish"] = r1["us_redis"] - slope
@@ -358,7 +372,7 @@ async def check_run(b: Bench, opts: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--events", type=int, default=2000, help="connections per cost phase")
+    p.add_argument("--events", type=int, default=4000, help="connections per cost phase")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--costs-json", default=None, help="reuse (if it exists) or write costs")
     p.add_argument("--check", type=float, default=0.0, help="seconds of the 1/100 run (0: none)")
