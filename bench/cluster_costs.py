@@ -413,6 +413,10 @@ def main() -> int:
     model_costs = capacity_model.Costs.from_measured(costs)
     print()
     print(capacity_model.table(capacity_model.million(), model_costs))
+    print()
+    print("With the routing costs measured at a tenth of the rate:")
+    print(capacity_model.table(capacity_model.million(),
+                               capacity_model.Costs.from_measured(costs, low_rate=True)))
     if check is not None:
         print()
         print(json.dumps(check), file=sys.stderr)
@@ -420,13 +424,20 @@ def main() -> int:
             connections=check["connections"], nodes=3, shards=1,
             reconnects_per_s=check["reconnects_per_min"] / 60.0,
             deliveries_per_s=check["deliveries_per_s"])
-        pred = capacity_model.predict(load, model_costs)
         measured_node = statistics.mean(check["cores"][n.label] for n in nodes)
-        print("| 3-node run at 1/100 | model | measured | measured / model |\n|---|---|---|---|")
-        print(f"| node CPU, cores (mean of 3) | {pred['node_cores']:.3f} | {measured_node:.3f} | "
-              f"{measured_node / pred['node_cores']:.2f} |")
-        print(f"| Redis CPU, cores | {pred['redis_cores']:.3f} | {check['cores']['redis']:.3f} | "
-              f"{check['cores']['redis'] / pred['redis_cores']:.2f} |")
+        print("| 3-node run at 1/100 | costs at | model | measured | measured / model |\n"
+              "|---|---|---|---|---|")
+        for low in (False, True):
+            c = capacity_model.Costs.from_measured(costs, low_rate=low)
+            pred = capacity_model.predict(load, c)
+            at = "200 publishes/s" if low else "2,000 publishes/s"
+            print(f"| node CPU, cores (mean of 3) | {at} | {pred['node_cores']:.3f} | "
+                  f"{measured_node:.3f} | {measured_node / pred['node_cores']:.2f} |")
+            print(f"| Redis CPU, cores | {at} | {pred['redis_cores']:.3f} | "
+                  f"{check['cores']['redis']:.3f} | "
+                  f"{check['cores']['redis'] / pred['redis_cores']:.2f} |")
+        print()
+        print(capacity_model.table(load, capacity_model.Costs.from_measured(costs, True)))
         print(f"\nrun: {check['seconds']} s, {check['connections']:,} connections, "
               f"{check['reconnects_per_min']:,.0f} reconnects/min, "
               f"{check['deliveries_per_s']:,.0f} deliveries/s ({check['publishes_per_s']:,.0f} "
