@@ -384,9 +384,19 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="rw-costs-"))
     env = clusterkit.base_env(prefix)
     redis = RedisServer()
-    args = ["--redis-url", redis.url, "--data-dir", str(tmp / "data")]
-    nodes = [Node(x, args, env) for x in "ABC"]
-    b = Bench(nodes, redis)
+    nodes: list[Node] = []
+
+    def fresh_nodes(r: int) -> Bench:
+        # New processes each round: RSS growth is only meaningful on a heap that has not
+        # freed (and so cannot reuse) memory from a previous round.
+        for n in nodes:
+            n.stop()
+        args = ["--redis-url", redis.url, "--data-dir", str(tmp / "data")]
+        nodes[:] = [Node(x, args, dict(env, ROOMWIRE_REDIS_PREFIX=f"{prefix}{r}:"))
+                    for x in "ABC"]
+        time.sleep(0.5)
+        return Bench(nodes, redis)
+
     cached = Path(opts.costs_json) if opts.costs_json else None
     try:
         if cached is not None and cached.exists():
@@ -394,13 +404,13 @@ def main() -> int:
         else:
             rounds = []
             for r in range(opts.rounds):
-                res = asyncio.run(measure_costs(b, opts.events))
+                res = asyncio.run(measure_costs(fresh_nodes(r), opts.events))
                 res["loadavg"] = clusterkit.loadavg()
                 rounds.append(res)
                 print(f"costs round {r}", json.dumps(res), file=sys.stderr, flush=True)
             if cached is not None:
                 cached.write_text(json.dumps(rounds, indent=1))
-        check = asyncio.run(check_run(b, opts)) if opts.check else None
+        check = asyncio.run(check_run(fresh_nodes(opts.rounds), opts)) if opts.check else None
     finally:
         for n in nodes:
             n.stop()
