@@ -23,6 +23,8 @@ from typing import Any
 
 import procstat
 
+LOG_DIR = tempfile.mkdtemp(prefix="rw-bench-logs-")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -126,13 +128,15 @@ class Node:
         self.env = env
         self.port = port or free_port()
         self.tree = tree  # --workers: count the children's CPU too
+        # The node's log (stderr), appended across restarts: kept for a post-mortem.
+        self.log_path = Path(LOG_DIR) / f"{label}-{self.port}.log"
         self.start()
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "roomwire", "serve", "--json", "--port", str(self.port),
              *self.args],
-            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=self.env, stdout=subprocess.PIPE, stderr=self.log_path.open("ab"),
             start_new_session=True)
         assert self.proc.stdout is not None
         self.info = json.loads(self.proc.stdout.readline())
