@@ -49,10 +49,11 @@ class Costs:
     redis_idle_per_node: float = 0.0  # us per second per node (heartbeats, usage sync)
 
     @classmethod
-    def from_measured(cls, m: dict[str, Any], low_rate: bool = False) -> Costs:
-        """From the key names bench/cluster_costs.py prints; ``low_rate``: the routing costs
-        measured at a tenth of the publish rate (fewer commands per pipeline round)."""
-        low = "_low_rate" if low_rate else ""
+    def from_measured(cls, m: dict[str, Any], regime: str = "") -> Costs:
+        """From the key names bench/cluster_costs.py prints. ``regime`` picks the routing
+        costs measured at 200 (``_low_rate``), 2,000 (``""``) or 10,000 (``_high_rate``)
+        publishes/s: the more commands share a round trip, the cheaper each one."""
+        low = regime
         return cls(
             node_idle_per_conn=m.get("node_us_idle_per_conn_s", 0.0),
             node_idle=m.get("node_us_idle_per_s", 0.0),
@@ -66,9 +67,9 @@ class Costs:
             node_presence_remote=(m["node_us_join_per_remote_node"]
                                   + m["node_us_leave_per_remote_node"]) / 2,
             node_publish_origin=m["node_us_publish_origin" + low]
-            - m["node_us_remote_local_delivery"],
+            - m["node_us_remote_local_delivery" + low],
             node_remote_message=m["node_us_remote_message" + low],
-            node_local_delivery=m["node_us_remote_local_delivery"],
+            node_local_delivery=m["node_us_remote_local_delivery" + low],
             redis_connect=m["redis_us_connect"],
             redis_disconnect=m["redis_us_disconnect"],
             redis_sub_new=m["redis_us_sub_new"],
@@ -76,7 +77,7 @@ class Costs:
             redis_join=m["redis_us_join"],
             redis_leave=m["redis_us_leave"],
             redis_publish=m["redis_us_per_publish" + low],
-            redis_per_node_sent=m["redis_us_per_node_sent"],
+            redis_per_node_sent=m["redis_us_per_node_sent" + low],
             node_kib_conn=m["node_kib_per_conn"],
             node_kib_channel_sub=m["node_kib_per_channel_sub"],
             node_kib_remote_entry=m["node_kib_per_remote_entry"],
