@@ -5,6 +5,7 @@ until every client is back with a complete roster.
     .venv/bin/python bench/cluster_storm.py --mode kill-one       # kill -9 node C only
     .venv/bin/python bench/cluster_storm.py --defaults            # restart with default limits
     .venv/bin/python bench/cluster_storm.py --clients 2000 --rounds 1   # a smaller storm
+    .venv/bin/python bench/cluster_storm.py --pause-redis-ms 4000   # + Redis stalls mid-storm
 
 Starts a private ``redis-server`` and 3 nodes A, B, C (one data dir, connect limits lifted),
 and ``--procs`` load-generator processes (each holds ``clients / procs`` sockets: the
@@ -250,6 +251,11 @@ def parent(opts: argparse.Namespace) -> int:
                 n.env = restart_env
                 n.start()
             t_up = time.time()
+            if opts.pause_redis_ms:
+                # Stall Redis while the clients rejoin: the nodes' heartbeats time out, they
+                # declare Redis lost (going_away, 1001) and start over as new instances.
+                time.sleep(opts.pause_after)
+                redis.client.execute_command("CLIENT", "PAUSE", str(opts.pause_redis_ms))
             reports = []
             for kid in kids:
                 assert kid.stdout is not None
@@ -321,6 +327,9 @@ def main() -> int:
     p.add_argument("--bound", type=float, default=120.0, help="seconds before giving up")
     p.add_argument("--concurrency", type=int, default=256,
                    help="handshakes in flight per load-generator process")
+    p.add_argument("--pause-redis-ms", type=int, default=0,
+                   help="CLIENT PAUSE Redis this long, --pause-after s after the restart")
+    p.add_argument("--pause-after", type=float, default=2.0)
     p.add_argument("--json-out", default=None)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--urls", default="", help=argparse.SUPPRESS)
