@@ -194,7 +194,10 @@ def child(opts: argparse.Namespace) -> int:
             if now > end:
                 break
         st.stopping = True
+        live = {c.peer_id for c in st.clients if c.peer_id}
+        stale = [[c.channel, p, c.url] for c in st.clients for p in sorted(c.roster - live)]
         print(json.dumps({"storm_at": st.storm_at, "marks": marks, "final": st.status(),
+                          "stale_samples": stale[:50],
                           "close_codes": st.close_codes, "failures": st.failures,
                           "attempts": st.attempts, "samples": samples[::10]}), flush=True)
         for c in st.clients:
@@ -263,6 +266,16 @@ def parent(opts: argparse.Namespace) -> int:
                 kid.wait(30)
             r1 = redis.cpu()
             c1 = {n.label: n.cpu() for n in nodes}
+            # Where does a stale roster entry live: still in Redis's presence hash (a leave
+            # that never ran), or only in a node's view or a client's roster?
+            stale_where = {"in_redis_hash": 0, "not_in_redis_hash": 0}
+            keys = list(redis.client.scan_iter(match=f"{prefix}pm:*".encode(), count=1000))
+            for rep in reports:
+                for channel, peer, _url in rep.get("stale_samples") or []:
+                    key = next((k for k in keys if k.endswith(b"\x00" + channel.encode())),
+                               None)
+                    held = key is not None and redis.client.hexists(key, peer)
+                    stale_where["in_redis_hash" if held else "not_in_redis_hash"] += 1
         finally:
             for kid in kids:
                 if kid.poll() is None:
@@ -299,6 +312,8 @@ def parent(opts: argparse.Namespace) -> int:
             "redis_cpu_s": round(r1 - r0, 2), "loadavg_before": load,
             "loadavg_after": clusterkit.loadavg(),
             "samples": reports[0].get("samples"),
+            "stale_where": stale_where,
+            "stale_samples": [r.get("stale_samples") for r in reports],
         }
         results.append(res)
         print(json.dumps(res), file=sys.stderr, flush=True)
