@@ -11,11 +11,12 @@ import asyncio
 import codecs
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
 from ..protocol import Action, CloseCode, ErrorCode, frames
+from ..protocol.ice import ICE_SERVERS_TYPE
 from ..protocol.limits import MAX_REQUEST_ID_CHARS
 from ..protocol.validate import (
     channel_problem,
@@ -112,6 +113,18 @@ class Session(ABC):
             metadata or None,
         )
 
+    def fresh_ice_servers(self) -> list[dict[str, object]] | None:
+        """ICE servers minted now for this connection (the transport's node knows them)."""
+        return None
+
+    def _ice_reply(self) -> Any:
+        """What roomwire's ``ice_servers`` extension answers (docs/protocol.md): the list a
+        welcome would carry now. A JWT's own ``metadata.iceServers`` wins, as in the welcome."""
+        md = self.principal.metadata
+        if md and "iceServers" in md:
+            return md["iceServers"]
+        return self.fresh_ice_servers()
+
     def opened(self, then: Callable[[], None] | None = None) -> None:
         """Register with the hub; ``then`` (the welcome) runs once the node can route to this
         peer: at once on one node, after Redis confirmed the peer's channel in a cluster."""
@@ -207,6 +220,9 @@ class Session(ABC):
         elif kind == "unsubscribe":
             self.counters.count_frame("unsubscribe")
             self._unsubscribe(req, rid)
+        elif kind == ICE_SERVERS_TYPE:
+            self.counters.count_frame(ICE_SERVERS_TYPE)
+            self.send(frames.encode_ice_servers(rid, self._ice_reply()))
         elif isinstance(kind, str):
             self.counters.count_frame("unknown")
             self._error(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {kind[:40]!r}", rid)
