@@ -44,11 +44,20 @@ class Costs:
     node_kib_remote_entry: float
     redis_bytes_conn: float
     redis_bytes_member: float
+    node_idle_per_conn: float = 0.0  # us per second per held connection (pings, timers)
+    node_idle: float = 0.0  # us per second of a node holding nothing (heartbeat, polls)
+    redis_idle_per_node: float = 0.0  # us per second per node (heartbeats, usage sync)
 
     @classmethod
-    def from_measured(cls, m: dict[str, Any]) -> Costs:
-        """From the key names bench/cluster_costs.py prints."""
+    def from_measured(cls, m: dict[str, Any], regime: str = "") -> Costs:
+        """From the key names bench/cluster_costs.py prints. ``regime`` picks the routing
+        costs measured at 200 (``_low_rate``), 2,000 (``""``) or 10,000 (``_high_rate``)
+        publishes/s: the more commands share a round trip, the cheaper each one."""
+        low = regime
         return cls(
+            node_idle_per_conn=m.get("node_us_idle_per_conn_s", 0.0),
+            node_idle=m.get("node_us_idle_per_s", 0.0),
+            redis_idle_per_node=m.get("redis_us_idle_per_s", 0.0) / 3,
             node_connect=m["node_us_connect"],
             node_disconnect=m["node_us_disconnect"],
             node_sub_new=m["node_us_sub_new"],
@@ -57,17 +66,18 @@ class Costs:
             node_leave_origin=m["node_us_leave_origin"],
             node_presence_remote=(m["node_us_join_per_remote_node"]
                                   + m["node_us_leave_per_remote_node"]) / 2,
-            node_publish_origin=m["node_us_publish_origin"] - m["node_us_remote_local_delivery"],
-            node_remote_message=m["node_us_remote_message"],
-            node_local_delivery=m["node_us_remote_local_delivery"],
+            node_publish_origin=m["node_us_publish_origin" + low]
+            - m["node_us_remote_local_delivery" + low],
+            node_remote_message=m["node_us_remote_message" + low],
+            node_local_delivery=m["node_us_remote_local_delivery" + low],
             redis_connect=m["redis_us_connect"],
             redis_disconnect=m["redis_us_disconnect"],
             redis_sub_new=m["redis_us_sub_new"],
             redis_unsub_last=m["redis_us_unsub_last"],
             redis_join=m["redis_us_join"],
             redis_leave=m["redis_us_leave"],
-            redis_publish=m["redis_us_per_publish"],
-            redis_per_node_sent=m["redis_us_per_node_sent"],
+            redis_publish=m["redis_us_per_publish" + low],
+            redis_per_node_sent=m["redis_us_per_node_sent" + low],
             node_kib_conn=m["node_kib_per_conn"],
             node_kib_channel_sub=m["node_kib_per_channel_sub"],
             node_kib_remote_entry=m["node_kib_per_remote_entry"],
@@ -129,6 +139,8 @@ def predict(load: Load, c: Costs) -> dict[str, float]:
         "local delivery": out["node_local_deliveries"] * c.node_local_delivery,
         "reconnect (origin)": out["node_reconnects"] * per_reconnect,
         "presence from others": out["node_presence_in"] * c.node_presence_remote,
+        "idle: held connections, heartbeat": load.connections / n * c.node_idle_per_conn
+        + c.node_idle,
     }
     for k, v in node_us.items():
         out[f"node_cores {k}"] = v / 1e6
@@ -147,6 +159,7 @@ def predict(load: Load, c: Costs) -> dict[str, float]:
         "PUBLISH": out["redis_publishes"] * c.redis_publish,
         "pub/sub sends": out["redis_sends"] * c.redis_per_node_sent,
         "reconnect scripts + (UN)SUBSCRIBE": out["redis_reconnects"] * per_reconnect_redis,
+        "heartbeats of the nodes": n * c.redis_idle_per_node / s,
     }
     for k, v in redis_us.items():
         out[f"redis_cores {k}"] = v / 1e6
@@ -200,6 +213,8 @@ def table(load: Load, c: Costs) -> str:
         ("reconnect: connect+disconnect+2 subscribes+2 unsubscribes", p["node_reconnects"],
          per_rc),
         ("presence event from another node", p["node_presence_in"], c.node_presence_remote),
+        ("idle: held connections (per connection-second)", load.connections / load.nodes,
+         c.node_idle_per_conn),
     ]
     for name, rate, cost in node_rows:
         rows.append(f"| each node | {name} | {rate:,.0f} | {cost:,.1f} | {rate * cost / 1e6:.3f} |")
@@ -210,6 +225,7 @@ def table(load: Load, c: Costs) -> str:
         ("PUBLISH", p["redis_publishes"], c.redis_publish),
         ("pub/sub send to a node", p["redis_sends"], c.redis_per_node_sent),
         ("reconnect: scripts, (UN)SUBSCRIBE", p["redis_reconnects"], per_rc_redis),
+        ("heartbeats (per node-second)", load.nodes / load.shards, c.redis_idle_per_node),
     ]
     for name, rate, cost in redis_rows:
         rows.append(f"| each Redis | {name} | {rate:,.0f} | {cost:,.2f} | "

@@ -4,6 +4,7 @@ the model against a 3-node run at 1/100 of the million-connection load.
     .venv/bin/python bench/cluster_costs.py                     # costs, then the model
     .venv/bin/python bench/cluster_costs.py --check 60          # + 60 s at 1/100 load
     .venv/bin/python bench/cluster_costs.py --costs-json /tmp/c.json --check 60
+    .venv/bin/python bench/cluster_costs.py --costs-json /tmp/c.json --routing-only  # re-measure
 
 Starts a private ``redis-server`` (no persistence) and 3 clustered nodes A, B, C with their
 connect and request limits lifted. Each cost is the CPU (node: /proc user+system; Redis:
@@ -118,8 +119,34 @@ async def measure_costs(b: Bench, k: int) -> dict[str, Any]:
     out["redis_us_connect"] = per(d, k, ["redis"])
     out["node_kib_per_conn"] = (a.rss_kib() - rss0) / k
     out["redis_bytes_per_conn"] = (b.redis.used_memory() - mem0) / k
-    # -- subscribe to a channel no one holds, and its unsubscribe
+    # -- what held connections cost while nothing happens (pings, heartbeats, timers)
+    await asyncio.sleep(0.5)
+    c0 = b.cpu()
+    await asyncio.sleep(5.0)
+    c1 = b.cpu()
+    out["node_us_idle_per_conn_s"] = (c1["A"] - c0["A"]) / 5.0 / k * 1e6
+    out["redis_us_idle_per_s"] = (c1["redis"] - c0["redis"]) / 5.0 * 1e6
+    out["node_us_idle_per_s"] = (c1["B"] - c0["B"]) / 5.0 * 1e6  # a node holding nothing
+    # -- memory per remote presence entry: B holds channels of 100 members on A
     tag = secrets.token_hex(3)
+    big = k // 100
+    await subscribe(conns, [f"big-{tag}-{i // 100}" for i in range(big * 100)], b)
+    await loadgen.settle(run, quiet=0.3)
+    on_b = await loadgen.connect_many(run, Place([nb.url()]), 2 * big, 16)
+    await asyncio.sleep(0.5)
+    rss_1 = nb.rss_kib()
+    await subscribe(on_b[:big], [f"none-{tag}-{i}" for i in range(big)], b)
+    await loadgen.settle(run, quiet=0.3)
+    rss_2 = nb.rss_kib()
+    await subscribe(on_b[big:], [f"big-{tag}-{i}" for i in range(big)], b)
+    await loadgen.settle(run, quiet=0.5)
+    rss_3 = nb.rss_kib()
+    out["node_kib_per_remote_entry"] = ((rss_3 - rss_2) - (rss_2 - rss_1)) / (big * 100)
+    out["node_kib_per_channel_sub"] = (rss_2 - rss_1) / big
+    out["node_rss_steps_kib"] = [rss_1, rss_2, rss_3]
+    await subscribe(conns[:big * 100], [f"big-{tag}-{i // 100}" for i in range(big * 100)], b,
+                    "unsubscribe")
+    # -- subscribe to a channel no one holds, and its unsubscribe
     chans = [f"solo-{tag}-{i}" for i in range(k)]
     mem0 = b.redis.used_memory()
     d = await b.measured(subscribe(conns, chans, b))
@@ -148,25 +175,6 @@ async def measure_costs(b: Bench, k: int) -> dict[str, Any]:
     out["node_us_leave_origin"] = per(d, groups, ["A"])
     out["node_us_leave_per_remote_node"] = per(d, groups, ["B", "C"]) / 2
     out["redis_us_leave"] = per(d, groups, ["redis"])
-    # -- memory per remote entry: B holds `groups` views of 6 members each (4 of them remote)
-    rss_b0 = nb.rss_kib()
-    late = await loadgen.connect_many(run, Place([nb.url()]), groups, 32)
-    base = await loadgen.connect_many(run, Place([nb.url()]), groups, 32)
-    rss_b1 = nb.rss_kib()
-    await subscribe(base, [f"empty-{tag}-{g}" for g in range(groups)], b)
-    await loadgen.settle(run, quiet=0.3)
-    rss_b2 = nb.rss_kib()
-    # B already holds these views (its own 2 members each); make B hold new ones instead:
-    await subscribe(fill[:2 * groups], [gch[i // 2] for i in range(2 * groups)], b, "unsubscribe")
-    await loadgen.settle(run, quiet=0.3)
-    rss_b3 = nb.rss_kib()
-    await subscribe(late, gch, b)
-    await loadgen.settle(run, quiet=0.5)
-    rss_b4 = nb.rss_kib()
-    # (b4 - b3): views with 1 local + 4 remote members; (b2 - b1): views with 1 local member.
-    out["node_kib_per_remote_entry"] = ((rss_b4 - rss_b3) - (rss_b2 - rss_b1)) / (4 * groups)
-    out["node_kib_per_channel_sub"] = (rss_b2 - rss_b1) / groups
-    out["node_kib_per_rss_steps"] = [rss_b0, rss_b1, rss_b2, rss_b3, rss_b4]
     run.close_all()
     await asyncio.sleep(1.0)
     # -- disconnect (a fresh set, so the phase holds only disconnects)
@@ -199,49 +207,62 @@ async def fixed_rate(pub: loadgen.Conn, channel: str, rate: float, seconds: floa
     return n
 
 
-async def measure_routing(b: Bench, rate: float = 2000.0, seconds: float = 4.0
-                          ) -> dict[str, Any]:
+# Publish rates of the routing phase and the suffix of their keys. How many commands share
+# one pipeline round (node) or one event-loop turn (Redis) depends on the rate, and so does
+# the cost per message: it is measured at three rates.
+ROUTING_RATES = ((200.0, "_low_rate"), (2000.0, ""), (10000.0, "_high_rate"))
+
+
+async def measure_routing(b: Bench, seconds: float = 4.0) -> dict[str, Any]:
     a, nb, nc = b.nodes
     out: dict[str, Any] = {}
     rows = []
-    # (subscribers on A, on B, on C)
-    for layout in ((1, 0, 0), (1, 1, 0), (1, 1, 1), (1, 10, 0)):
-        run = loadgen.Run()
-        ch = f"route-{secrets.token_hex(3)}"
-        pub = (await loadgen.connect_many(run, Place([a.url()]), 1, 4))[0]
-        subs: list[loadgen.Conn] = []
-        for node, count in zip((a, nb, nc), layout, strict=True):
-            if count:
-                subs += await loadgen.connect_many(run, Place([node.url()]), count, 16)
-        await subscribe(subs, [ch] * len(subs), b)
-        got = [0]
+    for rate, sfx in ROUTING_RATES:
+        by_layout = {}
+        # (subscribers on A, on B, on C)
+        for layout in ((1, 0, 0), (1, 1, 0), (1, 1, 1), (1, 10, 0)):
+            run = loadgen.Run()
+            ch = f"route-{secrets.token_hex(3)}"
+            pub = (await loadgen.connect_many(run, Place([a.url()]), 1, 4))[0]
+            subs: list[loadgen.Conn] = []
+            for node, count in zip((a, nb, nc), layout, strict=True):
+                if count:
+                    subs += await loadgen.connect_many(run, Place([node.url()]), count, 16)
+            await subscribe(subs, [ch] * len(subs), b)
+            got = [0]
 
-        def on(buf: bytes, got: list[int] = got) -> None:
-            got[0] += 1
+            def on(buf: bytes, got: list[int] = got) -> None:
+                got[0] += 1
 
-        for s in subs:
-            s.deliver = on
-        await loadgen.settle(run, quiet=0.3)
-        box: list[int] = []
+            for sub in subs:
+                sub.deliver = on
+            await loadgen.settle(run, quiet=0.3)
+            box: list[int] = []
 
-        async def go(pub: loadgen.Conn = pub, ch: str = ch, box: list[int] = box) -> None:
-            box.append(await fixed_rate(pub, ch, rate, seconds))
+            async def go(pub: loadgen.Conn = pub, ch: str = ch, box: list[int] = box,
+                         rate: float = rate) -> None:
+                box.append(await fixed_rate(pub, ch, rate, max(seconds, 1600 / rate)))
 
-        d = await b.measured(go())
-        n = box[0]
-        rows.append({"layout": layout, "publishes": n, "delivered": got[0],
-                     **{f"us_{k}": v / n * 1e6 for k, v in d.items()}})
-        run.close_all()
-        await asyncio.sleep(0.3)
+            d = await b.measured(go())
+            n = box[0]
+            row = {"layout": layout, "rate": rate, "publishes": n, "delivered": got[0],
+                   "achieved_per_s": round(n / max(seconds, 1600 / rate)),
+                   **{f"us_{k}": v / n * 1e6 for k, v in d.items()}}
+            rows.append(row)
+            by_layout[layout] = row
+            run.close_all()
+            await asyncio.sleep(0.3)
+        r1, r2, r3, r10 = (by_layout[x] for x in ((1, 0, 0), (1, 1, 0), (1, 1, 1), (1, 10, 0)))
+        # Redis: PUBLISH + one send per subscribed node (the origin's own echo included).
+        slope = ((r2["us_redis"] - r1["us_redis"]) + (r3["us_redis"] - r2["us_redis"])) / 2
+        out["redis_us_per_publish" + sfx] = r1["us_redis"] - slope
+        out["redis_us_per_node_sent" + sfx] = slope
+        # parse, 1 local delivery, ack, PUBLISH, the own echo read back and dropped
+        out["node_us_publish_origin" + sfx] = r1["us_A"]
+        local = (r10["us_B"] - r2["us_B"]) / 9
+        out["node_us_remote_local_delivery" + sfx] = local
+        out["node_us_remote_message" + sfx] = r2["us_B"] - local
     out["routing_rows"] = rows
-    r1, r2, r3, r10 = rows
-    # Redis: PUBLISH + one send per subscribed node (the origin's own echo included).
-    slope = ((r2["us_redis"] - r1["us_redis"]) + (r3["us_redis"] - r2["us_redis"])) / 2
-    out["redis_us_per_publish"] = r1["us_redis"] - slope
-    out["redis_us_per_node_sent"] = slope
-    out["node_us_publish_origin"] = r1["us_A"]  # parse, local delivery, ack, PUBLISH, echo
-    out["node_us_remote_local_delivery"] = (r10["us_B"] - r2["us_B"]) / 9
-    out["node_us_remote_message"] = r2["us_B"] - out["node_us_remote_local_delivery"]
     return out
 
 
@@ -358,10 +379,13 @@ async def check_run(b: Bench, opts: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--events", type=int, default=2000, help="connections per cost phase")
+    p.add_argument("--events", type=int, default=4000, help="connections per cost phase")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--costs-json", default=None, help="reuse (if it exists) or write costs")
+    p.add_argument("--routing-only", action="store_true",
+                   help="measure only the routing costs and merge them into --costs-json")
     p.add_argument("--check", type=float, default=0.0, help="seconds of the 1/100 run (0: none)")
+    p.add_argument("--check-json", default=None, help="reuse (if it exists) or write the check")
     p.add_argument("--check-connections", type=int, default=10_000)
     p.add_argument("--check-churn-per-min", type=float, default=2000.0)
     p.add_argument("--check-deliveries", type=float, default=5000.0)
@@ -370,23 +394,51 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="rw-costs-"))
     env = clusterkit.base_env(prefix)
     redis = RedisServer()
-    args = ["--redis-url", redis.url, "--data-dir", str(tmp / "data")]
-    nodes = [Node(x, args, env) for x in "ABC"]
-    b = Bench(nodes, redis)
+    nodes: list[Node] = []
+
+    def fresh_nodes(r: int) -> Bench:
+        # New processes each round: RSS growth is only meaningful on a heap that has not
+        # freed (and so cannot reuse) memory from a previous round.
+        for n in nodes:
+            n.stop()
+        args = ["--redis-url", redis.url, "--data-dir", str(tmp / "data")]
+        nodes[:] = [Node(x, args, dict(env, ROOMWIRE_REDIS_PREFIX=f"{prefix}{r}:"))
+                    for x in "ABC"]
+        time.sleep(0.5)
+        return Bench(nodes, redis)
+
     cached = Path(opts.costs_json) if opts.costs_json else None
     try:
-        if cached is not None and cached.exists():
+        if opts.routing_only:
+            if cached is None or not cached.exists():
+                raise SystemExit("--routing-only needs an existing --costs-json")
+            rounds = json.loads(cached.read_text())
+            for r in range(opts.rounds):
+                res = asyncio.run(measure_routing(fresh_nodes(r)))
+                print(f"routing round {r}", json.dumps(res), file=sys.stderr, flush=True)
+                if r < len(rounds):
+                    rounds[r].update(res)
+            cached.write_text(json.dumps(rounds, indent=1))
+        elif cached is not None and cached.exists():
             rounds = json.loads(cached.read_text())
         else:
             rounds = []
             for r in range(opts.rounds):
-                res = asyncio.run(measure_costs(b, opts.events))
+                res = asyncio.run(measure_costs(fresh_nodes(r), opts.events))
                 res["loadavg"] = clusterkit.loadavg()
                 rounds.append(res)
                 print(f"costs round {r}", json.dumps(res), file=sys.stderr, flush=True)
             if cached is not None:
                 cached.write_text(json.dumps(rounds, indent=1))
-        check = asyncio.run(check_run(b, opts)) if opts.check else None
+        check_file = Path(opts.check_json) if opts.check_json else None
+        if check_file is not None and check_file.exists():
+            check = json.loads(check_file.read_text())
+        elif opts.check:
+            check = asyncio.run(check_run(fresh_nodes(opts.rounds), opts))
+            if check_file is not None:
+                check_file.write_text(json.dumps(check, indent=1))
+        else:
+            check = None
     finally:
         for n in nodes:
             n.stop()
@@ -396,9 +448,12 @@ def main() -> int:
     print("| cost | median | rounds |\n|---|---|---|")
     for k, v in costs.items():
         print(f"| {k} | {v:,.2f} | {', '.join(f'{r[k]:,.2f}' for r in rounds)} |")
-    model_costs = capacity_model.Costs.from_measured(costs)
-    print()
-    print(capacity_model.table(capacity_model.million(), model_costs))
+    regimes = [(rate, sfx) for rate, sfx in ROUTING_RATES
+               if "node_us_publish_origin" + sfx in costs]
+    for rate, sfx in regimes:
+        print(f"\nThe million, with the routing costs measured at {rate:,.0f} publishes/s:\n")
+        print(capacity_model.table(capacity_model.million(),
+                                   capacity_model.Costs.from_measured(costs, sfx)))
     if check is not None:
         print()
         print(json.dumps(check), file=sys.stderr)
@@ -406,13 +461,19 @@ def main() -> int:
             connections=check["connections"], nodes=3, shards=1,
             reconnects_per_s=check["reconnects_per_min"] / 60.0,
             deliveries_per_s=check["deliveries_per_s"])
-        pred = capacity_model.predict(load, model_costs)
-        measured_node = statistics.mean(check["cores"][n.label] for n in nodes)
-        print("| 3-node run at 1/100 | model | measured | measured / model |\n|---|---|---|---|")
-        print(f"| node CPU, cores (mean of 3) | {pred['node_cores']:.3f} | {measured_node:.3f} | "
-              f"{measured_node / pred['node_cores']:.2f} |")
-        print(f"| Redis CPU, cores | {pred['redis_cores']:.3f} | {check['cores']['redis']:.3f} | "
-              f"{check['cores']['redis'] / pred['redis_cores']:.2f} |")
+        measured_node = statistics.mean(check["cores"][x] for x in "ABC")
+        print("| 3-node run at 1/100 | routing costs at | model | measured | measured / model |\n"
+              "|---|---|---|---|---|")
+        for rate, sfx in regimes:
+            pred = capacity_model.predict(load, capacity_model.Costs.from_measured(costs, sfx))
+            at = f"{rate:,.0f} publishes/s"
+            print(f"| node CPU, cores (mean of 3) | {at} | {pred['node_cores']:.3f} | "
+                  f"{measured_node:.3f} | {measured_node / pred['node_cores']:.2f} |")
+            print(f"| Redis CPU, cores | {at} | {pred['redis_cores']:.3f} | "
+                  f"{check['cores']['redis']:.3f} | "
+                  f"{check['cores']['redis'] / pred['redis_cores']:.2f} |")
+        print()
+        print(capacity_model.table(load, capacity_model.Costs.from_measured(costs, "_low_rate")))
         print(f"\nrun: {check['seconds']} s, {check['connections']:,} connections, "
               f"{check['reconnects_per_min']:,.0f} reconnects/min, "
               f"{check['deliveries_per_s']:,.0f} deliveries/s ({check['publishes_per_s']:,.0f} "
