@@ -1,0 +1,202 @@
+"""Whole-room recording: RoomRecorder / record_room / `roomwire record` against real peers on
+our server (ICE on 127.0.0.1). Every file must pass ffprobe (scripts/setup-services.sh
+installs ffmpeg), last as long as its stream was sent, and be described by the manifest."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import shutil
+import struct
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from roomwire.client.media import AudioSource, VideoSource
+from roomwire.client.recording import RoomRecorder, safe_name, track_offset
+from roomwire.client.rtc.events import MediaStream
+from waiting import wait_for
+
+from .conftest import MakePeer
+
+ROOM = "room/rec"
+#: Media flows within seconds on loopback; generous for a loaded 2-core machine.
+CONNECT = 30.0
+FINALISE = 30.0
+
+
+def probe(path: Path) -> dict[str, Any]:
+    """ffprobe's view of a file; fails the test when ffprobe refuses it."""
+    exe = shutil.which("ffprobe")
+    assert exe is not None, "ffprobe is missing: scripts/setup-services.sh installs ffmpeg"
+    done = subprocess.run(
+        [exe, "-v", "error", "-show_entries",
+         "format=duration,format_name:stream=codec_type,codec_name", "-of", "json", str(path)],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and not done.stderr.strip(), (path, done.stderr)
+    info: dict[str, Any] = json.loads(done.stdout)
+    return info
+
+
+def tone(seconds: float, rate: int = 48_000) -> bytes:
+    return b"".join(struct.pack("<h", int(6000 * math.sin(2 * math.pi * 440 * i / rate))) * 2
+                    for i in range(int(seconds * rate)))
+
+
+class Sender:
+    """A peer sending one camera stream (a test pattern and a tone) and, on demand, more."""
+
+    def __init__(self, make_peer: MakePeer, name: str) -> None:
+        self.peer = make_peer(name, peer_metadata={"name": name.title()})
+        self.video = VideoSource(320, 240, 15)
+        self.audio = AudioSource(48_000, "stereo", max_buffered_seconds=120)
+        self.stream = MediaStream([self.audio, self.video])
+        self.peer.add_stream(self.stream, {"role": "camera", "label": f"{name} cam"})
+        self.connected: float | None = None  # the recorder's connection came up (ours)
+        self.peer.on("peer-joined", lambda ev: ev.peer.on("state-change", self._state))
+
+    def _state(self, ev: Any) -> None:
+        if ev.to == "connected" and self.connected is None:
+            self.connected = time.monotonic()
+
+    def sent_since(self, recorder_up: float | None) -> float:
+        """Seconds of media that could reach the recorder: from when both ends of the
+        connection were up (on a loaded machine one end's DTLS completes up to half a second
+        after the other's, and what is sent in between is lost) until now."""
+        assert self.connected is not None and recorder_up is not None, "never connected"
+        return time.monotonic() - max(self.connected, recorder_up)
+
+    async def start(self) -> None:
+        await self.audio.push(tone(60))
+        await self.peer.join(ROOM)
+
+    def video_seconds(self) -> float:
+        return self.video.frames_sent / self.video.fps
+
+
+def files_of(manifest: dict[str, Any], peer_id: str) -> list[dict[str, Any]]:
+    return [f for f in manifest["files"] if f["peer_id"] == peer_id]
+
+
+def assert_duration(path: Path, sent: float) -> None:
+    seconds = float(probe(path)["format"]["duration"])
+    assert abs(seconds - sent) <= 0.05 * sent, (path.name, seconds, sent)
+
+
+async def test_two_senders_one_leaving_and_a_stream_added_and_removed(
+        make_peer: MakePeer, tmp_path: Path) -> None:
+    recorder_peer = make_peer("recorder")
+    up: dict[str, float] = {}  # when the recorder's connection to each sender came up
+
+    def on_state(remote_id: str, ev: Any) -> None:
+        if ev.to == "connected":
+            up.setdefault(remote_id, time.monotonic())
+
+    recorder_peer.on("peer-joined", lambda ev: ev.peer.on(
+        "state-change", lambda s, rid=ev.peer.id: on_state(rid, s)))
+    out = tmp_path / "rec"
+    recorder = RoomRecorder(ROOM, out, peer=recorder_peer)
+    await recorder.start()
+    alice, bob = Sender(make_peer, "alice"), Sender(make_peer, "bob")
+    await alice.start()
+    await bob.start()
+
+    await wait_for(lambda: len([f for f in recorder.manifest()["files"]
+                                if all(t["frames"] for t in f["tracks"])]) >= 2,
+                   CONNECT, "both camera streams being written")
+    # bob shares a screen for a while: a second stream, a second file.
+    screen = VideoSource(320, 240, 10)
+    screen_stream = MediaStream([screen])
+    bob.peer.add_stream(screen_stream, {"role": "screen", "label": "bob screen"})
+    await wait_for(lambda: screen.frames_sent >= 80, CONNECT, "bob's screen sent for 8 s")
+    bob.peer.remove_stream(screen_stream)
+    screen_sent = screen.frames_sent / screen.fps
+    await wait_for(lambda: [f for f in files_of(recorder.manifest(), "bob")
+                            if f["stream_id"] == screen_stream.id and f["finalised"]],
+                   FINALISE, "bob's screen file finalised after remove_stream")
+
+    # alice leaves mid-recording: her file is finalised with an end offset.
+    await wait_for(lambda: alice.video_seconds() >= 6, CONNECT, "alice sent for 6 s")
+    alice_sent = alice.sent_since(up.get("alice"))
+    await alice.peer.close()
+    await wait_for(lambda: [f for f in files_of(recorder.manifest(), "alice")
+                            if f["finalised"]], FINALISE, "alice's file finalised")
+
+    await wait_for(lambda: bob.video_seconds() >= alice.video_seconds() + 3, CONNECT,
+                   "bob sent for 3 s more than alice")
+    bob_sent = bob.sent_since(up.get("bob"))
+    await recorder.stop()
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest == recorder.manifest()
+    assert manifest["channel"] == ROOM and manifest["recorder_peer_ids"] == ["recorder"]
+    assert manifest["peers"]["alice"]["metadata"] == {"name": "Alice"}
+    assert manifest["peers"]["bob"]["metadata"] == {"name": "Bob"}
+    assert len(manifest["peers"]["alice"]["left"]) == 1
+    assert manifest["peers"]["bob"]["left"] == []
+
+    (a_cam,) = files_of(manifest, "alice")
+    b_files = {f["stream_id"]: f for f in files_of(manifest, "bob")}
+    assert set(b_files) == {bob.stream.id, screen_stream.id}, manifest
+    b_cam, b_screen = b_files[bob.stream.id], b_files[screen_stream.id]
+    # alice's close ends her tracks (the connection closes) at about the time she leaves.
+    assert a_cam["ended_by"] in ("peer-left", "track-ended"), a_cam
+    assert (b_screen["ended_by"], b_cam["ended_by"]) == ("track-ended", "recorder-stopped")
+    for f in (a_cam, b_cam, b_screen):
+        assert f["finalised"] and f["error"] is None, f
+        assert 0 <= f["start"] < f["end"] <= manifest["stopped_at"], f
+        # Frames are dropped only when the encoder falls behind (a heavily loaded machine);
+        # the timestamps keep the file in time either way, which the durations check.
+        assert all(t["frames"] > t["dropped"] for t in f["tracks"]), f
+    assert a_cam["end"] <= manifest["peers"]["alice"]["left"][0] + 1.0
+    assert b_screen["start"] > b_cam["start"]  # on one clock: the screen came later
+    assert sorted(t["kind"] for t in a_cam["tracks"]) == ["audio", "video"]
+    assert {t["metadata"]["label"] for t in a_cam["tracks"]} == {"alice cam"}
+    assert b_screen["stream_metadata"] == {"role": "screen", "label": "bob screen"}
+    assert [t["kind"] for t in b_screen["tracks"]] == ["video"]
+
+    for f, sent, kinds in ((a_cam, alice_sent, ["audio", "video"]),
+                           (b_cam, bob_sent, ["audio", "video"]),
+                           (b_screen, screen_sent, ["video"])):
+        path = out / f["path"]
+        info = probe(path)
+        assert sorted(s["codec_type"] for s in info["streams"]) == kinds, info
+        assert_duration(path, sent)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f["path"] for f in manifest["files"]] + ["manifest.json"])
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("alice", "alice"),
+    ("../../etc/passwd", "etc_passwd"),
+    ("a b/c", "a_b_c"),
+    ("", "x"),
+    ("..", "x"),
+    ("é" * 10, "x"),
+    ("x" * 100, "x" * 48),
+])
+def test_safe_name(text: str, expected: str) -> None:
+    assert safe_name(text) == expected
+
+
+@pytest.mark.parametrize(("first", "pts", "expected"), [
+    (1000, 1000, 0),
+    (1000, 4000, 3000),
+    ((1 << 32) - 100, 200, 300),  # across the wrap
+    (5000, 4000, None),  # before the first frame
+])
+def test_track_offset(first: int, pts: int, expected: int | None) -> None:
+    assert track_offset(first, pts) == expected
+
+
+async def test_a_recorder_that_was_given_tracks_is_refused(make_peer: MakePeer,
+                                                           tmp_path: Path) -> None:
+    peer = make_peer("recorder")
+    peer.add_track(VideoSource(64, 48, 5))
+    with pytest.raises(ValueError, match="sends nothing"):
+        await RoomRecorder(ROOM, tmp_path, peer=peer).start()
+    await asyncio.sleep(0)
