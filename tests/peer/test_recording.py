@@ -4,7 +4,7 @@ installs ffmpeg), last as long as its stream was sent, and be described by the m
 
 from __future__ import annotations
 
-import asyncio
+import fractions
 import json
 import math
 import shutil
@@ -12,13 +12,18 @@ import struct
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import av
 import pytest
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
 
 from roomwire.client.media import AudioSource, VideoSource
 from roomwire.client.recording import RoomRecorder, safe_name, track_offset
-from roomwire.client.rtc.events import MediaStream
+from roomwire.client.rtc.events import MediaStream, TrackEvent
+from roomwire.client.signalling.options import ReconnectOptions
 from waiting import wait_for
 
 from .conftest import MakePeer
@@ -27,6 +32,14 @@ ROOM = "room/rec"
 #: Media flows within seconds on loopback; generous for a loaded 2-core machine.
 CONNECT = 30.0
 FINALISE = 30.0
+QUICK = ReconnectOptions(initial_delay=0.2, max_delay=0.5, jitter=0.2, max_attempts=30)
+
+
+def drop_socket(peer: Any) -> None:
+    """Cut the peer's WebSocket without a close handshake (as a network loss would)."""
+    link = peer.signalling._link
+    assert link is not None
+    link.conn.transport.abort()
 
 
 def probe(path: Path) -> dict[str, Any]:
@@ -170,6 +183,89 @@ async def test_two_senders_one_leaving_and_a_stream_added_and_removed(
         [f["path"] for f in manifest["files"]] + ["manifest.json"])
 
 
+async def test_a_reconnect_of_the_recorder_starts_a_new_segment_of_each_stream(
+        make_peer: MakePeer, tmp_path: Path) -> None:
+    recorder_peer = make_peer("recorder", reconnect=QUICK)
+    out = tmp_path / "rec"
+    recorder = RoomRecorder(ROOM, out, peer=recorder_peer)
+    await recorder.start()
+    alice = Sender(make_peer, "alice")
+    await alice.start()
+
+    def alice_files() -> list[dict[str, Any]]:
+        return files_of(recorder.manifest(), "alice")
+
+    await wait_for(lambda: [f for f in alice_files() if f["tracks"] and
+                            all(t["frames"] >= 20 for t in f["tracks"])],
+                   CONNECT, "alice's stream being written")
+    drop_socket(recorder_peer)
+    await wait_for(lambda: recorder_peer.state == "reconnecting", CONNECT, "the drop noticed")
+    await wait_for(lambda: recorder_peer.state == "joined", CONNECT, "the recorder back")
+    # alice sees the recorder leave and come back: a new connection, the same stream id.
+    await wait_for(lambda: [f for f in alice_files() if f["segment"] == 2 and f["tracks"] and
+                            all(t["frames"] >= 20 for t in f["tracks"])],
+                   CONNECT, "a second segment being written")
+    await recorder.stop()
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    first, second = sorted(files_of(manifest, "alice"), key=lambda f: f["segment"])
+    assert first["stream_id"] == second["stream_id"] == alice.stream.id
+    assert first["ended_by"] in ("connection-reset", "track-ended"), first
+    assert second["ended_by"] == "recorder-stopped"
+    assert first["end"] <= second["start"], (first, second)
+    assert manifest["recorder_peer_ids"] == ["recorder"]
+    for f in (first, second):
+        assert f["finalised"] and f["error"] is None, f
+        info = probe(out / f["path"])
+        assert sorted(s["codec_type"] for s in info["streams"]) == ["audio", "video"]
+        seconds = float(info["format"]["duration"])
+        assert abs(seconds - (f["end"] - f["start"])) <= 0.05 * (f["end"] - f["start"]) + 0.1
+
+
+class FrameTrack(MediaStreamTrack):
+    """Hands out ``count`` 20 ms audio frames at once (a burst), then ends."""
+
+    kind = "audio"
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.left = count
+        self.pts = 0
+
+    async def recv(self) -> av.AudioFrame:
+        if not self.left:
+            self.stop()
+            raise MediaStreamError
+        self.left -= 1
+        frame = av.AudioFrame(format="s16", layout="stereo", samples=960)
+        frame.planes[0].update(bytes(frame.planes[0].buffer_size))
+        frame.sample_rate = 48_000
+        frame.time_base = fractions.Fraction(1, 48_000)
+        frame.pts, self.pts = self.pts, self.pts + 960
+        return frame
+
+
+async def test_a_file_queue_holds_queue_frames_and_drops_what_comes_after(
+        make_peer: MakePeer, tmp_path: Path) -> None:
+    # The encoder is held back (a long settle): the burst fills the queue, the rest is
+    # dropped and counted, and what was queued still makes a playable file.
+    recorder = RoomRecorder(ROOM, tmp_path / "rec", peer=make_peer("recorder"),
+                            queue_frames=3, settle_seconds=60)
+    await recorder.start()
+    remote = SimpleNamespace(id="zed")
+    recorder._on_track(remote, TrackEvent(FrameTrack(10), (), {"role": "mic"}, "audio"))  # type: ignore[arg-type]
+    await wait_for(lambda: recorder.manifest()["files"][0]["ended_by"], FINALISE,
+                   "the burst read to its end")
+    (track,) = recorder.manifest()["files"][0]["tracks"]
+    assert (track["frames"], track["dropped"]) == (3, 7)
+    await recorder.stop()
+    (f,) = recorder.manifest()["files"]
+    assert f["finalised"] and f["error"] is None and f["ended_by"] == "track-ended", f
+    info = probe(tmp_path / "rec" / f["path"])
+    assert [s["codec_type"] for s in info["streams"]] == ["audio"]
+    assert float(info["format"]["duration"]) == pytest.approx(0.06, abs=0.025)
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("alice", "alice"),
     ("../../etc/passwd", "etc_passwd"),
@@ -199,4 +295,3 @@ async def test_a_recorder_that_was_given_tracks_is_refused(make_peer: MakePeer,
     peer.add_track(VideoSource(64, 48, 5))
     with pytest.raises(ValueError, match="sends nothing"):
         await RoomRecorder(ROOM, tmp_path, peer=peer).start()
-    await asyncio.sleep(0)
