@@ -4,12 +4,16 @@ installs ffmpeg), last as long as its stream was sent, and be described by the m
 
 from __future__ import annotations
 
+import asyncio
 import fractions
 import json
 import math
+import os
 import shutil
+import signal
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +24,7 @@ import pytest
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
+from conftest import RunningServer
 from roomwire.client.media import AudioSource, VideoSource
 from roomwire.client.recording import RoomRecorder, safe_name, track_offset
 from roomwire.client.rtc.events import MediaStream, TrackEvent
@@ -32,6 +37,8 @@ ROOM = "room/rec"
 #: Media flows within seconds on loopback; generous for a loaded 2-core machine.
 CONNECT = 30.0
 FINALISE = 30.0
+#: A child process imports aiortc and PyAV first: seconds on a loaded machine.
+START_CHILD = 60.0
 QUICK = ReconnectOptions(initial_delay=0.2, max_delay=0.5, jitter=0.2, max_attempts=30)
 
 
@@ -220,6 +227,37 @@ async def test_a_reconnect_of_the_recorder_starts_a_new_segment_of_each_stream(
         assert sorted(s["codec_type"] for s in info["streams"]) == ["audio", "video"]
         seconds = float(info["format"]["duration"])
         assert abs(seconds - (f["end"] - f["start"])) <= 0.05 * (f["end"] - f["start"]) + 0.1
+
+
+async def test_roomwire_record_cli_finalises_every_file_on_sigterm(
+        server: RunningServer, make_peer: MakePeer, tmp_path: Path) -> None:
+    out = tmp_path / "cli-rec"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMWIRE_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "roomwire", "record", ROOM, "--out", str(out), "--url",
+        server.url, "--token", server.token("rec-cli"), "--loopback", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        alice = Sender(make_peer, "alice")
+        await alice.start()
+        await wait_for(lambda: alice.video_seconds() >= 4, CONNECT + START_CHILD,
+                       "alice sending to the recorder for 4 s")
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), FINALISE)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    printed = stdout.decode() + stderr.decode()
+    assert proc.returncode == 0, printed
+    assert "Traceback" not in printed and "recording room/rec as rec-cli" in printed, printed
+    assert "stopped: 1 file(s)" in printed, printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    (f,) = manifest["files"]
+    assert (f["peer_id"], f["ended_by"], f["finalised"]) == ("alice", "recorder-stopped", True)
+    assert manifest["peers"]["alice"]["metadata"] == {"name": "Alice"}
+    info = probe(out / f["path"])
+    assert sorted(s["codec_type"] for s in info["streams"]) == ["audio", "video"]
 
 
 class FrameTrack(MediaStreamTrack):
