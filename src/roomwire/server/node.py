@@ -20,7 +20,7 @@ from .auth import AuthFailure, Keyring, Principal, authenticate
 from .broker import Broker
 from .broker.memory import MemoryBroker
 from .config import ServerConfig, check_admin_token
-from .drain import close_batches
+from .drain import PRESENCE_LINGER, close_batches
 from .gateway.front import ConnectionCaps, FrontProtocol
 from .gateway.websocket import Outbox, WsSession, ws_text_frame
 from .http.admin import add_routes as mount_admin_api
@@ -263,8 +263,9 @@ class Node:
            for ``shutdown_readiness_delay``, long enough for a load balancer to notice;
         2. upgrades are refused (503) and every socket gets ``going_away``;
         3. the sockets are closed with 1001 in batches spread over ``shutdown_drain``, the
-           last at that bound. Their peers stay in their channels until then, so a client
-           that is back on another node by the bound never appears to leave.
+           last at that bound. In a cluster their peers stay in their channels for
+           ``PRESENCE_LINGER`` more, so a client that is back on another node by then never
+           appears to leave; then the node stops.
         """
         if self._shutting_down or (not self.accepting and self._server is None):
             return  # a second SIGTERM while draining changes nothing
@@ -295,6 +296,8 @@ class Node:
         for s in late:
             s.send(going)
             s.close(CloseCode.GOING_AWAY, "server shutting down", leave=False)
+        if self.broker.clustered and held:
+            await asyncio.sleep(PRESENCE_LINGER)
         for s in held + late:
             s.ended()
         deadline = time.monotonic() + 2.0
