@@ -143,10 +143,19 @@ class LbCluster:
                     "--data-dir", str(data), "--redis-url", self.redis_url, "--log-level",
                     "info"]
             self.nodes.append(NodeProc(i, port, env, args, self.tmp / f"node{i + 1}.log"))
+        # One after the other: the first start of a store migrates it, and a free port may
+        # be taken by someone else before the node binds it (then another port is tried).
         for n in self.nodes:
-            n.start()
-        for n in self.nodes:
-            await self.node_ready(n, 20)
+            for attempt in range(3):
+                n.start()
+                try:
+                    await self.node_ready(n, 20)
+                    break
+                except AssertionError:
+                    if attempt == 2 or "address already in use" not in n.log_tail().lower():
+                        raise
+                    n.port = free_port()
+                    n.args[n.args.index("--port") + 1] = str(n.port)
         binary = haproxy_binary()
         assert binary, "haproxy is not installed: run scripts/setup-services.sh"
         self.lb_port, self.stats_port = free_port(), free_port()

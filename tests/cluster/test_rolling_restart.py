@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -183,6 +185,21 @@ def _roomwire_member(client: SignallingClient, m: Member) -> None:
     client.on("message", lambda e: m.messages.append((e.sender_peer_id, e.data)))
 
 
+def _node_problem() -> str | None:
+    """Why Node.js cannot run the JS SDK here: it needs a global WebSocket (Node >= 20.10
+    with --experimental-websocket, on by default from 22)."""
+    node = shutil.which("node")
+    if node is None:
+        return "node not found (Debian: apt-get install nodejs; 20.10 or newer)"
+    probe = subprocess.run([node, "--experimental-websocket", "-e",
+                            "process.stdout.write(typeof WebSocket)"],
+                           capture_output=True, text=True, timeout=30)
+    if probe.stdout != "function":
+        return (f"{node} has no WebSocket for the JS SDK (needs Node >= 20.10): "
+                f"{probe.stdout or probe.stderr.strip()[-200:]}")
+    return None
+
+
 @pytest.fixture
 async def lb_cluster(tmp_path: Path) -> AsyncIterator[LbCluster]:
     if haproxy_binary() is None:
@@ -215,6 +232,9 @@ async def test_rolling_restart_of_all_three_nodes_loses_nobody(lb_cluster: LbClu
         pytest.skip(reason)
     if not JS_SDK.exists():
         pytest.skip(f"{JS_SDK} missing: run scripts/setup-browser.sh")
+    node_problem = _node_problem()
+    if node_problem is not None:
+        pytest.skip(node_problem)
     c = lb_cluster
     members: dict[str, Member] = {}
     rooms: dict[str, list[str]] = {r: [] for r in ROOMS}
