@@ -77,10 +77,12 @@ class Client:
                                               max_size=2**20) as ws:
                     self.ws = ws
                     await self._session(ws)
-            except (OSError, websockets.WebSocketException, TimeoutError) as exc:
+            except Exception as exc:  # every failure is a close to retry after, as in the SDKs
                 code = getattr(getattr(exc, "rcvd", None), "code", None)
                 if code is None and isinstance(exc, websockets.InvalidStatus):
                     code = exc.response.status_code
+                if not isinstance(exc, (OSError, websockets.WebSocketException, TimeoutError)):
+                    print(f"{self.name}: {exc!r}", file=sys.stderr)
                 self.closes.append((time.monotonic(), code))
             self.ws = None
             if self.stopping:
@@ -136,7 +138,7 @@ class Client:
         finally:
             if pub is not None:
                 pub.cancel()
-        rcvd = ws.close_rcvd
+        rcvd = ws.protocol.close_rcvd
         self.closes.append((time.monotonic(), rcvd.code if rcvd is not None else None))
 
 
