@@ -424,7 +424,8 @@ async def test_shutdown_unready_first_then_closes_spread_over_the_drain(tmp_path
         for c in everyone:
             going = await c.recv(timeout=delay + 5)
             assert going == {"type": "going_away", "retryAfterMs": 1000}
-            assert time.monotonic() - t0 >= delay, "going_away before the readiness delay"
+            # The event loop's timers have millisecond resolution (uvloop): a few ms early.
+            assert time.monotonic() - t0 >= delay - 0.02, "going_away before the readiness delay"
         # Upgrades are refused now (the load balancer has had its delay to notice).
         with pytest.raises(websockets.InvalidStatus) as refusal:
             await websockets.connect(srv.key_url(), ping_interval=None)
