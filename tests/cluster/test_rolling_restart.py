@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "interop"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "peer"))
 from kit import FAST, Tap, fresh_frames
 from lbcluster import REPO, LbCluster, haproxy_binary
 from official import OfficialClient, unavailable_reason
+from srvkit import conn
 
 from roomwire.client import SignallingClient
 from roomwire.client.media import AudioSource, VideoSource
@@ -40,8 +42,9 @@ from roomwire.client.rtc.events import MediaStream
 from roomwire.client.rtc.loopback import loopback_candidates
 from roomwire.client.rtc.peer import MeteredPeer
 from roomwire.protocol import limits
+from waiting import quiet_period, wait_for
 
-from .conftest import REDIS_URL, delete_prefix
+from .conftest import REDIS_URL, Cluster, delete_prefix
 
 JS_SDK = REPO / "web" / "node_modules" / "@metered-ca" / "realtime" / "dist" / "index.mjs"
 JS_DRIVER = Path(__file__).resolve().parent / "drivers" / "js_clients.mjs"
@@ -370,3 +373,35 @@ async def test_rolling_restart_of_all_three_nodes_loses_nobody(lb_cluster: LbClu
             for off in officials:
                 await off.stop()
             await js.stop()
+
+
+async def test_a_peer_back_on_another_node_within_the_drain_never_left(
+        empty_cluster: Cluster) -> None:
+    """A draining node keeps its closed peers in their channels until shortly after its last
+    close: a client that is back on another node by then is never seen to leave, and the
+    others' rosters (and WebRTC connections) stay as they were."""
+    cluster = empty_cluster
+    for _ in range(3):
+        await cluster.add(shutdown_drain=0.5)
+    await wait_for(lambda: [len(srv.node.broker.nodes()) for srv in cluster.nodes], 5,
+                   "the nodes know each other (others known per node)",
+                   until=lambda known: known == [2, 2, 2])
+    room = "rolling/held"
+    obs = await conn(cluster[0].token_url("obs"))
+    await obs.subscribe(room)
+    mover = await conn(cluster[1].token_url("mover"))
+    await mover.subscribe(room)
+    assert (await obs.recv())["joined"] == [{"peerId": "mover"}]
+    shutdown = asyncio.create_task(cluster[1].node.shutdown())
+    assert (await mover.recv(timeout=5))["type"] == "going_away"
+    with pytest.raises(websockets.ConnectionClosed):
+        await mover.recv(timeout=5)
+    again = await conn(cluster[2].token_url("mover"))
+    _, snapshot = await again.subscribe(room)
+    assert snapshot["joined"] == [{"peerId": "obs"}]
+    await asyncio.wait_for(shutdown, 10)
+    # The node has let go of its hold by now; a `left` would be on its way to obs.
+    assert await obs.drain(quiet_period(0.2)) == [], "obs saw the mover leave or rejoin"
+    # Presence still works for this peer: when it really goes, obs hears it.
+    await again.close()
+    assert (await obs.recv(timeout=5))["left"] == [{"peerId": "mover"}]
