@@ -137,6 +137,10 @@ class WsSession(Session, picows.WSListener):
         self.opened_at = self.last_seen
         self._expiry: asyncio.TimerHandle | None = None
         self._closing = False
+        self.hold_presence = False
+        """Set by a draining node: the peer stays in its channels after the socket is gone,
+        until the node lets go at the end of the drain (``ended()``), so a client that is
+        back on another node by then never left its rooms in the others' eyes."""
 
     # picows callbacks ----------------------------------------------------------------------
 
@@ -251,7 +255,8 @@ class WsSession(Session, picows.WSListener):
         if self._expiry is not None:
             self._expiry.cancel()
         self.node.forget(self)
-        self.ended()
+        if not self.hold_presence:
+            self.ended()
 
     def pause_writing(self) -> None:
         # The socket's outbound queue passed its bound: this reader cannot keep up.
