@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from roomwire.server.broker.routing import (
+    Changes,
     ChannelView,
     Keys,
     live_total,
@@ -122,6 +123,66 @@ def test_channel_view(case: str, steps: list[Step], joined: list[str], left: lis
     assert list(view.members) == members
     assert view.seq == seq
     assert view.loading is loading
+
+
+def hub_replica(steps: list[Step]) -> tuple[ChannelView, dict[str, int], Changes]:
+    """Run ``steps`` on a view and apply each step's changes the way the hub does (its
+    ``left`` first, then its ``joined``, each one counting a peer out or in)."""
+    view = ChannelView()
+    present: dict[str, int] = {}
+    out = Changes()
+    for kind, arg in steps:
+        if kind == "reload":
+            view.begin_reload()
+            continue
+        if kind == "load":
+            assert isinstance(arg, tuple)
+            out = view.load(*arg)
+        else:
+            assert isinstance(arg, Join | Leave)
+            out = view.event(arg)
+        for p, _ in out.left:
+            present[p] = present.get(p, 0) - 1
+        for p, _ in out.joined:
+            present[p] = present.get(p, 0) + 1
+    return view, {p: n for p, n in present.items() if n}, out
+
+
+STEP_TABLE: list[tuple[str, list[Step], list[str], list[str], list[str]]] = [
+    # (case, steps, joined and left by the last step, members at the end)
+    ("a peer in the snapshot whose leave came before it is neither joined nor left",
+     [("ev", L(4, "m")), ("load", (3, snap("a", "m")))], ["a"], [], ["a"]),
+    ("a join and its leave both newer than the snapshot cancel out",
+     [("ev", J(4, "m")), ("ev", L(5, "m")), ("load", (3, snap("a")))], ["a"], [], ["a"]),
+    ("the same after a reload: the snapshot's peer left by a replayed event",
+     [("load", (1, snap("a"))), ("ev", L(3, "a")), ("ev", L(4, "m")),
+      ("load", (3, snap("m")))], [], ["a"], []),
+    ("a known peer that left and came back within a step: left, then joined",
+     [("load", (1, snap("m"))), ("reload", None), ("ev", L(2, "m")), ("ev", J(3, "m")),
+      ("load", (1, snap("m")))], ["m"], ["m"], ["m"]),
+    ("left, back and gone again within a step is one left",
+     [("load", (1, snap("m"))), ("reload", None), ("ev", L(2, "m")), ("ev", J(3, "m")),
+      ("ev", L(4, "m")), ("load", (1, snap("m")))], [], ["m"], []),
+]
+
+
+@pytest.mark.parametrize(("case", "steps", "joined", "left", "members"), STEP_TABLE,
+                         ids=[row[0] for row in STEP_TABLE])
+def test_a_step_reports_its_net_change(case: str, steps: list[Step], joined: list[str],
+                                       left: list[str], members: list[str]) -> None:
+    view, present, out = hub_replica(steps)
+    assert [p for p, _ in out.joined] == joined
+    assert [p for p, _ in out.left] == left
+    assert list(view.members) == members
+    # What the hub makes of the steps is what the view holds: nobody stays present for good.
+    assert present == dict.fromkeys(members, 1)
+
+
+@pytest.mark.parametrize("steps", [row[1] for row in VIEW_TABLE],
+                         ids=[row[0] for row in VIEW_TABLE])
+def test_the_hub_ends_with_the_views_members(steps: list[Step]) -> None:
+    view, present, _ = hub_replica(steps)
+    assert present == dict.fromkeys(view.members, 1)
 
 
 REACHED_TABLE = [

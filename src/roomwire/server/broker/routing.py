@@ -31,7 +31,13 @@ Event = Join | Leave
 
 @dataclass
 class Changes:
-    """What a view's step changed, in order, and whether it needs a new snapshot."""
+    """What a view's step changed, and whether it needs a new snapshot.
+
+    A step is read as "these left, then these joined" (the hub applies ``left`` first), so
+    it holds the net change: a peer both joined and gone within the step (in a snapshot,
+    then left by a buffered event replayed after it) is in neither list. Were it in both,
+    its ``left`` would be applied before its ``joined`` and it would stay present for good,
+    in a view whose sequence number matches Redis's (anti-entropy would never see it)."""
 
     joined: list[tuple[str, bytes]] = field(default_factory=list)
     """(peer, entry) of the peers that became present, in order."""
@@ -121,8 +127,13 @@ class ChannelView:
             self.members[ev.peer] = entry
         else:
             gone = self.members.pop(ev.peer, None)
-            if gone is not None:
-                out.left.append((ev.peer, gone))
+            if gone is None:
+                return
+            for n, (peer, _) in enumerate(out.joined):
+                if peer == ev.peer:
+                    del out.joined[n]  # joined within this step: nobody heard of it yet
+                    return
+            out.left.append((ev.peer, gone))
 
 
 def remote_receivers(published_to: int, self_subscribed: bool) -> int:
