@@ -20,6 +20,7 @@ import pytest
 from srvkit import conn
 
 from roomwire.server.broker.redis import RedisBroker
+from roomwire.server.broker.wire import Leave
 from waiting import wait_equal, wait_for
 
 from .conftest import FAST, Cluster, RunningServer, start_node
@@ -204,6 +205,58 @@ async def test_missed_events_are_repaired(cluster: Cluster) -> None:
                      "left": []}, frame
     assert await _member_ids(cluster[1]) == ["obs", "x"]
     assert b1.stats["reloads"] >= 1
+
+
+async def test_a_leave_between_a_join_and_its_answer_is_not_undone(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The storm's lost `left` (bench/cluster_storm.py): a node newly holding a channel takes
+    the members from its join's answer; a `Leave` that reaches its subscription before that
+    answer (here the reaper's, for a node that died meanwhile) is held and replayed after
+    the snapshot. The peer was in the snapshot and is gone after the replay: nobody on the
+    node may see it present, now or later (the view's sequence number equals Redis's, so
+    anti-entropy would never repair it)."""
+    b1 = broker(cluster[1])
+    # The answer of node 1's join waits until the test lets it go: what a busy command
+    # connection does while the subscription connection runs ahead.
+    answers: list[Any] = []
+    send = b1._send
+
+    def holding_send(shard: Any, args: tuple[Any, ...], then: Any = None) -> None:
+        if then is not None and args[:2] == ("EVALSHA", shard.join_sha):
+            answer = then
+
+            def then(res: Any) -> None:
+                answers.append((answer, res))
+        send(shard, args, then)
+
+    monkeypatch.setattr(b1, "_send", holding_send)
+    victim = await conn(cluster[0].token_url("victim"))
+    await victim.subscribe(ROOM)
+    p = await conn(cluster[1].token_url("p"))
+    await p.send({"type": "subscribe", "channel": ROOM, "requestId": "s"})
+    await wait_equal(lambda: len(answers), 1, 3, "node 1's join answered (and held)")
+    snapshot_peers = sorted(json.loads(v)["peerId"] for v in answers[0][1][1][1::2])
+    assert snapshot_peers == ["p", "victim"], "the join's snapshot lists the victim"
+    monkeypatch.setattr(b1, "_send", send)
+    await crash(cluster[0])
+    # The reaper's Leave reaches node 1, whose view still waits for the snapshot.
+    view = b1._views[(cluster[1].app_id, ROOM)].view
+
+    def buffered_leaves() -> list[str]:
+        return [e.peer for e in view._buffer if isinstance(e, Leave)]
+
+    await wait_equal(buffered_leaves, ["victim"], BOUND + 1,
+                     "the victim's Leave reached node 1 before the join's answer")
+    for answer, res in answers:
+        answer(res)
+    assert await p.recv() == {"type": "ack", "requestId": "s"}
+    snap = await p.recv()
+    assert snap == {"type": "presence", "channel": ROOM, "joined": [], "left": []}, snap
+    assert await _member_ids(cluster[1]) == ["p"]
+    # Not even a heartbeat or two later (anti-entropy has run) does the victim come back.
+    await p.expect_silence(FAST["heartbeat_interval"] * 3)
+    assert [json.loads(e)["peerId"] for e in cluster[1].node.hub.members(
+        cluster[1].app_id, ROOM)] == ["p"]
 
 
 # -- Redis lost and back ---------------------------------------------------------------------
