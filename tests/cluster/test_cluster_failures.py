@@ -259,6 +259,33 @@ async def test_a_leave_between_a_join_and_its_answer_is_not_undone(
         cluster[1].app_id, ROOM)] == ["p"]
 
 
+async def test_a_heartbeat_timeout_says_what_timed_out(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A heartbeat round slower than the command timeout takes the node out (and back); the
+    operator's log line names the cause (a bare TimeoutError has no text)."""
+    b0 = broker(cluster[0])
+    beat, timeout = b0._beat, b0.command_timeout
+    stalls: list[int] = []
+
+    async def slow_beat() -> None:
+        if stalls:
+            return await beat()
+        stalls.append(1)
+        await asyncio.Event().wait()  # a Redis that stops answering, once
+
+    monkeypatch.setattr(b0, "command_timeout", 0.2)
+    monkeypatch.setattr(b0, "_beat", slow_beat)
+    caplog.set_level("WARNING", logger="roomwire.broker.redis")
+    await wait_for(lambda: b0.stats["lost"], FAST["heartbeat_interval"] + 0.2 + 3,
+                   "node 0 gave up on its stalled heartbeat", until=lambda n: n >= 1)
+    b0.command_timeout = timeout
+    lines = [r.getMessage() for r in caplog.records if "lost the cluster" in r.getMessage()]
+    assert lines[0] == ("lost the cluster (a heartbeat round took longer than the 0.2 s "
+                        "command timeout); closing this node's sockets until it is back"), lines
+    assert stalls == [1]
+
+
 # -- Redis lost and back ---------------------------------------------------------------------
 
 

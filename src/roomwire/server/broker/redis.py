@@ -386,7 +386,8 @@ class RedisBroker(Broker):
         sockets, forget the cluster, and come back in the background as a new instance."""
         if not self._live or self._stopping:
             return
-        log.warning("lost the cluster (%s); closing this node's sockets until it is back", exc)
+        log.warning("lost the cluster (%s); closing this node's sockets until it is back",
+                    exc if isinstance(exc, str) else str(exc) or type(exc).__name__)
         self.stats["lost"] += 1
         self._live = False
         self.healthy = False
@@ -985,8 +986,13 @@ class RedisBroker(Broker):
                 # then outlive stop() (which awaits it: a hang).
                 async with asyncio.timeout(self.command_timeout):
                     await self._beat()
-            except (RedisError, OSError, TimeoutError, _Lost) as exc:
-                self._lost(exc or "heartbeat timed out")
+            except TimeoutError:
+                # asyncio's TimeoutError carries no text: say what took too long.
+                self._lost(f"a heartbeat round took longer than the {self.command_timeout:g} s"
+                           " command timeout")
+                return
+            except (RedisError, OSError, _Lost) as exc:
+                self._lost(exc)
                 return
 
     async def _beat(self) -> None:
