@@ -1,0 +1,173 @@
+"""The pure history core: rings, offsets, epochs, TTL, and the recovery decision (table)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from roomwire.protocol import frames
+from roomwire.protocol.history import Position, parse_position, recover_problem
+from roomwire.server.history import History, HistoryRule, decide, parse_rules
+
+
+def _history(size: int = 5, ttl: float = 60.0, channels: str = "chat/**",
+             app: str | None = None) -> History:
+    counter = itertools.count(1)
+    return History([HistoryRule(app, channels, size, ttl)], new_epoch=lambda: f"e{next(counter)}")
+
+
+def _publish(h: History, n: int, now: float = 0.0, channel: str = "chat/a") -> None:
+    for i in range(n):
+        h.append("app", channel, now, frames.encode_json(i), b'"p"', None)
+
+
+def test_offsets_grow_by_one_and_the_ring_keeps_the_newest() -> None:
+    h = _history(size=3)
+    _publish(h, 5)
+    stream = h.stream("app", "chat/a", 0.0)
+    assert stream is not None
+    assert stream.position == Position("e1", 5)
+    assert [e.offset for e in stream.entries] == [3, 4, 5]
+    assert [e.data for e in stream.entries] == [b"2", b"3", b"4"]
+
+
+def test_channels_no_rule_covers_keep_nothing() -> None:
+    h = _history(channels="chat/**", app="app")
+    assert h.append("app", "other/a", 0.0, b"1", b'"p"', None) is None
+    assert h.append("other-app", "chat/a", 0.0, b"1", b'"p"', None) is None
+    assert h.stream("app", "other/a", 0.0) is None
+    assert h.streams == {}
+
+
+def test_first_matching_rule_wins() -> None:
+    h = History([HistoryRule(None, "chat/vip/*", 50, 10.0), HistoryRule(None, "chat/**", 2, 99.0)])
+    assert h.rule("a", "chat/vip/x") == HistoryRule(None, "chat/vip/*", 50, 10.0)
+    assert h.rule("a", "chat/x") == HistoryRule(None, "chat/**", 2, 99.0)
+    assert h.rule("a", "lobby") is None
+
+
+@pytest.mark.parametrize(
+    ("published", "size", "client", "elapsed", "recovered", "replayed"),
+    [
+        # nothing missed
+        (5, 10, Position("e1", 5), 0, True, []),
+        # the missed tail, in order
+        (5, 10, Position("e1", 2), 0, True, [3, 4, 5]),
+        # from the very start of the epoch
+        (5, 10, Position("e1", 0), 0, True, [1, 2, 3, 4, 5]),
+        # the oldest missed one is exactly the oldest kept
+        (8, 5, Position("e1", 3), 0, True, [4, 5, 6, 7, 8]),
+        # overflow: one missed message was pushed out of the ring
+        (8, 5, Position("e1", 2), 0, False, []),
+        # another epoch (the history was lost)
+        (5, 10, Position("old", 2), 0, False, []),
+        # an offset the server never gave
+        (5, 10, Position("e1", 6), 0, False, []),
+        # TTL: everything missed has expired
+        (5, 10, Position("e1", 2), 61, False, []),
+        # TTL, but nothing was missed: still recovered
+        (5, 10, Position("e1", 5), 61, True, []),
+    ],
+)
+def test_recovery_decision(published: int, size: int, client: Position, elapsed: float,
+                           recovered: bool, replayed: list[int]) -> None:
+    h = _history(size=size, ttl=60.0)
+    _publish(h, published, now=0.0)
+    stream = h.stream("app", "chat/a", 0.0)
+    assert stream is not None
+    got = decide(stream, client, now=elapsed)
+    assert got.recovered is recovered
+    assert [e.offset for e in got.replay] == replayed
+
+
+def test_ttl_drops_only_the_expired_part() -> None:
+    h = _history(size=10, ttl=60.0)
+    _publish(h, 3, now=0.0)
+    _publish(h, 2, now=30.0)
+    stream = h.stream("app", "chat/a", 30.0)
+    assert stream is not None
+    assert decide(stream, Position("e1", 3), now=61.0) == (True, list(stream.entries))
+    assert [e.offset for e in stream.entries] == [4, 5]
+    assert decide(stream, Position("e1", 2), now=61.0).recovered is False
+
+
+def test_an_idle_stream_is_forgotten_and_the_next_one_has_a_new_epoch() -> None:
+    h = _history(size=10, ttl=60.0)
+    _publish(h, 3, now=0.0)
+    assert h.sweep(30.0) == 0
+    assert h.sweep(61.0) == 1
+    _publish(h, 1, now=62.0)
+    stream = h.stream("app", "chat/a", 62.0)
+    assert stream is not None and stream.position == Position("e2", 1)
+    assert decide(stream, Position("e1", 3), now=62.0).recovered is False
+
+
+def test_a_stream_with_kept_entries_survives_the_sweep() -> None:
+    h = _history(size=10, ttl=60.0)
+    _publish(h, 1, now=0.0)
+    _publish(h, 1, now=50.0)
+    assert h.sweep(61.0) == 0
+    stream = h.stream("app", "chat/a", 61.0, create=False)
+    assert stream is not None and stream.epoch == "e1"
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ([{"size": 10}], "'ttl'"),
+        ([{"ttl": 10}], "'size'"),
+        ([{"size": 0, "ttl": 10}], "'size'"),
+        ([{"size": 10.5, "ttl": 10}], "whole number"),
+        ([{"size": 10, "ttl": 10, "channel": "x"}], "unknown field"),
+        ([{"size": 10, "ttl": 10, "channels": "a\\q"}], "not a valid pattern"),
+        ([{"size": 10, "ttl": 10, "app": ""}], "'app'"),
+        (["chat/**"], "table/object"),
+        ([{"size": True, "ttl": 10}], "'size'"),
+    ],
+)
+def test_bad_rules_are_refused_with_a_sentence(raw: list[object], problem: str) -> None:
+    with pytest.raises(ValueError, match="history rule 1") as info:
+        parse_rules(raw)
+    assert problem in str(info.value)
+
+
+def test_rules_parse_with_defaults() -> None:
+    assert parse_rules([{"size": 10, "ttl": 30}, {"app": "a1", "channels": "x/*", "size": 1,
+                                                  "ttl": 1.5}]) == [
+        HistoryRule(None, "**", 10, 30.0), HistoryRule("a1", "x/*", 1, 1.5)]
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ({"epoch": "e1", "offset": 0}, True),
+        ({"epoch": "e1", "offset": 12}, True),
+        ({"epoch": "", "offset": 1}, False),
+        ({"epoch": "x" * 65, "offset": 1}, False),
+        ({"epoch": "e1", "offset": -1}, False),
+        ({"epoch": "e1", "offset": True}, False),
+        ({"epoch": "e1", "offset": 1.5}, False),
+        ({"epoch": "e1", "offset": 2**60}, False),
+        ({"epoch": 3, "offset": 1}, False),
+        ("e1:3", False),
+        (None, False),
+    ],
+)
+def test_recover_field_validation(value: object, ok: bool) -> None:
+    got = recover_problem(value)
+    assert isinstance(got, Position) is ok, got
+
+
+def test_positioned_message_frame_is_the_plain_one_plus_the_position() -> None:
+    from roomwire.protocol.history import encode_position_suffix
+
+    plain = frames.encode_message(b'"c"', b'"p"', b'{"a":1}', b'{"n":1}')
+    at = frames.encode_message_at(b'"c"', b'"p"', b'{"a":1}', b'{"n":1}',
+                                  encode_position_suffix(7, b'"e1"'))
+    decoded = frames.parse_server_frame(at)
+    assert isinstance(decoded, frames.Message)
+    assert decoded.position == Position("e1", 7)
+    assert decoded.sender_metadata == {"n": 1}
+    assert at.startswith(plain[:-1])
+    assert parse_position({"offset": 7, "epoch": "e1"}) == Position("e1", 7)
