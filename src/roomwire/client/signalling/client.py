@@ -38,6 +38,7 @@ from ...protocol.frames import (
     parse_ice_servers,
     parse_server_frame,
 )
+from ...protocol.history import Position
 from ...protocol.validate import validate_channel, validate_peer_id
 from ..emitter import EventEmitter, EventKey, EventStream, Observable
 from ..log import ClientLogger, LoggerLike
@@ -63,11 +64,13 @@ from .events import (
     GoingAwayEvent,
     MessageEvent,
     PresenceEvent,
+    ResubscribedEvent,
     ServerErrorEvent,
     StateChangeEvent,
     TokenProviderErrorEvent,
 )
 from .options import ReconnectOptions, check_seconds
+from .positions import Positions
 from .reconnect import (
     Backoff,
     DisconnectCause,
@@ -170,6 +173,7 @@ class SignallingClient(Observable[EventKey]):
         welcome_timeout: float = limits.WELCOME_TIMEOUT,
         open_timeout: float = DEFAULT_OPEN_TIMEOUT,
         rng: Callable[[], float] | None = None,
+        recover: bool = True,
     ) -> None:
         if (api_key is None) == (token_provider is None):
             raise ValueError("pass exactly one credential: api_key or token_provider")
@@ -201,6 +205,10 @@ class SignallingClient(Observable[EventKey]):
                                               allow_zero=False)
         self._open_timeout = check_seconds("open_timeout", open_timeout, allow_zero=False)
         self._auto_resubscribe = bool(auto_resubscribe)
+        if not isinstance(recover, bool):
+            raise TypeError("recover must be True or False")
+        self._recover = recover
+        self._positions = Positions()
         self._factory: WebSocketFactory = web_socket_factory or websockets_factory(
             self._open_timeout
         )
@@ -657,12 +665,16 @@ class SignallingClient(Observable[EventKey]):
 
     def _dispatch(self, link: _Link, frame: ServerFrame) -> None:
         if isinstance(frame, Message):
+            if frame.position is not None and self._recover and frame.channel in self._subs:
+                self._positions.saw(frame.channel, frame.position)
             self._emit(MessageEvent(frame.channel, frame.sender_peer_id, frame.data,
-                                    frame.sender_metadata))
+                                    frame.sender_metadata, frame.position))
         elif isinstance(frame, Ack):
             fut = self._pending.get(frame.request_id)
             if fut is not None and not fut.done():
-                fut.set_result(None)
+                # An ack with the history extension's fields is handed to the request.
+                fut.set_result(frame if frame.has_history or frame.position is not None
+                               else None)
         elif isinstance(frame, PresenceFrame):
             self._emit(PresenceEvent(frame.channel, frame.joined, frame.left))
         elif isinstance(frame, Direct):
@@ -699,9 +711,16 @@ class SignallingClient(Observable[EventKey]):
             if self._link is not link or channel not in self._subs:
                 return
             rid = _request_id()
-            text = build_subscribe(channel, rid, self._subs[channel])
+            asked = self._positions.get(channel) if self._recover else None
+            text = build_subscribe(channel, rid, self._subs[channel], history=self._recover,
+                                   recover=asked)
             try:
-                await self._request(link, rid, text)
+                ack = await self._request(link, rid, text)
+                recovered, position = self._subscribe_acked(channel, ack, asked)
+                if recovered is False:
+                    self._log.info("missed messages on a channel could not be recovered; "
+                                   "the app should resync it")
+                self._emit(ResubscribedEvent(channel, recovered, position))
                 return
             except DisconnectedError:
                 return
@@ -715,6 +734,16 @@ class SignallingClient(Observable[EventKey]):
             await asyncio.sleep(self._replay_retry_delay)
 
     # -- requests ----------------------------------------------------------------------------
+
+    def _subscribe_acked(self, channel: str, ack: object, asked: Position | None,
+                         ) -> tuple[bool | None, Position | None]:
+        """Note a subscribe ack's history fields; (recovered, the channel's position)."""
+        if not self._recover:
+            return None, None
+        if not isinstance(ack, Ack):
+            self._positions.forget(channel)  # a server or channel without history
+            return (False if asked is not None else None), None
+        return self._positions.subscribed(channel, ack, asked), ack.history
 
     def _require_link(self) -> _Link:
         link = self._link
@@ -791,7 +820,7 @@ class SignallingClient(Observable[EventKey]):
         link = self._require_link()
         rid = _request_id()
         include = bool(include_sender_metadata)
-        text = build_subscribe(channel, rid, include)
+        text = build_subscribe(channel, rid, include, history=self._recover)
         had, previous = channel in self._subs, self._subs.get(channel, False)
         self._subs[channel] = include
         fut = self._register(rid)
@@ -802,10 +831,12 @@ class SignallingClient(Observable[EventKey]):
             self._untrack(channel, had, previous)
             raise
         try:
-            await self._await_ack(rid, fut)
+            ack = await self._await_ack(rid, fut)
         except ServerRequestError:
             self._untrack(channel, had, previous)
             raise
+        if channel in self._subs:
+            self._subscribe_acked(channel, ack, None)
 
     def _untrack(self, channel: str, had: bool, previous: bool) -> None:
         if had:
@@ -818,6 +849,7 @@ class SignallingClient(Observable[EventKey]):
         """Leave ``channel`` and stop tracking it. While reconnecting it is only untracked
         (there is no server-side subscription to remove until the replay)."""
         channel = self._channel(channel, allow_reserved=True)
+        self._positions.forget(channel)
         if self.state is _S.RECONNECTING:
             self._subs.pop(channel, None)
             return
@@ -836,7 +868,10 @@ class SignallingClient(Observable[EventKey]):
         self._checked_size(data)
         link = self._require_link()
         rid = _request_id()
-        await self._request(link, rid, build_publish(channel, data, rid))
+        ack = await self._request(link, rid, build_publish(channel, data, rid))
+        if isinstance(ack, Ack) and self._recover and channel in self._subs:
+            # Its own publishes never come back: the ack tells how far the channel moved.
+            self._positions.saw(channel, ack.position)
 
     async def send(self, peer_id: str, data: Any) -> None:
         """Send ``data`` to every connection of ``peer_id`` (no channel involved). Raises
