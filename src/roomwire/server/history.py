@@ -222,11 +222,15 @@ class History:
                sender_metadata: bytes | None) -> Stream | None:
         """Record a publication; the stream (its ``top`` is the new offset), or None when the
         channel keeps no history."""
-        if self.rule(app_id, channel) is None:
-            return None
-        stream = self.stream(app_id, channel, now)
-        assert stream is not None
-        stream.trim(now)
+        stream = self.streams.get((app_id, channel))
+        if stream is None or (not stream.entries and stream.touched + stream.ttl < now):
+            if self.rule(app_id, channel) is None:
+                return None
+            stream = self.stream(app_id, channel, now)
+            assert stream is not None
+        entries = stream.entries
+        if entries and entries[0].time <= now - stream.ttl:
+            stream.trim(now)
         stream.append(now, data, sender_json, sender_metadata)
         return stream
 

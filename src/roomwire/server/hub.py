@@ -507,6 +507,17 @@ class Hub:
         suffix = encode_position_suffix(stream.top, stream.epoch_json)
         positioned = room.positioned
         n = 0
+        if len(positioned) == len(room):
+            # Everyone opted in (a room of roomwire SDKs): one variant per group, no lookups.
+            for group, metadata in ((room.plain, None), (room.with_meta, sender_metadata)):
+                if group:
+                    at = self._wire(frames.encode_message_at(
+                        room.name_json, sender_json, data, metadata, suffix))
+                    for sub in group:
+                        if sub is not skip:
+                            sub.send_wire(at)
+                            n += 1
+            return n
         for group, metadata in ((room.plain, None), (room.with_meta, sender_metadata)):
             if not group:
                 continue
