@@ -108,6 +108,10 @@ async def test_the_client_recovers_the_50_it_missed_then_live_ones(hsrv: Running
         assert datas(rec, "chat/a") == list(range(56))
         offsets = [e.position.offset for e in rec.of("message")]
         assert offsets == [1, 2, 3, *range(5, 58)]
+        # resubscribed comes before the replayed messages, so the app knows what they are.
+        names = [(e.name, getattr(e, "data", None)) for e in rec.events
+                 if e.name in ("resubscribed", "message")]
+        assert names.index(("resubscribed", None)) == names.index(("message", 3)) - 1, names
 
 
 async def test_overflow_reports_recovered_false_and_then_recovers_again(

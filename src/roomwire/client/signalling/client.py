@@ -209,6 +209,11 @@ class SignallingClient(Observable[EventKey]):
             raise TypeError("recover must be True or False")
         self._recover = recover
         self._positions = Positions()
+        self._subscribing: dict[str, tuple[str, Position | None, bool]] = {}
+        """requestId of a subscribe in flight -> (channel, the position it recovers from,
+        whether it is a resubscribe). Its ack is noted as it is read: frames that follow it
+        in the same read (the replay, live messages) are dispatched before the waiting
+        request resumes."""
         self._factory: WebSocketFactory = web_socket_factory or websockets_factory(
             self._open_timeout
         )
@@ -675,6 +680,9 @@ class SignallingClient(Observable[EventKey]):
                 # An ack with the history extension's fields is handed to the request.
                 fut.set_result(frame if frame.has_history or frame.position is not None
                                else None)
+                sub = self._subscribing.pop(frame.request_id, None)
+                if sub is not None:
+                    self._subscribe_acked(sub[0], frame, sub[1], sub[2])
         elif isinstance(frame, PresenceFrame):
             self._emit(PresenceEvent(frame.channel, frame.joined, frame.left))
         elif isinstance(frame, Direct):
@@ -714,13 +722,9 @@ class SignallingClient(Observable[EventKey]):
             asked = self._positions.get(channel) if self._recover else None
             text = build_subscribe(channel, rid, self._subs[channel], history=self._recover,
                                    recover=asked)
+            self._subscribing[rid] = (channel, asked, True)
             try:
-                ack = await self._request(link, rid, text)
-                recovered, position = self._subscribe_acked(channel, ack, asked)
-                if recovered is False:
-                    self._log.info("missed messages on a channel could not be recovered; "
-                                   "the app should resync it")
-                self._emit(ResubscribedEvent(channel, recovered, position))
+                await self._request(link, rid, text)  # the ack emitted ``resubscribed``
                 return
             except DisconnectedError:
                 return
@@ -731,19 +735,27 @@ class SignallingClient(Observable[EventKey]):
                         self._emit(ServerErrorEvent(exc.code, exc.server_message, rid))
                     return
                 self._log.debug("resubscribing failed (%s); retrying", exc.code)
+            finally:
+                self._subscribing.pop(rid, None)
             await asyncio.sleep(self._replay_retry_delay)
 
     # -- requests ----------------------------------------------------------------------------
 
-    def _subscribe_acked(self, channel: str, ack: object, asked: Position | None,
-                         ) -> tuple[bool | None, Position | None]:
-        """Note a subscribe ack's history fields; (recovered, the channel's position)."""
-        if not self._recover:
-            return None, None
-        if not isinstance(ack, Ack):
-            self._positions.forget(channel)  # a server or channel without history
-            return (False if asked is not None else None), None
-        return self._positions.subscribed(channel, ack, asked), ack.history
+    def _subscribe_acked(self, channel: str, ack: Ack, asked: Position | None,
+                         resubscribe: bool) -> None:
+        """A subscribe's ack, as it is read: note its history fields and, for a resubscribe,
+        emit ``resubscribed`` before the replayed messages that follow it."""
+        recovered: bool | None = None
+        position = None
+        if self._recover and channel in self._subs:
+            recovered = self._positions.subscribed(channel, ack, asked)
+            position = ack.history
+        if not resubscribe:
+            return
+        if recovered is False:
+            self._log.info("missed messages on a channel could not be recovered; the app "
+                           "should resync it")
+        self._emit(ResubscribedEvent(channel, recovered, position))
 
     def _require_link(self) -> _Link:
         link = self._link
@@ -824,19 +836,21 @@ class SignallingClient(Observable[EventKey]):
         had, previous = channel in self._subs, self._subs.get(channel, False)
         self._subs[channel] = include
         fut = self._register(rid)
+        self._subscribing[rid] = (channel, None, False)
         try:
-            await self._send_frame(link, text)
-        except BaseException:
-            self._pending.pop(rid, None)
-            self._untrack(channel, had, previous)
-            raise
-        try:
-            ack = await self._await_ack(rid, fut)
-        except ServerRequestError:
-            self._untrack(channel, had, previous)
-            raise
-        if channel in self._subs:
-            self._subscribe_acked(channel, ack, None)
+            try:
+                await self._send_frame(link, text)
+            except BaseException:
+                self._pending.pop(rid, None)
+                self._untrack(channel, had, previous)
+                raise
+            try:
+                await self._await_ack(rid, fut)
+            except ServerRequestError:
+                self._untrack(channel, had, previous)
+                raise
+        finally:
+            self._subscribing.pop(rid, None)
 
     def _untrack(self, channel: str, had: bool, previous: bool) -> None:
         if had:
