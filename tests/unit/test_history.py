@@ -171,3 +171,34 @@ def test_positioned_message_frame_is_the_plain_one_plus_the_position() -> None:
     assert decoded.sender_metadata == {"n": 1}
     assert at.startswith(plain[:-1])
     assert parse_position({"offset": 7, "epoch": "e1"}) == Position("e1", 7)
+
+
+def test_the_node_budget_drops_the_oldest_messages_of_any_channel() -> None:
+    from roomwire.server.history import ENTRY_OVERHEAD
+
+    one = len(b"0") + len(b'"p"') + ENTRY_OVERHEAD
+    h = History([HistoryRule(None, "**", 100, 60.0)], new_epoch=lambda: "e",
+                max_bytes=3 * one)
+    _publish(h, 3, channel="a")
+    _publish(h, 2, channel="b")  # two of a's go
+    a = h.stream("app", "a", 0.0, create=False)
+    b = h.stream("app", "b", 0.0, create=False)
+    assert a is not None and b is not None
+    assert [e.offset for e in a.entries] == [3]
+    assert [e.offset for e in b.entries] == [1, 2]
+    assert h.budget.used == 3 * one and h.budget.count == 3
+    assert decide(a, Position("e", 0), 0.0).recovered is False
+    assert decide(a, Position("e", 2), 0.0).recovered is True
+
+
+def test_bookkeeping_stays_bounded_and_exact_over_many_publishes() -> None:
+    from roomwire.server.history import entry_bytes
+
+    h = _history(size=2, ttl=60.0)
+    for i in range(20_000):
+        h.append("app", f"chat/{i % 3}", i / 1000, b"1", b'"p"', None)
+    live = [e for s in h.streams.values() for e in s.entries]
+    assert h.budget.count == len(live) == 6
+    assert h.budget.used == sum(entry_bytes(e) for e in live)
+    assert len(h._order) <= 2 * h.budget.count + 4096 + 1
+    assert h.sweep(1_000.0) == 3 and h.budget.used == 0 and h.budget.count == 0

@@ -102,6 +102,9 @@ class ServerConfig:
     extension: history and recovery"): rules ``{app?, channels?, size, ttl}``, the first
     matching (app, channel) wins; empty (the default): no channel keeps history. Refused in
     a cluster (history is kept in one node's memory)."""
+    history_max_bytes: int = 64 * 2**20
+    """Memory all channel histories of a node may hold together (payloads plus about 120
+    bytes per message); past it the node's oldest messages go first, whatever the channel."""
 
     # -- cluster (docs/cluster.md) --------------------------------------------------------------
     redis_url: str | None = None
@@ -201,6 +204,8 @@ class ServerConfig:
             from .history import parse_rules
 
             parse_rules(self.history)
+            if self.history_max_bytes < 2**20:
+                raise ValueError("history_max_bytes must be at least 1048576 (1 MiB)")
             if self.redis_url:
                 raise ValueError(
                     "history is not available in a cluster yet: it is kept in one node's "

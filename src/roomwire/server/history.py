@@ -34,6 +34,9 @@ __all__ = [
 ]
 
 MAX_HISTORY_SIZE = 10_000
+DEFAULT_MAX_BYTES = 64 * 2**20
+ENTRY_OVERHEAD = 120
+"""Bytes an entry costs beyond its payloads (object, deque slot, order slot), roughly."""
 MAX_HISTORY_TTL = 7 * 86_400
 _RULE_CACHE_MAX = 4096
 _RULE_KEYS = {"app", "channels", "size", "ttl"}
@@ -98,6 +101,25 @@ class Entry:
     sender_metadata: bytes | None
 
 
+def entry_bytes(entry: Entry) -> int:
+    md = entry.sender_metadata
+    return (len(entry.data) + len(entry.sender_json) + (len(md) if md is not None else 0)
+            + ENTRY_OVERHEAD)
+
+
+@dataclass(slots=True)
+class Budget:
+    """Bytes held by every stream of a node (``History.max_bytes`` bounds it)."""
+
+    used: int = 0
+    count: int = 0
+    """Entries kept."""
+
+    def drop(self, entry: Entry) -> None:
+        self.used -= entry_bytes(entry)
+        self.count -= 1
+
+
 @dataclass(slots=True)
 class Stream:
     """The history of one channel: entries oldest first, ``top`` the last offset given."""
@@ -110,6 +132,7 @@ class Stream:
     top: int = 0
     entries: deque[Entry] = field(default_factory=deque)
     epoch_json: bytes = b""
+    budget: Budget = field(default_factory=Budget)
 
     @property
     def position(self) -> Position:
@@ -120,7 +143,7 @@ class Stream:
         horizon = now - self.ttl
         entries = self.entries
         while entries and entries[0].time <= horizon:
-            entries.popleft()
+            self.budget.drop(entries.popleft())
 
     def append(self, now: float, data: bytes, sender_json: bytes,
                sender_metadata: bytes | None) -> int:
@@ -128,9 +151,16 @@ class Stream:
         self.touched = now
         entries = self.entries
         if len(entries) >= self.size:
-            entries.popleft()
-        entries.append(Entry(self.top, now, data, sender_json, sender_metadata))
+            self.budget.drop(entries.popleft())
+        entry = Entry(self.top, now, data, sender_json, sender_metadata)
+        entries.append(entry)
+        budget = self.budget
+        budget.used += entry_bytes(entry)
+        budget.count += 1
         return self.top
+
+    def drop_oldest(self) -> None:
+        self.budget.drop(self.entries.popleft())
 
     def after(self, offset: int) -> list[Entry]:
         """Kept entries with an offset above ``offset``, oldest first."""
@@ -172,9 +202,16 @@ def _new_epoch() -> str:
 class History:
     """Every channel history of one node."""
 
-    def __init__(self, rules: list[HistoryRule], new_epoch: Callable[[], str] = _new_epoch
-                 ) -> None:
+    def __init__(self, rules: list[HistoryRule], new_epoch: Callable[[], str] = _new_epoch,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.rules = rules
+        self.max_bytes = max_bytes
+        """Past it, the oldest entries of the whole node go first, whatever their channel:
+        publishers of many channels cannot grow the node's memory without bound (their
+        subscribers then get ``recovered: false``, as after an overflow)."""
+        self.budget = Budget()
+        self._order: deque[tuple[Stream, Entry]] = deque()
+        """Every appended entry, oldest first (some already gone: skipped when reached)."""
         self._new_epoch = new_epoch
         self._rule_cache: dict[tuple[str, str], HistoryRule | None] = {}
         self.streams: dict[tuple[str, str], Stream] = {}
@@ -214,7 +251,8 @@ class History:
         if rule is None:
             return None
         epoch = self._new_epoch()
-        stream = Stream(epoch, rule.size, rule.ttl, now, epoch_json=encode_json(epoch))
+        stream = Stream(epoch, rule.size, rule.ttl, now, epoch_json=encode_json(epoch),
+                        budget=self.budget)
         self.streams[key] = stream
         return stream
 
@@ -232,7 +270,28 @@ class History:
         if entries and entries[0].time <= now - stream.ttl:
             stream.trim(now)
         stream.append(now, data, sender_json, sender_metadata)
+        order = self._order
+        order.append((stream, entries[-1]))
+        if self.budget.used > self.max_bytes:
+            self._evict()
+        elif len(order) > 2 * self.budget.count + 4096:
+            self._compact()  # linear, but only after as many appends as there are entries
         return stream
+
+    def _evict(self) -> None:
+        """Drop the node's oldest entries until the budget holds again."""
+        order = self._order
+        while self.budget.used > self.max_bytes and order:
+            stream, entry = order.popleft()
+            if stream.entries and stream.entries[0] is entry:
+                stream.drop_oldest()
+
+    def _compact(self) -> None:
+        """Forget order slots of entries that already left (overflow, TTL, forgotten)."""
+        # Offsets of a stream are contiguous: an entry at or after the oldest kept one is
+        # still kept. A forgotten stream is always empty, so its slots go too.
+        self._order = deque((stream, entry) for stream, entry in self._order
+                            if stream.entries and stream.entries[0].offset <= entry.offset)
 
     def sweep(self, now: float) -> int:
         """Trim expired entries and forget streams idle for their ``ttl`` with nothing kept;

@@ -57,7 +57,8 @@ class Node:
         if config.history:
             if self.broker.clustered:
                 raise ValueError("history is not available in a cluster yet (docs/cluster.md)")
-            self.hub.history = History(parse_rules(config.history))
+            self.hub.history = History(parse_rules(config.history),
+                                       max_bytes=config.history_max_bytes)
         self.broker.health_listener = self._backplane_health
         self.ice = IceProvider(config.ice_servers, config.turn_urls, config.turn_secret,
                                config.turn_ttl)
