@@ -173,14 +173,14 @@ def test_positioned_message_frame_is_the_plain_one_plus_the_position() -> None:
     assert parse_position({"offset": 7, "epoch": "e1"}) == Position("e1", 7)
 
 
-def test_the_node_budget_drops_the_oldest_messages_of_any_channel() -> None:
+def test_the_node_budget_drops_from_the_least_recently_published_channel() -> None:
     from roomwire.server.history import ENTRY_OVERHEAD
 
     one = len(b"0") + len(b'"p"') + ENTRY_OVERHEAD
     h = History([HistoryRule(None, "**", 100, 60.0)], new_epoch=lambda: "e",
                 max_bytes=3 * one)
     _publish(h, 3, channel="a")
-    _publish(h, 2, channel="b")  # two of a's go
+    _publish(h, 2, channel="b")  # two of a's go (a was published to before b)
     a = h.stream("app", "a", 0.0, create=False)
     b = h.stream("app", "b", 0.0, create=False)
     assert a is not None and b is not None
@@ -200,5 +200,14 @@ def test_bookkeeping_stays_bounded_and_exact_over_many_publishes() -> None:
     live = [e for s in h.streams.values() for e in s.entries]
     assert h.budget.count == len(live) == 6
     assert h.budget.used == sum(entry_bytes(e) for e in live)
-    assert len(h._order) <= 2 * h.budget.count + 4096 + 1
     assert h.sweep(1_000.0) == 3 and h.budget.used == 0 and h.budget.count == 0
+    assert h._active == {}
+
+
+def test_a_small_budget_under_many_channels_keeps_the_recent_ones() -> None:
+    h = History([HistoryRule(None, "**", 100, 60.0)], max_bytes=50_000)
+    for i in range(5_000):
+        h.append("app", f"c{i}", 0.0, b"x" * 100, b'"p"', None)
+    assert h.budget.used <= 50_000
+    kept = sorted(int(k[1][1:]) for k, s in h.streams.items() if s.entries)
+    assert kept == list(range(5_000 - len(kept), 5_000)) and len(kept) > 100

@@ -104,7 +104,8 @@ class ServerConfig:
     a cluster (history is kept in one node's memory)."""
     history_max_bytes: int = 64 * 2**20
     """Memory all channel histories of a node may hold together (payloads plus about 120
-    bytes per message); past it the node's oldest messages go first, whatever the channel."""
+    bytes per message); past it the channels published to least recently lose their oldest
+    messages first."""
 
     # -- cluster (docs/cluster.md) --------------------------------------------------------------
     redis_url: str | None = None

@@ -99,9 +99,12 @@ class Entry:
     data: bytes
     sender_json: bytes
     sender_metadata: bytes | None
+    size: int = 0
+    """What it costs the node's budget (``entry_bytes``)."""
 
 
 def entry_bytes(entry: Entry) -> int:
+    """What an entry costs the node's budget: its payloads and ``ENTRY_OVERHEAD``."""
     md = entry.sender_metadata
     return (len(entry.data) + len(entry.sender_json) + (len(md) if md is not None else 0)
             + ENTRY_OVERHEAD)
@@ -116,7 +119,7 @@ class Budget:
     """Entries kept."""
 
     def drop(self, entry: Entry) -> None:
-        self.used -= entry_bytes(entry)
+        self.used -= entry.size
         self.count -= 1
 
 
@@ -152,10 +155,11 @@ class Stream:
         entries = self.entries
         if len(entries) >= self.size:
             self.budget.drop(entries.popleft())
-        entry = Entry(self.top, now, data, sender_json, sender_metadata)
-        entries.append(entry)
+        size = (len(data) + len(sender_json) + ENTRY_OVERHEAD
+                + (len(sender_metadata) if sender_metadata is not None else 0))
+        entries.append(Entry(self.top, now, data, sender_json, sender_metadata, size))
         budget = self.budget
-        budget.used += entry_bytes(entry)
+        budget.used += size
         budget.count += 1
         return self.top
 
@@ -206,12 +210,12 @@ class History:
                  max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.rules = rules
         self.max_bytes = max_bytes
-        """Past it, the oldest entries of the whole node go first, whatever their channel:
+        """Past it, the channels published to least recently lose their oldest entries first:
         publishers of many channels cannot grow the node's memory without bound (their
         subscribers then get ``recovered: false``, as after an overflow)."""
         self.budget = Budget()
-        self._order: deque[tuple[Stream, Entry]] = deque()
-        """Every appended entry, oldest first (some already gone: skipped when reached)."""
+        self._active: dict[tuple[str, str], Stream] = {}
+        """Streams by last publication, least recent first (the eviction order)."""
         self._new_epoch = new_epoch
         self._rule_cache: dict[tuple[str, str], HistoryRule | None] = {}
         self.streams: dict[tuple[str, str], Stream] = {}
@@ -243,6 +247,7 @@ class History:
             if stream.touched + stream.ttl < now and not stream.entries:
                 # Forgotten (as ``sweep`` would have): a new epoch, offsets from 1 again.
                 del self.streams[key]
+                self._active.pop(key, None)
             else:
                 return stream
         if not create:
@@ -270,28 +275,25 @@ class History:
         if entries and entries[0].time <= now - stream.ttl:
             stream.trim(now)
         stream.append(now, data, sender_json, sender_metadata)
-        order = self._order
-        order.append((stream, entries[-1]))
+        active = self._active
+        key = (app_id, channel)
+        active.pop(key, None)
+        active[key] = stream
         if self.budget.used > self.max_bytes:
             self._evict()
-        elif len(order) > 2 * self.budget.count + 4096:
-            self._compact()  # linear, but only after as many appends as there are entries
         return stream
 
     def _evict(self) -> None:
-        """Drop the node's oldest entries until the budget holds again."""
-        order = self._order
-        while self.budget.used > self.max_bytes and order:
-            stream, entry = order.popleft()
-            if stream.entries and stream.entries[0] is entry:
+        """Drop entries until the budget holds again: the oldest of the channel published to
+        least recently first."""
+        active = self._active
+        while self.budget.used > self.max_bytes and active:
+            key = next(iter(active))
+            stream = active[key]
+            if stream.entries:
                 stream.drop_oldest()
-
-    def _compact(self) -> None:
-        """Forget order slots of entries that already left (overflow, TTL, forgotten)."""
-        # Offsets of a stream are contiguous: an entry at or after the oldest kept one is
-        # still kept. A forgotten stream is always empty, so its slots go too.
-        self._order = deque((stream, entry) for stream, entry in self._order
-                            if stream.entries and stream.entries[0].offset <= entry.offset)
+            if not stream.entries:
+                del active[key]
 
     def sweep(self, now: float) -> int:
         """Trim expired entries and forget streams idle for their ``ttl`` with nothing kept;
@@ -303,4 +305,5 @@ class History:
                 gone.append(key)
         for key in gone:
             del self.streams[key]
+            self._active.pop(key, None)
         return len(gone)
