@@ -202,3 +202,27 @@ def test_positions_bookkeeping() -> None:
     assert p.get("c") is None
     assert p.subscribed("c", Ack("r", Position("h", 0), True), None) is None
     assert p.get("c") == Position("h", 0)
+
+
+async def test_a_server_restart_loses_history_and_says_so(tmp_path: Path) -> None:
+    """History is kept in memory: after a restart the epoch is new, so the client gets
+    recovered False (and from then on the new epoch's positions)."""
+    srv = await start_node(tmp_path, history=RULES)
+    port = srv.node.port
+    c = SignallingClient(url=srv.url, token_provider=lambda: srv.token("bob"), reconnect=FAST)
+    rec = Recorder(c)
+    try:
+        async with c:
+            await c.subscribe("chat/r")
+            await publish(srv, "chat/r", range(2))
+            first = await rec.wait("message", lambda e: e.data == 1)
+            await srv.stop()
+            srv = await start_node(tmp_path, port=port, history=RULES)
+            event = await rec.wait("resubscribed", timeout=10)
+            assert event.recovered is False, event
+            assert event.position is not None and event.position.epoch != first.position.epoch
+            await publish(srv, "chat/r", range(2, 3))
+            live = await rec.wait("message", lambda e: e.data == 2)
+            assert live.position == Position(event.position.epoch, 1)
+    finally:
+        await srv.stop()
