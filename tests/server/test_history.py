@@ -256,3 +256,23 @@ def test_history_is_refused_in_a_cluster_and_bad_rules_at_start() -> None:
         ServerConfig(history=RULES, redis_url="redis://127.0.0.1:6379/9").validate()
     with pytest.raises(ValueError, match="history rule 1"):
         ServerConfig(history=[{"size": 0, "ttl": 1}]).validate()
+
+
+async def test_a_gap_too_large_for_the_socket_is_not_replayed(hsrv: RunningServer) -> None:
+    """Half the outbound bound (512 KiB): 150 messages of 4 KB are over it, 100 are not."""
+    pub = await conn(hsrv.key_url())
+    sub = await conn(hsrv.key_url())
+    ack, _ = await opt_in(sub, "chat/big", history=True)
+    epoch = ack["history"]["epoch"]
+    await sub.ws.close()
+    blob = "x" * 4000
+    for _ in range(150):
+        await pub.ok({"type": "publish", "channel": "chat/big", "data": blob})
+    back = await conn(hsrv.key_url())
+    ack, _ = await opt_in(back, "chat/big", recover={"epoch": epoch, "offset": 0})
+    assert ack["recovered"] is False, ack
+    ack, _ = await opt_in(back, "chat/big", recover={"epoch": epoch, "offset": 50})
+    assert ack["recovered"] is True, ack
+    got = await back.frames_until(lambda fs: len(fs) >= 100, what="100 replayed messages")
+    assert [f["offset"] for f in got] == list(range(51, 151))
+    await back.alive()

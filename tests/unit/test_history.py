@@ -211,3 +211,13 @@ def test_a_small_budget_under_many_channels_keeps_the_recent_ones() -> None:
     assert h.budget.used <= 50_000
     kept = sorted(int(k[1][1:]) for k, s in h.streams.items() if s.entries)
     assert kept == list(range(5_000 - len(kept), 5_000)) and len(kept) > 100
+
+
+def test_a_replay_heavier_than_the_bound_is_refused() -> None:
+    h = _history(size=10)
+    _publish(h, 4)
+    stream = h.stream("app", "chat/a", 0.0)
+    assert stream is not None
+    weight = sum(e.size for e in stream.after(1))
+    assert decide(stream, Position("e1", 1), 0.0, max_bytes=weight).recovered is True
+    assert decide(stream, Position("e1", 1), 0.0, max_bytes=weight - 1) == (False, [])

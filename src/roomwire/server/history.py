@@ -188,15 +188,22 @@ class Recovery(NamedTuple):
     replay: list[Entry]
 
 
-def decide(stream: Stream, client: Position, now: float) -> Recovery:
+def decide(stream: Stream, client: Position, now: float, max_bytes: int | None = None
+           ) -> Recovery:
     """What a resubscribe from ``client`` gets: every missed entry when all are still kept
-    in the same epoch, else ``recovered`` False and nothing (the app resyncs)."""
+    in the same epoch (and, with ``max_bytes``, weigh no more than that together), else
+    ``recovered`` False and nothing (the app resyncs). The byte bound keeps a replay inside
+    the socket's outbound queue: a larger one would close the socket as a slow consumer, and
+    the client would come back for the same replay."""
     stream.trim(now)
     if client.epoch != stream.epoch or client.offset > stream.top:
         return Recovery(False, [])
     if not stream.complete_after(client.offset):
         return Recovery(False, [])
-    return Recovery(True, stream.after(client.offset))
+    replay = stream.after(client.offset)
+    if max_bytes is not None and sum(e.size for e in replay) > max_bytes:
+        return Recovery(False, [])
+    return Recovery(True, replay)
 
 
 def _new_epoch() -> str:

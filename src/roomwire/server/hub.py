@@ -147,6 +147,8 @@ class Hub:
         self.history: History | None = None
         """Channel history (roomwire's extension); None: no channel keeps any."""
         self.clock: Callable[[], float] = time.time
+        self.replay_max_bytes: int | None = None
+        """A recovery that would replay more than this is refused (``recovered`` false)."""
         self.last_stream: Stream | None = None
         """The history stream the latest ``publish`` was recorded in (None: not recorded);
         the session reads it right after publishing, to put the position in its ack."""
@@ -559,7 +561,7 @@ class Hub:
         room.positioned[link] = None
         if recover is None:
             return stream.position, None, []
-        recovered, replay = decide(stream, recover, now)
+        recovered, replay = decide(stream, recover, now, self.replay_max_bytes)
         metadata = link in room.with_meta
         out = [self._replay_frame(room, entry, stream, metadata) for entry in replay]
         return stream.position, recovered, out

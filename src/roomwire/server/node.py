@@ -59,6 +59,8 @@ class Node:
                 raise ValueError("history is not available in a cluster yet (docs/cluster.md)")
             self.hub.history = History(parse_rules(config.history),
                                        max_bytes=config.history_max_bytes)
+            # Half the outbound bound: the replay and what follows it must fit.
+            self.hub.replay_max_bytes = config.outbound_queue_bytes // 2
         self.broker.health_listener = self._backplane_health
         self.ice = IceProvider(config.ice_servers, config.turn_urls, config.turn_secret,
                                config.turn_ttl)

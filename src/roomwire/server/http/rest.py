@@ -330,7 +330,11 @@ class RestApi:
         if reverse in ("true", "1"):
             entries = entries[::-1]
         messages = []
+        weight = 0
         for entry in entries[:limit]:
+            weight += entry.size
+            if messages and weight > MAX_HISTORY_PAGE_BYTES:
+                break  # the caller goes on with since = the last offset it got
             item: dict[str, Any] = {"offset": entry.offset, "from": msgspec.json.decode(
                 entry.sender_json), "data": msgspec.Raw(entry.data)}
             if entry.sender_metadata is not None:
@@ -398,6 +402,8 @@ class RestApi:
 
 
 MAX_HISTORY_LIMIT = 1000
+MAX_HISTORY_PAGE_BYTES = 4 * 2**20
+"""A history answer stops after about this much (one message at least)."""
 
 
 def _int_param(raw: str | None, name: str, low: int, high: int, default: int) -> int:
