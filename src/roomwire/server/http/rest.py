@@ -329,7 +329,7 @@ class RestApi:
         entries = stream.after(since)
         if reverse in ("true", "1"):
             entries = entries[::-1]
-        messages = []
+        messages: list[dict[str, Any]] = []
         weight = 0
         for entry in entries[:limit]:
             weight += entry.size
