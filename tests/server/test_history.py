@@ -276,3 +276,21 @@ async def test_a_gap_too_large_for_the_socket_is_not_replayed(hsrv: RunningServe
     got = await back.frames_until(lambda fs: len(fs) >= 100, what="100 replayed messages")
     assert [f["offset"] for f in got] == list(range(51, 151))
     await back.alive()
+
+
+async def test_a_server_without_history_answers_the_extension_honestly(
+        server: RunningServer) -> None:
+    """The default server (in the cluster pass, a cluster, where history is not available):
+    an opted-in subscribe gets ``history: null``, a recover ``recovered: false``, and the
+    messages carry no position. The subscribe still acks, then the snapshot."""
+    c = await conn(server.key_url())
+    pub = await conn(server.key_url())
+    ack, snap = await opt_in(c, "chat/none", history=True)
+    assert ack == {"type": "ack", "requestId": ack["requestId"], "history": None}
+    assert snap["joined"] == []
+    ack, _ = await opt_in(c, "chat/none", recover={"epoch": "e", "offset": 3})
+    assert ack == {"type": "ack", "requestId": ack["requestId"], "history": None,
+                   "recovered": False}
+    await pub.ok({"type": "publish", "channel": "chat/none", "data": 1})
+    assert await c.recv(5) == {"type": "message", "channel": "chat/none", "from": pub.peer_id,
+                               "data": 1}
