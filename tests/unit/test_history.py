@@ -221,3 +221,23 @@ def test_a_replay_heavier_than_the_bound_is_refused() -> None:
     weight = sum(e.size for e in stream.after(1))
     assert decide(stream, Position("e1", 1), 0.0, max_bytes=weight).recovered is True
     assert decide(stream, Position("e1", 1), 0.0, max_bytes=weight - 1) == (False, [])
+
+
+def test_the_history_setting_from_a_toml_file_and_the_environment(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from roomwire.server.config_sources import load_config
+
+    assert isinstance(tmp_path, Path)
+    toml = tmp_path / "roomwire.toml"
+    toml.write_text('[[history]]\napp = "app_1"\nchannels = "chat/**"\nsize = 100\nttl = 300\n'
+                    '\n[[history]]\nsize = 10\nttl = 60\n')
+    cfg = load_config(toml, env={})
+    assert parse_rules(cfg.history) == [HistoryRule("app_1", "chat/**", 100, 300.0),
+                                        HistoryRule(None, "**", 10, 60.0)]
+    cfg = load_config(None, env={"ROOMWIRE_HISTORY": '[{"channels": "a/*", "size": 5, '
+                                                     '"ttl": 9}]'})
+    assert parse_rules(cfg.history) == [HistoryRule(None, "a/*", 5, 9.0)]
+    toml.write_text("[[history]]\nsize = 100\n")
+    with pytest.raises(ValueError, match="history rule 1: 'ttl'"):
+        load_config(toml, env={})
