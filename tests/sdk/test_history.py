@@ -4,11 +4,13 @@ after any reconnect, reports ``recovered``, and can be told not to."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.server import ServerConnection
 
 from conftest import RunningServer, start_node
 from roomwire.client import SignallingClient
@@ -16,7 +18,7 @@ from roomwire.client.signalling.transport import WebSocketConnection, websockets
 from roomwire.protocol import CloseCode
 from roomwire.protocol.history import Position
 
-from .conftest import FAST, Recorder
+from .conftest import FAST, Recorder, welcome
 
 RULES = [{"channels": "small/**", "size": 5, "ttl": 60},
          {"channels": "chat/**", "size": 200, "ttl": 60}]
@@ -226,3 +228,39 @@ async def test_a_server_restart_loses_history_and_says_so(tmp_path: Path) -> Non
             assert live.position == Position(event.position.epoch, 1)
     finally:
         await srv.stop()
+
+
+async def test_against_a_server_without_the_extension(fake_server: Any) -> None:
+    """A server that acks plainly (Metered's, which ignores extra fields): the client asks
+    with ``history: true``, never sends ``recover`` (it was given no position), and reports
+    ``recovered=None``."""
+    subscribes: list[dict[str, Any]] = []
+
+    def behaviour(close_after_subscribe: bool) -> Any:
+        async def run(ws: ServerConnection) -> None:
+            await ws.send(welcome("bob"))
+            async for raw in ws:
+                frame = json.loads(raw)
+                if frame.get("type") == "ping":
+                    await ws.send('{"type":"pong"}')
+                    continue
+                await ws.send(json.dumps({"type": "ack", "requestId": frame["requestId"]}))
+                if frame["type"] == "subscribe":
+                    subscribes.append(frame)
+                    await ws.send(json.dumps({"type": "presence", "channel": frame["channel"],
+                                              "joined": [], "left": []}))
+                    await ws.send(json.dumps({"type": "message", "channel": frame["channel"],
+                                              "from": "x", "data": 1}))
+                    if close_after_subscribe:
+                        await ws.close(1011, "bye")
+        return run
+
+    srv = await fake_server(behaviour(True), behaviour(False))
+    c = SignallingClient(url=srv.url, api_key="pk_test", reconnect=FAST)
+    rec = Recorder(c)
+    async with c:
+        await c.subscribe("chat/a")
+        event = await rec.wait("resubscribed")
+        assert event.recovered is None and event.position is None, event
+    assert [(f.get("history"), "recover" in f) for f in subscribes] == [(True, False)] * 2
+    assert all(e.position is None for e in rec.of("message"))
