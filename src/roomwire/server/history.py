@@ -229,11 +229,13 @@ class History:
 
     def rule(self, app_id: str, channel: str) -> HistoryRule | None:
         """The first rule covering (app, channel), cached: publishes repeat the same few."""
-        key = (app_id, channel)
-        try:
-            return self._rule_cache[key]
-        except KeyError:
-            pass
+        return self._rule_for((app_id, channel))
+
+    def _rule_for(self, key: tuple[str, str]) -> HistoryRule | None:
+        cache = self._rule_cache
+        if key in cache:
+            return cache[key]
+        app_id, channel = key
         found = None
         for rule in self.rules:
             if (rule.app is None or rule.app == app_id) and matches(rule.channels, channel):
@@ -272,9 +274,10 @@ class History:
                sender_metadata: bytes | None) -> Stream | None:
         """Record a publication; the stream (its ``top`` is the new offset), or None when the
         channel keeps no history."""
-        stream = self.streams.get((app_id, channel))
+        key = (app_id, channel)
+        stream = self.streams.get(key)
         if stream is None or (not stream.entries and stream.touched + stream.ttl < now):
-            if self.rule(app_id, channel) is None:
+            if self._rule_for(key) is None:
                 return None
             stream = self.stream(app_id, channel, now)
             assert stream is not None
@@ -283,7 +286,6 @@ class History:
             stream.trim(now)
         stream.append(now, data, sender_json, sender_metadata)
         active = self._active
-        key = (app_id, channel)
         active.pop(key, None)
         active[key] = stream
         if self.budget.used > self.max_bytes:
