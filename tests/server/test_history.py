@@ -137,7 +137,8 @@ async def test_ttl_and_a_changed_epoch_give_recovered_false(hsrv: RunningServer)
     skew = 61.0  # the rule's ttl is 60 s: every missed message has expired
     back = await conn(hsrv.key_url())
     ack, _ = await opt_in(back, "chat/ttl", recover={"epoch": epoch, "offset": 0})
-    assert ack["recovered"] is False and ack["history"]["epoch"] == epoch, ack
+    # (The node's sweep may also have forgotten the idle channel meanwhile: a new epoch.)
+    assert ack["recovered"] is False and ack["history"]["offset"] in (0, 3), ack
     ack, _ = await opt_in(back, "chat/ttl", recover={"epoch": "not-it", "offset": 3})
     assert ack["recovered"] is False, ack
     await back.expect_silence(0.3)
