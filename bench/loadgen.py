@@ -285,12 +285,18 @@ async def connect_many(
     return [r for r in results if isinstance(r, Conn)]
 
 
+#: Extra subscribe fields as a JSON object (``{"history": true}`` measures roomwire's history
+#: extension with every subscriber opted in); the official clients send none.
+SUBSCRIBE_EXTRA: dict[str, Any] = json.loads(os.environ.get("LOADGEN_SUBSCRIBE_EXTRA") or "{}")
+
+
 async def subscribe_all(conns: list[Conn], channel: str, concurrency: int) -> None:
     sem = asyncio.Semaphore(concurrency)
 
     async def one(i: int, conn: Conn) -> None:
         async with sem:
-            await conn.request({"type": "subscribe", "channel": channel, "requestId": f"s{i}"})
+            await conn.request({**SUBSCRIBE_EXTRA, "type": "subscribe", "channel": channel,
+                                "requestId": f"s{i}"})
 
     results = await asyncio.gather(
         *(one(i, c) for i, c in enumerate(conns)), return_exceptions=True

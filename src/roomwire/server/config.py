@@ -103,6 +103,15 @@ class ServerConfig:
     rest_rate_limit: float = 50.0
     """REST requests per second per secret key (and per IP for failed auth); 0 disables."""
     rest_rate_burst: int = 100
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """Channel history for roomwire's recovery extension (docs/protocol.md, "roomwire
+    extension: history and recovery"): rules ``{app?, channels?, size, ttl}``, the first
+    matching (app, channel) wins; empty (the default): no channel keeps history. Refused in
+    a cluster (history is kept in one node's memory)."""
+    history_max_bytes: int = 64 * 2**20
+    """Memory all channel histories of a node may hold together (payloads plus about 120
+    bytes per message); past it the channels published to least recently lose their oldest
+    messages first."""
 
     # -- cluster (docs/cluster.md) --------------------------------------------------------------
     redis_url: str | None = None
@@ -202,6 +211,17 @@ class ServerConfig:
         check_admin_token(self.admin_token)
         if self.admin_auth_failures < 1 or self.admin_auth_window <= 0:
             raise ValueError("admin_auth_failures must be >= 1 and admin_auth_window positive")
+        if self.history:
+            from .history import parse_rules
+
+            parse_rules(self.history)
+            if self.history_max_bytes < 2**20:
+                raise ValueError("history_max_bytes must be at least 1048576 (1 MiB)")
+            if self.redis_url:
+                raise ValueError(
+                    "history is not available in a cluster yet: it is kept in one node's "
+                    "memory, so a client coming back to another node could not recover; "
+                    "remove the history setting or redis_url")
         if self.demo not in DEMO_MODES:
             raise ValueError(f"demo must be one of auto, on, off, not {self.demo!r}")
 

@@ -23,6 +23,7 @@ from .config import ServerConfig, check_admin_token
 from .drain import PRESENCE_LINGER, close_batches
 from .gateway.front import ConnectionCaps, FrontProtocol
 from .gateway.websocket import Outbox, WsSession, ws_text_frame
+from .history import History, parse_rules
 from .http.admin import add_routes as mount_admin_api
 from .http.app import build_http_app
 from .http.demo import DemoContext
@@ -37,6 +38,8 @@ from .store.usage import flush as flush_usage_rows
 from .store.usage import restore as restore_usage
 
 log = logging.getLogger("roomwire.node")
+#: Seconds between sweeps of idle channel histories (a forgotten one costs memory only).
+HISTORY_SWEEP_INTERVAL = 5.0
 
 
 class Node:
@@ -52,6 +55,13 @@ class Node:
         self.usage = UsageMeter()
         self.broker: Broker = broker or _broker_for(config, self.usage)
         self.hub = Hub(ws_text_frame, self.broker, self.metrics)
+        if config.history:
+            if self.broker.clustered:
+                raise ValueError("history is not available in a cluster yet (docs/cluster.md)")
+            self.hub.history = History(parse_rules(config.history),
+                                       max_bytes=config.history_max_bytes)
+            # Half the outbound bound: the replay and what follows it must fit.
+            self.hub.replay_max_bytes = config.outbound_queue_bytes // 2
         self.broker.health_listener = self._backplane_health
         self.ice = IceProvider(config.ice_servers, config.turn_urls, config.turn_secret,
                                config.turn_ttl)
@@ -113,6 +123,8 @@ class Node:
         self._tasks.append(self.loop.create_task(self._keepalive()))
         self._tasks.append(self.loop.create_task(self._watch_store()))
         self._tasks.append(self.loop.create_task(self._flush_usage_loop()))
+        if self.hub.history is not None:
+            self._tasks.append(self.loop.create_task(self._sweep_history()))
 
     # -- auth and admission -------------------------------------------------------------------
 
@@ -159,6 +171,14 @@ class Node:
     def flush_usage(self) -> None:
         if self.store is not None:
             flush_usage_rows(self.usage, self.store)
+
+    async def _sweep_history(self) -> None:
+        """Forget idle channel histories (their memory); expired entries go on publish too."""
+        history = self.hub.history
+        assert history is not None
+        while True:
+            await asyncio.sleep(HISTORY_SWEEP_INTERVAL)
+            history.sweep(self.hub.clock())
 
     async def _flush_usage_loop(self) -> None:
         while True:
