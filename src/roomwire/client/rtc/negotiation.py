@@ -89,8 +89,10 @@ from .perfect_negotiation import (
     first_offer_wait,
     impolite_wait,
     is_polite,
+    local_track_may_use,
     needs_offer,
     outbound_still_current,
+    transceiver_direction,
 )
 from .remote_events import (
     MediaStream,
@@ -379,7 +381,11 @@ class _Generation:
     state_changed: asyncio.Event = field(default_factory=asyncio.Event)
     budget: CandidateBudget = field(default_factory=CandidateBudget)
     pending_candidates: list[IceCandidateInit] = field(default_factory=list)
-    used_for_send: set[RTCRtpTransceiver] = field(default_factory=set)
+    own: set[RTCRtpTransceiver] = field(default_factory=set)
+    """Transceivers we created (each for one local track); the others the remote's offers
+    created, and we only receive on those."""
+    silenced: set[RTCRtpTransceiver] = field(default_factory=set)
+    """Ours whose track ``replace_track(old, None)`` forgot: still sending (silence)."""
     remote: dict[RTCRtpTransceiver, _RemoteTrack] = field(default_factory=dict)
     pumps: dict[RTCRtpTransceiver, asyncio.Task[None]] = field(default_factory=dict)
     streams: dict[str, set[_RemoteTrack]] = field(default_factory=dict)
@@ -694,6 +700,7 @@ class PeerNegotiator:
         self._remote_description_applied(gen, ufrag)
         await self._flush_pending_candidates(gen)
         gen.remote_offer.set()
+        self._set_directions(gen, sdp)
         answer = await pc.createAnswer()
         mark_unoffered_inactive(pc)
         await pc.setLocalDescription(answer)
@@ -705,7 +712,8 @@ class PeerNegotiator:
         if self._state is PeerState.IDLE:
             self._set_state(PeerState.CONNECTING)
         if self._needs_offer(gen):
-            # Local media that did not fit the remote's offer: one follow-up offer.
+            # Our media goes on m-lines of our own offer, never on the remote's: one
+            # follow-up offer.
             self._request_negotiation(offer_now=True)
 
     async def _handle_answer(self, sdp: str) -> None:
@@ -822,20 +830,48 @@ class PeerNegotiator:
                     await self._make_offer(gen)
 
     def _has_something_to_negotiate(self, gen: _Generation) -> bool:
-        return bool(gen.pc.getTransceivers()) or gen.pc.sctp is not None
+        return (bool(self._local) or bool(gen.pc.getTransceivers())
+                or gen.pc.sctp is not None)
 
     def _needs_offer(self, gen: _Generation) -> bool:
         pc = gen.pc
         sctp = pc.sctp
+        self._set_directions(gen)
         views = (TransceiverView(t.stopped, t.mid, t.direction, t.currentDirection)
                  for t in pc.getTransceivers())
+        unattached = sum(1 for e in self._local.values() if e.transceiver is None)
         return needs_offer(views, has_sctp=sctp is not None,
-                           sctp_mid=sctp.mid if sctp is not None else None)
+                           sctp_mid=sctp.mid if sctp is not None else None,
+                           unattached_tracks=unattached)
+
+    def _set_directions(self, gen: _Generation, remote_offer: str | None = None) -> None:
+        """Give every transceiver the direction of ``transceiver_direction``; what the remote
+        sends is read from ``remote_offer`` (being answered) or its last description."""
+        remote = remote_offer
+        if remote is None and gen.pc.remoteDescription is not None:
+            remote = gen.pc.remoteDescription.sdp
+        info = parse_sdp(remote) if remote is not None else None
+        carrying = {e.transceiver for e in self._local.values()} | gen.silenced
+        for t in gen.pc.getTransceivers():
+            if t.stopped:
+                continue
+            section = info.section(t.mid) if info is not None and t.mid is not None else None
+            t.direction = transceiver_direction(
+                created_by_remote=t not in gen.own,
+                local_sends=t in carrying,
+                remote_sends=section is not None and section.sends)
 
     async def _make_offer(self, gen: _Generation) -> None:
         pc = gen.pc
         self._making_offer = True
         try:
+            # Our tracks get their transceivers now, in our own offer: never earlier, or
+            # a remote offer arriving first would have aiortc put them on the remote's
+            # m-lines.
+            for entry in self._local.values():
+                if entry.transceiver is None:
+                    self._attach(entry)
+            self._set_directions(gen)
             offer = await pc.createOffer()
             negotiated = [d.sdp for d in (pc.remoteDescription, pc.localDescription) if d]
             sdp = pin_extmap_ids(offer.sdp, negotiated) if negotiated else offer.sdp
@@ -961,8 +997,7 @@ class PeerNegotiator:
         for entry in self._local.values():
             retire_proxy(entry.proxy)
             entry.proxy = None
-            entry.transceiver = None
-            self._attach(entry)
+            entry.transceiver = None  # attached again in the next offer
         for channel in old.channels:
             if self._migrate_channel(channel, old.pc, new.pc):
                 new.channels.append(channel)
@@ -1077,8 +1112,7 @@ class PeerNegotiator:
                             dict(metadata) if metadata is not None else None)
         self._local[track] = entry
         self._send_metadata(entry)
-        self._attach(entry)
-        self._request_negotiation()
+        self._request_negotiation()  # the next offer attaches it
 
     def _send_metadata(self, entry: _LocalTrack) -> None:
         if entry.metadata is not None:
@@ -1090,32 +1124,22 @@ class PeerNegotiator:
         for entry in self._local.values():
             self._send_metadata(entry)
 
-    def _reusable_transceiver(self, gen: _Generation, kind: str) -> RTCRtpTransceiver | None:
-        # Like a browser's addTrack: reuse a transceiver the remote opened that never sent.
-        for t in gen.pc.getTransceivers():
-            if (
-                t.kind == kind
-                and not t.stopped
-                and t.sender.track is None
-                and t not in gen.used_for_send
-                and t.mid is not None
-            ):
-                return t
-        return None
-
     def _attach(self, entry: _LocalTrack) -> None:
+        """Put a local track on a transceiver (caller: ``_make_offer``, under the op lock)."""
         gen = self._gen
         proxy = self._relay.subscribe(entry.source, buffered=False)
-        transceiver = self._reusable_transceiver(gen, entry.kind)
+        transceiver = next((
+            t for t in gen.pc.getTransceivers()
+            if t.kind == entry.kind and t.sender.track is None
+            and local_track_may_use(created_by_remote=t not in gen.own,
+                                    has_carried_a_track=t in gen.own, stopped=t.stopped)
+        ), None)
         if transceiver is not None:
             transceiver.sender.replaceTrack(proxy)
-            transceiver.direction = (
-                "sendrecv" if transceiver.direction in ("recvonly", "sendrecv") else "sendonly"
-            )
         else:
-            transceiver = gen.pc.addTransceiver(proxy, direction="sendrecv")
+            transceiver = gen.pc.addTransceiver(proxy, direction="sendonly")
+            gen.own.add(transceiver)
         self._label_sender(transceiver, entry)
-        gen.used_for_send.add(transceiver)
         entry.transceiver = transceiver
         entry.proxy = proxy
 
@@ -1135,9 +1159,7 @@ class PeerNegotiator:
             self._enqueue(build_track_meta_clear(entry.wire_id))
         transceiver = entry.transceiver
         if transceiver is not None:
-            transceiver.sender.replaceTrack(None)
-            current = transceiver.currentDirection
-            transceiver.direction = "inactive" if current == "sendonly" else "recvonly"
+            transceiver.sender.replaceTrack(None)  # the direction follows at the next offer
         retire_proxy(entry.proxy)
         entry.proxy = None
         self._request_negotiation()
@@ -1168,6 +1190,7 @@ class PeerNegotiator:
             if transceiver is not None:
                 transceiver.sender.replaceTrack(None)
                 self._label_sender(transceiver, entry)
+                self._gen.silenced.add(transceiver)
             retire_proxy(entry.proxy)
             entry.proxy = None
             return
