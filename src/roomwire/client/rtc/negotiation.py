@@ -873,8 +873,9 @@ class PeerNegotiator:
                     self._attach(entry)
             self._set_directions(gen)
             offer = await pc.createOffer()
+            # Negotiated ids stay; new ones are a browser's own (sdp.BROWSER_EXTMAP_IDS).
             negotiated = [d.sdp for d in (pc.remoteDescription, pc.localDescription) if d]
-            sdp = pin_extmap_ids(offer.sdp, negotiated) if negotiated else offer.sdp
+            sdp = pin_extmap_ids(offer.sdp, negotiated)
             await pc.setLocalDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             if self._closed or gen is not self._gen:
                 return
@@ -985,8 +986,11 @@ class PeerNegotiator:
     # -- rebuild -------------------------------------------------------------------------------
 
     async def _rebuild(self, reason: str, *, negotiate: bool = True,
-                       offer_now: bool = False) -> None:
-        """Swap in a fresh peer connection (caller holds the op lock)."""
+                       offer_now: bool = False, announce: bool = True) -> None:
+        """Swap in a fresh peer connection (caller holds the op lock). ``announce``: re-send
+        every local track's metadata first, ahead of the new connection's descriptions: the
+        remote may have lost it (a browser app whose SDK saw us leave and come back keeps
+        no metadata of ours, and looks a label up when the track arrives)."""
         old = self._gen
         self._cancel_answer_timer(old)
         new = _Generation(old.number + 1, self._new_pc())
@@ -998,6 +1002,8 @@ class PeerNegotiator:
             retire_proxy(entry.proxy)
             entry.proxy = None
             entry.transceiver = None  # attached again in the next offer
+        if announce:
+            self.announce_metadata()
         for channel in old.channels:
             if self._migrate_channel(channel, old.pc, new.pc):
                 new.channels.append(channel)
@@ -1063,9 +1069,7 @@ class PeerNegotiator:
         async with self._op_lock:
             if self._closed:
                 return
-            if resend_metadata:
-                self.announce_metadata()
-            await self._rebuild("reset", offer_now=bool(offer_now))
+            await self._rebuild("reset", offer_now=bool(offer_now), announce=resend_metadata)
             self.resume_signals()  # held signals of the old connection are dropped
 
     def hold_reconnecting(self) -> None:
