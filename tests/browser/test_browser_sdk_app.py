@@ -43,8 +43,8 @@ def test_sdk_events_carry_the_python_peers_labels(scenario_once: Any, first: str
         assert got["audio"] and got["video"] and got["stream-added"], (when, r[when])
         assert all(m == PY_CAM for ms in got.values() for m in ms), (when, r[when])
     # No negotiation error in the page; the user sees moving video, before and after.
-    assert not [e for e in r["appEvents"] if e["ev"] in ("negotiation-error", "error")], \
-        r["appEvents"]
+    errors = [e for e in r["appEvents"] if e["ev"] in ("negotiation-error", "error")]
+    assert not errors, (errors, r["appEvents"])
     assert r["framesB"] > 0 and r["framesAgain"] > 0
 
 

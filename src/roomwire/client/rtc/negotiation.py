@@ -72,6 +72,7 @@ from .aiortc_compat import (
     repoint_proxy,
     reset_encoder,
     retire_proxy,
+    set_header_extension_ids,
     set_track_id,
 )
 from .loopback import make_configuration
@@ -105,7 +106,14 @@ from .remote_events import (
     RemoteTrackMetadataEvent,
     TrackEvent,
 )
-from .sdp import NO_STREAM, ice_ufrag, parse_sdp, pin_extmap_ids, reject_answer_mlines
+from .sdp import (
+    NO_STREAM,
+    ice_ufrag,
+    negotiated_extmap_ids,
+    parse_sdp,
+    pin_extmap_ids,
+    reject_answer_mlines,
+)
 from .signals import (
     CandidateBudget,
     DescriptionSignal,
@@ -824,6 +832,12 @@ class PeerNegotiator:
                     continue
                 if gen.pc.signalingState != "stable":
                     return  # an exchange is in flight; its answer re-runs the loop
+                if self._held:
+                    # Signalling is down: no offer now. One made now would go out the moment
+                    # the link is back, right when a browser that saw us leave and come back
+                    # makes its own: a collision its SDK reports as an error. resync_state()
+                    # runs this loop again, with the usual wait for the remote's offer.
+                    return
                 self._dirty = False
                 self._force_offer = False
                 if self._needs_offer(gen):
@@ -876,6 +890,7 @@ class PeerNegotiator:
             # Negotiated ids stay; new ones are a browser's own (sdp.BROWSER_EXTMAP_IDS).
             negotiated = [d.sdp for d in (pc.remoteDescription, pc.localDescription) if d]
             sdp = pin_extmap_ids(offer.sdp, negotiated)
+            set_header_extension_ids(pc, negotiated_extmap_ids([sdp]))
             await pc.setLocalDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             if self._closed or gen is not self._gen:
                 return
@@ -1088,6 +1103,8 @@ class PeerNegotiator:
         self.resume_signals()
         if self._gen.pc.connectionState == "connected":
             self._set_state(PeerState.CONNECTED)
+        if self._dirty:
+            self._request_negotiation()
 
     # -- local media ---------------------------------------------------------------------------
 
