@@ -113,6 +113,7 @@ from .sdp import (
     parse_sdp,
     pin_extmap_ids,
     reject_answer_mlines,
+    reject_mlines,
 )
 from .signals import (
     CandidateBudget,
@@ -392,6 +393,8 @@ class _Generation:
     own: set[RTCRtpTransceiver] = field(default_factory=set)
     """Transceivers we created (each for one local track); the others the remote's offers
     created, and we only receive on those."""
+    rejected_mids: set[str] = field(default_factory=set)
+    """m-lines the remote rejected (port 0): dead for good, rejected in our offers too."""
     silenced: set[RTCRtpTransceiver] = field(default_factory=set)
     """Ours whose track ``replace_track(old, None)`` forgot: still sending (silence)."""
     remote: dict[RTCRtpTransceiver, _RemoteTrack] = field(default_factory=dict)
@@ -708,6 +711,7 @@ class PeerNegotiator:
         self._remote_description_applied(gen, ufrag)
         await self._flush_pending_candidates(gen)
         gen.remote_offer.set()
+        self._forget_rejected(gen, sdp)
         self._set_directions(gen, sdp)
         answer = await pc.createAnswer()
         mark_unoffered_inactive(pc)
@@ -858,6 +862,24 @@ class PeerNegotiator:
                            sctp_mid=sctp.mid if sctp is not None else None,
                            unattached_tracks=unattached)
 
+    def _forget_rejected(self, gen: _Generation, offer_sdp: str) -> None:
+        """The remote rejected m-lines (a browser's ``transceiver.stop()``; Chromium may have
+        put its own track on one of ours): a local track that was on one moves to a fresh
+        m-line in our next offer."""
+        rejected = {s.mid for s in parse_sdp(offer_sdp).sections
+                    if s.rejected and s.mid is not None}
+        if not rejected - gen.rejected_mids:
+            return
+        gen.rejected_mids |= rejected
+        for entry in self._local.values():
+            t = entry.transceiver
+            if t is not None and t.mid in rejected:
+                t.sender.replaceTrack(None)
+                retire_proxy(entry.proxy)
+                entry.proxy = None
+                entry.transceiver = None
+        gen.silenced = {t for t in gen.silenced if t.mid not in rejected}
+
     def _set_directions(self, gen: _Generation, remote_offer: str | None = None) -> None:
         """Give every transceiver the direction of ``transceiver_direction``; what the remote
         sends is read from ``remote_offer`` (being answered) or its last description."""
@@ -868,6 +890,9 @@ class PeerNegotiator:
         carrying = {e.transceiver for e in self._local.values()} | gen.silenced
         for t in gen.pc.getTransceivers():
             if t.stopped:
+                continue
+            if t.mid is not None and t.mid in gen.rejected_mids:
+                t.direction = "inactive"
                 continue
             section = info.section(t.mid) if info is not None and t.mid is not None else None
             t.direction = transceiver_direction(
@@ -889,12 +914,14 @@ class PeerNegotiator:
             offer = await pc.createOffer()
             # Negotiated ids stay; new ones are a browser's own (sdp.BROWSER_EXTMAP_IDS).
             negotiated = [d.sdp for d in (pc.remoteDescription, pc.localDescription) if d]
-            sdp = pin_extmap_ids(offer.sdp, negotiated)
+            sdp = reject_mlines(pin_extmap_ids(offer.sdp, negotiated), gen.rejected_mids)
             set_header_extension_ids(pc, negotiated_extmap_ids([sdp]))
             await pc.setLocalDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             if self._closed or gen is not self._gen:
                 return
-            self._enqueue(build_description("offer", pc.localDescription.sdp),
+            # aiortc rewrites ports when it adds candidates: reject again what must stay so.
+            sent = reject_mlines(pc.localDescription.sdp, gen.rejected_mids)
+            self._enqueue(build_description("offer", sent),
                           generation=gen.number)
             self._enqueue(build_end_of_candidates(), generation=gen.number)
             gen.offers_sent += 1

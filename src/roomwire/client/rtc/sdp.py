@@ -30,6 +30,7 @@ __all__ = [
     "parse_sdp",
     "pin_extmap_ids",
     "reject_answer_mlines",
+    "reject_mlines",
     "sending_mids",
     "track_ids_by_mid",
 ]
@@ -237,6 +238,20 @@ def sending_mids(sdp: str) -> set[str]:
     }
 
 
+def reject_mlines(sdp: str, mids: Iterable[str]) -> str:
+    """The description with the m-lines of ``mids`` rejected: port 0, out of BUNDLE (a group
+    left empty is dropped). For our offers after the remote rejected an m-line: aiortc would
+    offer it again as a live one, and a mid once rejected must stay so."""
+    gone = set(mids)
+    if not gone:
+        return sdp
+    info = parse_sdp(sdp)
+    indexes = {sec.index for sec in info.sections if sec.mid in gone}
+    if not indexes:
+        return sdp
+    return _reject(sdp, indexes, gone)
+
+
 def reject_answer_mlines(answer_sdp: str, offer_sdp: str) -> str:
     """The answer with every m-line the offer rejected (port 0) rejected too: port 0 on the
     m-line, and its mid taken out of ``a=group:BUNDLE`` (a group left empty is dropped).
@@ -249,7 +264,11 @@ def reject_answer_mlines(answer_sdp: str, offer_sdp: str) -> str:
     if not rejected_idx:
         return answer_sdp
     rejected_mids = {s.mid for s in offer.sections if s.rejected and s.mid is not None}
-    lines, eol = _lines(answer_sdp)
+    return _reject(answer_sdp, rejected_idx, rejected_mids)
+
+
+def _reject(sdp: str, rejected_idx: set[int], rejected_mids: set[str]) -> str:
+    lines, eol = _lines(sdp)
     out: list[str] = []
     index = -1
     for line in lines:
