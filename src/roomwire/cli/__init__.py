@@ -1,8 +1,8 @@
 """The ``roomwire`` command: run a server and manage its apps, keys and tokens.
 
 ``build_parser`` and ``main`` live here; each command is a module beside this one (``serve``,
-``manage`` for apps, keys and tokens, ``join``). Every management command works on the same
-``--data-dir`` as ``serve`` (a running server picks changes up within a second) and prints
+``manage`` for apps, keys and tokens, ``join``, ``record``). Every management command works on
+the same ``--data-dir`` as ``serve`` (a running server picks changes up within a second) and prints
 JSON with ``--json``.
 """
 
@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .join import add_join_parser
 
     add_join_parser(sub)
+    from .record import add_record_parser
+
+    add_record_parser(sub)
     return parser
 
 
@@ -180,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
             from .join import run_join
 
             return run_join(args)
+        if args.command == "record":
+            from .record import run_record
+
+            return run_record(args)
     except MissingExtraError as exc:
         print(f"roomwire: error: {exc}", file=sys.stderr)
         return 2

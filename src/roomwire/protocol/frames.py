@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from .ice import ICE_SERVERS_TYPE
 from .limits import MAX_ICE_CREDENTIAL_CHARS, MAX_ICE_SERVERS, MAX_ICE_URL_CHARS
 from .validate import channel_problem, peer_id_problem, request_id_problem
 
@@ -24,6 +25,7 @@ __all__ = [
     "Direct",
     "ErrorFrame",
     "GoingAway",
+    "IceServersFrame",
     "Message",
     "Pong",
     "PresenceEntry",
@@ -31,6 +33,7 @@ __all__ = [
     "Request",
     "ServerFrame",
     "Welcome",
+    "build_ice_servers_request",
     "build_ping",
     "build_publish",
     "build_send",
@@ -42,6 +45,7 @@ __all__ = [
     "encode_direct",
     "encode_error",
     "encode_going_away",
+    "encode_ice_servers",
     "encode_json",
     "encode_message",
     "encode_pong",
@@ -112,6 +116,15 @@ def encode_error(code: str, message: str, request_id: str | None = None) -> byte
     frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if request_id is not None:
         frame["requestId"] = request_id
+    return encode_json(frame)
+
+
+def encode_ice_servers(request_id: str | None, servers: list[dict[str, Any]] | None) -> bytes:
+    """The reply to roomwire's ``ice_servers`` extension request (``protocol.ice``)."""
+    frame: dict[str, Any] = {"type": ICE_SERVERS_TYPE}
+    if request_id is not None:
+        frame["requestId"] = request_id
+    frame["iceServers"] = servers
     return encode_json(frame)
 
 
@@ -228,6 +241,11 @@ def build_ping(request_id: str | None = None) -> str:
     return _dumps(_with_request_id({"type": "ping"}, request_id))
 
 
+def build_ice_servers_request(request_id: str) -> str:
+    """roomwire's extension: ask for fresh ICE servers (``protocol.ice``)."""
+    return _dumps(_with_request_id({"type": ICE_SERVERS_TYPE}, request_id))
+
+
 # ---------------------------------------------------------------------------------------------
 # Client side: server frame parser.
 
@@ -291,7 +309,18 @@ class Pong:
     request_id: str | None = None
 
 
-ServerFrame = Welcome | Ack | ErrorFrame | Message | Direct | PresenceFrame | GoingAway | Pong
+@dataclass(frozen=True, slots=True)
+class IceServersFrame:
+    """roomwire's extension reply (``protocol.ice``): ``ice_servers`` is None when the server
+    has none for this connection, or when the list was invalid (dropped all-or-nothing, as a
+    welcome's)."""
+
+    request_id: str
+    ice_servers: list[dict[str, Any]] | None
+
+
+ServerFrame = (Welcome | Ack | ErrorFrame | Message | Direct | PresenceFrame | GoingAway | Pong
+               | IceServersFrame)
 
 
 def _finite(value: Any) -> bool:
@@ -368,6 +397,11 @@ def parse_server_frame(text: str | bytes) -> ServerFrame | None:
     if kind == "pong":
         rid = frame.get("requestId")
         return Pong(rid if isinstance(rid, str) else None)
+    if kind == ICE_SERVERS_TYPE:
+        rid = frame.get("requestId")
+        if not isinstance(rid, str):
+            return None
+        return IceServersFrame(rid, parse_ice_servers({"iceServers": frame.get("iceServers")}))
     if kind == "going_away":
         ms = frame.get("retryAfterMs")
         if isinstance(ms, int | float) and _finite(ms) and ms > 0:

@@ -11,12 +11,14 @@ import asyncio
 import codecs
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
 from ..protocol import Action, CloseCode, ErrorCode, frames
+from ..protocol.ice import ICE_SERVERS_TYPE
 from ..protocol.limits import MAX_REQUEST_ID_CHARS
+from ..protocol.patterns import is_pattern, pattern_problem
 from ..protocol.validate import (
     channel_problem,
     is_reserved_channel,
@@ -112,6 +114,18 @@ class Session(ABC):
             metadata or None,
         )
 
+    def fresh_ice_servers(self) -> list[dict[str, object]] | None:
+        """ICE servers minted now for this connection (the transport's node knows them)."""
+        return None
+
+    def _ice_reply(self) -> Any:
+        """What roomwire's ``ice_servers`` extension answers (docs/protocol.md): the list a
+        welcome would carry now. A JWT's own ``metadata.iceServers`` wins, as in the welcome."""
+        md = self.principal.metadata
+        if md and "iceServers" in md:
+            return md["iceServers"]
+        return self.fresh_ice_servers()
+
     def opened(self, then: Callable[[], None] | None = None) -> None:
         """Register with the hub; ``then`` (the welcome) runs once the node can route to this
         peer: at once on one node, after Redis confirmed the peer's channel in a cluster."""
@@ -152,7 +166,7 @@ class Session(ABC):
         self.receives_presence = principal.can(Action.PRESENCE)
         if self.subscriptions and not principal.can(Action.SUBSCRIBE):
             return False
-        return all(principal.channel_allowed(c) for c in self.subscriptions)
+        return all(principal.subscription_allowed(c) for c in self.subscriptions)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -207,6 +221,9 @@ class Session(ABC):
         elif kind == "unsubscribe":
             self.counters.count_frame("unsubscribe")
             self._unsubscribe(req, rid)
+        elif kind == ICE_SERVERS_TYPE:
+            self.counters.count_frame(ICE_SERVERS_TYPE)
+            self.send(frames.encode_ice_servers(rid, self._ice_reply()))
         elif isinstance(kind, str):
             self.counters.count_frame("unknown")
             self._error(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {kind[:40]!r}", rid)
@@ -242,7 +259,10 @@ class Session(ABC):
         except KeyError:
             pass
         verdict: tuple[str, str] | None
+        pattern = action == Action.SUBSCRIBE and is_pattern(channel)
         problem = channel_problem(channel)
+        if problem is None and pattern:
+            problem = pattern_problem(channel)
         if problem is not None:
             verdict = (ErrorCode.INVALID_CHANNEL, problem)
         elif is_reserved_channel(channel):
@@ -250,7 +270,11 @@ class Session(ABC):
                        "channels starting with _metered/, _internal/ or _system/ are reserved")
         elif not self.principal.can(action):
             verdict = (ErrorCode.ACTION_NOT_PERMITTED, f"this credential may not {action}")
-        elif not self.principal.channel_allowed(channel):
+        elif pattern and not self.principal.pattern_allowed(channel):
+            verdict = (ErrorCode.CHANNEL_NOT_AUTHORIZED,
+                       "this credential's channel patterns do not cover every channel this "
+                       "pattern matches")
+        elif not pattern and not self.principal.channel_allowed(channel):
             verdict = (ErrorCode.CHANNEL_NOT_AUTHORIZED,
                        "this credential's channel patterns do not cover this channel")
         else:
@@ -354,7 +378,9 @@ class Session(ABC):
                         f"a connection may hold at most {limit} subscriptions", rid)
             return
         include = req.includeSenderMetadata is True
-        snapshot = self.services.hub.subscribe(self, channel, include)
+        hub = self.services.hub
+        snapshot = (hub.subscribe_pattern(self, channel, include) if "*" in channel
+                    and is_pattern(channel) else hub.subscribe(self, channel, include))
         if isinstance(snapshot, asyncio.Future):
             self._held = []
             self._subscribing = channel

@@ -75,7 +75,7 @@ from .aiortc_compat import (
     set_header_extension_ids,
     set_track_id,
 )
-from .loopback import make_configuration
+from .loopback import IceTransportPolicy, make_configuration
 from .perfect_negotiation import (
     AnswerAction,
     CandidateAction,
@@ -435,6 +435,7 @@ class PeerNegotiator:
         send_signal: SendSignal,
         *,
         ice_servers: IceServers | None = None,
+        ice_transport_policy: IceTransportPolicy = "all",
         relay: MediaRelay | None = None,
         metadata_cache: TrackMetadataCache | None = None,
         pc_factory: PeerConnectionFactory | None = None,
@@ -447,6 +448,7 @@ class PeerNegotiator:
         self.remote_id = remote_id
         self._send_signal = send_signal
         self._ice_servers: list[RTCIceServer | Mapping[str, Any]] = list(ice_servers or ())
+        self._ice_policy: IceTransportPolicy = ice_transport_policy
         self._relay = relay or default_relay()
         self.metadata_cache = metadata_cache if metadata_cache is not None else (
             TrackMetadataCache()
@@ -554,7 +556,7 @@ class PeerNegotiator:
         self._ice_servers = list(servers or ())
 
     def _new_pc(self) -> RTCPeerConnection:
-        config = make_configuration(self._ice_servers)
+        config = make_configuration(self._ice_servers, self._ice_policy)
         pc = self._pc_factory(config) if self._pc_factory else RTCPeerConnection(config)
 
         def on_state() -> None:

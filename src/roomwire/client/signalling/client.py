@@ -23,10 +23,12 @@ from ...protocol.frames import (
     Direct,
     ErrorFrame,
     GoingAway,
+    IceServersFrame,
     Message,
     PresenceFrame,
     ServerFrame,
     Welcome,
+    build_ice_servers_request,
     build_ping,
     build_publish,
     build_send,
@@ -211,7 +213,7 @@ class SignallingClient(Observable[EventKey]):
         self._link: _Link | None = None
         self._welcome: Welcome | None = None
         self._ice_servers: tuple[dict[str, Any], ...] | None = None
-        self._pending: dict[str, asyncio.Future[None]] = {}
+        self._pending: dict[str, asyncio.Future[Any]] = {}
         self._subs: dict[str, bool] = {}
         self._connect_task: asyncio.Task[tuple[WebSocketConnection, Welcome]] | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -679,6 +681,10 @@ class SignallingClient(Observable[EventKey]):
             link.retry_after = retry_after_seconds(frame.retry_after_ms)
             self._log.info("server going away; retry after %.3f s", link.retry_after)
             self._emit(GoingAwayEvent(round(link.retry_after * 1000)))
+        elif isinstance(frame, IceServersFrame):
+            fut = self._pending.get(frame.request_id)
+            if fut is not None and not fut.done():
+                fut.set_result(frame)
         elif isinstance(frame, Welcome):
             self._log.debug("ignored a second welcome on the same socket")
         # Pong: nothing to do; every inbound frame already fed the watchdog.
@@ -716,8 +722,8 @@ class SignallingClient(Observable[EventKey]):
             raise NotConnectedError(self.state.value)
         return link
 
-    def _register(self, rid: str) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def _register(self, rid: str) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         return fut
 
@@ -730,23 +736,25 @@ class SignallingClient(Observable[EventKey]):
             code, reason = self._conn_close_info(link.conn, exc)
             raise DisconnectedError(code, reason) from None
 
-    async def _await_ack(self, rid: str, fut: asyncio.Future[None]) -> None:
+    async def _await_ack(self, rid: str, fut: asyncio.Future[Any]) -> Any:
         try:
             async with asyncio.timeout(self._ack_timeout):
-                await fut
+                return await fut
         except TimeoutError:
             raise AckTimeoutError(rid, self._ack_timeout) from None
         finally:
             self._pending.pop(rid, None)
 
-    async def _request(self, link: _Link, rid: str, text: str) -> None:
+    async def _request(self, link: _Link, rid: str, text: str) -> Any:
+        """Send a request and wait for its answer: None for an ``ack``, the frame for a reply
+        of its own type (``ice_servers``)."""
         fut = self._register(rid)
         try:
             await self._send_frame(link, text)
         except BaseException:
             self._pending.pop(rid, None)
             raise
-        await self._await_ack(rid, fut)
+        return await self._await_ack(rid, fut)
 
     def _fail_pending(self, code: int, reason: str) -> None:
         pending, self._pending = self._pending, {}
@@ -842,6 +850,26 @@ class SignallingClient(Observable[EventKey]):
         link = self._require_link()
         rid = _request_id()
         await self._request(link, rid, build_send(peer_id, data, rid))
+
+    async def fetch_ice_servers(self) -> tuple[dict[str, Any], ...] | None:
+        """Ask a roomwire server for fresh ICE servers (its ``ice_servers`` extension,
+        docs/protocol.md) and adopt them as ``ice_servers``; returns them. TURN credentials
+        minted per connection expire: ``MeteredPeer`` calls this before they do, so that a
+        connection rebuilt late in a long session still gets through the relay.
+
+        A reply without servers keeps the current list (as a reconnect welcome without ICE
+        servers does) and returns None. Raises ServerRequestError with code ``unknown_type``
+        against a server without the extension (the official Metered service), and
+        NotConnectedError, AckTimeoutError, DisconnectedError."""
+        link = self._require_link()
+        rid = _request_id()
+        reply = await self._request(link, rid, build_ice_servers_request(rid))
+        if not isinstance(reply, IceServersFrame) or reply.ice_servers is None:
+            return None
+        servers = tuple(reply.ice_servers)
+        if self._link is link:
+            self._ice_servers = servers
+        return servers
 
     # -- housekeeping ------------------------------------------------------------------------
 

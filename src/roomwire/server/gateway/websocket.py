@@ -155,6 +155,9 @@ class WsSession(Session, picows.WSListener):
                 max(0.0, delay), self.close, CloseCode.TOKEN_EXPIRED, "token expired"
             )
 
+    def fresh_ice_servers(self) -> list[dict[str, object]] | None:
+        return self.node.ice_servers_for(self)
+
     def _welcome(self) -> None:
         self.send(self.welcome_frame(int(time.time()), self.node.ice_servers_for(self)))
 
