@@ -18,9 +18,13 @@ What it does (docs/protocol.md, Peer-to-peer signalling; docs/webrtc-notes.md):
   so is an answer whose ufrag changed (then a fresh offer is made). Rebuilds are rate-limited.
 * Non-trickle outbound (full SDP, then ``rtc-ice null``); trickled inbound candidates accepted
   with the caps of docs/protocol.md (Signal envelopes); stale answers dropped.
-* aiortc gaps: answers reject the m-lines the offer rejected; re-offers keep negotiated extmap
-  ids; remote tracks are identified by the msid of their m-section (by mid); one relay proxy
-  per peer for a shared local track, with the original track id and stream id on the wire;
+* Our tracks travel only on m-lines of our own offers (``sendonly`` until the remote sends
+  there too), attached when the offer is made: a browser's receiver knows a track's id (and
+  its SDK finds the label) only on a transceiver our offer created.
+* aiortc gaps: answers reject the m-lines the offer rejected (and our offers keep them
+  rejected); offers keep negotiated extmap ids (a browser's own ids at first); remote
+  tracks are identified by the msid of their m-section (by mid); one relay proxy per peer
+  for a shared local track, with the original track id and stream id on the wire;
   "remove" is ``replaceTrack(None)`` + a direction without send + renegotiation.
 * ICE failure: the connection is rebuilt on a ladder (immediate, 1, 2, 4, 8, 16, 30, 30, 30 s),
   each attempt probing for "connected"; then one fatal ``RemoteNegotiationErrorEvent``.
