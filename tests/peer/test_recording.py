@@ -304,6 +304,37 @@ async def test_a_file_queue_holds_queue_frames_and_drops_what_comes_after(
     assert float(info["format"]["duration"]) == pytest.approx(0.06, abs=0.025)
 
 
+async def test_at_most_max_open_files_are_written_and_the_rest_is_counted(
+        make_peer: MakePeer, tmp_path: Path) -> None:
+    recorder = RoomRecorder(ROOM, tmp_path / "rec", peer=make_peer("recorder"),
+                            max_open_files=2)
+    await recorder.start()
+    remote = SimpleNamespace(id="hoarder")
+    for i in range(5):  # five streams of one track each
+        stream = MediaStream(id=f"s{i}")
+        recorder._on_track(remote, TrackEvent(FrameTrack(500), (stream,), None, "audio"))  # type: ignore[arg-type]
+    manifest = recorder.manifest()
+    assert [f["stream_id"] for f in manifest["files"]] == ["s0", "s1"]
+    assert manifest["ignored_tracks"] == 3
+    await recorder.stop()
+    assert all(f["finalised"] for f in recorder.manifest()["files"])
+
+
+async def test_roomwire_record_with_a_refused_token_exits_1_and_says_why(
+        server: RunningServer, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMWIRE_")}
+    forged = server.token("rec-cli")[:-4] + "AAAA"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "roomwire", "record", ROOM, "--out", str(tmp_path / "r"),
+        "--url", server.url, "--token", forged, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), START_CHILD)
+    printed = stdout.decode() + stderr.decode()
+    assert proc.returncode == 1, printed
+    assert "could not record 'room/rec'" in printed and "Traceback" not in printed, printed
+    assert forged not in printed
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("alice", "alice"),
     ("../../etc/passwd", "etc_passwd"),

@@ -18,10 +18,13 @@ is seconds since the recording started (``started_at``), measured on arrival, so
 be lined up. A stream that arrives again on a new connection (a reconnect of either side,
 an ICE rebuild) or a track added to a stream already being written starts a new file (a new
 ``segment``). Memory is bounded: each file has a queue of ``queue_frames`` frames between
-the network and its encoder (a thread); when the encoder falls behind, newly arrived frames
-are dropped and counted (``dropped`` per track in the manifest: for audio this is a gap the
-file keeps in time, for video a lower frame rate). ``stop()`` (and the exit of ``async
-with``, and SIGINT/SIGTERM under ``record_room``) finalises every file and the manifest.
+the network and the encoders (a child process: encoding in the recorder's own process starves
+its event loop); when the encoders fall behind, newly arrived frames are dropped and counted
+(``dropped`` per track in the manifest: for audio this is a gap the file keeps in time, for
+video a lower frame rate), and at most ``max_open_files`` files are written at once (tracks
+beyond are ignored and counted: a remote peer chooses how many streams it sends).
+``stop()`` (and the exit of ``async with``, and SIGINT/SIGTERM under ``record_room``)
+finalises every file and the manifest.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ SETTLE_SECONDS = 0.5
 """Tracks of one stream arriving within this time of its first go into the same file (a
 container's streams are fixed when it is opened)."""
 QUEUE_FRAMES = 256
+MAX_OPEN_FILES = 32
 FINALISE_SECONDS = 30.0
 _NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -151,16 +155,19 @@ class RoomRecorder:
 
     def __init__(self, channel: str, out_dir: str | os.PathLike[str], *,
                  peer: MeteredPeer | None = None, queue_frames: int = QUEUE_FRAMES,
+                 max_open_files: int = MAX_OPEN_FILES,
                  settle_seconds: float = SETTLE_SECONDS, clock: Callable[[], float] | None = None,
                  **peer_options: Any) -> None:
-        if queue_frames < 1:
-            raise ValueError("queue_frames must be at least 1")
+        if queue_frames < 1 or max_open_files < 1:
+            raise ValueError("queue_frames and max_open_files must be at least 1")
         if peer is not None and peer_options:
             raise ValueError("give either peer or MeteredPeer options, not both")
         self.channel = channel
         self.out_dir = Path(out_dir)
         self._peer = peer if peer is not None else MeteredPeer(**peer_options)
         self._queue_frames = queue_frames
+        self._max_open = max_open_files
+        self._ignored = 0
         self._settle = settle_seconds
         self._clock = clock or time.monotonic
         self._t0: float | None = None
@@ -316,6 +323,12 @@ class RoomRecorder:
         file = self._open.get(key)
         if file is None or file.sealed or file.closing or \
                 any(t.kind == ev.kind for t in file.tracks):
+            if sum(not f.closing for f in self._files) >= self._max_open:
+                self._ignored += 1
+                log.warning("not recording a %s track of %s: %d files are open already",
+                            ev.kind, remote.id, self._max_open)
+                self._write_manifest()
+                return
             file = self._new_file(remote.id, stream_id)
         if file.stream_metadata is None and ev.metadata is not None:
             file.stream_metadata = ev.metadata
@@ -442,6 +455,7 @@ class RoomRecorder:
             "recorder_peer_ids": list(self._recorder_ids),
             "peers": {pid: dict(e) for pid, e in self._peers.items()},
             "files": [f.manifest(self.out_dir) for f in self._files],
+            "ignored_tracks": self._ignored,
         }
 
     def _write_manifest(self) -> None:
