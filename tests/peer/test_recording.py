@@ -72,7 +72,7 @@ class Sender:
 
     def __init__(self, make_peer: MakePeer, name: str) -> None:
         self.peer = make_peer(name, peer_metadata={"name": name.title()})
-        self.video = VideoSource(320, 240, 15)
+        self.video = VideoSource(160, 120, 15)
         self.audio = AudioSource(48_000, "stereo", max_buffered_seconds=120)
         self.stream = MediaStream([self.audio, self.video])
         self.peer.add_stream(self.stream, {"role": "camera", "label": f"{name} cam"})
@@ -129,7 +129,7 @@ async def test_two_senders_one_leaving_and_a_stream_added_and_removed(
                                 if all(t["frames"] for t in f["tracks"])]) >= 2,
                    CONNECT, "both camera streams being written")
     # bob shares a screen for a while: a second stream, a second file.
-    screen = VideoSource(320, 240, 10)
+    screen = VideoSource(160, 120, 10)
     screen_stream = MediaStream([screen])
     bob.peer.add_stream(screen_stream, {"role": "screen", "label": "bob screen"})
     await wait_for(lambda: screen.frames_sent >= 80, CONNECT, "bob's screen sent for 8 s")

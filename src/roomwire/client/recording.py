@@ -17,7 +17,8 @@ One clock: every offset in the manifest (``start``, ``end``, a peer's ``joined``
 is seconds since the recording started (``started_at``), measured on arrival, so files can
 be lined up. A stream that arrives again on a new connection (a reconnect of either side,
 an ICE rebuild) or a track added to a stream already being written starts a new file (a new
-``segment``). Memory is bounded: each file has a queue of ``queue_frames`` frames between
+``segment``). Memory is bounded: each file has a queue of ``queue_frames`` frames (and at
+most ``queue_bytes`` of them, decoded) between
 the network and the encoders (a child process: encoding in the recorder's own process starves
 its event loop); when the encoders fall behind, newly arrived frames are dropped and counted
 (``dropped`` per track in the manifest: for audio this is a gap the file keeps in time, for
@@ -69,6 +70,8 @@ SETTLE_SECONDS = 0.5
 """Tracks of one stream arriving within this time of its first go into the same file (a
 container's streams are fixed when it is opened)."""
 QUEUE_FRAMES = 256
+QUEUE_BYTES = 32 << 20
+"""Decoded frames are large (640x480 video: 460 kB each): a byte cap besides the count."""
 MAX_OPEN_FILES = 32
 FINALISE_SECONDS = 30.0
 _NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -107,6 +110,8 @@ class _File:
     tracks: list[_Track] = field(default_factory=list)
     id: int = 0
     limit: int = QUEUE_FRAMES
+    byte_limit: int = QUEUE_BYTES
+    queued_bytes: int = 0
     # One slot more than `limit`: frames may use `limit`, the closing sentinel always fits.
     queue: asyncio.Queue[tuple[int, Any, float] | None] = field(
         default_factory=asyncio.Queue)
@@ -155,17 +160,19 @@ class RoomRecorder:
 
     def __init__(self, channel: str, out_dir: str | os.PathLike[str], *,
                  peer: MeteredPeer | None = None, queue_frames: int = QUEUE_FRAMES,
+                 queue_bytes: int = QUEUE_BYTES,
                  max_open_files: int = MAX_OPEN_FILES,
                  settle_seconds: float = SETTLE_SECONDS, clock: Callable[[], float] | None = None,
                  **peer_options: Any) -> None:
-        if queue_frames < 1 or max_open_files < 1:
-            raise ValueError("queue_frames and max_open_files must be at least 1")
+        if queue_frames < 1 or max_open_files < 1 or queue_bytes < 1:
+            raise ValueError("queue_frames, queue_bytes and max_open_files must be at least 1")
         if peer is not None and peer_options:
             raise ValueError("give either peer or MeteredPeer options, not both")
         self.channel = channel
         self.out_dir = Path(out_dir)
         self._peer = peer if peer is not None else MeteredPeer(**peer_options)
         self._queue_frames = queue_frames
+        self._queue_bytes = queue_bytes
         self._max_open = max_open_files
         self._ignored = 0
         self._settle = settle_seconds
@@ -348,7 +355,8 @@ class RoomRecorder:
             path = self.out_dir / f"{name[:-5]}.{n}.webm"
         self._next_id += 1
         file = _File(peer_id, stream_id, segment, path, self.now(), id=self._next_id,
-                     limit=self._queue_frames, queue=asyncio.Queue(self._queue_frames + 1))
+                     limit=self._queue_frames, byte_limit=self._queue_bytes,
+                     queue=asyncio.Queue(self._queue_frames + 1))
         self._files.append(file)
         self._open[key] = file
         self._spawn(self._seal_later(file))
@@ -371,6 +379,7 @@ class RoomRecorder:
                 if item is None:
                     break
                 index, frame, arrival = item
+                file.queued_bytes -= sum(p.buffer_size for p in frame.planes)
                 await self._send(encode_frame(file.id, index, frame, arrival))
             await self._send(pack({"op": "close", "id": file.id}))
         except (ConnectionError, BrokenPipeError) as exc:
@@ -399,9 +408,12 @@ class RoomRecorder:
             if entry.start is None:
                 entry.start = now
             entry.end = now
-            if file.queue.qsize() >= file.limit:
+            size = sum(p.buffer_size for p in frame.planes)
+            if file.queue.qsize() >= file.limit or \
+                    file.queued_bytes + size > file.byte_limit:
                 entry.dropped += 1
                 continue
+            file.queued_bytes += size
             file.queue.put_nowait((entry.index, frame, now - file.t0))
             entry.frames += 1
         if not file.closing and all(t.reader is None or t.reader.done() or t is entry
