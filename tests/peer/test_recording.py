@@ -203,15 +203,15 @@ async def test_a_reconnect_of_the_recorder_starts_a_new_segment_of_each_stream(
         return files_of(recorder.manifest(), "alice")
 
     await wait_for(lambda: [f for f in alice_files() if f["tracks"] and
-                            all(t["frames"] >= 20 for t in f["tracks"])],
-                   CONNECT, "alice's stream being written")
+                            all(t["frames"] >= 45 for t in f["tracks"])],
+                   CONNECT, "alice's stream written for 3 s")
     drop_socket(recorder_peer)
     await wait_for(lambda: recorder_peer.state == "reconnecting", CONNECT, "the drop noticed")
     await wait_for(lambda: recorder_peer.state == "joined", CONNECT, "the recorder back")
     # alice sees the recorder leave and come back: a new connection, the same stream id.
     await wait_for(lambda: [f for f in alice_files() if f["segment"] == 2 and f["tracks"] and
-                            all(t["frames"] >= 20 for t in f["tracks"])],
-                   CONNECT, "a second segment being written")
+                            all(t["frames"] >= 45 for t in f["tracks"])],
+                   CONNECT, "a second segment written for 3 s")
     await recorder.stop()
 
     manifest = json.loads((out / "manifest.json").read_text())
@@ -225,8 +225,11 @@ async def test_a_reconnect_of_the_recorder_starts_a_new_segment_of_each_stream(
         assert f["finalised"] and f["error"] is None, f
         info = probe(out / f["path"])
         assert sorted(s["codec_type"] for s in info["streams"]) == ["audio", "video"]
+        # The file (RTP timestamps) spans what the manifest says (arrival times): frames
+        # queued when a loaded event loop stalls arrive late, hence the quarter second.
         seconds = float(info["format"]["duration"])
-        assert abs(seconds - (f["end"] - f["start"])) <= 0.05 * (f["end"] - f["start"]) + 0.1
+        span = f["end"] - f["start"]
+        assert abs(seconds - span) <= 0.05 * span + 0.25, (f, seconds)
 
 
 async def test_roomwire_record_cli_finalises_every_file_on_sigterm(
