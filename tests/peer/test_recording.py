@@ -286,10 +286,10 @@ class FrameTrack(MediaStreamTrack):
         return frame
 
 
-async def test_a_file_queue_holds_queue_frames_and_drops_what_comes_after(
+async def test_a_full_file_queue_drops_its_oldest_frames_and_counts_them(
         make_peer: MakePeer, tmp_path: Path) -> None:
-    # The encoder is held back (a long settle): the burst fills the queue, the rest is
-    # dropped and counted, and what was queued still makes a playable file.
+    # The encoder is held back (a long settle): the burst overflows the queue, the oldest
+    # frames are dropped and counted, and the newest three still make a playable file.
     recorder = RoomRecorder(ROOM, tmp_path / "rec", peer=make_peer("recorder"),
                             queue_frames=3, settle_seconds=60)
     await recorder.start()

@@ -20,10 +20,11 @@ an ICE rebuild) or a track added to a stream already being written starts a new 
 ``segment``). Memory is bounded: each file has a queue of ``queue_frames`` frames (and at
 most ``queue_bytes`` of them, decoded) between
 the network and the encoders (a child process: encoding in the recorder's own process starves
-its event loop); when the encoders fall behind, newly arrived frames are dropped and counted
-(``dropped`` per track in the manifest: for audio this is a gap the file keeps in time, for
-video a lower frame rate), and at most ``max_open_files`` files are written at once (tracks
-beyond are ignored and counted: a remote peer chooses how many streams it sends).
+its event loop); when the encoders fall behind, the oldest queued frames are dropped and
+counted (``dropped`` per track in the manifest: for audio this is a gap the file keeps in
+time, for video a lower frame rate; the file still ends where the stream ended), and at
+most ``max_open_files`` files are written at once (tracks beyond are ignored and counted: a
+remote peer chooses how many streams it sends).
 ``stop()`` (and the exit of ``async with``, and SIGINT/SIGTERM under ``record_room``)
 finalises every file and the manifest.
 """
@@ -147,6 +148,10 @@ class _File:
 
 def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
+
+
+def _size(frame: Any) -> int:
+    return sum(p.buffer_size for p in frame.planes)
 
 
 class RoomRecorder:
@@ -379,7 +384,7 @@ class RoomRecorder:
                 if item is None:
                     break
                 index, frame, arrival = item
-                file.queued_bytes -= sum(p.buffer_size for p in frame.planes)
+                file.queued_bytes -= _size(frame)
                 await self._send(encode_frame(file.id, index, frame, arrival))
             await self._send(pack({"op": "close", "id": file.id}))
         except (ConnectionError, BrokenPipeError) as exc:
@@ -408,11 +413,19 @@ class RoomRecorder:
             if entry.start is None:
                 entry.start = now
             entry.end = now
-            size = sum(p.buffer_size for p in frame.planes)
-            if file.queue.qsize() >= file.limit or \
-                    file.queued_bytes + size > file.byte_limit:
+            size = _size(frame)
+            if size > file.byte_limit:
                 entry.dropped += 1
                 continue
+            # Full: the oldest queued frames go, so the file keeps the latest media and still
+            # ends when the stream ended (the gap is in the middle, where the overload was).
+            while file.queue.qsize() >= file.limit or \
+                    file.queued_bytes + size > file.byte_limit:
+                old = file.queue.get_nowait()
+                assert old is not None  # the sentinel comes after the last read
+                file.queued_bytes -= _size(old[1])
+                file.tracks[old[0]].frames -= 1
+                file.tracks[old[0]].dropped += 1
             file.queued_bytes += size
             file.queue.put_nowait((entry.index, frame, now - file.t0))
             entry.frames += 1
