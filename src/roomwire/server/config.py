@@ -39,7 +39,13 @@ class ServerConfig:
     ping_interval: float = limits.SERVER_PING_INTERVAL
     ping_grace: float = limits.SERVER_PING_GRACE
     going_away_retry_after_ms: int = limits.GOING_AWAY_RETRY_AFTER_MS
+    shutdown_readiness_delay: float = 0.0
+    """Seconds between SIGTERM and the first ``going_away``: ``/readyz`` answers 503 while the
+    node still serves and still takes new sockets, so a load balancer stops routing to it
+    before its clients look for another node (docs/operations.md, "Rolling restarts")."""
     shutdown_drain: float = limits.GOING_AWAY_DRAIN
+    """Seconds from the ``going_away`` to the last 1001 close: the closes are spread evenly
+    over this window, so the clients do not all reconnect elsewhere in the same instant."""
     outbound_queue_bytes: int = limits.OUTBOUND_QUEUE_BYTES
     jwt_leeway: float = limits.JWT_LEEWAY
     allow_non_expiring_tokens: bool = False
@@ -97,6 +103,15 @@ class ServerConfig:
     rest_rate_limit: float = 50.0
     """REST requests per second per secret key (and per IP for failed auth); 0 disables."""
     rest_rate_burst: int = 100
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """Channel history for roomwire's recovery extension (docs/protocol.md, "roomwire
+    extension: history and recovery"): rules ``{app?, channels?, size, ttl}``, the first
+    matching (app, channel) wins; empty (the default): no channel keeps history. Refused in
+    a cluster (history is kept in one node's memory)."""
+    history_max_bytes: int = 64 * 2**20
+    """Memory all channel histories of a node may hold together (payloads plus about 120
+    bytes per message); past it the channels published to least recently lose their oldest
+    messages first."""
 
     # -- cluster (docs/cluster.md) --------------------------------------------------------------
     redis_url: str | None = None
@@ -167,6 +182,10 @@ class ServerConfig:
             raise ValueError("max_channels_per_connection must be at least 1")
         if self.ping_interval <= 0 or self.ping_grace <= 0:
             raise ValueError("ping_interval and ping_grace must be positive")
+        if self.shutdown_readiness_delay < 0 or self.shutdown_drain < 0:
+            raise ValueError("shutdown_readiness_delay and shutdown_drain must be >= 0")
+        if self.going_away_retry_after_ms < 1:
+            raise ValueError("going_away_retry_after_ms must be at least 1")
         if self.outbound_queue_bytes < 65536:
             raise ValueError("outbound_queue_bytes must be at least 65536")
         if self.turn_ttl < 0 or self.usage_flush_interval <= 0:
@@ -192,6 +211,17 @@ class ServerConfig:
         check_admin_token(self.admin_token)
         if self.admin_auth_failures < 1 or self.admin_auth_window <= 0:
             raise ValueError("admin_auth_failures must be >= 1 and admin_auth_window positive")
+        if self.history:
+            from .history import parse_rules
+
+            parse_rules(self.history)
+            if self.history_max_bytes < 2**20:
+                raise ValueError("history_max_bytes must be at least 1048576 (1 MiB)")
+            if self.redis_url:
+                raise ValueError(
+                    "history is not available in a cluster yet: it is kept in one node's "
+                    "memory, so a client coming back to another node could not recover; "
+                    "remove the history setting or redis_url")
         if self.demo not in DEMO_MODES:
             raise ValueError(f"demo must be one of auto, on, off, not {self.demo!r}")
 

@@ -137,6 +137,10 @@ class WsSession(Session, picows.WSListener):
         self.opened_at = self.last_seen
         self._expiry: asyncio.TimerHandle | None = None
         self._closing = False
+        self.hold_presence = False
+        """Set by a draining node: the peer stays in its channels after the socket is gone,
+        until the node lets go at the end of the drain (``ended()``), so a client that is
+        back on another node by then never left its rooms in the others' eyes."""
 
     # picows callbacks ----------------------------------------------------------------------
 
@@ -154,6 +158,9 @@ class WsSession(Session, picows.WSListener):
             self._expiry = self.node.loop.call_later(
                 max(0.0, delay), self.close, CloseCode.TOKEN_EXPIRED, "token expired"
             )
+
+    def fresh_ice_servers(self) -> list[dict[str, object]] | None:
+        return self.node.ice_servers_for(self)
 
     def _welcome(self) -> None:
         self.send(self.welcome_frame(int(time.time()), self.node.ice_servers_for(self)))
@@ -248,7 +255,8 @@ class WsSession(Session, picows.WSListener):
         if self._expiry is not None:
             self._expiry.cancel()
         self.node.forget(self)
-        self.ended()
+        if not self.hold_presence:
+            self.ended()
 
     def pause_writing(self) -> None:
         # The socket's outbound queue passed its bound: this reader cannot keep up.

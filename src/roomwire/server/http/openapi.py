@@ -123,6 +123,42 @@ def rest_document() -> dict[str, Any]:
                                        "properties": {"peerId": {"type": "string"},
                                                       "metadata": {}}}}}}), **_REST_ERRORS},
             }},
+            "/channels/{channel}/history": {"get": {
+                "operationId": "channelHistory",
+                "summary": "The messages a channel keeps (roomwire's history extension; needs "
+                           "subscribe). 404 history_not_enabled when no history rule covers "
+                           "the channel.",
+                "parameters": [
+                    _CHANNEL_PARAM,
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000,
+                                "default": 100}},
+                    {"name": "since", "in": "query", "required": False,
+                     "description": "Only messages with a larger offset.",
+                     "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                    {"name": "reverse", "in": "query", "required": False,
+                     "description": "Newest first.",
+                     "schema": {"type": "boolean", "default": False}},
+                ],
+                "responses": {"200": _ok({
+                    "type": "object",
+                    "required": ["channel", "epoch", "offset", "complete", "messages"],
+                    "properties": {
+                        "channel": {"type": "string"},
+                        "epoch": {"type": ["string", "null"]},
+                        "offset": {"type": "integer",
+                                   "description": "The channel's latest offset."},
+                        "complete": {"type": "boolean",
+                                     "description": "Every message after since is kept."},
+                        "messages": {"type": "array", "items": {
+                            "type": "object", "required": ["offset", "from", "data", "time"],
+                            "properties": {"offset": {"type": "integer"},
+                                           "from": {"type": "string"}, "data": {},
+                                           "fromMetadata": {"type": "object"},
+                                           "time": {"type": "number"}}}}}}),
+                    **_REST_ERRORS,
+                    "404": _err("history_not_enabled")},
+            }},
             "/channels/{channel}/publish": {"post": {
                 "operationId": "channelPublish",
                 "summary": "Publish to every subscriber of a channel (needs publish).",
