@@ -56,6 +56,30 @@ class _Uncounted:
         return None
 
 
+class HubObserver(Protocol):
+    """Who hears the hub's lifecycle facts (the webhook service). Called synchronously at
+    each transition; a hub without an observer (no webhook configured) pays one attribute
+    test per connection change and per publish, nothing more."""
+
+    message_apps: frozenset[str]
+    """Apps that want ``published`` calls."""
+
+    def connected(self, app_id: str, peer_id: str, metadata: bytes | None,
+                  connections: int) -> None: ...
+
+    def disconnected(self, app_id: str, peer_id: str, code: int, reason: str,
+                     connections: int) -> None: ...
+
+    def joined(self, app_id: str, channel: str, peer_id: str, metadata: bytes | None,
+               members: int, first: bool) -> None: ...
+
+    def left(self, app_id: str, channel: str, peer_id: str, metadata: bytes | None,
+             members: int, last: bool) -> None: ...
+
+    def published(self, app_id: str, channel: str, data: bytes, sender_json: bytes) -> None:
+        ...
+
+
 class Link(Protocol):
     """A local connection, as the hub needs it."""
 
@@ -135,6 +159,11 @@ class Hub:
         self.tenants: dict[str, Tenant] = {}
         self._unwelcomed: set[Link] = set()
         """Cluster: links whose welcome waits for the broker; no direct reaches them yet."""
+        self.observer: HubObserver | None = None
+        """Lifecycle facts go here (set while a webhook is configured)."""
+        self.broker_reports_presence = False
+        """Cluster: the broker tells the observer about joins and leaves (its Redis scripts
+        know which node made each transition), so the hub does not."""
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -163,6 +192,8 @@ class Hub:
         sockets[link] = None
         if ready is not None and not ready.done():
             self._unwelcomed.add(link)
+        if self.observer is not None:
+            self.observer.connected(link.app_id, link.peer_id, link.peer_metadata, len(sockets))
         return ready
 
     def welcomed(self, link: Link) -> None:
@@ -180,6 +211,10 @@ class Hub:
         sockets = t.peers.get(link.peer_id)
         if sockets is not None and link in sockets:
             del sockets[link]
+            if self.observer is not None:
+                self.observer.disconnected(
+                    link.app_id, link.peer_id, getattr(link, "close_code", None) or 1006,
+                    getattr(link, "close_reason", ""), len(sockets))
             if not sockets:
                 del t.peers[link.peer_id]
                 self.broker.peer_connected(link.app_id, link.peer_id, False)
@@ -233,12 +268,16 @@ class Hub:
         else:
             peer = link.peer_id
             was_present = room.present(peer)
+            first = not room.local
             room.local[peer] = room.local.get(peer, 0) + 1
             if room.local[peer] == 1:
                 room.entries[peer] = link.presence_entry
                 self.broker.presence(link.app_id, channel, peer, link.presence_entry, True)
             if not was_present:
                 self._broadcast_presence(room, [link.presence_entry], [])
+                if self.observer is not None:
+                    self.observer.joined(link.app_id, channel, peer, link.peer_metadata,
+                                         len(room.local), first)
         (room.with_meta if include_sender_metadata else room.plain)[link] = None
         if not link.receives_presence:
             return None
@@ -311,6 +350,9 @@ class Hub:
             if not room.present(peer):
                 room.entries.pop(peer, None)
                 self._broadcast_presence(room, [], [entry])
+                if self.observer is not None:
+                    self.observer.left(link.app_id, channel, peer, link.peer_metadata,
+                                       len(room.local), not room.local)
         self._maybe_drop_room(link.app_id, room)
         return True
 
@@ -375,6 +417,9 @@ class Hub:
         counters.frames_sent["message"] += delivered
         if self.broker.clustered:
             self.broker.publish(app_id, channel, data, sender_json, sender_metadata)
+        observer = self.observer
+        if observer is not None and app_id in observer.message_apps:
+            observer.published(app_id, channel, data, sender_json)
         return delivered
 
     def _fan_out(

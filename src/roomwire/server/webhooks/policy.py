@@ -10,12 +10,14 @@ inward is refused too).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Iterable, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from ...protocol.patterns import matches_any, pattern_problem
-from .model import CONNECTION_EVENTS, EVENT_TYPES, Endpoint
+from .model import CONNECTION_EVENTS, DEFAULT_EVENT_TYPES, EVENT_TYPES, Endpoint
 
 MAX_URL_LENGTH = 2048
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -111,3 +113,35 @@ def patterns_problem(patterns: object) -> str | None:
         if problem:
             return problem
     return None
+
+
+def endpoint_from_config(entry: dict[str, Any], default_app: str) -> Endpoint:
+    """One ``[[webhooks]]`` table of the TOML config as an endpoint (id stable across
+    restarts, so the outbox keeps its rows)."""
+    allowed_keys = {"app", "url", "events", "channel_patterns", "secret", "id", "enabled"}
+    unknown = set(entry) - allowed_keys
+    if unknown:
+        raise ValueError(f"[[webhooks]]: unknown setting {sorted(unknown)[0]!r}")
+    url = entry.get("url")
+    problem = url_problem(url)
+    if problem:
+        raise ValueError(f"[[webhooks]]: {problem}")
+    assert isinstance(url, str)
+    secret = entry.get("secret")
+    if not isinstance(secret, str) or len(secret) < 16:
+        raise ValueError("[[webhooks]]: secret must be a string of at least 16 characters")
+    events = entry.get("events", sorted(DEFAULT_EVENT_TYPES))
+    problem = events_problem(events)
+    if problem:
+        raise ValueError(f"[[webhooks]]: {problem}")
+    patterns = entry.get("channel_patterns", ["**"])
+    problem = patterns_problem(patterns)
+    if problem:
+        raise ValueError(f"[[webhooks]]: {problem}")
+    app = entry.get("app") or default_app
+    if not isinstance(app, str):
+        raise ValueError("[[webhooks]]: app must be an app id")
+    endpoint_id = entry.get("id") or "whc_" + hashlib.sha256(
+        f"{app}\x00{url}".encode()).hexdigest()[:12]
+    return Endpoint(str(endpoint_id), app, url, frozenset(events), tuple(patterns), secret,
+                    bool(entry.get("enabled", True)), "config")

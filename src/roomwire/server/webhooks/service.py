@@ -1,0 +1,487 @@
+"""The webhook driver of one node: turns the hub's lifecycle facts into events, persists them
+in the outbox, and delivers them over HTTP.
+
+The hub calls the observer methods synchronously on the event loop; they only filter, hold
+(grace) and append to a list, and one ``call_soon`` per loop turn commits that list to the
+outbox. Each endpoint has its own delivery task reading its rows in order: a slow or dead
+endpoint delays only itself, never message delivery or another endpoint. A batch is retried
+as a whole until it succeeds or ``webhook_retry_for`` runs out, and the next batch waits for
+it, which is what keeps every channel's order.
+
+Requests: POST, JSON body, ``Roomwire-Signature`` (see ``roomwire.webhooks``), redirects not
+followed (a 3xx is a failure), ``webhook_timeout`` for the whole exchange, and every address
+the target resolves to checked against ``policy.address_allowed`` when connecting. Response
+bodies are read (bounded) and discarded, never logged; errors are recorded as short
+categories that contain neither the URL nor a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
+
+from ...webhooks import SIGNATURE_HEADER, signature_header
+from .grace import Grace
+from .model import (
+    CHANNEL_OCCUPIED,
+    CHANNEL_VACATED,
+    MESSAGE_PUBLISHED,
+    PEER_CONNECTED,
+    PEER_DISCONNECTED,
+    PEER_JOINED,
+    PEER_LEFT,
+    PING,
+    Endpoint,
+    Event,
+    Fact,
+    new_event_id,
+    stream_key,
+)
+from .outbox import Outbox
+from .policy import Network, address_allowed, parse_networks, url_problem, wants
+from .schedule import Schedule
+from .stats import Attempt, WebhookStats
+
+if TYPE_CHECKING:
+    from ..config import ServerConfig
+
+log = logging.getLogger("roomwire.webhooks")
+
+_RESPONSE_READ_LIMIT = 64 * 1024
+USER_AGENT = "roomwire-webhooks/1"
+
+
+class RefusedAddress(OSError):
+    """The webhook target resolved to an address the operator did not allow."""
+
+
+class _GuardedResolver(AbstractResolver):
+    """Resolves like the default resolver, then refuses the whole answer when any address
+    in it is not allowed (a name must not smuggle a request inward)."""
+
+    def __init__(self, allowed: Sequence[Network]) -> None:
+        self._inner = ThreadedResolver()
+        self._allowed = allowed
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        if not results or not all(address_allowed(r["host"], self._allowed) for r in results):
+            raise RefusedAddress("the webhook target resolves to an address that is not allowed")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _metadata(raw: bytes | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+class WebhookService:
+    """Observer of the hub (``hub.HubObserver``) and the delivery of its events."""
+
+    def __init__(self, config: ServerConfig, data_dir: Path | str | None = None) -> None:
+        self.config = config
+        self.schedule = Schedule(
+            batch_max=config.webhook_batch_max, batch_delay=config.webhook_batch_delay,
+            initial=config.webhook_retry_initial, maximum=config.webhook_retry_max,
+            retry_for=config.webhook_retry_for,
+        )
+        self.allowed = parse_networks(config.webhook_allowed_networks)
+        self.grace: Grace[Fact] = Grace(config.webhook_grace)
+        self.stats = WebhookStats()
+        self.endpoints: dict[str, Endpoint] = {}
+        self._by_app: dict[str, list[Endpoint]] = {}
+        self.message_apps: frozenset[str] = frozenset()
+        """Apps with an endpoint asking for ``message_published`` (the hub checks this)."""
+        self._path = Path(data_dir if data_dir is not None else config.data_dir) / \
+            "webhooks-outbox.sqlite3"
+        self.outbox: Outbox | None = None
+        self._rows: list[tuple[str, str, float]] = []
+        self._seqs: dict[tuple[str, str], int] = {}
+        self._uncommitted: dict[str, int] = {}
+        self._commit_handle: asyncio.Handle | None = None
+        self._grace_handle: asyncio.TimerHandle | None = None
+        self._workers: dict[str, _Worker] = {}
+        self._http: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.outbox = Outbox(self._path, self.config.webhook_outbox_max)
+        connector = aiohttp.TCPConnector(resolver=_GuardedResolver(self.allowed),
+                                         limit=0, limit_per_host=4, use_dns_cache=False)
+        self._http = aiohttp.ClientSession(
+            connector=connector, headers={"User-Agent": USER_AGENT},
+            timeout=aiohttp.ClientTimeout(total=self.config.webhook_timeout),
+            auto_decompress=False,
+        )
+        self._sync_workers()
+
+    async def stop(self) -> None:
+        """Persist what is held or pending (a leave held for its grace is real once the node
+        stops), then stop delivering; the outbox keeps the rest for the next start."""
+        self._stopping = True
+        if self._grace_handle is not None:
+            self._grace_handle.cancel()
+        for fact in self.grace.drain():
+            self._emit(fact)
+        self._commit()
+        for w in list(self._workers.values()):
+            w.stop()
+        await asyncio.gather(*(w.task for w in self._workers.values() if w.task),
+                             return_exceptions=True)
+        self._workers.clear()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+        if self.outbox is not None:
+            self.outbox.close()
+            self.outbox = None
+
+    @property
+    def active(self) -> bool:
+        """Whether any endpoint is configured (the hub is observed only then)."""
+        return bool(self.endpoints)
+
+    def set_endpoints(self, endpoints: Iterable[Endpoint]) -> None:
+        """Replace the endpoints (a store or config change, applied at once)."""
+        self.endpoints = {e.id: e for e in endpoints}
+        by_app: dict[str, list[Endpoint]] = {}
+        for e in self.endpoints.values():
+            if e.enabled:
+                by_app.setdefault(e.app_id, []).append(e)
+        self._by_app = by_app
+        self.message_apps = frozenset(
+            e.app_id for e in self.endpoints.values()
+            if e.enabled and MESSAGE_PUBLISHED in e.events)
+        if self.outbox is not None:
+            self._sync_workers()
+
+    def _sync_workers(self) -> None:
+        assert self.outbox is not None
+        for endpoint_id in list(self._workers):
+            if endpoint_id not in self.endpoints:
+                self._workers.pop(endpoint_id).stop()
+        for endpoint_id in self.outbox.endpoints():
+            if endpoint_id not in self.endpoints:
+                n = self.outbox.drop_endpoint(endpoint_id)
+                self.stats.dropped[(endpoint_id, "endpoint_removed")] += n
+        for endpoint_id in self.endpoints:
+            w = self._workers.get(endpoint_id)
+            if w is None:
+                w = self._workers[endpoint_id] = _Worker(self, endpoint_id)
+                w.start()
+            w.wake()
+
+    # -- observer (called by the hub, synchronously) ----------------------------------------------
+
+    def connected(self, app_id: str, peer_id: str, metadata: bytes | None,
+                  connections: int) -> None:
+        if app_id in self._by_app:
+            self._fact(PEER_CONNECTED, app_id, None, peer_id,
+                       {"metadata": _metadata(metadata), "connections": connections})
+
+    def disconnected(self, app_id: str, peer_id: str, code: int, reason: str,
+                     connections: int) -> None:
+        if app_id in self._by_app:
+            self._fact(PEER_DISCONNECTED, app_id, None, peer_id,
+                       {"code": code, "reason": reason, "connections": connections})
+
+    def joined(self, app_id: str, channel: str, peer_id: str, metadata: bytes | None,
+               members: int, first: bool) -> None:
+        """``peer_id`` is now present in ``channel`` (``first``: the channel was empty)."""
+        if app_id not in self._by_app:
+            return
+        if first:
+            self._arrival(CHANNEL_OCCUPIED, app_id, channel, None, {"members": members})
+        self._arrival(PEER_JOINED, app_id, channel, peer_id,
+                      {"metadata": _metadata(metadata), "members": members})
+
+    def left(self, app_id: str, channel: str, peer_id: str, metadata: bytes | None,
+             members: int, last: bool) -> None:
+        """``peer_id`` is no longer present in ``channel`` (``last``: it is empty now)."""
+        if app_id not in self._by_app:
+            return
+        self._departure(PEER_LEFT, app_id, channel, peer_id,
+                        {"metadata": _metadata(metadata), "members": members})
+        if last:
+            self._departure(CHANNEL_VACATED, app_id, channel, None, {"members": 0})
+
+    def published(self, app_id: str, channel: str, data: bytes, sender_json: bytes) -> None:
+        if app_id not in self._by_app:
+            return
+        limit = self.config.webhook_message_max_bytes
+        raw = bytes(data)  # a msgspec.Raw from a frame, bytes from REST
+        body: dict[str, Any] = {"size": len(raw)}
+        if len(raw) <= limit:
+            try:
+                body["data"] = json.loads(raw)
+            except ValueError:
+                body["truncated"] = True
+        else:
+            body["truncated"] = True
+        sender = _metadata(sender_json)
+        self._fact(MESSAGE_PUBLISHED, app_id, channel, sender if isinstance(sender, str)
+                   else None, body)
+
+    # -- facts -> events ----------------------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        return int(time.time() * 1000)
+
+    def _arrival(self, kind: str, app_id: str, channel: str, peer_id: str | None,
+                 data: dict[str, Any]) -> None:
+        if self.grace.cancel((app_id, channel, peer_id)):
+            return  # back within the grace: neither the leave nor this arrival is news
+        self._fact(kind, app_id, channel, peer_id, data)
+
+    def _departure(self, kind: str, app_id: str, channel: str, peer_id: str | None,
+                   data: dict[str, Any]) -> None:
+        fact = Fact(kind, app_id, channel, peer_id, self._now_ms(), data)
+        if self.grace.seconds <= 0 or self._loop is None or self._stopping:
+            self._emit(fact)
+            return
+        self.grace.hold((app_id, channel, peer_id), fact, self._loop.time())
+        self._arm_grace()
+
+    def _arm_grace(self) -> None:
+        assert self._loop is not None
+        deadline = self.grace.next_deadline()
+        if deadline is None:
+            return
+        h = self._grace_handle
+        if h is not None and not h.cancelled() and h.when() <= deadline:
+            return
+        if h is not None:
+            h.cancel()
+        self._grace_handle = self._loop.call_at(deadline, self._release)
+
+    def _release(self) -> None:
+        assert self._loop is not None
+        self._grace_handle = None
+        for fact in self.grace.due(self._loop.time()):
+            self._emit(fact)
+        self._arm_grace()
+
+    def _fact(self, kind: str, app_id: str, channel: str | None, peer_id: str | None,
+              data: dict[str, Any]) -> None:
+        self._emit(Fact(kind, app_id, channel, peer_id, self._now_ms(), data))
+
+    def _emit(self, fact: Fact) -> None:
+        """Queue the event for every endpoint that wants it (committed this loop turn)."""
+        outbox = self.outbox
+        if outbox is None:
+            return
+        wanted = [e for e in self._by_app.get(fact.app_id, ())
+                  if wants(e, fact.type, fact.channel)]
+        if not wanted:
+            return
+        event_id = new_event_id()
+        stream = stream_key(fact.app_id, fact.channel, fact.peer_id)
+        accepted = time.time()
+        for e in wanted:
+            # The number is used even when the event is dropped: the receiver sees the gap.
+            seq = outbox.next_seq(e.id, stream)
+            self._seqs[(e.id, stream)] = seq
+            queued = outbox.depth.get(e.id, 0) + self._uncommitted.get(e.id, 0)
+            if queued >= outbox.limit:
+                self.stats.dropped[(e.id, "outbox_full")] += 1
+                continue
+            event = Event(event_id, fact.type, fact.created_at, fact.app_id, fact.channel,
+                          fact.peer_id, seq, fact.data)
+            self._rows.append((e.id, _json(event.public()), accepted))
+            self._uncommitted[e.id] = self._uncommitted.get(e.id, 0) + 1
+        self._schedule_commit()
+
+    def _schedule_commit(self) -> None:
+        if self._commit_handle is None and self._loop is not None and not self._stopping:
+            self._commit_handle = self._loop.call_soon(self._commit)
+
+    def _commit(self) -> None:
+        self._commit_handle = None
+        if self.outbox is None or not (self._rows or self._seqs):
+            return
+        rows, self._rows = self._rows, []
+        self._uncommitted = {}
+        seqs = [(e, s, n) for (e, s), n in self._seqs.items()]
+        self._seqs = {}
+        try:
+            self.outbox.add(rows, seqs)
+        except Exception:
+            log.exception("writing %d webhook events to the outbox failed; they are dropped",
+                          len(rows))
+            for endpoint_id, _, _ in rows:
+                self.stats.dropped[(endpoint_id, "outbox_error")] += 1
+            return
+        for endpoint_id in {r[0] for r in rows}:
+            w = self._workers.get(endpoint_id)
+            if w is not None:
+                w.wake()
+
+    # -- delivery -----------------------------------------------------------------------------
+
+    async def post(self, endpoint: Endpoint, events_json: list[str]) -> Attempt:
+        """One signed request carrying ``events_json``; never raises."""
+        assert self._http is not None
+        body = (f'{{"endpointId":{_json(endpoint.id)},"batchId":'
+                f'{_json("bat_" + secrets.token_hex(8))},"events":['
+                + ",".join(events_json) + "]}").encode()
+        started = time.monotonic()
+        status: int | None = None
+        error: str | None = None
+        problem = url_problem(endpoint.url, self.allowed)
+        if problem is not None:
+            error = "refused_address"
+        else:
+            headers = {
+                "Content-Type": "application/json",
+                SIGNATURE_HEADER: signature_header(body, endpoint.secret, int(time.time())),
+            }
+            try:
+                async with self._http.post(endpoint.url, data=body, headers=headers,
+                                           allow_redirects=False) as resp:
+                    status = resp.status
+                    await resp.content.read(_RESPONSE_READ_LIMIT)
+                if 300 <= status < 400:
+                    error = "redirect_not_followed"
+                elif not 200 <= status < 300:
+                    error = f"http_{status}"
+            except RefusedAddress:
+                error = "refused_address"
+            except TimeoutError:
+                error = "timeout"
+            except aiohttp.ClientConnectorError as exc:
+                refused = isinstance(exc.os_error, RefusedAddress) or isinstance(
+                    exc.__cause__, RefusedAddress)
+                error = "refused_address" if refused else "connect_failed"
+            except aiohttp.ClientError:
+                error = "request_failed"
+            except OSError:
+                error = "connect_failed"
+        attempt = Attempt(time.time(), len(events_json), status, error,
+                          time.monotonic() - started)
+        self.stats.attempt(endpoint.id, attempt)
+        return attempt
+
+    async def ping(self, endpoint: Endpoint) -> Attempt:
+        """Send a signed ``ping`` event now, outside the outbox (``roomwire webhooks test``)."""
+        event = Event(new_event_id(), PING, self._now_ms(), endpoint.app_id, None, None, 0,
+                      {"message": "a test event from roomwire"})
+        return await self.post(endpoint, [_json(event.public())])
+
+    def depth(self) -> dict[str, int]:
+        if self.outbox is None:
+            return {}
+        return {e: n for e, n in self.outbox.depth.items() if n or e in self.endpoints}
+
+    def render_metrics(self) -> str:
+        return self.stats.render(self.depth())
+
+
+class _Worker:
+    """The delivery loop of one endpoint."""
+
+    def __init__(self, service: WebhookService, endpoint_id: str) -> None:
+        self.service = service
+        self.endpoint_id = endpoint_id
+        self._wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self._rand: Callable[[], float] = random.random
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._once()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("webhook delivery for endpoint %s stopped", self.endpoint_id)
+
+    async def _once(self) -> None:
+        svc = self.service
+        outbox = svc.outbox
+        if outbox is None or outbox.depth.get(self.endpoint_id, 0) == 0:
+            self._wake.clear()
+            await self._wake.wait()
+            return
+        schedule = svc.schedule
+        rows = outbox.take(self.endpoint_id, schedule.batch_max)
+        if not rows:
+            outbox.depth[self.endpoint_id] = 0
+            return
+        wait = schedule.send_in(len(rows), time.time() - rows[0][2])
+        if wait:
+            await asyncio.sleep(wait)
+            rows = outbox.take(self.endpoint_id, schedule.batch_max)
+        await self._deliver(rows)
+
+    async def _deliver(self, rows: list[tuple[int, str, float]]) -> None:
+        svc = self.service
+        first = time.monotonic()
+        failures = 0
+        events = [r[1] for r in rows]
+        ids = [r[0] for r in rows]
+        while True:
+            endpoint = svc.endpoints.get(self.endpoint_id)
+            if endpoint is None or svc.outbox is None:
+                return  # removed meanwhile: _sync_workers dropped its rows
+            attempt = await svc.post(endpoint, events)
+            if svc.outbox is None:
+                return
+            if attempt.error is None:
+                svc.outbox.remove(self.endpoint_id, ids)
+                svc.stats.delivered[self.endpoint_id] += len(ids)
+                now = time.time()
+                for e in events:
+                    created = json.loads(e).get("createdAt", 0)
+                    svc.stats.observe_lag(int(created), now)
+                return
+            failures += 1
+            delay = svc.schedule.backoff(failures, self._rand())
+            if svc.schedule.gives_up(first, time.monotonic(), delay):
+                svc.outbox.remove(self.endpoint_id, ids)
+                svc.stats.failed[self.endpoint_id] += len(ids)
+                log.warning("webhook endpoint %s: gave up on %d events after %d attempts "
+                            "(last: %s)", self.endpoint_id, len(ids), failures, attempt.error)
+                return
+            svc.stats.retried[self.endpoint_id] += 1
+            await asyncio.sleep(delay)
+
+
+__all__ = ["WebhookService"]
