@@ -141,7 +141,8 @@ class WebhookService:
             timeout=aiohttp.ClientTimeout(total=self.config.webhook_timeout),
             auto_decompress=False,
         )
-        self._sync_workers()
+        # Workers start with the first set_endpoints: rows of an endpoint not (yet) known
+        # must not be dropped before the node has read its endpoints.
 
     async def stop(self) -> None:
         """Persist what is held or pending (a leave held for its grace is real once the node
