@@ -99,6 +99,25 @@ def _metadata(raw: bytes | None) -> Any:
         return None
 
 
+def _client(allowed: Sequence[Network], timeout: float) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(resolver=_GuardedResolver(allowed), limit=0,
+                                     limit_per_host=4, use_dns_cache=False)
+    return aiohttp.ClientSession(
+        connector=connector, headers={"User-Agent": USER_AGENT},
+        timeout=aiohttp.ClientTimeout(total=timeout), auto_decompress=False,
+    )
+
+
+async def send_ping(config: ServerConfig, endpoint: Endpoint) -> Attempt:
+    """A signed ``ping`` to ``endpoint`` without a running node (``roomwire webhooks test``)."""
+    service = WebhookService(config)
+    service._http = _client(service.allowed, config.webhook_timeout)
+    try:
+        return await service.ping(endpoint)
+    finally:
+        await service._http.close()
+
+
 class WebhookService:
     """Observer of the hub (``hub.HubObserver``) and the delivery of its events."""
 
@@ -134,13 +153,7 @@ class WebhookService:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.outbox = Outbox(self._path, self.config.webhook_outbox_max)
-        connector = aiohttp.TCPConnector(resolver=_GuardedResolver(self.allowed),
-                                         limit=0, limit_per_host=4, use_dns_cache=False)
-        self._http = aiohttp.ClientSession(
-            connector=connector, headers={"User-Agent": USER_AGENT},
-            timeout=aiohttp.ClientTimeout(total=self.config.webhook_timeout),
-            auto_decompress=False,
-        )
+        self._http = _client(self.allowed, self.config.webhook_timeout)
         # Workers start with the first set_endpoints: rows of an endpoint not (yet) known
         # must not be dropped before the node has read its endpoints.
 
@@ -396,6 +409,15 @@ class WebhookService:
                       {"message": "a test event from roomwire"})
         return await self.post(endpoint, [_json(event.public())])
 
+    def endpoint_stats(self, endpoint_id: str) -> dict[str, Any]:
+        """What the admin API shows of one endpoint's delivery on this node."""
+        depth = self.outbox.depth.get(endpoint_id, 0) if self.outbox is not None else 0
+        dropped = sum(n for (e, _), n in self.stats.dropped.items() if e == endpoint_id)
+        return {"queueDepth": depth, "delivered": self.stats.delivered[endpoint_id],
+                "failed": self.stats.failed[endpoint_id],
+                "retried": self.stats.retried[endpoint_id], "dropped": dropped,
+                "lastAttempts": self.stats.last_attempts(endpoint_id)}
+
     def depth(self) -> dict[str, int]:
         if self.outbox is None:
             return {}
@@ -485,4 +507,4 @@ class _Worker:
             await asyncio.sleep(delay)
 
 
-__all__ = ["WebhookService"]
+__all__ = ["WebhookService", "send_ping"]
