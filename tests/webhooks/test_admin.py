@@ -86,6 +86,12 @@ async def test_admin_api_endpoints_apply_at_once(tmp_path: Path, receiver: Recei
             assert srv.node.hub.observer is None
             status, body = await _call(http, srv, "GET", f"/webhooks/{hook}")
             assert status == 404
+            async with http.get(f"http://127.0.0.1:{srv.node.port}/admin/v1/openapi.json"
+                                ) as resp:
+                doc = await resp.json()
+            assert {"/apps/{appId}/webhooks", "/webhooks/{webhookId}",
+                    "/webhooks/{webhookId}/test"} <= set(doc["paths"])
+            assert set(doc["paths"]["/webhooks/{webhookId}"]) >= {"get", "patch", "delete"}
             metrics = srv.node.render_metrics()
             assert rotated["secret"] not in metrics and created["secret"] not in metrics
             await alice.close()
