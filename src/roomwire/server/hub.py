@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..protocol import frames
-from .broker import Broker
+from .broker import Broker, PresenceObserver
 
 _perf = time.perf_counter
 
@@ -56,10 +56,12 @@ class _Uncounted:
         return None
 
 
-class HubObserver(Protocol):
+class HubObserver(PresenceObserver, Protocol):
     """Who hears the hub's lifecycle facts (the webhook service). Called synchronously at
     each transition; a hub without an observer (no webhook configured) pays one attribute
-    test per connection change and per publish, nothing more."""
+    test per connection change and per publish, nothing more. In a cluster, joins and leaves
+    come from the broker instead (``PresenceObserver``), connections and publishes from the
+    node that holds the socket."""
 
     message_apps: frozenset[str]
     """Apps that want ``published`` calls."""
@@ -69,12 +71,6 @@ class HubObserver(Protocol):
 
     def disconnected(self, app_id: str, peer_id: str, code: int, reason: str,
                      connections: int) -> None: ...
-
-    def joined(self, app_id: str, channel: str, peer_id: str, metadata: bytes | None,
-               members: int, first: bool) -> None: ...
-
-    def left(self, app_id: str, channel: str, peer_id: str, metadata: bytes | None,
-             members: int, last: bool) -> None: ...
 
     def published(self, app_id: str, channel: str, data: bytes, sender_json: bytes) -> None:
         ...
@@ -161,9 +157,6 @@ class Hub:
         """Cluster: links whose welcome waits for the broker; no direct reaches them yet."""
         self.observer: HubObserver | None = None
         """Lifecycle facts go here (set while a webhook is configured)."""
-        self.broker_reports_presence = False
-        """Cluster: the broker tells the observer about joins and leaves (its Redis scripts
-        know which node made each transition), so the hub does not."""
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -276,7 +269,7 @@ class Hub:
             if not was_present:
                 self._broadcast_presence(room, [link.presence_entry], [])
                 if self.observer is not None:
-                    self.observer.joined(link.app_id, channel, peer, link.peer_metadata,
+                    self.observer.joined(link.app_id, channel, peer, link.presence_entry,
                                          len(room.local), first)
         (room.with_meta if include_sender_metadata else room.plain)[link] = None
         if not link.receives_presence:
@@ -351,8 +344,8 @@ class Hub:
                 room.entries.pop(peer, None)
                 self._broadcast_presence(room, [], [entry])
                 if self.observer is not None:
-                    self.observer.left(link.app_id, channel, peer, link.peer_metadata,
-                                       len(room.local), not room.local)
+                    self.observer.left(link.app_id, channel, peer, entry, len(room.local),
+                                       not room.local)
         self._maybe_drop_room(link.app_id, room)
         return True
 

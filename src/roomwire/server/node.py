@@ -202,6 +202,9 @@ class Node:
         endpoints += self.store.list_webhooks()
         self.webhooks.set_endpoints(endpoints)
         self.hub.observer = self.webhooks if self.webhooks.active else None
+        # A cluster broker reports joins and leaves: its Redis scripts know which node made
+        # each transition, so each is reported once in the cluster.
+        self.broker.observer = self.hub.observer
 
     def _apply_changes(self, old: Keyring, new: Keyring) -> None:
         for app in new.apps.values():

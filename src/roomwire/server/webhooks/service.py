@@ -18,6 +18,7 @@ categories that contain neither the URL nor a secret.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -34,6 +35,7 @@ from aiohttp.resolver import ThreadedResolver
 
 from ...webhooks import SIGNATURE_HEADER, signature_header
 from .grace import Grace
+from .ledger import Ledger
 from .model import (
     CHANNEL_OCCUPIED,
     CHANNEL_VACATED,
@@ -99,6 +101,15 @@ def _metadata(raw: bytes | None) -> Any:
         return None
 
 
+def outbox_name(node_id: str | None) -> str:
+    """The outbox file of a node: one per ``node_id``, so nodes sharing a data directory
+    never share an outbox, and a node restarted under the same id finds its rows again."""
+    if not node_id:
+        return "webhooks-outbox.sqlite3"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in node_id)[:100]
+    return f"webhooks-outbox-{safe}.sqlite3"
+
+
 def _client(allowed: Sequence[Network], timeout: float) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(resolver=_GuardedResolver(allowed), limit=0,
                                      limit_per_host=4, use_dns_cache=False)
@@ -116,6 +127,12 @@ async def send_ping(config: ServerConfig, endpoint: Endpoint) -> Attempt:
         return await service.ping(endpoint)
     finally:
         await service._http.close()
+
+
+def _entry_metadata(entry: bytes) -> Any:
+    """The metadata of a presence entry (``{"peerId", "metadata"?}``)."""
+    value = _metadata(entry)
+    return value.get("metadata") if isinstance(value, dict) else None
 
 
 class WebhookService:
@@ -136,7 +153,7 @@ class WebhookService:
         self.message_apps: frozenset[str] = frozenset()
         """Apps with an endpoint asking for ``message_published`` (the hub checks this)."""
         self._path = Path(data_dir if data_dir is not None else config.data_dir) / \
-            "webhooks-outbox.sqlite3"
+            outbox_name(config.node_id)
         self.outbox: Outbox | None = None
         self._rows: list[tuple[str, str, float]] = []
         self._seqs: dict[tuple[str, str], int] = {}
@@ -147,6 +164,13 @@ class WebhookService:
         self._http: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        self.ledger: Ledger | None = None
+        """Cluster (``redis_url``): grace holds and sequence numbers are cluster-wide."""
+        self._settling: list[tuple[Fact, str, list[Endpoint]]] = []
+        self._settle_wake = asyncio.Event()
+        self._settled = asyncio.Event()
+        self._settle_busy = False
+        self._settle_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -154,6 +178,10 @@ class WebhookService:
         self._loop = asyncio.get_running_loop()
         self.outbox = Outbox(self._path, self.config.webhook_outbox_max)
         self._http = _client(self.allowed, self.config.webhook_timeout)
+        if self.config.redis_url:
+            self.ledger = Ledger(self.config.redis_url, self.config.redis_prefix,
+                                 self.config.webhook_grace)
+            self._settle_task = self._loop.create_task(self._settle_loop())
         # Workers start with the first set_endpoints: rows of an endpoint not (yet) known
         # must not be dropped before the node has read its endpoints.
 
@@ -164,7 +192,13 @@ class WebhookService:
         if self._grace_handle is not None:
             self._grace_handle.cancel()
         for fact in self.grace.drain():
-            self._emit(fact)
+            self._emit(fact, "release")
+        if self.ledger is not None and self._settle_task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settle_flush(), 5.0)
+            self._settle_task.cancel()
+            await asyncio.gather(self._settle_task, return_exceptions=True)
+            await self.ledger.close()
         self._commit()
         for w in list(self._workers.values()):
             w.stop()
@@ -227,7 +261,7 @@ class WebhookService:
             self._fact(PEER_DISCONNECTED, app_id, None, peer_id,
                        {"code": code, "reason": reason, "connections": connections})
 
-    def joined(self, app_id: str, channel: str, peer_id: str, metadata: bytes | None,
+    def joined(self, app_id: str, channel: str, peer_id: str, entry: bytes,
                members: int, first: bool) -> None:
         """``peer_id`` is now present in ``channel`` (``first``: the channel was empty)."""
         if app_id not in self._by_app:
@@ -235,15 +269,15 @@ class WebhookService:
         if first:
             self._arrival(CHANNEL_OCCUPIED, app_id, channel, None, {"members": members})
         self._arrival(PEER_JOINED, app_id, channel, peer_id,
-                      {"metadata": _metadata(metadata), "members": members})
+                      {"metadata": _entry_metadata(entry), "members": members})
 
-    def left(self, app_id: str, channel: str, peer_id: str, metadata: bytes | None,
+    def left(self, app_id: str, channel: str, peer_id: str, entry: bytes,
              members: int, last: bool) -> None:
         """``peer_id`` is no longer present in ``channel`` (``last``: it is empty now)."""
         if app_id not in self._by_app:
             return
         self._departure(PEER_LEFT, app_id, channel, peer_id,
-                        {"metadata": _metadata(metadata), "members": members})
+                        {"metadata": _entry_metadata(entry), "members": members})
         if last:
             self._departure(CHANNEL_VACATED, app_id, channel, None, {"members": 0})
 
@@ -271,9 +305,15 @@ class WebhookService:
 
     def _arrival(self, kind: str, app_id: str, channel: str, peer_id: str | None,
                  data: dict[str, Any]) -> None:
+        fact = Fact(kind, app_id, channel, peer_id, self._now_ms(), data)
+        if self.ledger is not None:
+            # The leave may be held on another node: Redis decides (see ledger.py).
+            self.grace.cancel((app_id, channel, peer_id))
+            self._emit(fact, "arrive")
+            return
         if self.grace.cancel((app_id, channel, peer_id)):
             return  # back within the grace: neither the leave nor this arrival is news
-        self._fact(kind, app_id, channel, peer_id, data)
+        self._emit(fact)
 
     def _departure(self, kind: str, app_id: str, channel: str, peer_id: str | None,
                    data: dict[str, Any]) -> None:
@@ -282,6 +322,8 @@ class WebhookService:
             self._emit(fact)
             return
         self.grace.hold((app_id, channel, peer_id), fact, self._loop.time())
+        if self.ledger is not None:
+            self._settle_later(fact, "hold", [])
         self._arm_grace()
 
     def _arm_grace(self) -> None:
@@ -300,38 +342,98 @@ class WebhookService:
         assert self._loop is not None
         self._grace_handle = None
         for fact in self.grace.due(self._loop.time()):
-            self._emit(fact)
+            self._emit(fact, "release")
         self._arm_grace()
 
     def _fact(self, kind: str, app_id: str, channel: str | None, peer_id: str | None,
               data: dict[str, Any]) -> None:
         self._emit(Fact(kind, app_id, channel, peer_id, self._now_ms(), data))
 
-    def _emit(self, fact: Fact) -> None:
-        """Queue the event for every endpoint that wants it (committed this loop turn)."""
+    def _emit(self, fact: Fact, op: str = "plain") -> None:
+        """Queue the event for every endpoint that wants it (committed this loop turn; in a
+        cluster once Redis settled it, ``op`` saying what it does to a grace hold)."""
         outbox = self.outbox
         if outbox is None:
             return
         wanted = [e for e in self._by_app.get(fact.app_id, ())
                   if wants(e, fact.type, fact.channel)]
+        if self.ledger is not None:
+            if wanted or op != "plain":
+                self._settle_later(fact, op, wanted)
+            return
         if not wanted:
             return
-        event_id = new_event_id()
         stream = stream_key(fact.app_id, fact.channel, fact.peer_id)
-        accepted = time.time()
+        seqs = []
         for e in wanted:
+            seqs.append(outbox.next_seq(e.id, stream))
+            self._seqs[(e.id, stream)] = seqs[-1]
+        self._queue_rows(fact, wanted, seqs)
+        self._schedule_commit()
+
+    def _queue_rows(self, fact: Fact, wanted: list[Endpoint], seqs: list[int]) -> None:
+        assert self.outbox is not None
+        event_id = new_event_id()
+        accepted = time.time()
+        for e, seq in zip(wanted, seqs, strict=True):
             # The number is used even when the event is dropped: the receiver sees the gap.
-            seq = outbox.next_seq(e.id, stream)
-            self._seqs[(e.id, stream)] = seq
-            queued = outbox.depth.get(e.id, 0) + self._uncommitted.get(e.id, 0)
-            if queued >= outbox.limit:
+            queued = self.outbox.depth.get(e.id, 0) + self._uncommitted.get(e.id, 0)
+            if queued >= self.outbox.limit:
                 self.stats.dropped[(e.id, "outbox_full")] += 1
                 continue
             event = Event(event_id, fact.type, fact.created_at, fact.app_id, fact.channel,
                           fact.peer_id, seq, fact.data)
             self._rows.append((e.id, _json(event.public()), accepted))
             self._uncommitted[e.id] = self._uncommitted.get(e.id, 0) + 1
-        self._schedule_commit()
+
+    # -- cluster: Redis settles holds and numbers (ledger.py) ----------------------------------
+
+    def _settle_later(self, fact: Fact, op: str, wanted: list[Endpoint]) -> None:
+        self._settling.append((fact, op, wanted))
+        self._settle_wake.set()
+
+    async def _settle_loop(self) -> None:
+        assert self.ledger is not None
+        while True:
+            await self._settle_wake.wait()
+            self._settle_wake.clear()
+            while self._settling:
+                batch, self._settling = self._settling[:500], self._settling[500:]
+                self._settle_busy = True
+                try:
+                    await self._settle(batch)
+                finally:
+                    self._settle_busy = False
+            self._settled.set()
+
+    async def _settle(self, batch: list[tuple[Fact, str, list[Endpoint]]]) -> None:
+        assert self.ledger is not None
+        items = []
+        for fact, op, wanted in batch:
+            stream = stream_key(fact.app_id, fact.channel, fact.peer_id)
+            hold = f"{fact.app_id}\x00{fact.channel}\x00{fact.peer_id or ''}"
+            items.append({"o": op, "k": hold, "s": [f"{e.id}\x00{stream}" for e in wanted]})
+        try:
+            results = await self.ledger.settle(items)
+        except Exception as exc:
+            log.error("webhooks: Redis did not settle %d facts (%s); their events are "
+                      "dropped", len(batch), type(exc).__name__)
+            for _, _, wanted in batch:
+                for e in wanted:
+                    self.stats.dropped[(e.id, "backplane_error")] += 1
+            return
+        if self.outbox is None:
+            return
+        for (fact, _, wanted), result in zip(batch, results, strict=True):
+            if result and result[0] == 1 and wanted:
+                self._queue_rows(fact, wanted, result[1:])
+        self._commit()
+
+    async def _settle_flush(self) -> None:
+        while self._settling or self._settle_busy:
+            self._settled.clear()
+            self._settle_wake.set()
+            await self._settled.wait()
 
     def _schedule_commit(self) -> None:
         if self._commit_handle is None and self._loop is not None and not self._stopping:
