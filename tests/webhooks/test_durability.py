@@ -51,6 +51,7 @@ async def test_kill_9_with_deliveries_pending_loses_nothing(tmp_path: Path) -> N
 webhook_allowed_networks = ["127.0.0.0/8"]
 webhook_retry_initial = 0.1
 webhook_retry_max = 0.3
+webhook_grace = 0.2
 
 [[webhooks]]
 url = "http://127.0.0.1:{port}/hook"
@@ -66,17 +67,21 @@ secret = "{SECRET}"
                 c = await RawClient.connect(f"{info['url']}/v1?key={info['publishableKey']}")
                 await c.subscribe("room")
                 clients.append(c)
-            # 3 connected, 1 occupied, 3 joined: all accepted, none delivered.
+            # Two leave again: their peer_left wait the grace (on the server's own loop).
+            for c in clients[1:]:
+                await c.request({"type": "unsubscribe", "channel": "room"})
+            # 3 connected, 1 occupied, 3 joined, 2 left: all accepted, none delivered.
             await wait_for(lambda: _queue_depth(http, info["port"]), 10.0,
-                           "7 events waiting in the outbox", until=lambda n: n == 7)
+                           "9 events waiting in the outbox", until=lambda n: n == 9)
             proc.kill()
             assert await asyncio.wait_for(proc.wait(), 10) == -9
             await receiver.start(port)
             proc2, info2 = await _serve(data, config)
-            await wait_for(lambda: len(receiver.events), 15.0, "the 7 pending events",
-                           until=lambda n: n >= 7)
+            await wait_for(lambda: len(receiver.events), 15.0, "the 9 pending events",
+                           until=lambda n: n >= 9)
             assert sorted(receiver.types()) == sorted(
-                ["peer_connected"] * 3 + ["channel_occupied"] + ["peer_joined"] * 3)
+                ["peer_connected"] * 3 + ["channel_occupied"] + ["peer_joined"] * 3
+                + ["peer_left"] * 2)
             check_streams(receiver.events)
             assert receiver.refused == []
             await wait_for(lambda: _queue_depth(http, info2["port"]), 5.0,

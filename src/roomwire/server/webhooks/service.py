@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -27,7 +28,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -129,6 +130,23 @@ async def send_ping(config: ServerConfig, endpoint: Endpoint) -> Attempt:
         await service._http.close()
 
 
+_F = TypeVar("_F", bound=Callable[..., None])
+
+
+def _guarded(method: _F) -> _F:
+    """An observer method: the hub calls it inside a client's request, so a failure here is
+    logged and must never reach (and close) that client."""
+
+    @functools.wraps(method)
+    def call(*args: Any) -> None:
+        try:
+            method(*args)
+        except Exception:
+            log.exception("webhooks: %s failed; the event is lost", method.__name__)
+
+    return call  # type: ignore[return-value]
+
+
 def _entry_metadata(entry: bytes) -> Any:
     """The metadata of a presence entry (``{"peerId", "metadata"?}``)."""
     value = _metadata(entry)
@@ -160,6 +178,7 @@ class WebhookService:
         self._uncommitted: dict[str, int] = {}
         self._commit_handle: asyncio.Handle | None = None
         self._grace_handle: asyncio.TimerHandle | None = None
+        self._grace_at = 0.0
         self._workers: dict[str, _Worker] = {}
         self._http: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -249,18 +268,21 @@ class WebhookService:
 
     # -- observer (called by the hub, synchronously) ----------------------------------------------
 
+    @_guarded
     def connected(self, app_id: str, peer_id: str, metadata: bytes | None,
                   connections: int) -> None:
         if app_id in self._by_app:
             self._fact(PEER_CONNECTED, app_id, None, peer_id,
                        {"metadata": _metadata(metadata), "connections": connections})
 
+    @_guarded
     def disconnected(self, app_id: str, peer_id: str, code: int, reason: str,
                      connections: int) -> None:
         if app_id in self._by_app:
             self._fact(PEER_DISCONNECTED, app_id, None, peer_id,
                        {"code": code, "reason": reason, "connections": connections})
 
+    @_guarded
     def joined(self, app_id: str, channel: str, peer_id: str, entry: bytes,
                members: int, first: bool) -> None:
         """``peer_id`` is now present in ``channel`` (``first``: the channel was empty)."""
@@ -271,6 +293,7 @@ class WebhookService:
         self._arrival(PEER_JOINED, app_id, channel, peer_id,
                       {"metadata": _entry_metadata(entry), "members": members})
 
+    @_guarded
     def left(self, app_id: str, channel: str, peer_id: str, entry: bytes,
              members: int, last: bool) -> None:
         """``peer_id`` is no longer present in ``channel`` (``last``: it is empty now)."""
@@ -281,8 +304,10 @@ class WebhookService:
         if last:
             self._departure(CHANNEL_VACATED, app_id, channel, None, {"members": 0})
 
+    @_guarded
     def published(self, app_id: str, channel: str, data: bytes, sender_json: bytes) -> None:
-        if app_id not in self._by_app:
+        # Per message: decide before parsing anything that nobody wants this channel.
+        if not any(wants(e, MESSAGE_PUBLISHED, channel) for e in self._by_app.get(app_id, ())):
             return
         limit = self.config.webhook_message_max_bytes
         raw = bytes(data)  # a msgspec.Raw from a frame, bytes from REST
@@ -332,10 +357,12 @@ class WebhookService:
         if deadline is None:
             return
         h = self._grace_handle
-        if h is not None and not h.cancelled() and h.when() <= deadline:
+        # The deadline is kept here: uvloop's timer handles do not tell theirs.
+        if h is not None and self._grace_at <= deadline:
             return
         if h is not None:
             h.cancel()
+        self._grace_at = deadline
         self._grace_handle = self._loop.call_at(deadline, self._release)
 
     def _release(self) -> None:
