@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -49,7 +50,7 @@ SCENARIOS = (
 )
 
 
-def _config(path: Path, variant: str, receiver_port: int) -> Path | None:
+def _config(path: Path, variant: str, receiver_port: int, extra: str = "") -> Path | None:
     if variant == "off":
         return None
     events = ["channel_occupied", "channel_vacated", "peer_joined", "peer_left",
@@ -57,7 +58,7 @@ def _config(path: Path, variant: str, receiver_port: int) -> Path | None:
     if variant == "on+msgs":
         events.append("message_published")
     path.write_text(
-        'webhook_allowed_networks = ["127.0.0.0/8"]\n\n[[webhooks]]\n'
+        'webhook_allowed_networks = ["127.0.0.0/8"]\n' + extra + '\n[[webhooks]]\n'
         f'url = "http://127.0.0.1:{receiver_port}/hook"\nsecret = "{SECRET}"\n'
         f"events = {json.dumps(events)}\n")
     return path
@@ -184,6 +185,9 @@ def main() -> int:
     p.add_argument("--joins-per-s", type=float, default=1000.0)
     p.add_argument("--join-connections", type=int, default=50)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--lag-settings", default="",
+                   help="TOML lines for the lag server, ';'-separated (webhook_batch_max = 500)")
+    p.add_argument("--skip-cpu", action="store_true", help="only the lag measurement")
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--loadgen-cpu", type=int, default=1)
     p.add_argument("--receiver", nargs=2, metavar=("PORT_FILE", "OUT_FILE"),
@@ -199,9 +203,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="rw-webhooks-bench-"))
     import subprocess
 
-    def receiver_proc(tag: str) -> tuple[subprocess.Popen[bytes], int, Path]:
+    def receiver_proc(tag: str, cpu: int = args.loadgen_cpu,
+                      ) -> tuple[subprocess.Popen[bytes], int, Path]:
         port_file, out_file = work / f"{tag}.port", work / f"{tag}.json"
-        cpu = args.loadgen_cpu
 
         def pin() -> None:
             os.sched_setaffinity(0, {cpu})
@@ -225,7 +229,7 @@ def main() -> int:
     results: dict[tuple[int, str, str], float] = {}
     busy: list[float] = []
     started = time.time()
-    for rnd in range(args.rounds):
+    for rnd in range(0 if args.skip_cpu else args.rounds):
         order = VARIANTS if rnd % 2 == 0 else tuple(reversed(VARIANTS))
         for variant in order:
             data_dir = work / f"r{rnd}-{variant}"
@@ -257,8 +261,10 @@ def main() -> int:
                 log(f"  receiver: {got['events']} events, {got['refused']} refused")
 
     # Lag at N joins/s.
-    proc, port, out_file = receiver_proc("lag")
-    config = _config(work / "lag.toml", "on", port)
+    # The join driver needs a CPU of its own to keep the rate: the receiver shares the
+    # server's (its cost is part of the end-to-end lag anyway).
+    proc, port, out_file = receiver_proc("lag", args.server_cpu)
+    config = _config(work / "lag.toml", "on", port, args.lag_settings.replace(";", "\n"))
     assert config is not None
     os.environ["ROOMWIRE_CONFIG"] = str(config)
     server = Server("roomwire", args.server_cpu, work)
@@ -269,9 +275,15 @@ def main() -> int:
         return 1
     try:
         procstat.pin_to_cpu(args.loadgen_cpu)
+        cpu0, t0 = procstat.cpu_seconds(server.pid), time.monotonic()
         joins = asyncio.run(_drive_joins(server.url, args.joins_per_s, args.lag_seconds,
                                          args.join_connections))
+        server_util = (procstat.cpu_seconds(server.pid) - cpu0) / (time.monotonic() - t0)
         time.sleep(1.0)  # the last batch on its way
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics") as resp:
+            metrics = resp.read().decode()
     finally:
         server.stop()
         lag = stop_receiver(proc, out_file)
@@ -281,8 +293,9 @@ def main() -> int:
     print(f"Machine: {info.get('cpu_model')}, {info.get('nproc')} CPUs; server on CPU "
           f"{args.server_cpu}, load generator and receiver on CPU {args.loadgen_cpu}; "
           f"{args.rounds} round(s) of {args.duration:g} s; started "
-          f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(started))} UTC; other load during "
-          f"measurements: median {statistics.median(busy) if busy else 0:.2f} busy cores "
+          f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(started))} UTC; machine busy during "
+          f"measurements (this benchmark's server and load generator included): median "
+          f"{statistics.median(busy) if busy else 0:.2f} cores "
           f"(max {max(busy) if busy else 0:.2f}) out of {info.get('nproc')}.\n")
     print("| scenario | metric | off | on | on/off | on+msgs | on+msgs/off |")
     print("|---|---|---|---|---|---|---|")
@@ -305,6 +318,20 @@ def main() -> int:
 
         print(f"| {scenario.name} | {label} | {cell(row['off'])} | {cell(row['on'])} | "
               f"{ratio('on')} | {cell(row['on+msgs'])} | {ratio('on+msgs')} |")
+    buckets = [(float(b), float(v)) for b, v in re.findall(
+        r'^roomwire_webhook_lag_seconds_bucket\{le="([0-9.e+-]+)"\} (\S+)$', metrics, re.M)]
+    total = float((re.findall(r"^roomwire_webhook_lag_seconds_count (\S+)$", metrics, re.M)
+                   or ["0"])[0])
+
+    def bucket_at(q: float) -> str:
+        for bound, count in buckets:
+            if total and count >= q * total:
+                return f"<= {bound * 1000:g} ms"
+        return "> last bucket"
+
+    print(f"\nServer during the joins: {server_util:.0%} of a core. Its own lag histogram "
+          f"(fact to 2xx, every event type incl. graced ones): {total:.0f} events, p50 "
+          f"{bucket_at(0.5)}, p99 {bucket_at(0.99)}.")
     if lags:
         print(f"\nLag at {args.joins_per_s:g} joins/s for {args.lag_seconds:g} s ({joins} joins, "
               f"{len(lags)} peer_joined received, {lag['refused']} refused): "
