@@ -169,6 +169,36 @@ async def _drive_joins(url: str, rate: float, seconds: float, conns: int) -> int
     return done
 
 
+async def _drain_rate(batch_max: int, events: int) -> tuple[float, float]:
+    """In one process (no server, no sockets but the webhook's own): the service accepting
+    ``events`` facts as fast as it can and delivering them to a receiver on the same loop.
+    Returns (accepted events/s, delivered events/s): the delivery path's own ceiling."""
+    from roomwire.server.config import ServerConfig
+    from roomwire.server.webhooks.policy import endpoint_from_config
+    from roomwire.server.webhooks.service import WebhookService
+
+    r = Receiver()
+    await r.start()
+    cfg = ServerConfig(data_dir=Path(tempfile.mkdtemp(prefix="rw-drain-")), webhook_grace=0,
+                       webhook_allowed_networks=["127.0.0.0/8"], webhook_batch_max=batch_max)
+    service = WebhookService(cfg)
+    await service.start()
+    service.set_endpoints([endpoint_from_config(
+        {"url": f"http://127.0.0.1:{r.port}/hook", "secret": SECRET}, "app")])
+    t0 = time.monotonic()
+    for i in range(events // 2):  # occupied + joined each
+        service.joined("app", f"c{i}", "p", b'{"peerId":"p"}', 1, True)
+        if i % 50 == 0:
+            await asyncio.sleep(0)
+    t1 = time.monotonic()
+    while r.events < events:
+        await asyncio.sleep(0.005)
+    t2 = time.monotonic()
+    await service.stop()
+    await r.stop()
+    return events / (t1 - t0), events / (t2 - t0)
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -289,6 +319,8 @@ def main() -> int:
         lag = stop_receiver(proc, out_file)
     lags = lag["lags"]
 
+    procstat.pin_to_cpu(args.server_cpu)
+    drains = [asyncio.run(_drain_rate(b, 10_000)) for b in (100, 500)]
     info = machine_info()
     print(f"Machine: {info.get('cpu_model')}, {info.get('nproc')} CPUs; server on CPU "
           f"{args.server_cpu}, load generator and receiver on CPU {args.loadgen_cpu}; "
@@ -332,6 +364,9 @@ def main() -> int:
     print(f"\nServer during the joins: {server_util:.0%} of a core. Its own lag histogram "
           f"(fact to 2xx, every event type incl. graced ones): {total:.0f} events, p50 "
           f"{bucket_at(0.5)}, p99 {bucket_at(0.99)}.")
+    print(f"\nDelivery ceiling, one process on CPU {args.server_cpu} (service and receiver on "
+          f"one loop, 10,000 events): batch 100: {drains[0][1]:,.0f} events/s delivered "
+          f"(accepted at {drains[0][0]:,.0f}/s); batch 500: {drains[1][1]:,.0f} events/s.")
     if lags:
         print(f"\nLag at {args.joins_per_s:g} joins/s for {args.lag_seconds:g} s ({joins} joins, "
               f"{len(lags)} peer_joined received, {lag['refused']} refused): "
