@@ -783,12 +783,32 @@ async function scenarioBench(ctx) {
   return out;
 }
 
+// Recording (issue 15): "py" records the room with a RoomRecorder while two Python peers and
+// the browser tab (camera and microphone) send; the browser leaves mid-recording.
+async function scenarioPyRecord(ctx) {
+  const room = `py-rec-${Math.random().toString(36).slice(2, 8)}`;
+  const started = await py("record_start", { room, out: `${env.workdir}/rec`, senders: 2 });
+  const b = await openTab(ctx, "B", { room, name: "Browser", token: env.tokens.alice });
+  mark("browser_joined");
+  const browserFile = await py("record_wait", { peer: "alice", seconds: 10, timeout: 60 });
+  mark("browser_recorded");
+  const rejoinsB = await b.evaluate(watchdogEvents);
+  const leftAt = Date.now();
+  await b.close();
+  const browserFinal = await py("record_wait", { peer: "alice", final: true, timeout: 30 });
+  for (const id of started.senders) await py("record_wait", { peer: id, seconds: 12, timeout: 60 });
+  const stopped = await py("record_stop");
+  mark("stopped");
+  return { started, browserFile, browserFinal, leftAt, rejoinsB, ...stopped };
+}
+
 // -- main ------------------------------------------------------------------------------------
 
 const scenarios = {
   call: scenarioCall, restart: scenarioRestart, stuck: scenarioStuck, pubsub: scenarioPubsub,
   "py-browser-first": scenarioPyBrowserFirst, "py-python-first": scenarioPyPythonFirst,
   "py-restart": scenarioPyRestart, "py-screen-stop": scenarioPyScreenStop, bench: scenarioBench,
+  "py-record": scenarioPyRecord,
 };
 
 async function main() {

@@ -138,40 +138,37 @@ async def test_two_aiortc_peers_connect_through_coturn(tmp_path: Path, coturn: i
 
 async def test_coturn_refuses_a_forged_credential(tmp_path: Path, coturn: int) -> None:
     """The same setup with a credential minted from the wrong secret never connects."""
-    from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
-    from aiortc.rtcconfiguration import RTCIceTransportPolicy
-
     from roomwire.server.ice import mint_turn
 
     entry = mint_turn([f"turn:127.0.0.1:{coturn}?transport=udp"], "wrong-secret", "mallory")
+    assert "typ relay" not in await _relay_offer(entry)
+
+
+async def _relay_offer(entry: dict[str, Any]) -> str:
+    """The SDP of a relay-only offer gathered with the TURN server ``entry``."""
+    from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+    from aiortc.rtcconfiguration import RTCIceTransportPolicy
+
     pc = RTCPeerConnection(RTCConfiguration(
         iceServers=[RTCIceServer(**entry)], iceTransportPolicy=RTCIceTransportPolicy.RELAY))
     try:
         pc.createDataChannel("x")
         await pc.setLocalDescription(await pc.createOffer())
-        assert "typ relay" not in pc.localDescription.sdp
+        return str(pc.localDescription.sdp)
     finally:
         await pc.close()
 
 
 async def test_coturn_refuses_an_expired_credential(coturn: int) -> None:
     """Why credentials must be refreshed: coturn refuses a correctly signed credential whose
-    expiry has passed, so a connection built with it gets no relay candidate."""
-    from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
-    from aiortc.rtcconfiguration import RTCIceTransportPolicy
-
+    expiry has passed, so a connection built with it gets no relay candidate (while a fresh
+    one from the same secret does)."""
     from roomwire.server.ice import mint_turn
 
-    entry = mint_turn([f"turn:127.0.0.1:{coturn}?transport=udp"], SECRET, "late",
-                      ttl=60, now=time.time() - 120)
-    pc = RTCPeerConnection(RTCConfiguration(
-        iceServers=[RTCIceServer(**entry)], iceTransportPolicy=RTCIceTransportPolicy.RELAY))
-    try:
-        pc.createDataChannel("x")
-        await pc.setLocalDescription(await pc.createOffer())
-        assert "typ relay" not in pc.localDescription.sdp
-    finally:
-        await pc.close()
+    urls = [f"turn:127.0.0.1:{coturn}?transport=udp"]
+    late = mint_turn(urls, SECRET, "late", ttl=60, now=time.time() - 120)
+    assert "typ relay" not in await _relay_offer(late)
+    assert "typ relay" in await _relay_offer(mint_turn(urls, SECRET, "late", ttl=60))
 
 
 def _turn_expiry(servers: Any) -> int:

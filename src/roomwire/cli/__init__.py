@@ -1,9 +1,9 @@
 """The ``roomwire`` command: run a server and manage its apps, keys and tokens.
 
 ``build_parser`` and ``main`` live here; each command is a module beside this one (``serve``,
-``manage`` for apps, keys and tokens, ``webhooks``, ``join``). Every management command works
-on the same ``--data-dir`` as ``serve`` (a running server picks changes up within a second)
-and prints JSON with ``--json``.
+``manage`` for apps, keys and tokens, ``webhooks``, ``join``, ``record``). Every management
+command works on the same ``--data-dir`` as ``serve`` (a running server picks changes up within
+a second) and prints JSON with ``--json``.
 """
 
 from __future__ import annotations
@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_join_parser(sub)
     add_webhooks_parser(sub, _data_dir_arg, _csv)
+    from .record import add_record_parser
+
+    add_record_parser(sub)
     return parser
 
 
@@ -186,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             from .join import run_join
 
             return run_join(args)
+        if args.command == "record":
+            from .record import run_record
+
+            return run_record(args)
     except MissingExtraError as exc:
         print(f"roomwire: error: {exc}", file=sys.stderr)
         return 2

@@ -65,8 +65,12 @@ _LAZY: dict[str, str] = {
     "RemoteStateChangeEvent": "rtc.events", "RemoteStreamAddedEvent": "rtc.events",
     "RemoteStreamRemovedEvent": "rtc.events", "RemoteTrackMetadataEvent": "rtc.events",
     "TrackEvent": "rtc.events",
+    # audio.py
+    "AudioChunk": "audio", "UtteranceDetector": "audio", "UtteranceEvent": "audio",
+    "remote_audio": "audio",
     # media.py
-    "AudioSource": "media", "Recorder": "media", "VideoSource": "media",
+    "AudioSource": "media", "MonotonicClock": "media", "Recorder": "media",
+    "VideoSource": "media", "VirtualClock": "media",
     "from_camera": "media", "from_file": "media", "from_microphone": "media",
     "iter_frames": "media",
     # rtc/loopback.py

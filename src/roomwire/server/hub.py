@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..protocol import frames
+from ..protocol.patterns import is_pattern
 from .broker import Broker, PresenceObserver
+from .wildcards import Wildcards
 
 _perf = time.perf_counter
 
@@ -142,6 +144,8 @@ class Tenant:
     rooms: dict[str, Room] = field(default_factory=dict)
     peers: dict[str, dict[Link, None]] = field(default_factory=dict)
     links: int = 0
+    wildcards: Wildcards[Link] = field(default_factory=Wildcards[Link])
+    """Pattern subscriptions (``wildcards``)."""
 
 
 class Hub:
@@ -212,7 +216,7 @@ class Hub:
                 del t.peers[link.peer_id]
                 self.broker.peer_connected(link.app_id, link.peer_id, False)
         t.links -= 1
-        if t.links <= 0 and not t.rooms and not t.peers:
+        if t.links <= 0 and not t.rooms and not t.peers and not t.wildcards:
             del self.tenants[link.app_id]
 
     def peer_links(self, app_id: str, peer_id: str) -> list[Link]:
@@ -309,6 +313,11 @@ class Hub:
     def finish_subscribe(self, link: Link, channel: str) -> bytes | None:
         """Cluster: the join ``subscribe`` waited for is done; the link becomes a subscriber
         now, so no presence frame reaches it before the snapshot this returns."""
+        if is_pattern(channel):
+            t = self.tenants.get(link.app_id)
+            if t is not None:
+                t.wildcards.activate(link, channel)
+            return None
         room = self._room(link.app_id, channel, create=False)
         if room is None or link not in room.pending:
             return None
@@ -323,6 +332,8 @@ class Hub:
     def unsubscribe(self, link: Link, channel: str) -> bool:
         """Remove the subscription; others hear ``left`` when the peer's last socket leaves the
         channel on every node. Returns whether the link was subscribed."""
+        if "*" in channel and is_pattern(channel):
+            return self._unsubscribe_pattern(link, channel)
         room = self._room(link.app_id, channel, create=False)
         if room is None:
             return False
@@ -366,6 +377,53 @@ class Hub:
             self.broker.leave(link.app_id, channel, peer, last=not room.held)
         self._maybe_drop_room(link.app_id, room)
         return True
+
+    # -- pattern subscriptions -----------------------------------------------------------------
+
+    def subscribe_pattern(self, link: Link, pattern: str, include_sender_metadata: bool,
+                          ) -> asyncio.Future[None] | None:
+        """Follow every channel ``pattern`` matches (no presence either way). In a cluster,
+        the app's first pattern on this node waits until the broker receives the app's
+        publishes from every node: a future, after which ``finish_subscribe`` activates the
+        link. Later patterns of the app wait for the same future while it runs."""
+        t = self.tenant(link.app_id)
+        ready = self.broker.follow_app(link.app_id, True) if self.broker.clustered else None
+        if ready is not None and ready.done() and (
+                ready.cancelled() or ready.exception() is not None):
+            return ready  # the backplane is down: the caller answers with an error
+        waiting = ready is not None and not ready.done()
+        t.wildcards.add(link, pattern, include_sender_metadata, pending=waiting)
+        return ready if waiting else None
+
+    def _unsubscribe_pattern(self, link: Link, pattern: str) -> bool:
+        t = self.tenants.get(link.app_id)
+        if t is None or not t.wildcards.remove(link, pattern):
+            return False
+        if not t.wildcards and self.broker.clustered:
+            self.broker.follow_app(link.app_id, False)
+        return True
+
+    def _fan_out_wildcards(
+        self, t: Tenant, channel: str, room: Room | None, data: bytes, sender_json: bytes,
+        sender_metadata: bytes | None, skip: Link | None,
+    ) -> int:
+        """Deliver to the pattern subscribers of ``channel`` that are not its subscribers
+        (those got the message through the channel: once per link)."""
+        plain, meta = t.wildcards.recipients(
+            channel, room.subscribers() if room is not None else (), skip)
+        if not plain and not meta:
+            return 0
+        name_json = room.name_json if room is not None else frames.encode_json(channel)
+        if plain:
+            wire = self._wire(frames.encode_message(name_json, sender_json, data))
+            for sub in plain:
+                sub.send_wire(wire)
+        if meta:
+            wire = self._wire(frames.encode_message(name_json, sender_json, data,
+                                                    sender_metadata))
+            for sub in meta:
+                sub.send_wire(wire)
+        return len(plain) + len(meta)
 
     def _maybe_drop_room(self, app_id: str, room: Room) -> None:
         if len(room) == 0 and not room.remote and not room.held and not room.pending:
@@ -423,14 +481,20 @@ class Hub:
         sender_json: bytes,
         sender_metadata: bytes | None,
         skip: Link | None,
+        patterns: bool = True,
     ) -> int:
+        """Queue a message for the local subscribers of ``channel`` and, with ``patterns``,
+        for the local pattern subscribers it matches."""
         t = self.tenants.get(app_id)
         if t is None:
             return 0
         room = t.rooms.get(channel)
-        if room is None:
-            return 0
         n = 0
+        if t.wildcards and patterns:
+            n = self._fan_out_wildcards(t, channel, room, data, sender_json, sender_metadata,
+                                        skip)
+        if room is None:
+            return n
         if room.plain:
             wire = self._wire(frames.encode_message(room.name_json, sender_json, data))
             for sub in room.plain:
@@ -464,7 +528,23 @@ class Hub:
         self, app_id: str, channel: str, data: bytes, sender_json: bytes,
         sender_metadata: bytes | None,
     ) -> int:
-        n = self._fan_out(app_id, channel, data, sender_json, sender_metadata, None)
+        # A node following the app for its patterns gets those through
+        # ``deliver_pattern_publish``: here only the channel's subscribers.
+        n = self._fan_out(app_id, channel, data, sender_json, sender_metadata, None,
+                          patterns=False)
+        self.counters.frames_sent["message"] += n
+        return n
+
+    def deliver_pattern_publish(
+        self, app_id: str, channel: str, data: bytes, sender_json: bytes,
+        sender_metadata: bytes | None,
+    ) -> int:
+        """A publish of another node on a channel of an app this node follows for patterns."""
+        t = self.tenants.get(app_id)
+        if t is None or not t.wildcards:
+            return 0
+        n = self._fan_out_wildcards(t, channel, t.rooms.get(channel), data, sender_json,
+                                    sender_metadata, None)
         self.counters.frames_sent["message"] += n
         return n
 

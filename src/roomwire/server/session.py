@@ -18,6 +18,7 @@ import msgspec
 from ..protocol import Action, CloseCode, ErrorCode, frames
 from ..protocol.ice import ICE_SERVERS_TYPE
 from ..protocol.limits import MAX_REQUEST_ID_CHARS
+from ..protocol.patterns import is_pattern, pattern_problem
 from ..protocol.validate import (
     channel_problem,
     is_reserved_channel,
@@ -165,7 +166,7 @@ class Session(ABC):
         self.receives_presence = principal.can(Action.PRESENCE)
         if self.subscriptions and not principal.can(Action.SUBSCRIBE):
             return False
-        return all(principal.channel_allowed(c) for c in self.subscriptions)
+        return all(principal.subscription_allowed(c) for c in self.subscriptions)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -258,7 +259,10 @@ class Session(ABC):
         except KeyError:
             pass
         verdict: tuple[str, str] | None
+        pattern = action == Action.SUBSCRIBE and is_pattern(channel)
         problem = channel_problem(channel)
+        if problem is None and pattern:
+            problem = pattern_problem(channel)
         if problem is not None:
             verdict = (ErrorCode.INVALID_CHANNEL, problem)
         elif is_reserved_channel(channel):
@@ -266,7 +270,11 @@ class Session(ABC):
                        "channels starting with _metered/, _internal/ or _system/ are reserved")
         elif not self.principal.can(action):
             verdict = (ErrorCode.ACTION_NOT_PERMITTED, f"this credential may not {action}")
-        elif not self.principal.channel_allowed(channel):
+        elif pattern and not self.principal.pattern_allowed(channel):
+            verdict = (ErrorCode.CHANNEL_NOT_AUTHORIZED,
+                       "this credential's channel patterns do not cover every channel this "
+                       "pattern matches")
+        elif not pattern and not self.principal.channel_allowed(channel):
             verdict = (ErrorCode.CHANNEL_NOT_AUTHORIZED,
                        "this credential's channel patterns do not cover this channel")
         else:
@@ -370,7 +378,9 @@ class Session(ABC):
                         f"a connection may hold at most {limit} subscriptions", rid)
             return
         include = req.includeSenderMetadata is True
-        snapshot = self.services.hub.subscribe(self, channel, include)
+        hub = self.services.hub
+        snapshot = (hub.subscribe_pattern(self, channel, include) if "*" in channel
+                    and is_pattern(channel) else hub.subscribe(self, channel, include))
         if isinstance(snapshot, asyncio.Future):
             self._held = []
             self._subscribing = channel

@@ -23,13 +23,13 @@ What it does (docs/protocol.md, Peer-to-peer signalling; docs/webrtc-notes.md):
   per peer for a shared local track, with the original track id and stream id on the wire;
   "remove" is ``replaceTrack(None)`` + a direction without send + renegotiation.
 * ICE failure: the connection is rebuilt on a ladder (immediate, 1, 2, 4, 8, 16, 30, 30, 30 s),
-  each attempt probing for "connected"; then one fatal ``NegotiationErrorEvent``.
+  each attempt probing for "connected"; then one fatal ``RemoteNegotiationErrorEvent``.
 * Track metadata: ``__meteredTrackMeta`` for each local track goes out before the track is
   attached (so before the offer); inbound metadata fills a FIFO cache consulted when a remote
   track appears.
 
-Events are frozen dataclasses delivered synchronously to the listeners added with
-``add_listener``.
+Events are the public ``RemotePeer`` events (``remote_events``), delivered synchronously to
+the listeners added with ``add_listener``; a ``RemotePeer`` passes the same objects on.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any
 
 from ...extras import missing_extra
 
@@ -92,7 +92,17 @@ from .perfect_negotiation import (
     needs_offer,
     outbound_still_current,
 )
-from .remote_events import RemoteDataChannelEvent, RemoteNegotiationErrorEvent
+from .remote_events import (
+    MediaStream,
+    RemoteConnectionResetEvent,
+    RemoteDataChannelEvent,
+    RemoteNegotiationErrorEvent,
+    RemoteStateChangeEvent,
+    RemoteStreamAddedEvent,
+    RemoteStreamRemovedEvent,
+    RemoteTrackMetadataEvent,
+    TrackEvent,
+)
 from .sdp import NO_STREAM, ice_ufrag, parse_sdp, pin_extmap_ids, reject_answer_mlines
 from .signals import (
     CandidateBudget,
@@ -121,7 +131,6 @@ __all__ = [
     "PeerState",
     "PeerStateChangeEvent",
     "ReceivedTrack",
-    "RemoteTrackEndedEvent",
     "RemoteTrackEvent",
     "SendSignal",
     "SignallingUnavailableError",
@@ -203,105 +212,30 @@ class IceRecoveryExhaustedError(RuntimeError):
 
 # -- events ------------------------------------------------------------------------------------
 
+# The engine emits the public ``RemotePeer`` events themselves (``remote_events``): a
+# ``RemotePeer`` passes them on unchanged, so a handler on the engine and one on the
+# ``RemotePeer`` receive the same object. The engine owns the received ``MediaStream``s for that.
 
-@dataclass(frozen=True, slots=True)
-class RemoteTrackEvent:
-    """A remote track arrived (a new m-section the remote sends on, or a rebuilt connection)."""
-
-    name: ClassVar[str] = "track"
-    track: MediaStreamTrack
-    kind: str
-    mid: str | None
-    stream_id: str | None
-    """The msid stream id; ``None`` for a track sent without a stream."""
-    track_id: str | None
-    """The sender's track id (msid). ``track.id`` is set to it as well."""
-    metadata: dict[str, Any] | None
-    generation: int
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteTrackEndedEvent:
-    """The remote stopped sending a track (removed it, or rejected its m-line)."""
-
-    name: ClassVar[str] = "track-ended"
-    track: MediaStreamTrack
-    kind: str
-    stream_id: str | None
-    track_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class StreamAddedEvent:
-    """The first track(s) of a remote stream arrived on the current connection. Fires again
-    with the new tracks after a rebuild (never preceded by ``StreamRemovedEvent`` then)."""
-
-    name: ClassVar[str] = "stream-added"
-    stream_id: str
-    tracks: tuple[MediaStreamTrack, ...]
-    metadata: dict[str, Any] | None
-
-
-@dataclass(frozen=True, slots=True)
-class StreamRemovedEvent:
-    """Every track of a remote stream has ended (not fired for rebuilds)."""
-
-    name: ClassVar[str] = "stream-removed"
-    stream_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class TrackMetadataEvent:
-    """Metadata for a live remote track changed after its track event."""
-
-    name: ClassVar[str] = "track-metadata"
-    track: MediaStreamTrack
-    track_id: str
-    metadata: dict[str, Any] | None
-
-
-@dataclass(frozen=True, slots=True)
-class PeerStateChangeEvent:
-    name: ClassVar[str] = "state-change"
-    previous: PeerState
-    current: PeerState
-
-
+# Earlier names of the same classes, kept importable.
+RemoteTrackEvent = TrackEvent
+StreamAddedEvent = RemoteStreamAddedEvent
+StreamRemovedEvent = RemoteStreamRemovedEvent
+TrackMetadataEvent = RemoteTrackMetadataEvent
+PeerStateChangeEvent = RemoteStateChangeEvent
+ConnectionResetEvent = RemoteConnectionResetEvent
 DataChannelEvent = RemoteDataChannelEvent
-"""A data channel opened: one the remote created (``local=False``) or one of ours. The public
-event itself: ``RemotePeer`` passes it on unchanged."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionResetEvent:
-    """The peer connection was replaced. Remote tracks and data channels of the old one are
-    gone (not-yet-open local channels were moved to the new one); local tracks are re-attached
-    automatically."""
-
-    name: ClassVar[str] = "connection-reset"
-    old_pc: RTCPeerConnection
-    new_pc: RTCPeerConnection
-    reason: str
-    """``glare``, ``remote-restart``, ``ice-failed``, ``answer-timeout``, ``reset``, ..."""
-    generation: int
-    was_connected: bool
-
-
 NegotiationErrorEvent = RemoteNegotiationErrorEvent
-"""A negotiation step failed. ``fatal`` only for the end of the recovery ladder (latched until
-the connection comes back). The public event itself, passed on unchanged."""
 
 
 NegotiatorEvent = (
-    RemoteTrackEvent
-    | RemoteTrackEndedEvent
-    | StreamAddedEvent
-    | StreamRemovedEvent
-    | TrackMetadataEvent
-    | PeerStateChangeEvent
-    | DataChannelEvent
-    | ConnectionResetEvent
-    | NegotiationErrorEvent
+    TrackEvent
+    | RemoteStreamAddedEvent
+    | RemoteStreamRemovedEvent
+    | RemoteTrackMetadataEvent
+    | RemoteStateChangeEvent
+    | RemoteDataChannelEvent
+    | RemoteConnectionResetEvent
+    | RemoteNegotiationErrorEvent
 )
 Listener = Callable[[NegotiatorEvent], None]
 
@@ -449,6 +383,8 @@ class _Generation:
     remote: dict[RTCRtpTransceiver, _RemoteTrack] = field(default_factory=dict)
     pumps: dict[RTCRtpTransceiver, asyncio.Task[None]] = field(default_factory=dict)
     streams: dict[str, set[_RemoteTrack]] = field(default_factory=dict)
+    media_streams: dict[str, MediaStream] = field(default_factory=dict)
+    """The ``MediaStream`` objects the events carry (fresh for every connection)."""
     channels: list[RTCDataChannel] = field(default_factory=list)
     ignoring_offer: bool = False
     answer_timer: asyncio.TimerHandle | None = None
@@ -544,7 +480,7 @@ class PeerNegotiator:
 
     @property
     def pc(self) -> RTCPeerConnection:
-        """The current peer connection (stale after any ``ConnectionResetEvent``)."""
+        """The current peer connection (stale after any ``RemoteConnectionResetEvent``)."""
         return self._gen.pc
 
     @property
@@ -566,13 +502,10 @@ class PeerNegotiator:
         return list(self._local)
 
     @property
-    def remote_tracks(self) -> list[RemoteTrackEvent]:
+    def remote_tracks(self) -> list[TrackEvent]:
         """The live remote tracks of the current connection, as track events."""
-        out = []
-        for rec in self._gen.remote.values():
-            if rec.active:
-                out.append(self._track_event(rec))
-        return out
+        gen = self._gen
+        return [self._track_event(gen, rec) for rec in gen.remote.values() if rec.active]
 
     # -- listeners ---------------------------------------------------------------------------
 
@@ -597,7 +530,7 @@ class PeerNegotiator:
         if new is old or old is PeerState.CLOSED:
             return
         self._state = new
-        self._emit(PeerStateChangeEvent(old, new))
+        self._emit(RemoteStateChangeEvent(old.value, new.value))
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -725,7 +658,7 @@ class PeerNegotiator:
             except Exception as exc:
                 self._log.warning("signal from %s failed: %r", self.remote_id, exc,
                                   exc_info=self._log.isEnabledFor(logging.DEBUG))
-                self._emit(NegotiationErrorEvent(exc, fatal=False))
+                self._emit(RemoteNegotiationErrorEvent(exc, fatal=False))
 
     def _apply_track_meta(self, meta: TrackMeta) -> None:
         if not meta.is_clear:
@@ -737,8 +670,7 @@ class PeerNegotiator:
             return
         for rec in self._gen.remote.values():
             if rec.active and meta.track_id in (rec.track_id, rec.track.id, rec.meta_key):
-                self._emit(TrackMetadataEvent(rec.track, meta.track_id,
-                                              self._lookup_metadata(rec)))
+                self._emit(RemoteTrackMetadataEvent(rec.track, self._lookup_metadata(rec)))
 
     async def _handle_offer(self, sdp: str) -> None:
         gen = self._gen
@@ -921,7 +853,7 @@ class PeerNegotiator:
             self._arm_answer_timer(gen)
         except Exception as exc:
             self._log.warning("offer to %s failed: %r", self.remote_id, exc)
-            self._emit(NegotiationErrorEvent(exc, fatal=False))
+            self._emit(RemoteNegotiationErrorEvent(exc, fatal=False))
         finally:
             self._making_offer = False
 
@@ -1014,7 +946,7 @@ class PeerNegotiator:
                 f"could not reconnect to {self.remote_id} after "
                 f"{len(self.timings.recovery_ladder)} rebuilds"
             )
-            self._emit(NegotiationErrorEvent(err, fatal=True))
+            self._emit(RemoteNegotiationErrorEvent(err, fatal=True))
 
     # -- rebuild -------------------------------------------------------------------------------
 
@@ -1022,7 +954,6 @@ class PeerNegotiator:
                        offer_now: bool = False) -> None:
         """Swap in a fresh peer connection (caller holds the op lock)."""
         old = self._gen
-        was_connected = old.connected
         self._cancel_answer_timer(old)
         new = _Generation(old.number + 1, self._new_pc())
         self._gen = new
@@ -1039,7 +970,7 @@ class PeerNegotiator:
                 new.channels.append(channel)
         if self._state is PeerState.CONNECTED:
             self._set_state(PeerState.RECONNECTING)
-        self._emit(ConnectionResetEvent(old.pc, new.pc, reason, new.number, was_connected))
+        self._emit(RemoteConnectionResetEvent(new.pc, old.pc, reason))
         self._close_pc_later(old.pc)
         if negotiate:
             self._request_negotiation(offer_now=offer_now)
@@ -1269,8 +1200,8 @@ class PeerNegotiator:
         id: int | None = None,
     ) -> RTCDataChannel:
         """A data channel on the current connection; negotiates when needed. A
-        ``DataChannelEvent(local=True)`` fires when it opens. It dies with the connection
-        (re-create it after ``ConnectionResetEvent``), except that a channel not open yet
+        ``RemoteDataChannelEvent(local=True)`` fires when it opens. It dies with the connection
+        (re-create it after ``RemoteConnectionResetEvent``), except that a channel not open yet
         when a collision rebuilds the connection is moved to the new one."""
         self._check_open()
         gen = self._gen
@@ -1282,7 +1213,7 @@ class PeerNegotiator:
 
         def on_open() -> None:
             if channel in self._gen.channels and not self._closed:
-                self._emit(DataChannelEvent(channel, local=True))
+                self._emit(RemoteDataChannelEvent(channel, local=True))
 
         channel.on("open", on_open)
         self._request_negotiation()
@@ -1290,7 +1221,7 @@ class PeerNegotiator:
 
     def _on_remote_channel(self, pc: RTCPeerConnection, channel: RTCDataChannel) -> None:
         if pc is self._gen.pc and not self._closed:
-            self._emit(DataChannelEvent(channel, local=False))
+            self._emit(RemoteDataChannelEvent(channel, local=False))
 
     def _check_open(self) -> None:
         if self._closed:
@@ -1348,9 +1279,17 @@ class PeerNegotiator:
                 return self._lookup_metadata(rec)
         return None
 
-    def _track_event(self, rec: _RemoteTrack) -> RemoteTrackEvent:
-        return RemoteTrackEvent(rec.track, rec.kind, rec.mid, rec.stream_id, rec.track_id,
-                                self._lookup_metadata(rec), self._gen.number)
+    def _track_event(self, gen: _Generation, rec: _RemoteTrack) -> TrackEvent:
+        stream = gen.media_streams.get(rec.stream_id) if rec.stream_id is not None else None
+        return TrackEvent(rec.track, (stream,) if stream is not None else (),
+                          self._lookup_metadata(rec), rec.kind)
+
+    @staticmethod
+    def _media_stream(gen: _Generation, stream_id: str) -> MediaStream:
+        stream = gen.media_streams.get(stream_id)
+        if stream is None:
+            stream = gen.media_streams[stream_id] = MediaStream(id=stream_id)
+        return stream
 
     def _sync_remote_tracks(self, gen: _Generation) -> None:
         """Reconcile remote tracks with the remote description just applied: an m-section the
@@ -1396,8 +1335,9 @@ class PeerNegotiator:
         removed_streams: list[str] = []
         for rec in ended:
             rec.track._finish()
-            self._emit(RemoteTrackEndedEvent(rec.track, rec.kind, rec.stream_id, rec.track_id))
             sid = rec.stream_id
+            if sid is not None and sid in gen.media_streams:
+                gen.media_streams[sid].remove_track(rec.track)
             members = gen.streams.get(sid) if sid is not None else None
             if sid is not None and members is not None:
                 members.discard(rec)
@@ -1405,7 +1345,9 @@ class PeerNegotiator:
                     del gen.streams[sid]
                     removed_streams.append(sid)
         for rec in added:
-            self._emit(self._track_event(rec))
+            if rec.stream_id is not None:
+                self._media_stream(gen, rec.stream_id).add_track(rec.track)
+            self._emit(self._track_event(gen, rec))
         new_streams: dict[str, list[_RemoteTrack]] = {}
         for rec in added:
             if rec.stream_id is None:
@@ -1417,14 +1359,15 @@ class PeerNegotiator:
                 new_streams.setdefault(rec.stream_id, []).append(rec)
         for stream_id in removed_streams:
             if stream_id not in new_streams:
-                self._emit(StreamRemovedEvent(stream_id))
+                gone = gen.media_streams.pop(stream_id, None) or MediaStream(id=stream_id)
+                self._emit(RemoteStreamRemovedEvent(gone))
         for stream_id, recs in new_streams.items():
             gen.streams[stream_id] = set(recs)
             if stream_id in removed_streams:
                 continue  # the stream lives on with a new track (no removed/added pair)
             metadata = next((m for m in map(self._lookup_metadata, recs) if m is not None),
                             None)
-            self._emit(StreamAddedEvent(stream_id, tuple(r.track for r in recs), metadata))
+            self._emit(RemoteStreamAddedEvent(self._media_stream(gen, stream_id), metadata))
 
     async def _pump(self, gen: _Generation, t: RTCRtpTransceiver,
                     source: MediaStreamTrack) -> None:

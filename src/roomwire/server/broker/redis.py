@@ -267,6 +267,10 @@ class RedisBroker(Broker):
         self._peers: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._unsubscribing: dict[bytes, asyncio.Future[None]] = {}
         self._routes: dict[bytes, tuple[str, str, str]] = {}
+        self._followed: dict[bytes, tuple[str, asyncio.Future[None]]] = {}
+        """Redis glob -> (app, confirmed): the apps whose every publish this node receives,
+        for its pattern subscriptions (one glob per app on every shard: one copy per
+        publish)."""
         self._joined: set[tuple[str, str, str]] = set()
         self._live_nodes: set[str] = set()
         self._conns: dict[str, dict[str, int]] = {}
@@ -436,6 +440,7 @@ class RedisBroker(Broker):
         self._peers.clear()
         self._unsubscribing.clear()
         self._routes.clear()
+        self._followed.clear()
         self._recover_task = asyncio.get_running_loop().create_task(self._recover())
 
     async def _recover(self) -> None:
@@ -539,6 +544,38 @@ class RedisBroker(Broker):
                 self._lost(exc)
                 return
             _reraise_cancellation()
+
+    def follow_app(self, app_id: str, following: bool) -> asyncio.Future[None] | None:
+        """Idempotent while following: every pattern subscribe asks, and gets the same
+        future (a new one after the backplane was lost and came back)."""
+        pattern = self.keys.app_channels(app_id)
+        if not following:
+            if self._followed.pop(pattern, None) is not None and self._live:
+                for shard in self._shards:
+                    self._pubsub(shard, "PUNSUBSCRIBE", pattern)
+            return None
+        known = self._followed.get(pattern)
+        if known is not None:
+            return known[1]
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self._live:
+            ready.set_exception(RuntimeError("the cluster backplane is down"))
+            return ready
+        # A channel lives on one shard, chosen by its name: every shard must match the glob.
+        confirmed = [self._pubsub(shard, "PSUBSCRIBE", pattern) for shard in self._shards]
+
+        def one_done(f: asyncio.Future[None]) -> None:
+            if ready.done():
+                return
+            if f.cancelled():
+                ready.set_exception(RuntimeError("lost the cluster backplane"))
+            elif all(c.done() for c in confirmed):
+                ready.set_result(None)
+
+        for f in confirmed:
+            f.add_done_callback(one_done)
+        self._followed[pattern] = (app_id, ready)
+        return ready
 
     # -- outgoing ------------------------------------------------------------------------------
 
@@ -853,7 +890,10 @@ class RedisBroker(Broker):
                 if kind == "message":
                     self.stats["received"] += 1
                     self._incoming(shard, msg["channel"], msg["data"])
-                elif kind in ("subscribe", "unsubscribe"):
+                elif kind == "pmessage":
+                    self.stats["received"] += 1
+                    self._incoming_followed(msg["pattern"], msg["channel"], msg["data"])
+                elif kind in ("subscribe", "unsubscribe", "psubscribe", "punsubscribe"):
                     q = shard.confirms.get(msg["channel"])
                     if q:
                         f = q.popleft()
@@ -863,6 +903,25 @@ class RedisBroker(Broker):
                             f.set_result(None)
         except (RedisError, OSError) as exc:
             self._lost(exc)
+
+    def _incoming_followed(self, pattern: bytes, rch: bytes, data: bytes) -> None:
+        """A publish on a channel of an app this node follows for its pattern subscribers."""
+        known = self._followed.get(pattern)
+        if known is None:
+            return  # unfollowed a moment ago
+        app_id = known[0]
+        name = self.keys.channel_name(app_id, rch)
+        if name is None:
+            return
+        try:
+            frame = decode(data)
+        except (msgspec.DecodeError, ValueError, TypeError):
+            log.warning("dropping an unreadable cluster message")
+            return
+        # Only publishes: the same Redis channels also carry the channel's presence frames.
+        if isinstance(frame, Message) and frame.origin != self.inst and self._sink is not None:
+            self._sink.deliver_pattern_publish(app_id, name, frame.data, frame.sender,
+                                               frame.sender_metadata)
 
     def _incoming(self, shard: _Shard, rch: bytes, data: bytes) -> None:
         try:
