@@ -17,7 +17,8 @@ SECRET = "whsec_test_secret_0123456789"
 
 
 class Receiver:
-    """``mode``: ``ok`` (204), ``fail`` (500), ``slow`` (answers after ``slow_for`` s)."""
+    """``mode``: ``ok`` (204), ``fail`` (500), ``slow`` (answers after ``slow_for`` s),
+    ``redirect`` (302 to ``/elsewhere``, which would accept)."""
 
     def __init__(self, secret: str = SECRET) -> None:
         self.secret = secret
@@ -28,6 +29,7 @@ class Receiver:
         self.events: list[dict[str, Any]] = []
         """Accepted events in arrival order, first copy of each id only."""
         self.duplicates = 0
+        self.redirected = 0
         self._seen: set[str] = set()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -39,6 +41,7 @@ class Receiver:
     async def start(self, port: int = 0) -> None:
         app = web.Application()
         app.router.add_post("/hook", self._hook)
+        app.router.add_post("/elsewhere", self._elsewhere)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port or self.port, reuse_address=True)
@@ -60,6 +63,8 @@ class Receiver:
         except WebhookSignatureError as exc:
             self.refused.append(exc.code)
             return web.Response(status=400)
+        if self.mode == "redirect":
+            raise web.HTTPFound("/elsewhere")
         if self.mode == "fail":
             return web.Response(status=500, text="receiver failing on purpose")
         if self.mode == "slow":
@@ -70,6 +75,10 @@ class Receiver:
                 continue
             self._seen.add(event["id"])
             self.events.append(event)
+        return web.Response(status=204)
+
+    async def _elsewhere(self, request: web.Request) -> web.Response:
+        self.redirected += 1
         return web.Response(status=204)
 
     def of(self, kind: str, channel: str | None = None) -> list[dict[str, Any]]:
