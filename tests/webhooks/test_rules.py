@@ -158,3 +158,25 @@ def test_event_round_trip_and_streams() -> None:
     assert Event.from_public(e.public()) == e
     assert stream_key("app", "c", "alice") != stream_key("app", None, "alice")
     assert stream_key("a", "b", None) != stream_key("a", None, "b")
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"url": "https://x.example/h", "secret": "short"}, "at least 16"),
+    ({"url": "ftp://x.example/h", "secret": "s" * 20}, "http"),
+    ({"url": "https://x.example/h", "secret": "s" * 20, "colour": 1}, "unknown setting"),
+    ({"url": "https://x.example/h", "secret": "s" * 20, "events": ["nope"]}, "unknown event"),
+])
+def test_config_entries_refused_with_a_reason(entry: dict[str, object], message: str) -> None:
+    from roomwire.server.config import ServerConfig
+
+    with pytest.raises(ValueError, match=message) as info:
+        ServerConfig(webhooks=[entry]).validate()
+    assert "s" * 20 not in str(info.value)
+
+
+def test_config_entry_ids_are_stable() -> None:
+    from roomwire.server.webhooks.policy import endpoint_from_config
+
+    entry = {"url": "https://x.example/h", "secret": "s" * 20}
+    assert endpoint_from_config(entry, "app_1").id == endpoint_from_config(entry, "app_1").id
+    assert endpoint_from_config(entry, "app_1").id != endpoint_from_config(entry, "app_2").id
