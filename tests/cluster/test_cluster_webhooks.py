@@ -5,13 +5,18 @@ numbers are cluster-wide per stream (no gap, no repeat)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from tests.webhooks.receiver import SECRET, Receiver
 
 from conftest import RawClient, RunningServer
+from roomwire.server.webhooks.service import outbox_name
 from waiting import wait_for
 
 from .conftest import Cluster
@@ -129,3 +134,31 @@ async def test_reaped_node_members_leave_once(hooked: Cluster, receiver: Receive
     _numbered_once(receiver, "room")
     await bob.ws.close()
 
+
+
+async def test_rolling_restart_does_not_flap(hooked: Cluster, receiver: Receiver,
+                                             tmp_path: Path) -> None:
+    alice = await _client(hooked[0], "alice")
+    await alice.subscribe("room")
+    await wait_for(lambda: _room(receiver)[("peer_joined", "alice")], DELIVERY, "alice joined")
+    # Node 0 is deployed: going_away, its sockets close, alice comes back on node 1 (as an
+    # SDK does after retryAfterMs) while node 0 is still shutting down.
+    stopping = asyncio.get_running_loop().create_task(hooked[0].node.shutdown())
+    assert (await alice.recv_type("going_away", timeout=5.0))["type"] == "going_away"
+    code, _ = await alice.closed(timeout=5.0)
+    assert code == 1001  # her socket on node 0 is gone: her leave is held there now
+    # She is back late: node 0 has already left the cluster (its broker stopped), only its
+    # webhook service is still finishing.
+    await wait_for(lambda: hooked[0].node.broker.healthy, DELIVERY, "node 0 out of Redis",
+                   until=lambda up: not up)
+    again = await _client(hooked[1], "alice")
+    await again.subscribe("room")
+    await asyncio.wait_for(stopping, GRACE + 10)
+    await _marked(hooked, receiver, "e")
+    assert _room(receiver) == Counter({("channel_occupied", None): 1,
+                                       ("peer_joined", "alice"): 1})
+    # Nor is the leave waiting in node 0's outbox for its next start.
+    with sqlite3.connect(tmp_path / "data" / outbox_name("n0")) as db:
+        rows = db.execute("SELECT event FROM deliveries").fetchall()
+    assert [json.loads(r[0])["type"] for r in rows if "room" in r[0]] == []
+    await again.close()

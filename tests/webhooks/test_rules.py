@@ -118,8 +118,9 @@ def test_grace_cancel_and_release_order() -> None:
     assert g.next_deadline() == 13.0
     assert g.cancel(("c", "bob")) is True       # bob came back: his left and join vanish
     assert g.cancel(("c", "bob")) is False
+    assert g.last_deadline() == 13.0
     assert g.due(13.0) == ["left-alice", "vacated"]
-    assert len(g) == 0 and g.next_deadline() is None
+    assert len(g) == 0 and g.next_deadline() is None and g.last_deadline() is None
 
 
 def test_grace_keeps_first_hold_and_drains() -> None:

@@ -51,3 +51,6 @@ class Grace(Generic[T]):
 
     def next_deadline(self) -> float | None:
         return min((d for d, _ in self._held.values()), default=None)
+
+    def last_deadline(self) -> float | None:
+        return max((d for d, _ in self._held.values()), default=None)

@@ -205,8 +205,16 @@ class WebhookService:
         # must not be dropped before the node has read its endpoints.
 
     async def stop(self) -> None:
-        """Persist what is held or pending (a leave held for its grace is real once the node
-        stops), then stop delivering; the outbox keeps the rest for the next start."""
+        """Persist what is held or pending, then stop delivering; the outbox keeps the rest
+        for the next start. In a cluster the leaves held for their grace (this node's members,
+        who were just told to go elsewhere) are waited out first, at most ``webhook_grace``:
+        a member back on another node within it cancels them there, so a rolling deploy does
+        not flap the backend. On one node nobody can come back meanwhile: they are sent."""
+        if self.ledger is not None and self._loop is not None:
+            last = self.grace.last_deadline()
+            if last is not None:
+                await asyncio.sleep(min(self.grace.seconds,
+                                        max(0.0, last - self._loop.time())) + 0.01)
         self._stopping = True
         if self._grace_handle is not None:
             self._grace_handle.cancel()
