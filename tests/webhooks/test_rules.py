@@ -181,3 +181,22 @@ def test_config_entry_ids_are_stable() -> None:
     entry = {"url": "https://x.example/h", "secret": "s" * 20}
     assert endpoint_from_config(entry, "app_1").id == endpoint_from_config(entry, "app_1").id
     assert endpoint_from_config(entry, "app_1").id != endpoint_from_config(entry, "app_2").id
+
+
+def test_grace_drain_remaining_and_custom_hold() -> None:
+    g: Grace[str] = Grace(3.0)
+    g.hold("a", "x", now=0.0)
+    g.hold("b", "y", now=2.0, seconds=0.5)
+    assert g.next_deadline() == 2.5
+    assert g.drain_remaining(2.2) == [("a", pytest.approx(0.8), "x"),
+                                      ("b", pytest.approx(0.3), "y")]
+    assert len(g) == 0
+    g.hold("c", "z", now=10.0)
+    assert g.drain_remaining(20.0) == [("c", 0.0, "z")]
+
+
+def test_fact_json_round_trip() -> None:
+    from roomwire.server.webhooks.model import PEER_LEFT, Fact, fact_from_json, fact_json
+
+    f = Fact(PEER_LEFT, "app", "room", "alice", 123, {"metadata": {"a": [1]}, "members": 0})
+    assert fact_from_json(fact_json(f)) == f

@@ -23,11 +23,11 @@ class Grace(Generic[T]):
     def __len__(self) -> int:
         return len(self._held)
 
-    def hold(self, key: Hashable, item: T, now: float) -> None:
-        """Hold ``item`` until ``now + seconds``. A key already held keeps its first item
-        (the leave that started the grace) and deadline."""
+    def hold(self, key: Hashable, item: T, now: float, seconds: float | None = None) -> None:
+        """Hold ``item`` until ``now + seconds`` (default: the grace). A key already held
+        keeps its first item (the leave that started the grace) and deadline."""
         if key not in self._held:
-            self._held[key] = (now + self.seconds, item)
+            self._held[key] = (now + (self.seconds if seconds is None else seconds), item)
 
     def cancel(self, key: Hashable) -> bool:
         """The member or peer is back: forget the held leave. Returns whether one was held
@@ -41,6 +41,13 @@ class Grace(Generic[T]):
             if deadline <= now:
                 del self._held[key]
                 out.append(item)
+        return out
+
+    def drain_remaining(self, now: float) -> list[tuple[Hashable, float, T]]:
+        """Everything held with the grace it has left, emptying the hold (a node that stops
+        and keeps them for its next start)."""
+        out = [(k, max(0.0, d - now), item) for k, (d, item) in self._held.items()]
+        self._held.clear()
         return out
 
     def drain(self) -> list[T]:

@@ -81,6 +81,20 @@ class Fact:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+def fact_json(fact: Fact) -> str:
+    import json
+
+    return json.dumps([fact.type, fact.app_id, fact.channel, fact.peer_id, fact.created_at,
+                       fact.data], separators=(",", ":"))
+
+
+def fact_from_json(raw: str) -> Fact:
+    import json
+
+    t, app_id, channel, peer_id, created_at, data = json.loads(raw)
+    return Fact(t, app_id, channel, peer_id, int(created_at), dict(data))
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """One receiver of an app's events."""

@@ -28,6 +28,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     accepted REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS deliveries_endpoint ON deliveries (endpoint, id);
+CREATE TABLE IF NOT EXISTS held (
+    fact TEXT NOT NULL,
+    remaining REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS seqs (
     endpoint TEXT NOT NULL,
     stream TEXT NOT NULL,
@@ -111,6 +115,19 @@ class Outbox:
         for key in [k for k in self._seqs if k[0] == endpoint]:
             del self._seqs[key]
         return n
+
+    def save_held(self, facts: list[tuple[str, float]]) -> None:
+        """Leaves still in their grace when the node stopped: (fact JSON, seconds left)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.executemany("INSERT INTO held (fact, remaining) VALUES (?, ?)", facts)
+        self._db.execute("COMMIT")
+
+    def take_held(self) -> list[tuple[str, float]]:
+        """The leaves a previous run kept, removed from the file."""
+        rows = [(str(f), float(r)) for f, r in self._db.execute(
+            "SELECT fact, remaining FROM held ORDER BY rowid")]
+        self._db.execute("DELETE FROM held")
+        return rows
 
     def endpoints(self) -> list[str]:
         """Endpoints with rows waiting."""

@@ -49,6 +49,8 @@ from .model import (
     Endpoint,
     Event,
     Fact,
+    fact_from_json,
+    fact_json,
     new_event_id,
     stream_key,
 )
@@ -197,6 +199,7 @@ class WebhookService:
         self._loop = asyncio.get_running_loop()
         self.outbox = Outbox(self._path, self.config.webhook_outbox_max)
         self._http = _client(self.allowed, self.config.webhook_timeout)
+        self._restore_held()
         if self.config.redis_url:
             self.ledger = Ledger(self.config.redis_url, self.config.redis_prefix,
                                  self.config.webhook_grace)
@@ -209,7 +212,8 @@ class WebhookService:
         for the next start. In a cluster the leaves held for their grace (this node's members,
         who were just told to go elsewhere) are waited out first, at most ``webhook_grace``:
         a member back on another node within it cancels them there, so a rolling deploy does
-        not flap the backend. On one node nobody can come back meanwhile: they are sent."""
+        not flap the backend. On one node nobody can come back meanwhile: the held leaves are
+        kept in the outbox file with the grace they had left, for the next start."""
         if self.ledger is not None and self._loop is not None:
             last = self.grace.last_deadline()
             if last is not None:
@@ -218,6 +222,16 @@ class WebhookService:
         self._stopping = True
         if self._grace_handle is not None:
             self._grace_handle.cancel()
+        if self.ledger is None and self.outbox is not None and self._loop is not None:
+            # One node: its members may be back right after the restart (a deploy); the
+            # next start holds these leaves for the grace they had left.
+            held = self.grace.drain_remaining(self._loop.time())
+            try:
+                self.outbox.save_held([(fact_json(f), left) for _, left, f in held])
+            except Exception:
+                log.exception("keeping %d held webhook leaves failed; sending them", len(held))
+                for _, _, fact in held:
+                    self._emit(fact)
         for fact in self.grace.drain():
             self._emit(fact, "release")
         if self.ledger is not None and self._settle_task is not None:
@@ -357,6 +371,18 @@ class WebhookService:
         self.grace.hold((app_id, channel, peer_id), fact, self._loop.time())
         if self.ledger is not None:
             self._settle_later(fact, "hold", [])
+        self._arm_grace()
+
+    def _restore_held(self) -> None:
+        """Hold again the leaves the previous run of this node kept (see ``stop``)."""
+        assert self.outbox is not None and self._loop is not None
+        for raw, left in self.outbox.take_held():
+            try:
+                fact = fact_from_json(raw)
+            except (ValueError, TypeError, KeyError):
+                continue
+            self.grace.hold((fact.app_id, fact.channel, fact.peer_id), fact, self._loop.time(),
+                            min(left, self.grace.seconds))
         self._arm_grace()
 
     def _arm_grace(self) -> None:
