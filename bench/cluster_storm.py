@@ -5,6 +5,7 @@ until every client is back with a complete roster.
     .venv/bin/python bench/cluster_storm.py --mode kill-one       # kill -9 node C only
     .venv/bin/python bench/cluster_storm.py --defaults            # restart with default limits
     .venv/bin/python bench/cluster_storm.py --clients 2000 --rounds 1   # a smaller storm
+    .venv/bin/python bench/cluster_storm.py --pause-redis-ms 4000   # + Redis stalls mid-storm
 
 Starts a private ``redis-server`` and 3 nodes A, B, C (one data dir, connect limits lifted),
 and ``--procs`` load-generator processes (each holds ``clients / procs`` sockets: the
@@ -193,7 +194,10 @@ def child(opts: argparse.Namespace) -> int:
             if now > end:
                 break
         st.stopping = True
+        live = {c.peer_id for c in st.clients if c.peer_id}
+        stale = [[c.channel, p, c.url] for c in st.clients for p in sorted(c.roster - live)]
         print(json.dumps({"storm_at": st.storm_at, "marks": marks, "final": st.status(),
+                          "stale_samples": stale[:50],
                           "close_codes": st.close_codes, "failures": st.failures,
                           "attempts": st.attempts, "samples": samples[::10]}), flush=True)
         for c in st.clients:
@@ -250,6 +254,11 @@ def parent(opts: argparse.Namespace) -> int:
                 n.env = restart_env
                 n.start()
             t_up = time.time()
+            if opts.pause_redis_ms:
+                # Stall Redis while the clients rejoin: the nodes' heartbeats time out, they
+                # declare Redis lost (going_away, 1001) and start over as new instances.
+                time.sleep(opts.pause_after)
+                redis.client.execute_command("CLIENT", "PAUSE", str(opts.pause_redis_ms))
             reports = []
             for kid in kids:
                 assert kid.stdout is not None
@@ -257,6 +266,16 @@ def parent(opts: argparse.Namespace) -> int:
                 kid.wait(30)
             r1 = redis.cpu()
             c1 = {n.label: n.cpu() for n in nodes}
+            # Where does a stale roster entry live: still in Redis's presence hash (a leave
+            # that never ran), or only in a node's view or a client's roster?
+            stale_where = {"in_redis_hash": 0, "not_in_redis_hash": 0}
+            keys = list(redis.client.scan_iter(match=f"{prefix}pm:*".encode(), count=1000))
+            for rep in reports:
+                for channel, peer, _url in rep.get("stale_samples") or []:
+                    key = next((k for k in keys if k.endswith(b"\x00" + channel.encode())),
+                               None)
+                    held = key is not None and redis.client.hexists(key, peer)
+                    stale_where["in_redis_hash" if held else "not_in_redis_hash"] += 1
         finally:
             for kid in kids:
                 if kid.poll() is None:
@@ -293,6 +312,8 @@ def parent(opts: argparse.Namespace) -> int:
             "redis_cpu_s": round(r1 - r0, 2), "loadavg_before": load,
             "loadavg_after": clusterkit.loadavg(),
             "samples": reports[0].get("samples"),
+            "stale_where": stale_where,
+            "stale_samples": [r.get("stale_samples") for r in reports],
         }
         results.append(res)
         print(json.dumps(res), file=sys.stderr, flush=True)
@@ -321,6 +342,9 @@ def main() -> int:
     p.add_argument("--bound", type=float, default=120.0, help="seconds before giving up")
     p.add_argument("--concurrency", type=int, default=256,
                    help="handshakes in flight per load-generator process")
+    p.add_argument("--pause-redis-ms", type=int, default=0,
+                   help="CLIENT PAUSE Redis this long, --pause-after s after the restart")
+    p.add_argument("--pause-after", type=float, default=2.0)
     p.add_argument("--json-out", default=None)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--urls", default="", help=argparse.SUPPRESS)

@@ -39,7 +39,13 @@ class ServerConfig:
     ping_interval: float = limits.SERVER_PING_INTERVAL
     ping_grace: float = limits.SERVER_PING_GRACE
     going_away_retry_after_ms: int = limits.GOING_AWAY_RETRY_AFTER_MS
+    shutdown_readiness_delay: float = 0.0
+    """Seconds between SIGTERM and the first ``going_away``: ``/readyz`` answers 503 while the
+    node still serves and still takes new sockets, so a load balancer stops routing to it
+    before its clients look for another node (docs/operations.md, "Rolling restarts")."""
     shutdown_drain: float = limits.GOING_AWAY_DRAIN
+    """Seconds from the ``going_away`` to the last 1001 close: the closes are spread evenly
+    over this window, so the clients do not all reconnect elsewhere in the same instant."""
     outbound_queue_bytes: int = limits.OUTBOUND_QUEUE_BYTES
     jwt_leeway: float = limits.JWT_LEEWAY
     allow_non_expiring_tokens: bool = False
@@ -196,6 +202,10 @@ class ServerConfig:
             raise ValueError("max_channels_per_connection must be at least 1")
         if self.ping_interval <= 0 or self.ping_grace <= 0:
             raise ValueError("ping_interval and ping_grace must be positive")
+        if self.shutdown_readiness_delay < 0 or self.shutdown_drain < 0:
+            raise ValueError("shutdown_readiness_delay and shutdown_drain must be >= 0")
+        if self.going_away_retry_after_ms < 1:
+            raise ValueError("going_away_retry_after_ms must be at least 1")
         if self.outbound_queue_bytes < 65536:
             raise ValueError("outbound_queue_bytes must be at least 65536")
         if self.turn_ttl < 0 or self.usage_flush_interval <= 0:

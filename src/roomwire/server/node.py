@@ -20,6 +20,7 @@ from .auth import AuthFailure, Keyring, Principal, authenticate
 from .broker import Broker
 from .broker.memory import MemoryBroker
 from .config import ServerConfig, check_admin_token
+from .drain import PRESENCE_LINGER, close_batches
 from .gateway.front import ConnectionCaps, FrontProtocol
 from .gateway.websocket import Outbox, WsSession, ws_text_frame
 from .http.admin import add_routes as mount_admin_api
@@ -176,7 +177,7 @@ class Node:
         limits = {a.id: a.max_connections for a in self.keyring.apps.values()
                   if a.max_connections is not None}
         return render_node(self.metrics, self.hub, self.usage, self.sessions,
-                           self.http_caps.slots.open, ready=self.accepting,
+                           self.http_caps.slots.open, ready=self.ready,
                            backplane_up=self.broker.healthy if self.broker.clustered else None,
                            max_connections=limits) + self.webhooks.render_metrics()
 
@@ -269,23 +270,54 @@ class Node:
 
     # -- shutdown --------------------------------------------------------------------------------
 
+    @property
+    def ready(self) -> bool:
+        """What ``/readyz`` answers: accepting sockets and not shutting down."""
+        return self.accepting and not self._shutting_down
+
     async def shutdown(self) -> None:
-        """Graceful: stop accepting, ``going_away`` to everyone, short drain, close 1001."""
+        """Graceful, in three steps (docs/operations.md, "Rolling restarts"):
+
+        1. ``/readyz`` answers 503 at once, while the node keeps serving and taking sockets
+           for ``shutdown_readiness_delay``, long enough for a load balancer to notice;
+        2. upgrades are refused (503) and every socket gets ``going_away``;
+        3. the sockets are closed with 1001 in batches spread over ``shutdown_drain``, the
+           last at that bound. In a cluster their peers stay in their channels for
+           ``PRESENCE_LINGER`` more, so a client that is back on another node by then never
+           appears to leave; then the node stops.
+        """
         if self._shutting_down or (not self.accepting and self._server is None):
             return  # a second SIGTERM while draining changes nothing
         self._shutting_down = True
+        cfg = self.config
+        if cfg.shutdown_readiness_delay > 0:
+            log.info("shutting down: readyz 503, still serving for %.1f s",
+                     cfg.shutdown_readiness_delay)
+            await asyncio.sleep(cfg.shutdown_readiness_delay)
         self.accepting = False
-        if self._server is not None:
-            self._server.close()
-        going = frames.encode_going_away(self.config.going_away_retry_after_ms)
-        for s in list(self.sessions):
+        going = frames.encode_going_away(cfg.going_away_retry_after_ms)
+        held = list(self.sessions)
+        for s in held:
+            s.hold_presence = True
             s.send(going)
         self.outbox.flush()
-        await asyncio.sleep(self.config.shutdown_drain)
-        closing = list(self.sessions)
-        for s in closing:
+        log.info("shutting down: going_away sent to %d sockets, closing them over %.2f s",
+                 len(held), cfg.shutdown_drain)
+        began = time.monotonic()
+        queue = iter(held)
+        for batch in close_batches(len(held), cfg.shutdown_drain):
+            await asyncio.sleep(max(0.0, began + batch.at - time.monotonic()))
+            for _ in range(batch.count):
+                next(queue).close(CloseCode.GOING_AWAY, "server shutting down", leave=False)
+        # Sockets whose handshake was under way when upgrades stopped; none get a welcome
+        # now, but each is closed with the code the clients retry.
+        late = [s for s in self.sessions if not s.hold_presence]
+        for s in late:
+            s.send(going)
             s.close(CloseCode.GOING_AWAY, "server shutting down", leave=False)
-        for s in closing:
+        if self.broker.clustered and held:
+            await asyncio.sleep(PRESENCE_LINGER)
+        for s in held + late:
             s.ended()
         deadline = time.monotonic() + 2.0
         while self.sessions and time.monotonic() < deadline:

@@ -141,6 +141,10 @@ class WsSession(Session, picows.WSListener):
         """How the connection ended (the first close frame, sent or received; 1006 when the
         TCP connection ended without one): ``peer_disconnected`` webhooks carry it."""
         self.close_reason = ""
+        self.hold_presence = False
+        """Set by a draining node: the peer stays in its channels after the socket is gone,
+        until the node lets go at the end of the drain (``ended()``), so a client that is
+        back on another node by then never left its rooms in the others' eyes."""
 
     # picows callbacks ----------------------------------------------------------------------
 
@@ -261,7 +265,8 @@ class WsSession(Session, picows.WSListener):
         if self._expiry is not None:
             self._expiry.cancel()
         self.node.forget(self)
-        self.ended()
+        if not self.hold_presence:
+            self.ended()
 
     def pause_writing(self) -> None:
         # The socket's outbound queue passed its bound: this reader cannot keep up.
