@@ -25,7 +25,7 @@ from typing import Protocol
 from ..protocol import frames
 from ..protocol.history import Position, encode_position_suffix
 from ..protocol.patterns import is_pattern
-from .broker import Broker
+from .broker import Broker, PresenceObserver
 from .history import Entry, History, Stream, decide
 from .wildcards import Wildcards
 
@@ -60,6 +60,26 @@ class _Uncounted:
         return None
 
 
+class HubObserver(PresenceObserver, Protocol):
+    """Who hears the hub's lifecycle facts (the webhook service). Called synchronously at
+    each transition; a hub without an observer (no webhook configured) pays one attribute
+    test per connection change and per publish, nothing more. In a cluster, joins and leaves
+    come from the broker instead (``PresenceObserver``), connections and publishes from the
+    node that holds the socket."""
+
+    message_apps: frozenset[str]
+    """Apps that want ``published`` calls."""
+
+    def connected(self, app_id: str, peer_id: str, metadata: bytes | None,
+                  connections: int) -> None: ...
+
+    def disconnected(self, app_id: str, peer_id: str, code: int, reason: str,
+                     connections: int) -> None: ...
+
+    def published(self, app_id: str, channel: str, data: bytes, sender_json: bytes) -> None:
+        ...
+
+
 class Link(Protocol):
     """A local connection, as the hub needs it."""
 
@@ -69,6 +89,9 @@ class Link(Protocol):
     peer_metadata: bytes | None
     presence_entry: bytes
     receives_presence: bool
+    close_code: int | None
+    """How the connection ended, once it has (webhooks' ``peer_disconnected``)."""
+    close_reason: str
 
     def send(self, payload: bytes) -> None:
         """Queue one server frame (JSON bytes)."""
@@ -152,6 +175,8 @@ class Hub:
         self.last_stream: Stream | None = None
         """The history stream the latest ``publish`` was recorded in (None: not recorded);
         the session reads it right after publishing, to put the position in its ack."""
+        self.observer: HubObserver | None = None
+        """Lifecycle facts go here (set while a webhook is configured)."""
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -180,6 +205,8 @@ class Hub:
         sockets[link] = None
         if ready is not None and not ready.done():
             self._unwelcomed.add(link)
+        if self.observer is not None:
+            self.observer.connected(link.app_id, link.peer_id, link.peer_metadata, len(sockets))
         return ready
 
     def welcomed(self, link: Link) -> None:
@@ -197,6 +224,10 @@ class Hub:
         sockets = t.peers.get(link.peer_id)
         if sockets is not None and link in sockets:
             del sockets[link]
+            if self.observer is not None:
+                self.observer.disconnected(
+                    link.app_id, link.peer_id, link.close_code or 1006, link.close_reason,
+                    len(sockets))
             if not sockets:
                 del t.peers[link.peer_id]
                 self.broker.peer_connected(link.app_id, link.peer_id, False)
@@ -250,12 +281,16 @@ class Hub:
         else:
             peer = link.peer_id
             was_present = room.present(peer)
+            first = not room.local
             room.local[peer] = room.local.get(peer, 0) + 1
             if room.local[peer] == 1:
                 room.entries[peer] = link.presence_entry
                 self.broker.presence(link.app_id, channel, peer, link.presence_entry, True)
             if not was_present:
                 self._broadcast_presence(room, [link.presence_entry], [])
+                if self.observer is not None:
+                    self.observer.joined(link.app_id, channel, peer, link.presence_entry,
+                                         len(room.local), first)
         (room.with_meta if include_sender_metadata else room.plain)[link] = None
         if not link.receives_presence:
             return None
@@ -337,6 +372,9 @@ class Hub:
             if not room.present(peer):
                 room.entries.pop(peer, None)
                 self._broadcast_presence(room, [], [entry])
+                if self.observer is not None:
+                    self.observer.left(link.app_id, channel, peer, entry, len(room.local),
+                                       not room.local)
         self._maybe_drop_room(link.app_id, room)
         return True
 
@@ -456,6 +494,9 @@ class Hub:
         counters.frames_sent["message"] += delivered
         if self.broker.clustered:
             self.broker.publish(app_id, channel, data, sender_json, sender_metadata)
+        observer = self.observer
+        if observer is not None and app_id in observer.message_apps:
+            observer.published(app_id, channel, data, sender_json)
         return delivered
 
     def _fan_out(

@@ -36,6 +36,8 @@ from .metrics import Metrics, render_node
 from .store import App, Store, open_store
 from .store.usage import flush as flush_usage_rows
 from .store.usage import restore as restore_usage
+from .webhooks.policy import endpoint_from_config
+from .webhooks.service import WebhookService
 
 log = logging.getLogger("roomwire.node")
 #: Seconds between sweeps of idle channel histories (a forgotten one costs memory only).
@@ -78,6 +80,7 @@ class Node:
         self._data_version = -1
         self._stopped = asyncio.Event()
         self._shutting_down = False
+        self.webhooks = WebhookService(config)
 
     # -- startup -------------------------------------------------------------------------------
 
@@ -93,6 +96,8 @@ class Node:
         )
         self.reload_keyring()
         restore_usage(self.usage, self.store)
+        await self.webhooks.start()
+        self.reload_webhooks()
         await self.broker.start(self.hub)
         demo_context = DemoContext(self.config, self.default_app.id, lambda: self.keyring)
         http_app = build_http_app(
@@ -194,7 +199,7 @@ class Node:
         return render_node(self.metrics, self.hub, self.usage, self.sessions,
                            self.http_caps.slots.open, ready=self.ready,
                            backplane_up=self.broker.healthy if self.broker.clustered else None,
-                           max_connections=limits)
+                           max_connections=limits) + self.webhooks.render_metrics()
 
     # -- keeping the keyring fresh -------------------------------------------------------------
 
@@ -207,6 +212,20 @@ class Node:
         self.keyring = Keyring(apps, keys)
         if old.apps or old.keys:
             self._apply_changes(old, self.keyring)
+        if self.webhooks.outbox is not None:
+            self.reload_webhooks()
+
+    def reload_webhooks(self) -> None:
+        """Apply the webhook endpoints of the config file and the store; the hub is observed
+        only while there is one."""
+        assert self.store is not None
+        endpoints = [endpoint_from_config(e, self.default_app.id) for e in self.config.webhooks]
+        endpoints += self.store.list_webhooks()
+        self.webhooks.set_endpoints(endpoints)
+        self.hub.observer = self.webhooks if self.webhooks.active else None
+        # A cluster broker reports joins and leaves: its Redis scripts know which node made
+        # each transition, so each is reported once in the cluster.
+        self.broker.observer = self.hub.observer
 
     def _apply_changes(self, old: Keyring, new: Keyring) -> None:
         for app in new.apps.values():
@@ -340,6 +359,7 @@ class Node:
             await self._runner.cleanup()
             self._runner = None
         await self.broker.stop()
+        await self.webhooks.stop()
         if self.store is not None:
             try:
                 self.flush_usage()

@@ -87,6 +87,11 @@ class Session(ABC):
         # silence, so a socket pinging faster than this is flooding (docs/protocol.md).
         self.ping_bucket = TokenBucket(cfg.ping_rate, cfg.ping_burst)
         self.closed = False
+        self.close_code: int | None = None
+        """How the connection ended, recorded by the transport (the first close frame, sent
+        or received; 1006 when it ended without one): ``peer_disconnected`` webhooks carry
+        it."""
+        self.close_reason = ""
         self.attached = False
         """True once ``opened`` registered the session with the hub."""
         self._held: list[bytes | str] | None = None

@@ -204,6 +204,10 @@ class WsSession(Session, picows.WSListener):
                 self.over_ping_budget("websocket")
         elif mt is _CLOSE:
             self._closing = True
+            if self.close_code is None:
+                self.close_code = int(frame.get_close_code())
+                message = frame.get_close_message() or b""
+                self.close_reason = message[:123].decode("utf-8", "replace")
             self.flush()
             transport.send_close(frame.get_close_code())
             transport.disconnect()
@@ -250,6 +254,8 @@ class WsSession(Session, picows.WSListener):
 
     def on_ws_disconnected(self, transport: Any) -> None:
         self._closing = True
+        if self.close_code is None:
+            self.close_code = 1006
         self._out.clear()
         self._fragments = None
         if self._expiry is not None:
@@ -295,6 +301,8 @@ class WsSession(Session, picows.WSListener):
             return
         self.flush()
         self._closing = True
+        self.close_code = code
+        self.close_reason = reason[:120]
         self.node.metrics.count_close(code)
         if code in _FLOOD_CLOSES and self._raw is not None:
             self._raw.pause_reading()
