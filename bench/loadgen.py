@@ -381,6 +381,7 @@ class Options(argparse.Namespace):
     rate: float
     pairs: str
     in_flight: int
+    no_request_id: bool
     connections: int
     duration: float
     warmup: float
@@ -598,27 +599,31 @@ async def scenario_latency(opts: Options, creds: Credentials, n: int) -> dict[st
 class DirectPair:
     """A pings B with ``send``; B echoes the timestamp back; A records the round trip."""
 
-    def __init__(self, state: DirectState, a: Conn, b: Conn, payload_bytes: int) -> None:
+    def __init__(
+        self, state: DirectState, a: Conn, b: Conn, payload_bytes: int, request_ids: bool = True
+    ) -> None:
         self.state = state
         self.a = a
         self.b = b
         pad = padding(payload_bytes, len('{"bt":,"pad":""}') + 19)
         self.to_b = b'{"type":"send","to":' + msgspec.json.encode(b.peer_id) + b',"data":{"bt":'
         self.to_a = b'{"type":"send","to":' + msgspec.json.encode(a.peer_id) + b',"data":{"bt":'
-        self.tail = b',"pad":"' + pad + b'"},"requestId":"d'
+        self.request_ids = request_ids
+        # With request ids every send is acked (what both official SDKs do); without, the
+        # server answers only errors.
+        self.tail = b',"pad":"' + pad + (b'"},"requestId":"d' if request_ids else b'"}}')
         self.seq = 0
         a.deliver = self.a_received
         b.deliver = self.b_received
 
-    def ping(self) -> None:
+    def _frame(self, head: bytes, stamp: bytes) -> bytes:
+        if not self.request_ids:
+            return head + stamp + self.tail
         self.seq += 1
-        self.a.send(
-            self.to_b
-            + str(time.perf_counter_ns()).encode()
-            + self.tail
-            + str(self.seq).encode()
-            + b'"}'
-        )
+        return head + stamp + self.tail + str(self.seq).encode() + b'"}'
+
+    def ping(self) -> None:
+        self.a.send(self._frame(self.to_b, str(time.perf_counter_ns()).encode()))
 
     def a_received(self, buf: bytes) -> None:
         now = time.perf_counter_ns()
@@ -638,8 +643,7 @@ class DirectPair:
         stamp = sent_at_ns(buf)
         if stamp is None or st.stop:
             return
-        self.seq += 1
-        self.b.send(self.to_a + stamp + self.tail + str(self.seq).encode() + b'"}')
+        self.b.send(self._frame(self.to_a, stamp))
 
 
 class DirectState:
@@ -658,7 +662,8 @@ async def scenario_direct(opts: Options, creds: Credentials, pairs: int) -> dict
         await settle(run, quiet=0.1)
         state = DirectState()
         couples = [
-            DirectPair(state, conns[2 * i], conns[2 * i + 1], opts.payload_bytes)
+            DirectPair(state, conns[2 * i], conns[2 * i + 1], opts.payload_bytes,
+                       not opts.no_request_id)
             for i in range(pairs)
         ]
         for couple in couples:
@@ -676,6 +681,7 @@ async def scenario_direct(opts: Options, creds: Credentials, pairs: int) -> dict
             "scenario": "direct",
             "pairs": pairs,
             "in_flight_per_pair": opts.in_flight,
+            "request_ids": not opts.no_request_id,
             **window_stats(s0, s1, "messages", "message"),
             "rtt_samples": len(rtts),
             "rtt_p50_us": percentile_us(rtts, 0.50),
@@ -830,6 +836,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
     )
     p.add_argument("--pairs", default="1", help="direct: comma list of pair counts")
     p.add_argument("--in-flight", type=int, default=1, help="direct: messages in flight per pair")
+    p.add_argument(
+        "--no-request-id",
+        action="store_true",
+        help="direct: send without a requestId (no acks); by default every send has one",
+    )
     p.add_argument("--connections", type=int, default=2000, help="idle: connections to open")
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per scenario")
     p.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before that")
