@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -44,12 +45,21 @@ _FLOOD_CLOSES = frozenset({CloseCode.OVER_MESSAGE_RATE, CloseCode.MESSAGE_TOO_BI
 
 def ws_text_frame(payload: bytes) -> bytes:
     """An unmasked, final WebSocket text frame (what a server sends)."""
-    n = len(payload)
+    return ws_text_header(len(payload)) + payload
+
+
+#: Headers of the text frames shorter than 126 bytes, whose length fits in the first two bytes.
+_SHORT_HEADERS = tuple(bytes((0x81, n)) for n in range(126))
+_header16 = struct.Struct(">BBH").pack
+
+
+def ws_text_header(n: int) -> bytes:
+    """The header of an unmasked, final WebSocket text frame of ``n`` payload bytes."""
     if n < 126:
-        return bytes((0x81, n)) + payload
+        return _SHORT_HEADERS[n]
     if n < 65536:
-        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+        return _header16(0x81, 126, n)
+    return b"\x81\x7f" + n.to_bytes(8, "big")
 
 
 class GatewayContext(Services, Protocol):
@@ -261,7 +271,15 @@ class WsSession(Session, picows.WSListener):
     # Session transport -------------------------------------------------------------------------
 
     def send(self, payload: bytes) -> None:
-        self.send_wire(ws_text_frame(payload))
+        # Header and payload are queued apart: the flush joins them, one copy in all.
+        if self._closing:
+            return
+        out = self._out
+        if not out:
+            self._outbox.mark(self)
+        n = len(payload)
+        out.append(_SHORT_HEADERS[n] if n < 126 else ws_text_header(n))
+        out.append(payload)
 
     def send_wire(self, wire: bytes) -> None:
         if self._closing:
