@@ -53,6 +53,8 @@ class _Raw:
 class _Ws:
     def __init__(self) -> None:
         self.underlying_transport = _Raw()
+        self.request = None
+        self.response = None
 
     def send_close(self, *args: Any) -> None:
         return None

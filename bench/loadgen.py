@@ -383,6 +383,8 @@ class Options(argparse.Namespace):
     in_flight: int
     no_request_id: bool
     connections: int
+    room_size: int
+    settle: float
     duration: float
     warmup: float
     window: int
@@ -693,20 +695,55 @@ async def scenario_direct(opts: Options, creds: Credentials, pairs: int) -> dict
         await asyncio.sleep(0.05)
 
 
+async def connect_and_join(
+    run: Run, creds: Credentials, count: int, concurrency: int, room_size: int, channel: str
+) -> list[Conn]:
+    """Open count sockets, at most concurrency at once, each waiting for its welcome and then
+    (room_size > 0) subscribing to room i // room_size and waiting for the ack."""
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(index: int) -> Conn:
+        async with sem:
+            conn = Conn(run, index)
+            run.conns.append(conn)
+            await ws_connect(
+                lambda: conn,
+                creds.url_for(index),
+                websocket_handshake_timeout=10,
+                max_frame_size=MAX_FRAME,
+            )
+            await asyncio.wait_for(conn.welcomed, 10)
+            if room_size > 0:
+                room = f"{channel}-{index // room_size}"
+                await conn.request({"type": "subscribe", "channel": room, "requestId": "s"})
+            return conn
+
+    results = await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        raise SetupError(f"{len(failures)}/{count} connections failed; first: {failures[0]!r}")
+    return [r for r in results if isinstance(r, Conn)]
+
+
 async def scenario_idle(opts: Options, creds: Credentials, count: int) -> dict[str, Any]:
     run = Run()
     pid = opts.server_pid
     try:
         rss0 = procstat.rss_kib(pid) if pid else None
         t0 = time.perf_counter()
-        await connect_many(run, creds, count, opts.connect_concurrency)
+        await connect_and_join(
+            run, creds, count, opts.connect_concurrency, opts.room_size, opts.channel
+        )
         t1 = time.perf_counter()
         await settle(run)
-        await asyncio.sleep(0.5)  # let the server finish per-connection work
+        # Let the server finish per-connection work (and the allocator settle) before reading
+        # its RSS.
+        await asyncio.sleep(opts.settle)
         rss1 = procstat.rss_kib(pid) if pid else None
         result: dict[str, Any] = {
             "scenario": "idle",
             "connections": count,
+            "room_size": opts.room_size,
             "connect_s": round(t1 - t0, 3),
             "connects_per_s": round(count / (t1 - t0), 1),
         }
@@ -842,6 +879,15 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="direct: send without a requestId (no acks); by default every send has one",
     )
     p.add_argument("--connections", type=int, default=2000, help="idle: connections to open")
+    p.add_argument(
+        "--room-size",
+        type=int,
+        default=0,
+        help="idle: subscribe every connection to a room of this many (0: welcome only)",
+    )
+    p.add_argument(
+        "--settle", type=float, default=0.5, help="idle: seconds to wait before reading the RSS"
+    )
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per scenario")
     p.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before that")
     p.add_argument(

@@ -51,6 +51,8 @@ class _Raw:
 class _Ws:
     def __init__(self) -> None:
         self.underlying_transport = _Raw()
+        self.request = None
+        self.response = None
         self.closed_with: int | None = None
 
     def send_close(self, code: Any, reason: bytes = b"") -> None:

@@ -57,8 +57,26 @@ class Services(Protocol):
     def app(self, app_id: str) -> App | None: ...
 
 
+#: The attributes ``Session.__init__`` sets, for a subclass's ``__slots__``.
+SESSION_SLOTS = (
+    "_held", "_scope", "_subscribing", "_usage", "_usage_clock", "app_id", "attached",
+    "bucket", "closed", "counters", "may_send", "peer_id", "peer_json", "peer_metadata",
+    "ping_bucket", "presence_entry", "principal", "quota_limit", "receives_presence",
+    "services", "subscriptions",
+)
+
+
+_NO_LAYOUT: tuple[str, ...] = ()
+
+
 class Session(ABC):
     """The protocol side of a connection. Subclasses supply the transport."""
+
+    # No layout of its own, so that a transport may also derive from an extension type
+    # (picows' listener); such a transport lists ``SESSION_SLOTS`` in its own ``__slots__``.
+    # A server holds one session per connection, and slots take a kilobyte less than the
+    # dict of 35 attributes. Subclasses without ``__slots__`` get a dict as usual.
+    __slots__ = _NO_LAYOUT
 
     def __init__(self, services: Services, principal: Principal) -> None:
         self.services = services

@@ -17,12 +17,13 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import picows
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from ...protocol import CloseCode
 from ..auth import AuthFailure, Principal
 from ..limits import ConnectLimiter, TokenBucket
 from ..metrics import Metrics
-from ..session import Services, Session
+from ..session import SESSION_SLOTS, Services, Session
 
 log = logging.getLogger("roomwire.gateway")
 
@@ -37,6 +38,8 @@ _PONG = picows.WSMsgType.PONG
 #: payload: a stream of empty continuation frames must not be free (each one is a list slot
 #: and an object while the message is reassembled).
 FRAGMENT_OVERHEAD = 32
+
+_NO_HEADERS = CIMultiDictProxy(CIMultiDict[str]())
 
 #: Codes of the closes that answer a flood. Reading stops at once so the flooder's bytes
 #: queue up in its own socket instead of costing the event loop until the TCP close.
@@ -130,6 +133,12 @@ class Outbox:
 class WsSession(Session, picows.WSListener):
     """A session on a picows WebSocket."""
 
+    __slots__ = (
+        *SESSION_SLOTS, "_closing", "_control_bucket", "_expiry", "_fragment_binary",
+        "_fragment_count", "_fragment_size", "_fragments", "_out", "_outbox", "_raw", "_ws",
+        "last_seen", "node", "opened_at",
+    )
+
     def __init__(self, node: GatewayContext, principal: Principal) -> None:
         Session.__init__(self, node, principal)
         self.node = node
@@ -153,6 +162,11 @@ class WsSession(Session, picows.WSListener):
     def on_ws_connected(self, transport: Any) -> None:
         self._ws = transport
         self._raw = transport.underlying_transport
+        # picows keeps the upgrade request and response for the life of the connection, and
+        # their header dicts are over a kilobyte; nothing reads them after the handshake.
+        for message in (transport.request, transport.response):
+            if message is not None:
+                message.headers = _NO_HEADERS
         self._raw.set_write_buffer_limits(high=self.node.config.outbound_queue_bytes)
         if not self.node.admit(self):
             return
