@@ -251,6 +251,104 @@ class Conn(WSListener):
         await asyncio.wait_for(fut, timeout)
 
 
+_TO_KEY = b'"to":"'
+_CHANNEL_KEY = b'"channel":"'
+
+
+def _str_field(buf: bytes, key: bytes) -> bytes:
+    i = buf.find(key) + len(key)
+    return buf[i : buf.find(b'"', i)]
+
+
+class NatsConn(Conn):
+    """The same client speaking the NATS text protocol over NATS server's WebSocket listener
+    (``--dialect nats``): every client subscribes to its own subject ``p.<index>`` (its
+    "peer id"); a ``send`` is a PUB to the partner's subject, a ``publish`` a PUB to the
+    channel's subject, a ``subscribe`` a SUB followed by a PING whose PONG is its ack. The
+    frames published are the same JSON frames the v1 clients send, so the payloads match."""
+
+    def __init__(self, run: Run, index: int) -> None:
+        super().__init__(run, index)
+        self.buf = b""
+        self.sids = 1
+        self.pongs: list[asyncio.Future[None]] = []
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        run = self.run
+        if frame.msg_type is CLOSE:
+            code = str(frame.get_close_code())
+            run.close_codes[code] = run.close_codes.get(code, 0) + 1
+            transport.send_close(WSCloseCode.OK)
+            transport.disconnect()
+            return
+        buf = self.buf + frame.get_payload_as_bytes()
+        pos = 0
+        while True:
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                break
+            if buf.startswith(b"MSG ", pos):
+                size = int(buf[buf.rfind(b" ", pos, end) + 1 : end])
+                start = end + 2
+                if len(buf) < start + size + 2:
+                    break
+                run.frames += 1
+                payload = buf[start : start + size]
+                pos = start + size + 2
+                if self.deliver is not None:
+                    self.deliver(payload)
+                else:
+                    run.stray += 1
+                continue
+            line = buf[pos:end]
+            pos = end + 2
+            run.frames += 1
+            if line == b"PING":
+                transport.send(TEXT, b"PONG\r\n")
+            elif line == b"PONG":
+                run.acks += 1
+                if self.pongs:
+                    fut = self.pongs.pop(0)
+                    if not fut.done():
+                        fut.set_result(None)
+            elif line.startswith(b"INFO"):
+                if not self.welcomed.done():
+                    self.peer_id = str(self.index)
+                    transport.send(
+                        TEXT,
+                        b'CONNECT {"verbose":false,"pedantic":false,"protocol":1,'
+                        b'"echo":false}\r\nSUB p.' + self.peer_id.encode() + b" 1\r\n",
+                    )
+                    self.welcomed.set_result(self.peer_id)
+            elif line.startswith(b"-ERR"):
+                run.note_error(line.decode(errors="replace"))
+        self.buf = buf[pos:]
+
+    def send(self, frame: bytes) -> None:
+        assert self.transport is not None
+        if frame.startswith(b'{"type":"send"'):
+            subject = b"p." + _str_field(frame, _TO_KEY)
+        else:
+            subject = _str_field(frame, _CHANNEL_KEY)
+        self.transport.send(
+            TEXT, b"PUB " + subject + b" " + str(len(frame)).encode() + b"\r\n" + frame + b"\r\n"
+        )
+
+    async def request(self, frame: dict[str, Any], timeout: float = 15.0) -> None:
+        assert self.transport is not None and frame["type"] == "subscribe"
+        self.sids += 1
+        fut: asyncio.Future[None] = self.run.loop.create_future()
+        self.pongs.append(fut)
+        self.transport.send(
+            TEXT, f"SUB {frame['channel']} {self.sids}\r\nPING\r\n".encode()
+        )
+        await asyncio.wait_for(fut, timeout)
+
+
+CONN_CLASSES: dict[str, type[Conn]] = {"v1": Conn, "nats": NatsConn}
+conn_class: type[Conn] = Conn
+
+
 # --------------------------------------------------------------------------- setup helpers
 
 
@@ -262,7 +360,7 @@ async def connect_many(
 
     async def one(index: int) -> Conn:
         async with sem:
-            conn = Conn(run, index)
+            conn = conn_class(run, index)
             run.conns.append(conn)
             await ws_connect(
                 lambda: conn,
@@ -397,6 +495,7 @@ class Options(argparse.Namespace):
     jwt_secret: str | None
     connect_concurrency: int
     label: str
+    dialect: str
 
 
 class FanoutFlow:
@@ -704,7 +803,7 @@ async def connect_and_join(
 
     async def one(index: int) -> Conn:
         async with sem:
-            conn = Conn(run, index)
+            conn = conn_class(run, index)
             run.conns.append(conn)
             await ws_connect(
                 lambda: conn,
@@ -808,6 +907,8 @@ def int_list(text: str) -> list[int]:
 
 
 async def main_async(opts: Options) -> int:
+    global conn_class
+    conn_class = CONN_CLASSES[opts.dialect]
     creds = Credentials(opts.url, opts.jwt_kid, opts.jwt_secret)
     jobs: list[tuple[str, int]] = []
     for name in [s.strip() for s in opts.scenario.split(",") if s.strip()]:
@@ -921,6 +1022,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="handshakes / subscribes in flight at once",
     )
     p.add_argument("--label", default="", help="copied into each JSON result")
+    p.add_argument(
+        "--dialect",
+        default="v1",
+        choices=sorted(CONN_CLASSES),
+        help="v1: roomwire and the bare relays; nats: NATS server's WebSocket listener",
+    )
     return p.parse_args(argv, namespace=Options())
 
 
