@@ -50,6 +50,9 @@ _TYPE_PREFIX = b'{"type":"'
 _TIMESTAMP_RE = re.compile(rb'"bt":\s*(\d+)')
 _NEVER = 1 << 62
 MAX_FRAME = 1 << 20
+# Set by a driver that measures more than one server (bench/cluster_bench.py): read at each
+# snapshot, and window_stats reports the difference of every value (e.g. cpu_<node> seconds).
+EXTRA_PROBE: Callable[[], dict[str, float]] | None = None
 
 
 class _TypeOnly(msgspec.Struct):
@@ -380,12 +383,18 @@ async def connect_many(
     return [r for r in results if isinstance(r, Conn)]
 
 
+#: Extra subscribe fields as a JSON object (``{"history": true}`` measures roomwire's history
+#: extension with every subscriber opted in); the official clients send none.
+SUBSCRIBE_EXTRA: dict[str, Any] = json.loads(os.environ.get("LOADGEN_SUBSCRIBE_EXTRA") or "{}")
+
+
 async def subscribe_all(conns: list[Conn], channel: str, concurrency: int) -> None:
     sem = asyncio.Semaphore(concurrency)
 
     async def one(i: int, conn: Conn) -> None:
         async with sem:
-            await conn.request({"type": "subscribe", "channel": channel, "requestId": f"s{i}"})
+            await conn.request({**SUBSCRIBE_EXTRA, "type": "subscribe", "channel": channel,
+                                "requestId": f"s{i}"})
 
     results = await asyncio.gather(
         *(one(i, c) for i, c in enumerate(conns)), return_exceptions=True
@@ -430,6 +439,7 @@ class Snapshot:
     own_cpu: float
     server_cpu: float | None
     machine_busy: float
+    extra: dict[str, float] | None = None
 
 
 def snapshot(count: int, server_pid: int | None) -> Snapshot:
@@ -439,6 +449,7 @@ def snapshot(count: int, server_pid: int | None) -> Snapshot:
         own_cpu=own_cpu_seconds(),
         server_cpu=procstat.cpu_seconds(server_pid) if server_pid else None,
         machine_busy=procstat.machine_busy_seconds(),
+        extra=EXTRA_PROBE() if EXTRA_PROBE is not None else None,
     )
 
 
@@ -461,6 +472,8 @@ def window_stats(s0: Snapshot, s1: Snapshot, unit: str, one: str) -> dict[str, A
         # other programs, plus interrupt time the kernel charges to no process.
         other = (s1.machine_busy - s0.machine_busy) - cpu - (s1.own_cpu - s0.own_cpu)
         out["other_cpu_util"] = round(max(0.0, other) / elapsed, 3)
+    if s0.extra is not None and s1.extra is not None:
+        out["probe"] = {k: round(s1.extra[k] - v, 4) for k, v in s0.extra.items()}
     return out
 
 

@@ -55,6 +55,8 @@ if ! have turnserver; then
 fi
 # -- espeak-ng (`roomwire join --say` and its test) -------------------------------------------
 have espeak-ng || apt_install espeak-ng
+# -- ffmpeg / ffprobe (room recordings are checked with ffprobe in tests/peer/test_recording.py)
+{ have ffprobe && have ffmpeg; } || apt_install --no-install-recommends ffmpeg
 # -- Prometheus and promtool (tests/ops/test_prometheus.py, deploy/prometheus) -------------------
 # The tests start their own prometheus on a free port; Debian's service is never started here
 # (no systemd in these containers) and is stopped where it is.
@@ -63,4 +65,11 @@ if ! have prometheus || ! have promtool; then
     (systemctl disable --now prometheus >/dev/null 2>&1 || service prometheus stop >/dev/null 2>&1) || true
 fi
 
-echo "services ready: redis 127.0.0.1:6379, postgresql 127.0.0.1:5432/test, coturn, espeak-ng, prometheus"
+# -- HAProxy (the load balancer of tests/cluster/test_rolling_restart.py, deploy/haproxy) -----
+# The test runs its own haproxy on free ports; Debian's service is stopped where it started.
+if ! have haproxy && [ ! -x /usr/sbin/haproxy ]; then
+    apt_install --no-install-recommends haproxy
+    (systemctl disable --now haproxy >/dev/null 2>&1 || service haproxy stop >/dev/null 2>&1) || true
+fi
+
+echo "services ready: redis 127.0.0.1:6379, postgresql 127.0.0.1:5432/test, coturn, espeak-ng, ffmpeg, prometheus, haproxy"

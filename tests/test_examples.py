@@ -410,3 +410,71 @@ async def test_mint_tokens_without_a_secret_key_says_what_to_set(run_example: Ru
     minter = await run_example("mint_tokens.py", "--port", "0")
     assert await minter.exit_status(START) == 2
     assert "ROOMWIRE_SECRET_KEY must be sk_id_...:sk_secret_..." in minter.output()
+
+
+# -- voice_agent.py ----------------------------------------------------------------------------
+
+
+def espeak_pcm(text: str) -> bytes:
+    """``text`` spoken by espeak-ng: 22.05 kHz mono int16 PCM (scripts/setup-services.sh
+    installs espeak-ng)."""
+    import io
+    import subprocess
+    import wave
+
+    wav = subprocess.run(["espeak-ng", "--stdout", "--", text], capture_output=True,
+                         check=True, timeout=60).stdout
+    with wave.open(io.BytesIO(wav)) as w:
+        assert (w.getframerate(), w.getnchannels()) == (22_050, 1)
+        return w.readframes(1 << 30)
+
+
+async def test_voice_agent_answers_a_peers_speech_aloud_after_it_ends(
+        server: RunningServer, run_example: Run, watcher: Callable[[str], Watcher]) -> None:
+    from roomwire.client import AudioSource, MediaStream, remote_audio
+    from roomwire.client.audio import level_dbfs
+
+    agent = await run_example("voice_agent.py", "--url", server.url, "--room", ROOM,
+                              "--token", server.token("agent"), "--loopback", "only")
+    await agent.line(r"^joined room/examples as agent$")
+    alice = watcher("alice")
+    mouth = AudioSource(22_050, "mono")
+    alice.peer.add_stream(MediaStream([mouth]), {"role": "microphone"})
+    await alice.peer.join(ROOM)
+    await alice.sees_join("agent")
+    await agent.line(r"^listening to alice$")
+    agent_voice = (await wait_for(
+        lambda: [t for t in alice.tracks if t.kind == "audio"], START,
+        "the agent's audio track at alice"))[0]
+
+    # Alice hears the agent as the agent's listener hears her: 16 kHz mono, 20 ms chunks.
+    heard: list[tuple[float, float]] = []  # (arrival, dBFS)
+
+    async def listen() -> None:
+        async for chunk in remote_audio(agent_voice.track, 16_000, 1, 20):
+            heard.append((time.monotonic(), level_dbfs(chunk.pcm())))
+
+    listener = asyncio.ensure_future(listen())
+    try:
+        await wait_for(lambda: len(heard) >= 25, START, "half a second of the agent's audio")
+        speech = espeak_pcm("Good morning agent, how are you today?")
+        spoken = len(speech) / 2 / 22_050
+        await mouth.push(speech)
+        await wait_for(lambda: mouth.buffered_seconds == 0, spoken + EXIT,
+                       "alice's utterance played out", step=0.01)
+        ended = time.monotonic()
+        found = await agent.line(r"^heard alice for (\d+\.\d+) s$", timeout=EXIT)
+        # The detector ends the utterance at its last loud moment; espeak's own trailing
+        # silence and the pauses between words make it a little shorter than the audio.
+        assert spoken * 0.6 <= float(found.group(1)) <= spoken + 0.2, (found.group(0), spoken)
+        await agent.line(r"^answered alice$", timeout=EXIT)
+        await wait_for(lambda: [t for t, db in heard if db > -35 and t > ended], EXIT,
+                       "the agent's spoken answer at alice")
+        # The agent was silent until then: it answered, it did not babble.
+        assert not [db for t, db in heard if db > -35 and t <= ended], agent.output()
+    finally:
+        listener.cancel()
+        mouth.stop()
+    agent.proc.send_signal(signal.SIGINT)
+    assert await agent.exit_status() == 0, agent.output()
+    assert "Traceback" not in agent.output()

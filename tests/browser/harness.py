@@ -113,6 +113,7 @@ async def run(scenario: str, workdir: Path) -> dict[str, Any]:
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "ROOMWIRE_BROWSER_ENV": json.dumps(env),
              "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"},
+        limit=1 << 24,  # the RESULT line carries whole SDP logs: past asyncio's 64 KiB default
     )
     assert proc.stdin is not None and proc.stdout is not None
     result: dict[str, Any] = {"ok": False, "error": "the driver printed no RESULT line"}
@@ -143,7 +144,7 @@ async def run(scenario: str, workdir: Path) -> dict[str, Any]:
                 # A request for the Python peer (pypeer.py, started on first use).
                 try:
                     if pypeer is None:
-                        pypeer = await start_pypeer(port, py_token)
+                        pypeer = await start_pypeer(port, py_token, pk.id)
                     reply = await ask_pypeer(pypeer, line[len("CMD py "):])
                 except Exception as exc:
                     reply = f"ERR pypeer: {exc!r}"
@@ -167,12 +168,12 @@ async def run(scenario: str, workdir: Path) -> dict[str, Any]:
     return result
 
 
-async def start_pypeer(port: int, token: str) -> asyncio.subprocess.Process:
+async def start_pypeer(port: int, token: str, pk: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, str(HERE / "pypeer.py"),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "ROOMWIRE_PYPEER_URL": f"ws://127.0.0.1:{port}",
-             "ROOMWIRE_PYPEER_TOKEN": token},
+             "ROOMWIRE_PYPEER_TOKEN": token, "ROOMWIRE_PYPEER_PK": pk},
         limit=1 << 24,
     )
 

@@ -5,8 +5,9 @@ browser) when the driver first sends ``CMD py {...}``. One JSON request per stdi
 (``{"op": ..., ...}``), one JSON reply per stdout line (``{"ok": true, "result": ...}`` or
 ``{"ok": false, "error": "..."}``); logs go to stderr. Requests run one at a time.
 
-Environment: ``ROOMWIRE_PYPEER_URL`` (ws://127.0.0.1:PORT) and ``ROOMWIRE_PYPEER_TOKEN`` (a JWT
-for sub "py" with peerMetadata {"name": "Py"}).
+Environment: ``ROOMWIRE_PYPEER_URL`` (ws://127.0.0.1:PORT), ``ROOMWIRE_PYPEER_TOKEN`` (a JWT
+for sub "py" with peerMetadata {"name": "Py"}) and ``ROOMWIRE_PYPEER_PK`` (the publishable key,
+for the extra Python senders of the ``record_*`` operations).
 """
 
 from __future__ import annotations
@@ -275,6 +276,86 @@ class PyPeer:
                 raise TimeoutError(f"no first frame for {key} in {timeout} s")
             await asyncio.sleep(0.005)
         return self.first_frame[key]
+
+    async def op_drop(self, req: dict[str, Any]) -> Any:
+        """Cut the Python peer's WebSocket without a close handshake (a network blip): the
+        SDK reconnects and rejoins by itself."""
+        peer, _ = self._need()
+        link = peer.signalling._link
+        if link is None:
+            raise RuntimeError("no signalling link to drop")
+        link.conn.transport.abort()
+        return {"droppedAt": time.time() * 1000}
+
+    # -- recording (scenario py-record): "py" records, two more Python peers send --------
+
+    async def op_record_start(self, req: dict[str, Any]) -> Any:
+        """``py`` starts a RoomRecorder into ``out``; ``senders`` Python peers (publishable
+        key, random ids) join and send a camera stream each."""
+        from roomwire.client.recording import RoomRecorder
+
+        peer = MeteredPeer(token_provider=lambda: self.token, url=self.url,
+                           loopback_candidates="only", timings=TIMINGS)
+        self.rec_up: dict[str, float] = {}  # the recorder's connection to each peer came up
+
+        def on_joined(ev: Any) -> None:
+            rid = ev.peer.id
+            ev.peer.on("state-change", lambda s: s.to == "connected" and
+                       self.rec_up.setdefault(rid, time.time() * 1000))
+
+        peer.on("peer-joined", on_joined)
+        self.recorder = RoomRecorder(req["room"], req["out"], peer=peer)
+        await self.recorder.start()
+        self.senders: list[tuple[MeteredPeer, dict[str, float]]] = []
+        for i in range(int(req.get("senders", 2))):
+            sender = MeteredPeer(api_key=os.environ["ROOMWIRE_PYPEER_PK"], url=self.url,
+                                 loopback_candidates="only", timings=TIMINGS)
+            up: dict[str, float] = {}
+            # Its connection to the recorder ("py"), not to the other senders or the browser.
+            sender.on("peer-joined", lambda ev, up=up: ev.peer.id == "py" and ev.peer.on(
+                "state-change", lambda s: s.to == "connected" and
+                up.setdefault("at", time.time() * 1000)))
+            sender.add_stream(MediaStream([AudioSource(), VideoSource(160, 120, fps=15)]),
+                              {"role": "camera", "label": f"sender {i}"})
+            await sender.join(req["room"])
+            self.senders.append((sender, up))
+        return {"recorder": peer.peer_id, "senders": [s.peer_id for s, _ in self.senders]}
+
+    async def op_record_wait(self, req: dict[str, Any]) -> Any:
+        """Wait (``timeout``) until the file of ``peer`` spans ``seconds`` (or is finalised
+        with ``final``); the manifest's entry for it."""
+        deadline = time.monotonic() + req.get("timeout", 30)
+        while True:
+            files = [f for f in self.recorder.manifest()["files"] if f["peer_id"] == req["peer"]]
+            done = [f for f in files if (f["finalised"] if req.get("final") else
+                    f["start"] is not None and f["end"] - f["start"] >= req.get("seconds", 0))]
+            if done:
+                return done[-1]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"recording of {req['peer']}: {json.dumps(files)[:1500]}")
+            await asyncio.sleep(0.1)
+
+    async def op_record_stop(self, req: dict[str, Any]) -> Any:
+        """Stop: the senders' sending windows (both ends of their connection up, until now),
+        the manifest, and ffprobe's view of every file."""
+        import subprocess
+
+        now = time.time() * 1000
+        sent = {s.peer_id: (now - max(up["at"], self.rec_up[s.peer_id])) / 1000
+                for s, up in self.senders if s.peer_id in self.rec_up and "at" in up}
+        await self.recorder.stop()
+        for s, _ in self.senders:
+            await s.close()
+        manifest = self.recorder.manifest()
+        probes = {}
+        for f in manifest["files"]:
+            done = subprocess.run(
+                ["ffprobe", "-v", "error", "-show_entries",
+                 "format=duration:stream=codec_type", "-of", "json",
+                 str(self.recorder.out_dir / f["path"])], capture_output=True, text=True)
+            probes[f["path"]] = {"rc": done.returncode, "stderr": done.stderr[-500:],
+                                 "info": json.loads(done.stdout or "{}")}
+        return {"manifest": manifest, "probes": probes, "sent": sent, "up": self.rec_up}
 
     async def op_close(self, req: dict[str, Any]) -> Any:
         if self.peer is not None:

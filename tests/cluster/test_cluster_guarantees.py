@@ -40,6 +40,33 @@ async def test_publish_right_after_a_cross_node_ack_arrives(cluster: Cluster) ->
     assert misses == [], f"{len(misses)} of {TRIALS} publishes after the ack were lost"
 
 
+async def test_publish_right_after_a_cross_node_pattern_ack_arrives(cluster: Cluster) -> None:
+    """The same for pattern subscriptions: each trial subscribes a new pattern and drops it
+    after, so B's node starts following the app anew every time (the path that waits for
+    Redis to confirm the PSUBSCRIBE on every shard before acking)."""
+    clients = [await conn(cluster[i].key_url()) for i in range(3)]
+    misses: list[int] = []
+    for n in range(TRIALS):
+        pub, sub = clients[n % 3], clients[(n + 1) % 3]
+        pattern = f"ptrial/{n}/*"
+        rid = f"p{n}"
+        await sub.send({"type": "subscribe", "channel": pattern, "requestId": rid})
+        assert await sub.recv() == {"type": "ack", "requestId": rid}
+        await pub.send({"type": "publish", "channel": f"ptrial/{n}/x", "data": n})
+        try:
+            frame = await sub.recv(timeout=2)
+        except TimeoutError:
+            misses.append(n)
+        else:
+            assert frame == {"type": "message", "channel": f"ptrial/{n}/x",
+                             "from": pub.peer_id, "data": n}, frame
+        rid = f"u{n}"
+        await sub.send({"type": "unsubscribe", "channel": pattern, "requestId": rid})
+        while (await sub.recv()) != {"type": "ack", "requestId": rid}:
+            pass
+    assert misses == [], f"{len(misses)} of {TRIALS} publishes after a pattern ack were lost"
+
+
 async def test_direct_right_after_a_cross_node_welcome(cluster: Cluster) -> None:
     """A peer connects to one node; the moment its welcome is in, a peer on another node
     sends to it: the send is acked (never peer_not_found) and the direct arrives."""

@@ -11,6 +11,7 @@ import pytest
 from srvkit import conn
 
 from roomwire.server.broker.routing import shard_of
+from roomwire.server.broker.wire import Message, encode
 
 from .conftest import REDIS_URL, Cluster, delete_prefix
 from .test_cluster_failures import PrivateRedis, broker
@@ -79,3 +80,53 @@ async def test_channels_and_peers_over_two_redis(
     assert f"{cluster.prefix}nodes".encode() in first
     assert f"{cluster.prefix}nodes".encode() not in other
     assert all(broker(srv).healthy for srv in cluster.nodes)
+
+
+async def test_patterns_over_two_redis_and_a_prefix_with_glob_characters(
+        tmp_path: Path) -> None:
+    """A pattern subscriber gets the publishes of channels on either shard (its node follows
+    the app on every Redis), and a key prefix full of Redis glob characters still matches
+    exactly this cluster's channels."""
+    second = PrivateRedis(tmp_path)
+    second.start()
+    token = secrets.token_hex(2)
+    prefix = f"rw*t?[{token}]\\:"
+    c = Cluster(tmp_path, prefix, redis_url=f"{REDIS_URL},{second.url}")
+    try:
+        for _ in range(2):
+            await c.add()
+        app = c[0].app_id
+        channels = [f"devices/d{i}/events" for i in range(8)]
+        assert {shard_of(app, ch, 2) for ch in channels} == {0, 1}, "both shards in use"
+        watcher = await conn(c[0].key_url())
+        rid = "w"
+        await watcher.send({"type": "subscribe", "channel": "devices/*/events",
+                            "requestId": rid})
+        assert await watcher.recv() == {"type": "ack", "requestId": rid}
+        pub = await conn(c[1].token_url("pub"))
+        for n, ch in enumerate(channels):
+            await pub.ok({"type": "publish", "channel": ch, "data": n})
+        got = [await watcher.recv() for _ in range(len(channels))]
+        # Channels on different Redis arrive in either order (as for channel
+        # subscriptions: each Redis keeps the order of its own channels).
+        assert sorted((f["channel"], f["data"]) for f in got) == sorted(
+            (ch, n) for n, ch in enumerate(channels)), got
+        # A channel of another prefix that the glob would match if the prefix's glob
+        # characters were not escaped (rw*t?[hex]\: read as a glob): never delivered here.
+        import redis.asyncio as aioredis
+
+        # On the Redis of the marker's channel below, so it would arrive before the marker.
+        r: Any = aioredis.Redis.from_url(
+            REDIS_URL if shard_of(app, channels[0], 2) == 0 else second.url)
+        try:
+            junk = encode(Message("elsewhere", b'"junk"', b'"intruder"', None))
+            await r.publish(f"rwZZtQ{token[0]}:c:{app}\x00devices/zz/events", junk)
+        finally:
+            await r.aclose()
+        # Nothing else arrives: the next frame is a marker sent after the junk.
+        await pub.ok({"type": "publish", "channel": channels[0], "data": "last"})
+        assert (await watcher.recv())["data"] == "last"
+    finally:
+        await c.stop()
+        await delete_prefix(prefix)
+        second.kill()

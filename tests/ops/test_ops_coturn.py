@@ -138,17 +138,112 @@ async def test_two_aiortc_peers_connect_through_coturn(tmp_path: Path, coturn: i
 
 async def test_coturn_refuses_a_forged_credential(tmp_path: Path, coturn: int) -> None:
     """The same setup with a credential minted from the wrong secret never connects."""
-    from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
-    from aiortc.rtcconfiguration import RTCIceTransportPolicy
-
     from roomwire.server.ice import mint_turn
 
     entry = mint_turn([f"turn:127.0.0.1:{coturn}?transport=udp"], "wrong-secret", "mallory")
+    assert "typ relay" not in await _relay_offer(entry)
+
+
+async def _relay_offer(entry: dict[str, Any]) -> str:
+    """The SDP of a relay-only offer gathered with the TURN server ``entry``."""
+    from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+    from aiortc.rtcconfiguration import RTCIceTransportPolicy
+
     pc = RTCPeerConnection(RTCConfiguration(
         iceServers=[RTCIceServer(**entry)], iceTransportPolicy=RTCIceTransportPolicy.RELAY))
     try:
         pc.createDataChannel("x")
         await pc.setLocalDescription(await pc.createOffer())
-        assert "typ relay" not in pc.localDescription.sdp
+        return str(pc.localDescription.sdp)
     finally:
         await pc.close()
+
+
+async def test_coturn_refuses_an_expired_credential(coturn: int) -> None:
+    """Why credentials must be refreshed: coturn refuses a correctly signed credential whose
+    expiry has passed, so a connection built with it gets no relay candidate (while a fresh
+    one from the same secret does)."""
+    from roomwire.server.ice import mint_turn
+
+    urls = [f"turn:127.0.0.1:{coturn}?transport=udp"]
+    late = mint_turn(urls, SECRET, "late", ttl=60, now=time.time() - 120)
+    assert "typ relay" not in await _relay_offer(late)
+    assert "typ relay" in await _relay_offer(mint_turn(urls, SECRET, "late", ttl=60))
+
+
+def _turn_expiry(servers: Any) -> int:
+    from roomwire.client.rtc.ice_refresh import earliest_expiry
+
+    expiry = earliest_expiry(servers)
+    assert expiry is not None, servers
+    return expiry
+
+
+def _relay_pairs(pc: Any) -> list[tuple[str, str | None]]:
+    """(local candidate type, TURN username) of each nominated pair of ``pc``'s transports."""
+    out = []
+    for t in pc.getTransceivers():
+        ice = t.receiver.transport.transport
+        conn = ice._connection
+        for pair in conn._nominated.values():
+            out.append((pair.local_candidate.type, conn.turn_username))
+    return out
+
+
+async def test_relay_only_metered_peers_outlive_their_turn_credentials(
+        tmp_path: Path, coturn: int) -> None:
+    """Two MeteredPeers with ``ice_transport_policy="relay"`` send media through coturn. Their
+    TURN credentials live 4 s; before that the peers fetch fresh ones (roomwire's
+    ``ice_servers`` extension), so a connection rebuilt after the first credentials expired
+    still gets through the relay, with the fresh credential."""
+    from peer.kit import FAST, Tap, count_frames, wait_until
+    from roomwire.client.media import AudioSource
+    from roomwire.client.rtc.peer import MeteredPeer
+
+    ttl = 4
+    srv = await start_node(tmp_path, turn_urls=[f"turn:127.0.0.1:{coturn}?transport=udp"],
+                           turn_secret=SECRET, turn_ttl=ttl)
+    peers: list[MeteredPeer] = []
+    try:
+        for sub in ("alice", "bob"):
+            def provider(sub: str = sub) -> str:
+                return srv.token(sub)
+            p = MeteredPeer(token_provider=provider, url=srv.url, timings=FAST,
+                            ice_transport_policy="relay")
+            p.tap = Tap(p)  # type: ignore[attr-defined]
+            peers.append(p)
+        alice, bob = peers
+        alice.add_track(AudioSource())
+        await alice.join("room/relay")
+        await bob.join("room/relay")
+        first_expiry = _turn_expiry(alice.signalling.ice_servers)
+
+        ev = await bob.tap.track("alice", "audio", timeout=20)  # type: ignore[attr-defined]
+        assert await count_frames(ev.track, 10, timeout=10) == 10
+        b_alice = bob.get_remote_peer("alice")
+        assert b_alice is not None
+        pairs = _relay_pairs(b_alice.pc)
+        assert pairs and all(kind == "relay" for kind, _ in pairs), pairs
+
+        # Both peers refresh before the first credentials expire ...
+        await wait_until(lambda: all(_turn_expiry(p.signalling.ice_servers) > first_expiry
+                                     for p in peers),
+                         timeout=ttl + 10, what="both peers holding refreshed credentials")
+        # ... and once those have expired, a rebuilt connection still relays.
+        await wait_until(lambda: time.time() > first_expiry + 1, timeout=ttl + 10,
+                         what="the first credentials expiring")
+        old_pc = b_alice.pc
+        await b_alice.negotiator.reset()
+        await wait_until(lambda: b_alice.pc is not old_pc and b_alice.state == "connected",
+                         timeout=20, what="bob's rebuilt connection to alice connecting")
+        ev = await bob.tap.track(  # type: ignore[attr-defined]
+            "alice", "audio", lambda e: e.track is not ev.track, timeout=20)
+        assert await count_frames(ev.track, 10, timeout=10) == 10
+        pairs = _relay_pairs(b_alice.pc)
+        assert pairs and all(kind == "relay" for kind, _ in pairs), pairs
+        assert all(user is not None and int(user.split(":")[0]) > first_expiry
+                   for _, user in pairs), (pairs, first_expiry)
+    finally:
+        for p in peers:
+            await p.close()
+        await srv.node.stop()

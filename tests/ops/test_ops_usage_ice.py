@@ -148,6 +148,44 @@ async def test_turn_ttl_setting(tmp_path: Path) -> None:
         await srv.node.stop()
 
 
+async def test_ice_servers_extension_mints_fresh_credentials(tmp_path: Path) -> None:
+    """roomwire's ``ice_servers`` request (docs/protocol.md) answers with what a welcome on
+    this connection would carry now: fresh TURN credentials for the same peer."""
+    stun = {"urls": "stun:127.0.0.1:3478"}
+    srv = await start_node(tmp_path, ice_servers=[stun], turn_urls=["turn:127.0.0.1:3478"],
+                           turn_secret="north-secret", turn_ttl=30)
+    try:
+        c = await RawClient.connect(srv.token_url("alice", ttl=600))
+        first = c.welcome["metadata"]["iceServers"]
+        first_expiry = int(first[1]["username"].split(":")[0])
+        await wait_for(lambda: int(time.time()) > first_expiry - 30, 5,
+                       "a second to pass since the welcome", step=0.05)
+        await c.send({"type": "ice_servers", "requestId": "fresh-1"})
+        reply = await c.recv_type("ice_servers")
+        assert reply["requestId"] == "fresh-1"
+        servers = reply["iceServers"]
+        assert servers[0] == stun
+        expiry, peer = servers[1]["username"].split(":", 1)
+        assert peer == "alice" and int(expiry) > first_expiry
+        assert servers[1]["credential"] == turn_credential("north-secret",
+                                                           servers[1]["username"])
+        # A JWT's own iceServers are what it gets again; no ICE configured gives null.
+        own = [{"urls": "turn:own.example:3478", "username": "u", "credential": "p"}]
+        o = await RawClient.connect(srv.token_url("bob", metadata={"iceServers": own}))
+        await o.send({"type": "ice_servers", "requestId": "own"})
+        assert (await o.recv_type("ice_servers"))["iceServers"] == own
+    finally:
+        await srv.node.stop()
+    bare = await start_node(tmp_path / "bare")
+    try:
+        c = await RawClient.connect(bare.key_url())
+        await c.send({"type": "ice_servers", "requestId": "none"})
+        assert await c.recv_type("ice_servers") == {
+            "type": "ice_servers", "requestId": "none", "iceServers": None}
+    finally:
+        await bare.node.stop()
+
+
 async def test_no_ice_servers_by_default(tmp_path: Path) -> None:
     srv = await start_node(tmp_path)
     try:

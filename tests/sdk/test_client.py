@@ -305,6 +305,33 @@ async def test_requests_are_ack_correlated() -> None:
     await c.close()
 
 
+async def test_fetch_ice_servers() -> None:
+    """roomwire's ``ice_servers`` extension: a reply's servers are adopted, a reply without
+    servers keeps the current list, and a server without the extension is a clear error."""
+    net = MemoryNetwork()
+    c = make(net)
+    await c.connect()
+    conn = net.conns[0]
+    assert c.ice_servers is None
+    fresh = [{"urls": "turn:127.0.0.1:3478", "username": "99:peer-0", "credential": "c"}]
+    t = asyncio.create_task(c.fetch_ice_servers())
+    await answer(conn, "ice_servers", {"type": "ice_servers", "iceServers": fresh})
+    assert await t == tuple(fresh)
+    assert c.ice_servers == tuple(fresh)
+    t = asyncio.create_task(c.fetch_ice_servers())
+    await answer(conn, "ice_servers", {"type": "ice_servers", "iceServers": None})
+    assert await t is None
+    assert c.ice_servers == tuple(fresh)
+    t = asyncio.create_task(c.fetch_ice_servers())
+    await answer(conn, "ice_servers", {"type": "error", "code": "unknown_type",
+                                       "message": "unknown frame type 'ice_servers'"})
+    with pytest.raises(ServerRequestError) as err:
+        await t
+    assert err.value.code == "unknown_type"
+    assert c.ice_servers == tuple(fresh)
+    await c.close()
+
+
 async def test_rejected_subscribe_is_not_tracked() -> None:
     net = MemoryNetwork()
     c = make(net)

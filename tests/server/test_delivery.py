@@ -217,20 +217,3 @@ async def test_apps_are_isolated(server: RunningServer) -> None:
     await alice1.close()
     assert (await bob1.recv())["left"] == [{"peerId": "alice", "metadata": {"app": 1}}]
     assert await carol2.drain() == []
-
-
-async def test_wildcards_in_channel_names_are_literal(server: RunningServer) -> None:
-    """``*`` in a subscribe or publish channel is taken literally (docs/protocol.md, Delivery)."""
-    concrete = await conn(server.key_url())
-    await concrete.subscribe("devices/a/events")
-    literal = await conn(server.key_url())
-    await literal.subscribe("devices/*/events")
-    pub = await conn(server.key_url())
-    await pub.ok({"type": "publish", "channel": "devices/a/events", "data": 1})
-    await pub.ok({"type": "publish", "channel": "devices/*/events", "data": 2})
-    assert await concrete.recv() == {"type": "message", "channel": "devices/a/events",
-                                     "from": pub.peer_id, "data": 1}
-    assert await literal.recv() == {"type": "message", "channel": "devices/*/events",
-                                    "from": pub.peer_id, "data": 2}
-    assert await concrete.drain() == []
-    assert await literal.drain() == []

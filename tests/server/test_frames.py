@@ -168,7 +168,7 @@ async def test_data_is_relayed_exactly(c: Conn, server: RunningServer) -> None:
 
 
 async def test_channel_edge_values_are_valid(c: Conn) -> None:
-    for channel in ("a", "x" * 256, "é" * 128, "with space/and*star", "UPPER/lower",
+    for channel in ("a", "x" * 256, "é" * 128, "with space/and?star", "UPPER/lower",
                     "_metered", "metered/x", "__system/x", "x/_system/y", "💬" * 64):
         _, snap = await c.subscribe(channel)
         assert snap["channel"] == channel

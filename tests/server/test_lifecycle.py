@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import websockets
 from srvkit import Conn, HandClient, close_received, conn, refused
@@ -384,6 +385,65 @@ async def test_graceful_shutdown_going_away_then_1001(tmp_path: Path) -> None:
     await asyncio.wait_for(shutdown, 5)
     with pytest.raises(OSError):
         await conn(srv.key_url())
+
+
+async def test_shutdown_unready_first_then_closes_spread_over_the_drain(tmp_path: Path) -> None:
+    """SIGTERM's sequence (docs/operations.md, Rolling restarts): /readyz answers 503 at once
+    while the node still serves and still takes sockets for ``shutdown_readiness_delay``; then
+    every socket gets going_away, and the 1001 closes come one batch after another over
+    ``shutdown_drain``, the last at that bound, with nobody hearing the others leave."""
+    delay, drain = 2.0, 1.2
+    srv = await start_node(tmp_path, shutdown_readiness_delay=delay, shutdown_drain=drain)
+    http = f"http://127.0.0.1:{srv.node.port}/readyz"
+    clients = [await conn(srv.token_url(f"p{i}")) for i in range(4)]
+    for c in clients:
+        await c.subscribe(ROOM)
+    for c in clients:
+        await c.drain(0.05)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(http) as resp:
+            assert resp.status == 200
+        t0 = time.monotonic()
+        shutdown = asyncio.create_task(srv.node.shutdown())
+        await asyncio.sleep(0)
+        async with session.get(http) as resp:
+            assert resp.status == 503, "readyz still 200 after the shutdown began"
+            assert (await resp.json())["status"] == "draining"
+        # Still serving: a newcomer is welcomed and a publish reaches everyone.
+        late = await conn(srv.token_url("late"))
+        await late.subscribe(ROOM)
+        assert (await clients[0].recv())["joined"] == [{"peerId": "late"}]
+        await clients[0].send({"type": "publish", "channel": ROOM, "data": "still here"})
+        for c in clients[1:]:
+            got = [await c.recv() for _ in range(2)]
+            assert got[-1]["type"] == "message", got
+        assert (await late.recv())["data"] == "still here"
+        assert time.monotonic() - t0 < delay, "the checks took longer than the readiness delay"
+        everyone = [*clients, late]
+        closed_at: list[float] = []
+        for c in everyone:
+            going = await c.recv(timeout=delay + 5)
+            assert going == {"type": "going_away", "retryAfterMs": 1000}
+            # The event loop's timers have millisecond resolution (uvloop): a few ms early.
+            assert time.monotonic() - t0 >= delay - 0.02, "going_away before the readiness delay"
+        # Upgrades are refused now (the load balancer has had its delay to notice).
+        with pytest.raises(websockets.InvalidStatus) as refusal:
+            await websockets.connect(srv.key_url(), ping_interval=None)
+        assert refusal.value.response.status_code == 503
+
+        async def closed(c: Conn) -> None:
+            with pytest.raises(websockets.ConnectionClosed):
+                frame = await c.recv(timeout=drain + 5)
+                raise AssertionError(f"a frame between going_away and the close: {frame}")
+            closed_at.append(time.monotonic() - t0)
+            assert close_received(c.ws) == 1001
+
+        await asyncio.gather(*(closed(c) for c in everyone))
+        await asyncio.wait_for(shutdown, 5)
+    closed_at.sort()
+    # Five sockets over 1.2 s: batches 0.24 s apart; a loaded machine may bunch a couple.
+    assert closed_at[-1] - closed_at[0] >= drain / 2, f"closes not spread: {closed_at}"
+    assert closed_at[-1] <= delay + drain + 3, f"the drain overran its bound: {closed_at}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,9 +21,9 @@ from roomwire.client.rtc.negotiation import (
     NegotiatorEvent,
     PeerNegotiator,
     PeerState,
-    RemoteTrackEvent,
     SendSignal,
 )
+from roomwire.client.rtc.remote_events import TrackEvent
 
 E = TypeVar("E")
 
@@ -126,8 +126,12 @@ class Peer:
     def id(self) -> str:
         return self.neg.local_id
 
-    def tracks(self, kind: str | None = None) -> list[RemoteTrackEvent]:
-        return [e for e in self.log.of(RemoteTrackEvent) if kind is None or e.kind == kind]
+    def tracks(self, kind: str | None = None) -> list[TrackEvent]:
+        return [e for e in self.log.of(TrackEvent) if kind is None or e.kind == kind]
+
+    def is_current(self, event: TrackEvent) -> bool:
+        """The event's track is a live track of the current connection."""
+        return any(t.track is event.track for t in self.neg.remote_tracks)
 
     async def wait_state(self, state: PeerState, timeout: float = 5.0) -> None:
         async with asyncio.timeout(timeout):

@@ -9,6 +9,8 @@ PyAV is pinned to 18.x while the project supports Python 3.11 (PyAV 19 needs Pyt
   a clear ``RuntimeError`` on other platforms.
 * ``AudioSource``: a push track for synthesized audio (an AI agent's voice): push PCM at any
   rate, it is resampled to 48 kHz stereo and paced out in 20 ms frames, silence on underrun.
+  Pacing follows a ``PacingClock`` (``MonotonicClock`` by default; ``VirtualClock`` for
+  simulations and tests).
 * ``VideoSource``: a synthetic moving test pattern (no camera needed).
 * ``iter_frames(track)``: ``async for frame in iter_frames(track)`` over received frames.
 * ``Recorder(path)``: writes remote audio and video tracks to a file.
@@ -24,9 +26,9 @@ import fractions
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
-from typing import Literal
+from typing import Literal, Protocol
 
 from ..extras import missing_extra
 
@@ -42,8 +44,11 @@ __all__ = [
     "AUDIO_FRAME_SECONDS",
     "AUDIO_OUTPUT_RATE",
     "AudioSource",
+    "MonotonicClock",
+    "PacingClock",
     "Recorder",
     "VideoSource",
+    "VirtualClock",
     "from_camera",
     "from_file",
     "from_microphone",
@@ -111,6 +116,49 @@ def from_microphone(
     return MediaPlayer(device, format=format, options=options)
 
 
+# -- clocks --------------------------------------------------------------------------------------
+
+
+class PacingClock(Protocol):
+    """What paces an ``AudioSource``: a monotonic time in seconds and a way to wait."""
+
+    def time(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class MonotonicClock:
+    """Real time: ``time.monotonic`` and ``asyncio.sleep``."""
+
+    def time(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class VirtualClock:
+    """Simulated time: ``sleep`` advances the clock at once (plus ``oversleep(seconds)``,
+    which models a loaded scheduler waking late), so ten minutes of pacing run in a moment.
+    ``advance`` moves time forward as if work took that long."""
+
+    def __init__(self, start: float = 0.0,
+                 oversleep: Callable[[float], float] | None = None) -> None:
+        self.now = start
+        self._oversleep = oversleep
+
+    def time(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+
+    async def sleep(self, seconds: float) -> None:
+        late = self._oversleep(seconds) if self._oversleep is not None else 0.0
+        self.now += max(0.0, seconds) + max(0.0, late)
+        await asyncio.sleep(0)
+
+
 # -- AudioSource ---------------------------------------------------------------------------------
 
 
@@ -124,6 +172,12 @@ class AudioSource(MediaStreamTrack):
     ``max_buffered_seconds`` is queued, ``push`` waits until the sender has caught up.
     ``end()`` lets the buffered audio play out, then ends the track. ``clear()`` drops what is
     queued (barge-in).
+
+    Frames are due at ``first frame + n * 20 ms`` on ``clock`` (not 20 ms after the previous
+    one), so a late wake-up is made up by the next frame instead of adding up: the audio does
+    not drift from the clock however long it runs. After a stall of more than 100 ms the
+    schedule restarts from now rather than bursting the backlog (``reanchors`` counts it).
+    ``lateness`` is how late the last frame was handed out.
     """
 
     kind = "audio"
@@ -134,8 +188,10 @@ class AudioSource(MediaStreamTrack):
         input_layout: Literal["mono", "stereo"] = "mono",
         *,
         max_buffered_seconds: float = 5.0,
+        clock: PacingClock | None = None,
     ) -> None:
         super().__init__()
+        self._clock: PacingClock = clock if clock is not None else MonotonicClock()
         if input_rate <= 0:
             raise ValueError("input_rate must be positive")
         if input_layout not in ("mono", "stereo"):
@@ -157,6 +213,15 @@ class AudioSource(MediaStreamTrack):
         self._pts = 0
         self.underruns = 0
         """How many frames were (partly) filled with silence after audio had been pushed."""
+        self.reanchors = 0
+        """How many times a stall over 100 ms restarted the schedule."""
+        self.lateness = 0.0
+        """Seconds between the last frame's due time and when it was handed out."""
+
+    @property
+    def sent_seconds(self) -> float:
+        """Audio handed to the sender so far (its timestamps), in seconds."""
+        return 0.0 if self._start is None else (self._pts + _FRAME_SAMPLES) / AUDIO_OUTPUT_RATE
 
     @property
     def buffered_seconds(self) -> float:
@@ -239,7 +304,7 @@ class AudioSource(MediaStreamTrack):
         if self._ending and not self._buffer:
             self.stop()
             raise MediaStreamError
-        now = time.monotonic()
+        now = self._clock.time()
         if self._start is None:
             self._start = now
             self._pts = 0
@@ -247,10 +312,12 @@ class AudioSource(MediaStreamTrack):
             self._pts += _FRAME_SAMPLES
             wait = self._start + self._pts / AUDIO_OUTPUT_RATE - now
             if wait > 0:
-                await asyncio.sleep(wait)
+                await self._clock.sleep(wait)
             elif -wait > _REANCHOR_SECONDS:
                 # The consumer fell behind (a stall): re-anchor instead of bursting to catch up.
                 self._start = now - self._pts / AUDIO_OUTPUT_RATE
+                self.reanchors += 1
+        self.lateness = self._clock.time() - (self._start + self._pts / AUDIO_OUTPUT_RATE)
         chunk = bytes(self._buffer[:_FRAME_BYTES])
         del self._buffer[:_FRAME_BYTES]
         if len(chunk) < _FRAME_BYTES:

@@ -16,6 +16,8 @@ from typing import Any
 
 import msgspec
 
+from .history import Position, parse_position
+from .ice import ICE_SERVERS_TYPE
 from .limits import MAX_ICE_CREDENTIAL_CHARS, MAX_ICE_SERVERS, MAX_ICE_URL_CHARS
 from .validate import channel_problem, peer_id_problem, request_id_problem
 
@@ -24,6 +26,7 @@ __all__ = [
     "Direct",
     "ErrorFrame",
     "GoingAway",
+    "IceServersFrame",
     "Message",
     "Pong",
     "PresenceEntry",
@@ -31,6 +34,7 @@ __all__ = [
     "Request",
     "ServerFrame",
     "Welcome",
+    "build_ice_servers_request",
     "build_ping",
     "build_publish",
     "build_send",
@@ -42,8 +46,10 @@ __all__ = [
     "encode_direct",
     "encode_error",
     "encode_going_away",
+    "encode_ice_servers",
     "encode_json",
     "encode_message",
+    "encode_message_at",
     "encode_pong",
     "encode_presence",
     "encode_welcome",
@@ -65,6 +71,10 @@ class Request(msgspec.Struct):
     to: Any = None
     includeSenderMetadata: Any = None
     data: msgspec.Raw = _EMPTY_RAW
+    history: Any = None
+    """roomwire's history extension (``protocol.history``): ``true`` opts a subscribe in."""
+    recover: Any = None
+    """roomwire's history extension: the position a resubscribe resumes from."""
 
     @property
     def has_data(self) -> bool:
@@ -114,6 +124,15 @@ def encode_error(code: str, message: str, request_id: str | None = None) -> byte
     return encode_json(frame)
 
 
+def encode_ice_servers(request_id: str | None, servers: list[dict[str, Any]] | None) -> bytes:
+    """The reply to roomwire's ``ice_servers`` extension request (``protocol.ice``)."""
+    frame: dict[str, Any] = {"type": ICE_SERVERS_TYPE}
+    if request_id is not None:
+        frame["requestId"] = request_id
+    frame["iceServers"] = servers
+    return encode_json(frame)
+
+
 def encode_pong(request_id: str | None = None) -> bytes:
     if request_id is None:
         return b'{"type":"pong"}'
@@ -137,6 +156,16 @@ def encode_message(
         (b'{"type":"message","channel":', channel_json, b',"from":', sender_json,
          b',"data":', data, b',"fromMetadata":', sender_metadata, b"}")
     )
+
+
+def encode_message_at(
+    channel_json: bytes, sender_json: bytes, data: bytes, sender_metadata: bytes | None,
+    position_suffix: bytes,
+) -> bytes:
+    """A ``message`` frame for a subscriber of roomwire's history extension: the same fields,
+    then ``offset`` and ``epoch`` (``history.encode_position_suffix``)."""
+    body = encode_message(channel_json, sender_json, data, sender_metadata)
+    return body[:-1] + position_suffix + b"}"
 
 
 def encode_direct(sender_json: bytes, data: bytes, sender_metadata: bytes | None = None) -> bytes:
@@ -203,11 +232,18 @@ def _with_request_id(frame: dict[str, Any], request_id: str | None) -> dict[str,
 
 
 def build_subscribe(
-    channel: str, request_id: str | None = None, include_sender_metadata: bool = False
+    channel: str, request_id: str | None = None, include_sender_metadata: bool = False,
+    *, history: bool = False, recover: Position | None = None,
 ) -> str:
+    """``history``/``recover``: roomwire's history extension (``protocol.history``); without
+    them the frame is exactly the official clients'."""
     frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
     if include_sender_metadata:
         frame["includeSenderMetadata"] = True
+    if recover is not None:
+        frame["recover"] = {"epoch": recover.epoch, "offset": recover.offset}
+    elif history:
+        frame["history"] = True
     return _dumps(_with_request_id(frame, request_id))
 
 
@@ -228,6 +264,11 @@ def build_ping(request_id: str | None = None) -> str:
     return _dumps(_with_request_id({"type": "ping"}, request_id))
 
 
+def build_ice_servers_request(request_id: str) -> str:
+    """roomwire's extension: ask for fresh ICE servers (``protocol.ice``)."""
+    return _dumps(_with_request_id({"type": ICE_SERVERS_TYPE}, request_id))
+
+
 # ---------------------------------------------------------------------------------------------
 # Client side: server frame parser.
 
@@ -244,6 +285,13 @@ class Welcome:
 @dataclass(frozen=True, slots=True)
 class Ack:
     request_id: str
+    history: Position | None = None
+    """roomwire's history extension: the channel's position in a subscribe ack."""
+    has_history: bool = False
+    """Whether the ack had a ``history`` field at all (null: the server keeps none)."""
+    recovered: bool | None = None
+    position: Position | None = None
+    """The position of one's own publish (a publish ack to an opted-in socket)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +307,8 @@ class Message:
     sender_peer_id: str
     data: Any
     sender_metadata: dict[str, Any] | None = None
+    position: Position | None = None
+    """roomwire's history extension: set only for an opted-in subscriber."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +341,18 @@ class Pong:
     request_id: str | None = None
 
 
-ServerFrame = Welcome | Ack | ErrorFrame | Message | Direct | PresenceFrame | GoingAway | Pong
+@dataclass(frozen=True, slots=True)
+class IceServersFrame:
+    """roomwire's extension reply (``protocol.ice``): ``ice_servers`` is None when the server
+    has none for this connection, or when the list was invalid (dropped all-or-nothing, as a
+    welcome's)."""
+
+    request_id: str
+    ice_servers: list[dict[str, Any]] | None
+
+
+ServerFrame = (Welcome | Ack | ErrorFrame | Message | Direct | PresenceFrame | GoingAway | Pong
+               | IceServersFrame)
 
 
 def _finite(value: Any) -> bool:
@@ -331,7 +392,8 @@ def parse_server_frame(text: str | bytes) -> ServerFrame | None:
         ):
             return None
         return Message(frame["channel"], frame["from"], frame["data"],
-                       _obj(frame.get("fromMetadata")))
+                       _obj(frame.get("fromMetadata")),
+                       parse_position(frame) if "offset" in frame else None)
     if kind == "direct":
         if not isinstance(frame.get("from"), str) or "data" not in frame:
             return None
@@ -344,7 +406,11 @@ def parse_server_frame(text: str | bytes) -> ServerFrame | None:
         return PresenceFrame(frame["channel"], joined, left)
     if kind == "ack":
         rid = frame.get("requestId")
-        return Ack(rid) if isinstance(rid, str) else None
+        if not isinstance(rid, str):
+            return None
+        if len(frame) == 2:
+            return Ack(rid)
+        return _extended_ack(rid, frame)
     if kind == "error":
         code = frame.get("code")
         if not isinstance(code, str) or not code:
@@ -368,12 +434,29 @@ def parse_server_frame(text: str | bytes) -> ServerFrame | None:
     if kind == "pong":
         rid = frame.get("requestId")
         return Pong(rid if isinstance(rid, str) else None)
+    if kind == ICE_SERVERS_TYPE:
+        rid = frame.get("requestId")
+        if not isinstance(rid, str):
+            return None
+        return IceServersFrame(rid, parse_ice_servers({"iceServers": frame.get("iceServers")}))
     if kind == "going_away":
         ms = frame.get("retryAfterMs")
         if isinstance(ms, int | float) and _finite(ms) and ms > 0:
             return GoingAway(int(ms))
         return GoingAway(1000)
     return None
+
+
+def _extended_ack(rid: str, frame: dict[str, Any]) -> Ack:
+    """An ack with roomwire's history fields; a malformed one is an ack all the same."""
+    raw = frame.get("history")
+    history = None
+    if isinstance(raw, dict):
+        history = parse_position(raw)
+    recovered = frame.get("recovered")
+    return Ack(rid, history, "history" in frame,
+               recovered if isinstance(recovered, bool) else None,
+               parse_position(frame) if "offset" in frame else None)
 
 
 def parse_ice_servers(metadata: dict[str, Any] | None) -> list[dict[str, Any]] | None:

@@ -69,6 +69,21 @@ def pattern_problem(pattern: object) -> str | None:
     return None
 
 
+def is_pattern(channel: str) -> bool:
+    """Whether a ``subscribe`` channel is a pattern subscription: it has an unescaped ``*``.
+
+    A channel without one is a channel name, taken as it is (backslashes included), so every
+    subscription that worked before patterns existed means what it meant. A channel with a
+    ``*`` that does not parse as a pattern (a ``\\`` before another character) is a pattern
+    with a syntax error, which ``pattern_problem`` explains."""
+    if "*" not in channel:
+        return False
+    try:
+        return any(t in (STAR, DSTAR) for t in tokenize(channel))
+    except PatternError:
+        return True
+
+
 def check_pattern(pattern: str) -> None:
     """Raise ``PatternError`` with the reason when ``pattern`` is not acceptable."""
     problem = pattern_problem(pattern)

@@ -19,7 +19,7 @@ import jwt
 from ..protocol import CloseCode
 from ..protocol import claims as claim_rules
 from ..protocol.frames import encode_json
-from ..protocol.patterns import covered_by_any, matches_any
+from ..protocol.patterns import covered_by_any, is_pattern, matches_any
 from .store import PUBLISHABLE, SECRET, App, Key
 
 
@@ -63,6 +63,18 @@ class Principal:
         if not matches_any(self.key_patterns, channel):
             return False
         return self.token_patterns is None or matches_any(self.token_patterns, channel)
+
+    def pattern_allowed(self, pattern: str) -> bool:
+        """A pattern subscription: every channel the pattern could match must be allowed,
+        so the key's patterns and the token's (when it narrows them) must cover it."""
+        if not covered_by_any(self.key_patterns, pattern):
+            return False
+        return self.token_patterns is None or covered_by_any(self.token_patterns, pattern)
+
+    def subscription_allowed(self, channel: str) -> bool:
+        """``channel_allowed`` for a channel, ``pattern_allowed`` for a pattern."""
+        return self.pattern_allowed(channel) if is_pattern(channel) else (
+            self.channel_allowed(channel))
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..protocol import frames
-from .broker import Broker
+from ..protocol.history import Position, encode_position_suffix
+from ..protocol.patterns import is_pattern
+from .broker import Broker, PresenceObserver
+from .history import Entry, History, Stream, decide
+from .wildcards import Wildcards
 
 _perf = time.perf_counter
 
@@ -56,6 +60,26 @@ class _Uncounted:
         return None
 
 
+class HubObserver(PresenceObserver, Protocol):
+    """Who hears the hub's lifecycle facts (the webhook service). Called synchronously at
+    each transition; a hub without an observer (no webhook configured) pays one attribute
+    test per connection change and per publish, nothing more. In a cluster, joins and leaves
+    come from the broker instead (``PresenceObserver``), connections and publishes from the
+    node that holds the socket."""
+
+    message_apps: frozenset[str]
+    """Apps that want ``published`` calls."""
+
+    def connected(self, app_id: str, peer_id: str, metadata: bytes | None,
+                  connections: int) -> None: ...
+
+    def disconnected(self, app_id: str, peer_id: str, code: int, reason: str,
+                     connections: int) -> None: ...
+
+    def published(self, app_id: str, channel: str, data: bytes, sender_json: bytes) -> None:
+        ...
+
+
 class Link(Protocol):
     """A local connection, as the hub needs it."""
 
@@ -65,6 +89,9 @@ class Link(Protocol):
     peer_metadata: bytes | None
     presence_entry: bytes
     receives_presence: bool
+    close_code: int | None
+    """How the connection ended, once it has (webhooks' ``peer_disconnected``)."""
+    close_reason: str
 
     def send(self, payload: bytes) -> None:
         """Queue one server frame (JSON bytes)."""
@@ -100,6 +127,9 @@ class Room:
     """Cluster: links whose subscribe waits for the broker -> includeSenderMetadata."""
     joining: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     """Cluster: peerId -> its join in flight (later sockets of the peer wait for it too)."""
+    positioned: dict[Link, None] = field(default_factory=dict)
+    """Subscribers that opted in to roomwire's history extension (they are in ``plain`` or
+    ``with_meta`` as well): their messages carry the position."""
 
     def __len__(self) -> int:
         return len(self.plain) + len(self.with_meta)
@@ -122,6 +152,8 @@ class Tenant:
     rooms: dict[str, Room] = field(default_factory=dict)
     peers: dict[str, dict[Link, None]] = field(default_factory=dict)
     links: int = 0
+    wildcards: Wildcards[Link] = field(default_factory=Wildcards[Link])
+    """Pattern subscriptions (``wildcards``)."""
 
 
 class Hub:
@@ -135,6 +167,16 @@ class Hub:
         self.tenants: dict[str, Tenant] = {}
         self._unwelcomed: set[Link] = set()
         """Cluster: links whose welcome waits for the broker; no direct reaches them yet."""
+        self.history: History | None = None
+        """Channel history (roomwire's extension); None: no channel keeps any."""
+        self.clock: Callable[[], float] = time.time
+        self.replay_max_bytes: int | None = None
+        """A recovery that would replay more than this is refused (``recovered`` false)."""
+        self.last_stream: Stream | None = None
+        """The history stream the latest ``publish`` was recorded in (None: not recorded);
+        the session reads it right after publishing, to put the position in its ack."""
+        self.observer: HubObserver | None = None
+        """Lifecycle facts go here (set while a webhook is configured)."""
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -163,6 +205,8 @@ class Hub:
         sockets[link] = None
         if ready is not None and not ready.done():
             self._unwelcomed.add(link)
+        if self.observer is not None:
+            self.observer.connected(link.app_id, link.peer_id, link.peer_metadata, len(sockets))
         return ready
 
     def welcomed(self, link: Link) -> None:
@@ -180,11 +224,15 @@ class Hub:
         sockets = t.peers.get(link.peer_id)
         if sockets is not None and link in sockets:
             del sockets[link]
+            if self.observer is not None:
+                self.observer.disconnected(
+                    link.app_id, link.peer_id, link.close_code or 1006, link.close_reason,
+                    len(sockets))
             if not sockets:
                 del t.peers[link.peer_id]
                 self.broker.peer_connected(link.app_id, link.peer_id, False)
         t.links -= 1
-        if t.links <= 0 and not t.rooms and not t.peers:
+        if t.links <= 0 and not t.rooms and not t.peers and not t.wildcards:
             del self.tenants[link.app_id]
 
     def peer_links(self, app_id: str, peer_id: str) -> list[Link]:
@@ -233,12 +281,16 @@ class Hub:
         else:
             peer = link.peer_id
             was_present = room.present(peer)
+            first = not room.local
             room.local[peer] = room.local.get(peer, 0) + 1
             if room.local[peer] == 1:
                 room.entries[peer] = link.presence_entry
                 self.broker.presence(link.app_id, channel, peer, link.presence_entry, True)
             if not was_present:
                 self._broadcast_presence(room, [link.presence_entry], [])
+                if self.observer is not None:
+                    self.observer.joined(link.app_id, channel, peer, link.presence_entry,
+                                         len(room.local), first)
         (room.with_meta if include_sender_metadata else room.plain)[link] = None
         if not link.receives_presence:
             return None
@@ -277,6 +329,11 @@ class Hub:
     def finish_subscribe(self, link: Link, channel: str) -> bytes | None:
         """Cluster: the join ``subscribe`` waited for is done; the link becomes a subscriber
         now, so no presence frame reaches it before the snapshot this returns."""
+        if is_pattern(channel):
+            t = self.tenants.get(link.app_id)
+            if t is not None:
+                t.wildcards.activate(link, channel)
+            return None
         room = self._room(link.app_id, channel, create=False)
         if room is None or link not in room.pending:
             return None
@@ -291,6 +348,8 @@ class Hub:
     def unsubscribe(self, link: Link, channel: str) -> bool:
         """Remove the subscription; others hear ``left`` when the peer's last socket leaves the
         channel on every node. Returns whether the link was subscribed."""
+        if "*" in channel and is_pattern(channel):
+            return self._unsubscribe_pattern(link, channel)
         room = self._room(link.app_id, channel, create=False)
         if room is None:
             return False
@@ -300,6 +359,8 @@ class Hub:
             return False
         room.plain.pop(link, None)
         room.with_meta.pop(link, None)
+        if room.positioned:
+            room.positioned.pop(link, None)
         peer = link.peer_id
         count = room.local.get(peer, 0) - 1
         if count > 0:
@@ -311,6 +372,9 @@ class Hub:
             if not room.present(peer):
                 room.entries.pop(peer, None)
                 self._broadcast_presence(room, [], [entry])
+                if self.observer is not None:
+                    self.observer.left(link.app_id, channel, peer, entry, len(room.local),
+                                       not room.local)
         self._maybe_drop_room(link.app_id, room)
         return True
 
@@ -320,6 +384,7 @@ class Hub:
                 return False
             room.plain.pop(link, None)
             room.with_meta.pop(link, None)
+        room.positioned.pop(link, None)
         peer = link.peer_id
         held = room.held.get(peer, 0) - 1
         if held > 0:
@@ -331,6 +396,53 @@ class Hub:
             self.broker.leave(link.app_id, channel, peer, last=not room.held)
         self._maybe_drop_room(link.app_id, room)
         return True
+
+    # -- pattern subscriptions -----------------------------------------------------------------
+
+    def subscribe_pattern(self, link: Link, pattern: str, include_sender_metadata: bool,
+                          ) -> asyncio.Future[None] | None:
+        """Follow every channel ``pattern`` matches (no presence either way). In a cluster,
+        the app's first pattern on this node waits until the broker receives the app's
+        publishes from every node: a future, after which ``finish_subscribe`` activates the
+        link. Later patterns of the app wait for the same future while it runs."""
+        t = self.tenant(link.app_id)
+        ready = self.broker.follow_app(link.app_id, True) if self.broker.clustered else None
+        if ready is not None and ready.done() and (
+                ready.cancelled() or ready.exception() is not None):
+            return ready  # the backplane is down: the caller answers with an error
+        waiting = ready is not None and not ready.done()
+        t.wildcards.add(link, pattern, include_sender_metadata, pending=waiting)
+        return ready if waiting else None
+
+    def _unsubscribe_pattern(self, link: Link, pattern: str) -> bool:
+        t = self.tenants.get(link.app_id)
+        if t is None or not t.wildcards.remove(link, pattern):
+            return False
+        if not t.wildcards and self.broker.clustered:
+            self.broker.follow_app(link.app_id, False)
+        return True
+
+    def _fan_out_wildcards(
+        self, t: Tenant, channel: str, room: Room | None, data: bytes, sender_json: bytes,
+        sender_metadata: bytes | None, skip: Link | None,
+    ) -> int:
+        """Deliver to the pattern subscribers of ``channel`` that are not its subscribers
+        (those got the message through the channel: once per link)."""
+        plain, meta = t.wildcards.recipients(
+            channel, room.subscribers() if room is not None else (), skip)
+        if not plain and not meta:
+            return 0
+        name_json = room.name_json if room is not None else frames.encode_json(channel)
+        if plain:
+            wire = self._wire(frames.encode_message(name_json, sender_json, data))
+            for sub in plain:
+                sub.send_wire(wire)
+        if meta:
+            wire = self._wire(frames.encode_message(name_json, sender_json, data,
+                                                    sender_metadata))
+            for sub in meta:
+                sub.send_wire(wire)
+        return len(plain) + len(meta)
 
     def _maybe_drop_room(self, app_id: str, room: Room) -> None:
         if len(room) == 0 and not room.remote and not room.held and not room.pending:
@@ -366,15 +478,25 @@ class Hub:
         and framed once per variant, and every write is queued, never awaited. One publish in
         a few is timed (``HubCounters.sample_fanout``): two clock reads, not on every call."""
         counters = self.counters
+        stream = None
+        if self.history is not None:
+            stream = self.history.append(app_id, channel, self.clock(), data, sender_json,
+                                         sender_metadata)
+            self.last_stream = stream
         if counters.sample_fanout():
             start = _perf()
-            delivered = self._fan_out(app_id, channel, data, sender_json, sender_metadata, skip)
+            delivered = self._fan_out(app_id, channel, data, sender_json, sender_metadata, skip,
+                                      stream=stream)
             counters.observe_fanout(_perf() - start)
         else:
-            delivered = self._fan_out(app_id, channel, data, sender_json, sender_metadata, skip)
+            delivered = self._fan_out(app_id, channel, data, sender_json, sender_metadata, skip,
+                                      stream=stream)
         counters.frames_sent["message"] += delivered
         if self.broker.clustered:
             self.broker.publish(app_id, channel, data, sender_json, sender_metadata)
+        observer = self.observer
+        if observer is not None and app_id in observer.message_apps:
+            observer.published(app_id, channel, data, sender_json)
         return delivered
 
     def _fan_out(
@@ -385,14 +507,25 @@ class Hub:
         sender_json: bytes,
         sender_metadata: bytes | None,
         skip: Link | None,
+        patterns: bool = True,
+        stream: Stream | None = None,
     ) -> int:
+        """Queue a message for the local subscribers of ``channel`` and, with ``patterns``,
+        for the local pattern subscribers it matches. ``stream``: the history the message was
+        just recorded in (its subscribers that opted in get the position)."""
         t = self.tenants.get(app_id)
         if t is None:
             return 0
         room = t.rooms.get(channel)
-        if room is None:
-            return 0
         n = 0
+        if t.wildcards and patterns:
+            n = self._fan_out_wildcards(t, channel, room, data, sender_json, sender_metadata,
+                                        skip)
+        if room is None:
+            return n
+        if stream is not None and room.positioned:
+            return n + self._fan_out_positioned(room, data, sender_json, sender_metadata, skip,
+                                                stream)
         if room.plain:
             wire = self._wire(frames.encode_message(room.name_json, sender_json, data))
             for sub in room.plain:
@@ -407,6 +540,85 @@ class Hub:
                     sub.send_wire(wire)
                     n += 1
         return n
+
+    def _fan_out_positioned(
+        self, room: Room, data: bytes, sender_json: bytes, sender_metadata: bytes | None,
+        skip: Link | None, stream: Stream,
+    ) -> int:
+        """``_fan_out`` for a room with opted-in subscribers: up to four variants (sender
+        metadata or not, position or not), each encoded once."""
+        suffix = encode_position_suffix(stream.top, stream.epoch_json)
+        positioned = room.positioned
+        n = 0
+        if len(positioned) == len(room):
+            # Everyone opted in (a room of roomwire SDKs): one variant per group, no lookups.
+            for group, metadata in ((room.plain, None), (room.with_meta, sender_metadata)):
+                if group:
+                    at = self._wire(frames.encode_message_at(
+                        room.name_json, sender_json, data, metadata, suffix))
+                    for sub in group:
+                        if sub is not skip:
+                            sub.send_wire(at)
+                            n += 1
+            return n
+        for group, metadata in ((room.plain, None), (room.with_meta, sender_metadata)):
+            if not group:
+                continue
+            bare = at = b""
+            for sub in group:
+                if sub is skip:
+                    continue
+                if sub in positioned:
+                    if not at:
+                        at = self._wire(frames.encode_message_at(
+                            room.name_json, sender_json, data, metadata, suffix))
+                    sub.send_wire(at)
+                else:
+                    if not bare:
+                        bare = self._wire(frames.encode_message(
+                            room.name_json, sender_json, data, metadata))
+                    sub.send_wire(bare)
+                n += 1
+        return n
+
+    # -- history (roomwire's extension) --------------------------------------------------------
+
+    def follow_history(self, link: Link, channel: str, recover: Position | None,
+                       ) -> tuple[Position | None, bool | None, list[bytes]]:
+        """``link`` (subscribed to ``channel`` just now) opted in to history: its position
+        from here on, whether ``recover`` could be honoured, and the frames to replay (each
+        already a ``message`` with its position). (None, None/False, []) when the channel
+        keeps no history. Runs in the same turn as the subscribe, so no publish falls
+        between the replay and the first live message."""
+        room = self._room(link.app_id, channel, create=False)
+        history = self.history
+        if history is None or room is None or not room.has(link):
+            return None, (None if recover is None else False), []
+        now = self.clock()
+        stream = history.stream(link.app_id, channel, now)
+        if stream is None:
+            return None, (None if recover is None else False), []
+        stream.touched = now
+        room.positioned[link] = None
+        if recover is None:
+            return stream.position, None, []
+        recovered, replay = decide(stream, recover, now, self.replay_max_bytes)
+        metadata = link in room.with_meta
+        out = [self._replay_frame(room, entry, stream, metadata) for entry in replay]
+        return stream.position, recovered, out
+
+    def unfollow_history(self, link: Link, channel: str) -> None:
+        """A repeated subscribe without the extension: plain messages from now on."""
+        room = self._room(link.app_id, channel, create=False)
+        if room is not None:
+            room.positioned.pop(link, None)
+
+    @staticmethod
+    def _replay_frame(room: Room, entry: Entry, stream: Stream, metadata: bool) -> bytes:
+        return frames.encode_message_at(
+            room.name_json, entry.sender_json, entry.data,
+            entry.sender_metadata if metadata else None,
+            encode_position_suffix(entry.offset, stream.epoch_json))
 
     def direct(
         self, app_id: str, peer_id: str, data: bytes, sender_json: bytes,
@@ -426,7 +638,23 @@ class Hub:
         self, app_id: str, channel: str, data: bytes, sender_json: bytes,
         sender_metadata: bytes | None,
     ) -> int:
-        n = self._fan_out(app_id, channel, data, sender_json, sender_metadata, None)
+        # A node following the app for its patterns gets those through
+        # ``deliver_pattern_publish``: here only the channel's subscribers.
+        n = self._fan_out(app_id, channel, data, sender_json, sender_metadata, None,
+                          patterns=False)
+        self.counters.frames_sent["message"] += n
+        return n
+
+    def deliver_pattern_publish(
+        self, app_id: str, channel: str, data: bytes, sender_json: bytes,
+        sender_metadata: bytes | None,
+    ) -> int:
+        """A publish of another node on a channel of an app this node follows for patterns."""
+        t = self.tenants.get(app_id)
+        if t is None or not t.wildcards:
+            return 0
+        n = self._fan_out_wildcards(t, channel, t.rooms.get(channel), data, sender_json,
+                                    sender_metadata, None)
         self.counters.frames_sent["message"] += n
         return n
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ..protocol.ice import turn_username
 from ..protocol.limits import MAX_ICE_CREDENTIAL_CHARS, MAX_ICE_SERVERS, MAX_ICE_URL_CHARS
 
 DEFAULT_TTL = 86_400
@@ -28,10 +29,6 @@ def turn_credential(secret: str, username: str) -> str:
     """``base64(HMAC-SHA1(secret, username))``, as coturn computes it."""
     digest = hmac.new(secret.encode("utf-8"), username.encode("utf-8"), hashlib.sha1).digest()
     return base64.b64encode(digest).decode("ascii")
-
-
-def turn_username(expiry: int, peer_id: str) -> str:
-    return f"{int(expiry)}:{peer_id}"
 
 
 def mint_turn(

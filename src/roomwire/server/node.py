@@ -20,8 +20,10 @@ from .auth import AuthFailure, Keyring, Principal, authenticate
 from .broker import Broker
 from .broker.memory import MemoryBroker
 from .config import ServerConfig, check_admin_token
+from .drain import PRESENCE_LINGER, close_batches
 from .gateway.front import ConnectionCaps, FrontProtocol
 from .gateway.websocket import Outbox, WsSession, ws_text_frame
+from .history import History, parse_rules
 from .http.admin import add_routes as mount_admin_api
 from .http.app import build_http_app
 from .http.demo import DemoContext
@@ -34,8 +36,12 @@ from .metrics import Metrics, render_node
 from .store import App, Store, open_store
 from .store.usage import flush as flush_usage_rows
 from .store.usage import restore as restore_usage
+from .webhooks.policy import endpoint_from_config
+from .webhooks.service import WebhookService
 
 log = logging.getLogger("roomwire.node")
+#: Seconds between sweeps of idle channel histories (a forgotten one costs memory only).
+HISTORY_SWEEP_INTERVAL = 5.0
 
 
 class Node:
@@ -51,6 +57,13 @@ class Node:
         self.usage = UsageMeter()
         self.broker: Broker = broker or _broker_for(config, self.usage)
         self.hub = Hub(ws_text_frame, self.broker, self.metrics)
+        if config.history:
+            if self.broker.clustered:
+                raise ValueError("history is not available in a cluster yet (docs/cluster.md)")
+            self.hub.history = History(parse_rules(config.history),
+                                       max_bytes=config.history_max_bytes)
+            # Half the outbound bound: the replay and what follows it must fit.
+            self.hub.replay_max_bytes = config.outbound_queue_bytes // 2
         self.broker.health_listener = self._backplane_health
         self.ice = IceProvider(config.ice_servers, config.turn_urls, config.turn_secret,
                                config.turn_ttl)
@@ -67,6 +80,7 @@ class Node:
         self._data_version = -1
         self._stopped = asyncio.Event()
         self._shutting_down = False
+        self.webhooks = WebhookService(config)
 
     # -- startup -------------------------------------------------------------------------------
 
@@ -82,6 +96,8 @@ class Node:
         )
         self.reload_keyring()
         restore_usage(self.usage, self.store)
+        await self.webhooks.start()
+        self.reload_webhooks()
         await self.broker.start(self.hub)
         demo_context = DemoContext(self.config, self.default_app.id, lambda: self.keyring)
         http_app = build_http_app(
@@ -112,6 +128,8 @@ class Node:
         self._tasks.append(self.loop.create_task(self._keepalive()))
         self._tasks.append(self.loop.create_task(self._watch_store()))
         self._tasks.append(self.loop.create_task(self._flush_usage_loop()))
+        if self.hub.history is not None:
+            self._tasks.append(self.loop.create_task(self._sweep_history()))
 
     # -- auth and admission -------------------------------------------------------------------
 
@@ -159,6 +177,14 @@ class Node:
         if self.store is not None:
             flush_usage_rows(self.usage, self.store)
 
+    async def _sweep_history(self) -> None:
+        """Forget idle channel histories (their memory); expired entries go on publish too."""
+        history = self.hub.history
+        assert history is not None
+        while True:
+            await asyncio.sleep(HISTORY_SWEEP_INTERVAL)
+            history.sweep(self.hub.clock())
+
     async def _flush_usage_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.usage_flush_interval)
@@ -171,9 +197,9 @@ class Node:
         limits = {a.id: a.max_connections for a in self.keyring.apps.values()
                   if a.max_connections is not None}
         return render_node(self.metrics, self.hub, self.usage, self.sessions,
-                           self.http_caps.slots.open, ready=self.accepting,
+                           self.http_caps.slots.open, ready=self.ready,
                            backplane_up=self.broker.healthy if self.broker.clustered else None,
-                           max_connections=limits)
+                           max_connections=limits) + self.webhooks.render_metrics()
 
     # -- keeping the keyring fresh -------------------------------------------------------------
 
@@ -186,6 +212,20 @@ class Node:
         self.keyring = Keyring(apps, keys)
         if old.apps or old.keys:
             self._apply_changes(old, self.keyring)
+        if self.webhooks.outbox is not None:
+            self.reload_webhooks()
+
+    def reload_webhooks(self) -> None:
+        """Apply the webhook endpoints of the config file and the store; the hub is observed
+        only while there is one."""
+        assert self.store is not None
+        endpoints = [endpoint_from_config(e, self.default_app.id) for e in self.config.webhooks]
+        endpoints += self.store.list_webhooks()
+        self.webhooks.set_endpoints(endpoints)
+        self.hub.observer = self.webhooks if self.webhooks.active else None
+        # A cluster broker reports joins and leaves: its Redis scripts know which node made
+        # each transition, so each is reported once in the cluster.
+        self.broker.observer = self.hub.observer
 
     def _apply_changes(self, old: Keyring, new: Keyring) -> None:
         for app in new.apps.values():
@@ -257,23 +297,54 @@ class Node:
 
     # -- shutdown --------------------------------------------------------------------------------
 
+    @property
+    def ready(self) -> bool:
+        """What ``/readyz`` answers: accepting sockets and not shutting down."""
+        return self.accepting and not self._shutting_down
+
     async def shutdown(self) -> None:
-        """Graceful: stop accepting, ``going_away`` to everyone, short drain, close 1001."""
+        """Graceful, in three steps (docs/operations.md, "Rolling restarts"):
+
+        1. ``/readyz`` answers 503 at once, while the node keeps serving and taking sockets
+           for ``shutdown_readiness_delay``, long enough for a load balancer to notice;
+        2. upgrades are refused (503) and every socket gets ``going_away``;
+        3. the sockets are closed with 1001 in batches spread over ``shutdown_drain``, the
+           last at that bound. In a cluster their peers stay in their channels for
+           ``PRESENCE_LINGER`` more, so a client that is back on another node by then never
+           appears to leave; then the node stops.
+        """
         if self._shutting_down or (not self.accepting and self._server is None):
             return  # a second SIGTERM while draining changes nothing
         self._shutting_down = True
+        cfg = self.config
+        if cfg.shutdown_readiness_delay > 0:
+            log.info("shutting down: readyz 503, still serving for %.1f s",
+                     cfg.shutdown_readiness_delay)
+            await asyncio.sleep(cfg.shutdown_readiness_delay)
         self.accepting = False
-        if self._server is not None:
-            self._server.close()
-        going = frames.encode_going_away(self.config.going_away_retry_after_ms)
-        for s in list(self.sessions):
+        going = frames.encode_going_away(cfg.going_away_retry_after_ms)
+        held = list(self.sessions)
+        for s in held:
+            s.hold_presence = True
             s.send(going)
         self.outbox.flush()
-        await asyncio.sleep(self.config.shutdown_drain)
-        closing = list(self.sessions)
-        for s in closing:
+        log.info("shutting down: going_away sent to %d sockets, closing them over %.2f s",
+                 len(held), cfg.shutdown_drain)
+        began = time.monotonic()
+        queue = iter(held)
+        for batch in close_batches(len(held), cfg.shutdown_drain):
+            await asyncio.sleep(max(0.0, began + batch.at - time.monotonic()))
+            for _ in range(batch.count):
+                next(queue).close(CloseCode.GOING_AWAY, "server shutting down", leave=False)
+        # Sockets whose handshake was under way when upgrades stopped; none get a welcome
+        # now, but each is closed with the code the clients retry.
+        late = [s for s in self.sessions if not s.hold_presence]
+        for s in late:
+            s.send(going)
             s.close(CloseCode.GOING_AWAY, "server shutting down", leave=False)
-        for s in closing:
+        if self.broker.clustered and held:
+            await asyncio.sleep(PRESENCE_LINGER)
+        for s in held + late:
             s.ended()
         deadline = time.monotonic() + 2.0
         while self.sessions and time.monotonic() < deadline:
@@ -295,6 +366,7 @@ class Node:
             await self._runner.cleanup()
             self._runner = None
         await self.broker.stop()
+        await self.webhooks.stop()
         if self.store is not None:
             try:
                 self.flush_usage()

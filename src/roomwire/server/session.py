@@ -11,12 +11,20 @@ import asyncio
 import codecs
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
 from ..protocol import Action, CloseCode, ErrorCode, frames
+from ..protocol.history import (
+    Position,
+    encode_position_ack,
+    encode_subscribe_ack,
+    recover_problem,
+)
+from ..protocol.ice import ICE_SERVERS_TYPE
 from ..protocol.limits import MAX_REQUEST_ID_CHARS
+from ..protocol.patterns import is_pattern, pattern_problem
 from ..protocol.validate import (
     channel_problem,
     is_reserved_channel,
@@ -59,10 +67,10 @@ class Services(Protocol):
 
 #: The attributes ``Session.__init__`` sets, for a subclass's ``__slots__``.
 SESSION_SLOTS = (
-    "_held", "_scope", "_subscribing", "_usage", "_usage_clock", "app_id", "attached",
-    "bucket", "closed", "counters", "may_send", "peer_id", "peer_json", "peer_metadata",
-    "ping_bucket", "presence_entry", "principal", "quota_limit", "receives_presence",
-    "services", "subscriptions",
+    "_held", "_history_channels", "_scope", "_subscribing", "_usage", "_usage_clock",
+    "app_id", "attached", "bucket", "close_code", "close_reason", "closed", "counters",
+    "may_send", "peer_id", "peer_json", "peer_metadata", "ping_bucket", "presence_entry",
+    "principal", "quota_limit", "receives_presence", "services", "subscriptions",
 )
 
 
@@ -104,12 +112,20 @@ class Session(ABC):
         # silence, so a socket pinging faster than this is flooding (docs/protocol.md).
         self.ping_bucket = TokenBucket(cfg.ping_rate, cfg.ping_burst)
         self.closed = False
+        self.close_code: int | None = None
+        """How the connection ended, recorded by the transport (the first close frame, sent
+        or received; 1006 when it ended without one): ``peer_disconnected`` webhooks carry
+        it."""
+        self.close_reason = ""
         self.attached = False
         """True once ``opened`` registered the session with the hub."""
         self._held: list[bytes | str] | None = None
         """Cluster: frames that arrived while a subscribe waits for Redis (handled after it,
         so the client's requests keep their order)."""
         self._subscribing: str | None = None
+        self._history_channels: set[str] | None = None
+        """Channels this socket opted in to history on (roomwire's extension); None until
+        the first, so sockets that never do cost nothing."""
 
     # -- transport ---------------------------------------------------------------------------
 
@@ -136,6 +152,18 @@ class Session(ABC):
             p.peer_id, p.expires_at, server_time, self.services.config.max_message_size,
             metadata or None,
         )
+
+    def fresh_ice_servers(self) -> list[dict[str, object]] | None:
+        """ICE servers minted now for this connection (the transport's node knows them)."""
+        return None
+
+    def _ice_reply(self) -> Any:
+        """What roomwire's ``ice_servers`` extension answers (docs/protocol.md): the list a
+        welcome would carry now. A JWT's own ``metadata.iceServers`` wins, as in the welcome."""
+        md = self.principal.metadata
+        if md and "iceServers" in md:
+            return md["iceServers"]
+        return self.fresh_ice_servers()
 
     def opened(self, then: Callable[[], None] | None = None) -> None:
         """Register with the hub; ``then`` (the welcome) runs once the node can route to this
@@ -178,7 +206,7 @@ class Session(ABC):
         self.may_send = principal.can(Action.SEND)
         if self.subscriptions and not principal.can(Action.SUBSCRIBE):
             return False
-        return all(principal.channel_allowed(c) for c in self.subscriptions)
+        return all(principal.subscription_allowed(c) for c in self.subscriptions)
 
     def app_changed(self, app: App | None) -> None:
         """The app's record changed (its limits were edited): adopt its message quota."""
@@ -240,6 +268,9 @@ class Session(ABC):
         elif kind == "unsubscribe":
             self.counters.count_frame("unsubscribe")
             self._unsubscribe(req, rid)
+        elif kind == ICE_SERVERS_TYPE:
+            self.counters.count_frame(ICE_SERVERS_TYPE)
+            self.send(frames.encode_ice_servers(rid, self._ice_reply()))
         elif isinstance(kind, str):
             self.counters.count_frame("unknown")
             self._error(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {kind[:40]!r}", rid)
@@ -275,7 +306,10 @@ class Session(ABC):
         except KeyError:
             pass
         verdict: tuple[str, str] | None
+        pattern = action == Action.SUBSCRIBE and is_pattern(channel)
         problem = channel_problem(channel)
+        if problem is None and pattern:
+            problem = pattern_problem(channel)
         if problem is not None:
             verdict = (ErrorCode.INVALID_CHANNEL, problem)
         elif is_reserved_channel(channel):
@@ -283,7 +317,11 @@ class Session(ABC):
                        "channels starting with _metered/, _internal/ or _system/ are reserved")
         elif not self.principal.can(action):
             verdict = (ErrorCode.ACTION_NOT_PERMITTED, f"this credential may not {action}")
-        elif not self.principal.channel_allowed(channel):
+        elif pattern and not self.principal.pattern_allowed(channel):
+            verdict = (ErrorCode.CHANNEL_NOT_AUTHORIZED,
+                       "this credential's channel patterns do not cover every channel this "
+                       "pattern matches")
+        elif not pattern and not self.principal.channel_allowed(channel):
             verdict = (ErrorCode.CHANNEL_NOT_AUTHORIZED,
                        "this credential's channel patterns do not cover this channel")
         else:
@@ -333,7 +371,12 @@ class Session(ABC):
             self.app_id, req.channel, req.data, self.peer_json, self.peer_metadata, skip=self
         )
         if rid is not None:
-            self.send(frames.encode_ack(rid))
+            opted = self._history_channels
+            stream = self.services.hub.last_stream if opted and req.channel in opted else None
+            if stream is not None:
+                self.send(encode_position_ack(rid, stream.position))
+            else:
+                self.send(frames.encode_ack(rid))
 
     def _send(self, req: frames.Request, rid: str | None) -> None:
         to = req.to
@@ -403,21 +446,59 @@ class Session(ABC):
                         f"a connection may hold at most {limit} subscriptions", rid)
             return
         include = req.includeSenderMetadata is True
-        snapshot = self.services.hub.subscribe(self, channel, include)
+        hub = self.services.hub
+        pattern = "*" in channel and is_pattern(channel)
+        # roomwire's history extension (patterns have none: the fields are ignored there).
+        want: Position | bool = False
+        if not pattern and req.recover is not None:
+            parsed = recover_problem(req.recover)
+            if isinstance(parsed, str):
+                self._error(ErrorCode.MALFORMED_MESSAGE, parsed, rid)
+                return
+            want = parsed
+        elif not pattern and req.history is True:
+            want = True
+        snapshot = (hub.subscribe_pattern(self, channel, include) if pattern
+                    else hub.subscribe(self, channel, include))
         if isinstance(snapshot, asyncio.Future):
             self._held = []
             self._subscribing = channel
             snapshot.add_done_callback(
-                lambda f: self._subscribed(f, channel, include, rid))
+                lambda f: self._subscribed(f, channel, include, rid, want))
             return
         self.subscriptions[channel] = include
-        if rid is not None:
-            self.send(frames.encode_ack(rid))
+        self._answer_subscribe(channel, rid, snapshot, want)
+
+    def _answer_subscribe(self, channel: str, rid: str | None, snapshot: bytes | None,
+                          want: Position | bool) -> None:
+        """Ack, snapshot, and for an opted-in subscribe the replay (docs/protocol.md,
+        "roomwire extension: history and recovery"), all in this turn."""
+        replay: list[bytes] = []
+        opted = self._history_channels
+        if want is False:
+            if opted and channel in opted:
+                opted.discard(channel)
+                self.services.hub.unfollow_history(self, channel)
+            ack = frames.encode_ack(rid) if rid is not None else None
+        else:
+            recover = want if isinstance(want, Position) else None
+            position, recovered, replay = self.services.hub.follow_history(self, channel,
+                                                                           recover)
+            if position is not None:
+                if opted is None:
+                    opted = self._history_channels = set()
+                opted.add(channel)
+            ack = (encode_subscribe_ack(rid, position, recovered) if rid is not None
+                   else None)
+        if ack is not None:
+            self.send(ack)
         if snapshot is not None:
             self.send(snapshot)
+        for frame in replay:
+            self.send(frame)
 
     def _subscribed(self, f: asyncio.Future[None], channel: str, include: bool,
-                    rid: str | None) -> None:
+                    rid: str | None, want: Position | bool = False) -> None:
         """A cluster subscribe completed: ack, snapshot, then the frames held meanwhile."""
         self._subscribing = None
         if self.closed:
@@ -428,10 +509,7 @@ class Session(ABC):
             return
         snapshot = self.services.hub.finish_subscribe(self, channel)
         self.subscriptions[channel] = include
-        if rid is not None:
-            self.send(frames.encode_ack(rid))
-        if snapshot is not None:
-            self.send(snapshot)
+        self._answer_subscribe(channel, rid, snapshot, want)
         self._release()
 
     def _release(self) -> None:
@@ -454,5 +532,7 @@ class Session(ABC):
         assert isinstance(channel, str)
         if self.subscriptions.pop(channel, None) is not None:
             self.services.hub.unsubscribe(self, channel)
+            if self._history_channels:
+                self._history_channels.discard(channel)
         if rid is not None:
             self.send(frames.encode_ack(rid))

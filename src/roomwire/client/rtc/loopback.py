@@ -24,13 +24,14 @@ from typing import Any, Literal
 from ...extras import missing_extra
 
 try:
-    from aiortc import RTCConfiguration, RTCIceServer
+    from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy
 except ImportError as exc:  # the optional WebRTC stack is not installed
     raise missing_extra("webrtc", exc) from exc
 
 from .aiortc_compat import AIOICE_HOST_ADDRESSES, HostAddressLookup, set_host_address_lookup
 
 __all__ = [
+    "IceTransportPolicy",
     "LoopbackMode",
     "disable_loopback_candidates",
     "enable_loopback_candidates",
@@ -41,6 +42,8 @@ __all__ = [
 ]
 
 LoopbackMode = Literal["fallback", "add", "only"]
+IceTransportPolicy = Literal["all", "relay"]
+"""Which candidates a connection may use: all, or TURN relay candidates only."""
 """``fallback``: offer 127.0.0.1 only when no other address exists (the documented
 development option). ``add``: always offer it as well. ``only``: offer nothing else (tests
 that must stay on loopback even on a machine with other interfaces)."""
@@ -128,7 +131,12 @@ def to_rtc_ice_servers(
 
 def make_configuration(
     ice_servers: Sequence[RTCIceServer | Mapping[str, Any]] | None = None,
+    ice_transport_policy: IceTransportPolicy = "all",
 ) -> RTCConfiguration:
     """An ``RTCConfiguration`` with an explicit ICE server list: never aiortc's default public
-    STUN server. ``None`` or ``[]`` gives host candidates only."""
-    return RTCConfiguration(iceServers=to_rtc_ice_servers(ice_servers))
+    STUN server. ``None`` or ``[]`` gives host candidates only; with ``"relay"`` the
+    connection gathers and uses TURN relay candidates only (no TURN server: no candidates)."""
+    policy = (RTCIceTransportPolicy.RELAY if ice_transport_policy == "relay"
+              else RTCIceTransportPolicy.ALL)
+    return RTCConfiguration(iceServers=to_rtc_ice_servers(ice_servers),
+                            iceTransportPolicy=policy)

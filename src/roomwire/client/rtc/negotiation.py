@@ -18,18 +18,22 @@ What it does (docs/protocol.md, Peer-to-peer signalling; docs/webrtc-notes.md):
   so is an answer whose ufrag changed (then a fresh offer is made). Rebuilds are rate-limited.
 * Non-trickle outbound (full SDP, then ``rtc-ice null``); trickled inbound candidates accepted
   with the caps of docs/protocol.md (Signal envelopes); stale answers dropped.
-* aiortc gaps: answers reject the m-lines the offer rejected; re-offers keep negotiated extmap
-  ids; remote tracks are identified by the msid of their m-section (by mid); one relay proxy
-  per peer for a shared local track, with the original track id and stream id on the wire;
+* Our tracks travel only on m-lines of our own offers (``sendonly`` until the remote sends
+  there too), attached when the offer is made: a browser's receiver knows a track's id (and
+  its SDK finds the label) only on a transceiver our offer created.
+* aiortc gaps: answers reject the m-lines the offer rejected (and our offers keep them
+  rejected); offers keep negotiated extmap ids (a browser's own ids at first); remote
+  tracks are identified by the msid of their m-section (by mid); one relay proxy per peer
+  for a shared local track, with the original track id and stream id on the wire;
   "remove" is ``replaceTrack(None)`` + a direction without send + renegotiation.
 * ICE failure: the connection is rebuilt on a ladder (immediate, 1, 2, 4, 8, 16, 30, 30, 30 s),
-  each attempt probing for "connected"; then one fatal ``NegotiationErrorEvent``.
+  each attempt probing for "connected"; then one fatal ``RemoteNegotiationErrorEvent``.
 * Track metadata: ``__meteredTrackMeta`` for each local track goes out before the track is
   attached (so before the offer); inbound metadata fills a FIFO cache consulted when a remote
   track appears.
 
-Events are frozen dataclasses delivered synchronously to the listeners added with
-``add_listener``.
+Events are the public ``RemotePeer`` events (``remote_events``), delivered synchronously to
+the listeners added with ``add_listener``; a ``RemotePeer`` passes the same objects on.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any
 
 from ...extras import missing_extra
 
@@ -72,9 +76,10 @@ from .aiortc_compat import (
     repoint_proxy,
     reset_encoder,
     retire_proxy,
+    set_header_extension_ids,
     set_track_id,
 )
-from .loopback import make_configuration
+from .loopback import IceTransportPolicy, make_configuration
 from .perfect_negotiation import (
     AnswerAction,
     CandidateAction,
@@ -89,11 +94,31 @@ from .perfect_negotiation import (
     first_offer_wait,
     impolite_wait,
     is_polite,
+    local_track_may_use,
     needs_offer,
     outbound_still_current,
+    transceiver_direction,
 )
-from .remote_events import RemoteDataChannelEvent, RemoteNegotiationErrorEvent
-from .sdp import NO_STREAM, ice_ufrag, parse_sdp, pin_extmap_ids, reject_answer_mlines
+from .remote_events import (
+    MediaStream,
+    RemoteConnectionResetEvent,
+    RemoteDataChannelEvent,
+    RemoteNegotiationErrorEvent,
+    RemoteStateChangeEvent,
+    RemoteStreamAddedEvent,
+    RemoteStreamRemovedEvent,
+    RemoteTrackMetadataEvent,
+    TrackEvent,
+)
+from .sdp import (
+    NO_STREAM,
+    ice_ufrag,
+    negotiated_extmap_ids,
+    parse_sdp,
+    pin_extmap_ids,
+    reject_answer_mlines,
+    reject_mlines,
+)
 from .signals import (
     CandidateBudget,
     DescriptionSignal,
@@ -121,7 +146,6 @@ __all__ = [
     "PeerState",
     "PeerStateChangeEvent",
     "ReceivedTrack",
-    "RemoteTrackEndedEvent",
     "RemoteTrackEvent",
     "SendSignal",
     "SignallingUnavailableError",
@@ -203,105 +227,30 @@ class IceRecoveryExhaustedError(RuntimeError):
 
 # -- events ------------------------------------------------------------------------------------
 
+# The engine emits the public ``RemotePeer`` events themselves (``remote_events``): a
+# ``RemotePeer`` passes them on unchanged, so a handler on the engine and one on the
+# ``RemotePeer`` receive the same object. The engine owns the received ``MediaStream``s for that.
 
-@dataclass(frozen=True, slots=True)
-class RemoteTrackEvent:
-    """A remote track arrived (a new m-section the remote sends on, or a rebuilt connection)."""
-
-    name: ClassVar[str] = "track"
-    track: MediaStreamTrack
-    kind: str
-    mid: str | None
-    stream_id: str | None
-    """The msid stream id; ``None`` for a track sent without a stream."""
-    track_id: str | None
-    """The sender's track id (msid). ``track.id`` is set to it as well."""
-    metadata: dict[str, Any] | None
-    generation: int
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteTrackEndedEvent:
-    """The remote stopped sending a track (removed it, or rejected its m-line)."""
-
-    name: ClassVar[str] = "track-ended"
-    track: MediaStreamTrack
-    kind: str
-    stream_id: str | None
-    track_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class StreamAddedEvent:
-    """The first track(s) of a remote stream arrived on the current connection. Fires again
-    with the new tracks after a rebuild (never preceded by ``StreamRemovedEvent`` then)."""
-
-    name: ClassVar[str] = "stream-added"
-    stream_id: str
-    tracks: tuple[MediaStreamTrack, ...]
-    metadata: dict[str, Any] | None
-
-
-@dataclass(frozen=True, slots=True)
-class StreamRemovedEvent:
-    """Every track of a remote stream has ended (not fired for rebuilds)."""
-
-    name: ClassVar[str] = "stream-removed"
-    stream_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class TrackMetadataEvent:
-    """Metadata for a live remote track changed after its track event."""
-
-    name: ClassVar[str] = "track-metadata"
-    track: MediaStreamTrack
-    track_id: str
-    metadata: dict[str, Any] | None
-
-
-@dataclass(frozen=True, slots=True)
-class PeerStateChangeEvent:
-    name: ClassVar[str] = "state-change"
-    previous: PeerState
-    current: PeerState
-
-
+# Earlier names of the same classes, kept importable.
+RemoteTrackEvent = TrackEvent
+StreamAddedEvent = RemoteStreamAddedEvent
+StreamRemovedEvent = RemoteStreamRemovedEvent
+TrackMetadataEvent = RemoteTrackMetadataEvent
+PeerStateChangeEvent = RemoteStateChangeEvent
+ConnectionResetEvent = RemoteConnectionResetEvent
 DataChannelEvent = RemoteDataChannelEvent
-"""A data channel opened: one the remote created (``local=False``) or one of ours. The public
-event itself: ``RemotePeer`` passes it on unchanged."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionResetEvent:
-    """The peer connection was replaced. Remote tracks and data channels of the old one are
-    gone (not-yet-open local channels were moved to the new one); local tracks are re-attached
-    automatically."""
-
-    name: ClassVar[str] = "connection-reset"
-    old_pc: RTCPeerConnection
-    new_pc: RTCPeerConnection
-    reason: str
-    """``glare``, ``remote-restart``, ``ice-failed``, ``answer-timeout``, ``reset``, ..."""
-    generation: int
-    was_connected: bool
-
-
 NegotiationErrorEvent = RemoteNegotiationErrorEvent
-"""A negotiation step failed. ``fatal`` only for the end of the recovery ladder (latched until
-the connection comes back). The public event itself, passed on unchanged."""
 
 
 NegotiatorEvent = (
-    RemoteTrackEvent
-    | RemoteTrackEndedEvent
-    | StreamAddedEvent
-    | StreamRemovedEvent
-    | TrackMetadataEvent
-    | PeerStateChangeEvent
-    | DataChannelEvent
-    | ConnectionResetEvent
-    | NegotiationErrorEvent
+    TrackEvent
+    | RemoteStreamAddedEvent
+    | RemoteStreamRemovedEvent
+    | RemoteTrackMetadataEvent
+    | RemoteStateChangeEvent
+    | RemoteDataChannelEvent
+    | RemoteConnectionResetEvent
+    | RemoteNegotiationErrorEvent
 )
 Listener = Callable[[NegotiatorEvent], None]
 
@@ -445,10 +394,18 @@ class _Generation:
     state_changed: asyncio.Event = field(default_factory=asyncio.Event)
     budget: CandidateBudget = field(default_factory=CandidateBudget)
     pending_candidates: list[IceCandidateInit] = field(default_factory=list)
-    used_for_send: set[RTCRtpTransceiver] = field(default_factory=set)
+    own: set[RTCRtpTransceiver] = field(default_factory=set)
+    """Transceivers we created (each for one local track); the others the remote's offers
+    created, and we only receive on those."""
+    rejected_mids: set[str] = field(default_factory=set)
+    """m-lines the remote rejected (port 0): dead for good, rejected in our offers too."""
+    silenced: set[RTCRtpTransceiver] = field(default_factory=set)
+    """Ours whose track ``replace_track(old, None)`` forgot: still sending (silence)."""
     remote: dict[RTCRtpTransceiver, _RemoteTrack] = field(default_factory=dict)
     pumps: dict[RTCRtpTransceiver, asyncio.Task[None]] = field(default_factory=dict)
     streams: dict[str, set[_RemoteTrack]] = field(default_factory=dict)
+    media_streams: dict[str, MediaStream] = field(default_factory=dict)
+    """The ``MediaStream`` objects the events carry (fresh for every connection)."""
     channels: list[RTCDataChannel] = field(default_factory=list)
     ignoring_offer: bool = False
     answer_timer: asyncio.TimerHandle | None = None
@@ -482,6 +439,7 @@ class PeerNegotiator:
         send_signal: SendSignal,
         *,
         ice_servers: IceServers | None = None,
+        ice_transport_policy: IceTransportPolicy = "all",
         relay: MediaRelay | None = None,
         metadata_cache: TrackMetadataCache | None = None,
         pc_factory: PeerConnectionFactory | None = None,
@@ -494,6 +452,7 @@ class PeerNegotiator:
         self.remote_id = remote_id
         self._send_signal = send_signal
         self._ice_servers: list[RTCIceServer | Mapping[str, Any]] = list(ice_servers or ())
+        self._ice_policy: IceTransportPolicy = ice_transport_policy
         self._relay = relay or default_relay()
         self.metadata_cache = metadata_cache if metadata_cache is not None else (
             TrackMetadataCache()
@@ -542,7 +501,7 @@ class PeerNegotiator:
 
     @property
     def pc(self) -> RTCPeerConnection:
-        """The current peer connection (stale after any ``ConnectionResetEvent``)."""
+        """The current peer connection (stale after any ``RemoteConnectionResetEvent``)."""
         return self._gen.pc
 
     @property
@@ -564,13 +523,10 @@ class PeerNegotiator:
         return list(self._local)
 
     @property
-    def remote_tracks(self) -> list[RemoteTrackEvent]:
+    def remote_tracks(self) -> list[TrackEvent]:
         """The live remote tracks of the current connection, as track events."""
-        out = []
-        for rec in self._gen.remote.values():
-            if rec.active:
-                out.append(self._track_event(rec))
-        return out
+        gen = self._gen
+        return [self._track_event(gen, rec) for rec in gen.remote.values() if rec.active]
 
     # -- listeners ---------------------------------------------------------------------------
 
@@ -595,7 +551,7 @@ class PeerNegotiator:
         if new is old or old is PeerState.CLOSED:
             return
         self._state = new
-        self._emit(PeerStateChangeEvent(old, new))
+        self._emit(RemoteStateChangeEvent(old.value, new.value))
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -604,7 +560,7 @@ class PeerNegotiator:
         self._ice_servers = list(servers or ())
 
     def _new_pc(self) -> RTCPeerConnection:
-        config = make_configuration(self._ice_servers)
+        config = make_configuration(self._ice_servers, self._ice_policy)
         pc = self._pc_factory(config) if self._pc_factory else RTCPeerConnection(config)
 
         def on_state() -> None:
@@ -723,7 +679,7 @@ class PeerNegotiator:
             except Exception as exc:
                 self._log.warning("signal from %s failed: %r", self.remote_id, exc,
                                   exc_info=self._log.isEnabledFor(logging.DEBUG))
-                self._emit(NegotiationErrorEvent(exc, fatal=False))
+                self._emit(RemoteNegotiationErrorEvent(exc, fatal=False))
 
     def _apply_track_meta(self, meta: TrackMeta) -> None:
         if not meta.is_clear:
@@ -735,8 +691,7 @@ class PeerNegotiator:
             return
         for rec in self._gen.remote.values():
             if rec.active and meta.track_id in (rec.track_id, rec.track.id, rec.meta_key):
-                self._emit(TrackMetadataEvent(rec.track, meta.track_id,
-                                              self._lookup_metadata(rec)))
+                self._emit(RemoteTrackMetadataEvent(rec.track, self._lookup_metadata(rec)))
 
     async def _handle_offer(self, sdp: str) -> None:
         gen = self._gen
@@ -762,6 +717,8 @@ class PeerNegotiator:
         self._remote_description_applied(gen, ufrag)
         await self._flush_pending_candidates(gen)
         gen.remote_offer.set()
+        self._forget_rejected(gen, sdp)
+        self._set_directions(gen, sdp)
         answer = await pc.createAnswer()
         mark_unoffered_inactive(pc)
         await pc.setLocalDescription(answer)
@@ -773,7 +730,8 @@ class PeerNegotiator:
         if self._state is PeerState.IDLE:
             self._set_state(PeerState.CONNECTING)
         if self._needs_offer(gen):
-            # Local media that did not fit the remote's offer: one follow-up offer.
+            # Our media goes on m-lines of our own offer, never on the remote's: one
+            # follow-up offer.
             self._request_negotiation(offer_now=True)
 
     async def _handle_answer(self, sdp: str) -> None:
@@ -884,33 +842,92 @@ class PeerNegotiator:
                     continue
                 if gen.pc.signalingState != "stable":
                     return  # an exchange is in flight; its answer re-runs the loop
+                if self._held:
+                    # Signalling is down: no offer now. One made now would go out the moment
+                    # the link is back, right when a browser that saw us leave and come back
+                    # makes its own: a collision its SDK reports as an error. resync_state()
+                    # runs this loop again, with the usual wait for the remote's offer.
+                    return
                 self._dirty = False
                 self._force_offer = False
                 if self._needs_offer(gen):
                     await self._make_offer(gen)
 
     def _has_something_to_negotiate(self, gen: _Generation) -> bool:
-        return bool(gen.pc.getTransceivers()) or gen.pc.sctp is not None
+        return (bool(self._local) or bool(gen.pc.getTransceivers())
+                or gen.pc.sctp is not None)
 
     def _needs_offer(self, gen: _Generation) -> bool:
         pc = gen.pc
         sctp = pc.sctp
+        self._set_directions(gen)
         views = (TransceiverView(t.stopped, t.mid, t.direction, t.currentDirection)
                  for t in pc.getTransceivers())
+        unattached = sum(1 for e in self._local.values() if e.transceiver is None)
         return needs_offer(views, has_sctp=sctp is not None,
-                           sctp_mid=sctp.mid if sctp is not None else None)
+                           sctp_mid=sctp.mid if sctp is not None else None,
+                           unattached_tracks=unattached)
+
+    def _forget_rejected(self, gen: _Generation, offer_sdp: str) -> None:
+        """The remote rejected m-lines (a browser's ``transceiver.stop()``; Chromium may have
+        put its own track on one of ours): a local track that was on one moves to a fresh
+        m-line in our next offer."""
+        rejected = {s.mid for s in parse_sdp(offer_sdp).sections
+                    if s.rejected and s.mid is not None}
+        if not rejected - gen.rejected_mids:
+            return
+        gen.rejected_mids |= rejected
+        for entry in self._local.values():
+            t = entry.transceiver
+            if t is not None and t.mid in rejected:
+                t.sender.replaceTrack(None)
+                retire_proxy(entry.proxy)
+                entry.proxy = None
+                entry.transceiver = None
+        gen.silenced = {t for t in gen.silenced if t.mid not in rejected}
+
+    def _set_directions(self, gen: _Generation, remote_offer: str | None = None) -> None:
+        """Give every transceiver the direction of ``transceiver_direction``; what the remote
+        sends is read from ``remote_offer`` (being answered) or its last description."""
+        remote = remote_offer
+        if remote is None and gen.pc.remoteDescription is not None:
+            remote = gen.pc.remoteDescription.sdp
+        info = parse_sdp(remote) if remote is not None else None
+        carrying = {e.transceiver for e in self._local.values()} | gen.silenced
+        for t in gen.pc.getTransceivers():
+            if t.stopped:
+                continue
+            if t.mid is not None and t.mid in gen.rejected_mids:
+                t.direction = "inactive"
+                continue
+            section = info.section(t.mid) if info is not None and t.mid is not None else None
+            t.direction = transceiver_direction(
+                created_by_remote=t not in gen.own,
+                local_sends=t in carrying,
+                remote_sends=section is not None and section.sends)
 
     async def _make_offer(self, gen: _Generation) -> None:
         pc = gen.pc
         self._making_offer = True
         try:
+            # Our tracks get their transceivers now, in our own offer: never earlier, or
+            # a remote offer arriving first would have aiortc put them on the remote's
+            # m-lines.
+            for entry in self._local.values():
+                if entry.transceiver is None:
+                    self._attach(entry)
+            self._set_directions(gen)
             offer = await pc.createOffer()
+            # Negotiated ids stay; new ones are a browser's own (sdp.BROWSER_EXTMAP_IDS).
             negotiated = [d.sdp for d in (pc.remoteDescription, pc.localDescription) if d]
-            sdp = pin_extmap_ids(offer.sdp, negotiated) if negotiated else offer.sdp
+            sdp = reject_mlines(pin_extmap_ids(offer.sdp, negotiated), gen.rejected_mids)
+            set_header_extension_ids(pc, negotiated_extmap_ids([sdp]))
             await pc.setLocalDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             if self._closed or gen is not self._gen:
                 return
-            self._enqueue(build_description("offer", pc.localDescription.sdp),
+            # aiortc rewrites ports when it adds candidates: reject again what must stay so.
+            sent = reject_mlines(pc.localDescription.sdp, gen.rejected_mids)
+            self._enqueue(build_description("offer", sent),
                           generation=gen.number)
             self._enqueue(build_end_of_candidates(), generation=gen.number)
             gen.offers_sent += 1
@@ -919,7 +936,7 @@ class PeerNegotiator:
             self._arm_answer_timer(gen)
         except Exception as exc:
             self._log.warning("offer to %s failed: %r", self.remote_id, exc)
-            self._emit(NegotiationErrorEvent(exc, fatal=False))
+            self._emit(RemoteNegotiationErrorEvent(exc, fatal=False))
         finally:
             self._making_offer = False
 
@@ -1012,15 +1029,17 @@ class PeerNegotiator:
                 f"could not reconnect to {self.remote_id} after "
                 f"{len(self.timings.recovery_ladder)} rebuilds"
             )
-            self._emit(NegotiationErrorEvent(err, fatal=True))
+            self._emit(RemoteNegotiationErrorEvent(err, fatal=True))
 
     # -- rebuild -------------------------------------------------------------------------------
 
     async def _rebuild(self, reason: str, *, negotiate: bool = True,
-                       offer_now: bool = False) -> None:
-        """Swap in a fresh peer connection (caller holds the op lock)."""
+                       offer_now: bool = False, announce: bool = True) -> None:
+        """Swap in a fresh peer connection (caller holds the op lock). ``announce``: re-send
+        every local track's metadata first, ahead of the new connection's descriptions: the
+        remote may have lost it (a browser app whose SDK saw us leave and come back keeps
+        no metadata of ours, and looks a label up when the track arrives)."""
         old = self._gen
-        was_connected = old.connected
         self._cancel_answer_timer(old)
         new = _Generation(old.number + 1, self._new_pc())
         self._gen = new
@@ -1030,14 +1049,15 @@ class PeerNegotiator:
         for entry in self._local.values():
             retire_proxy(entry.proxy)
             entry.proxy = None
-            entry.transceiver = None
-            self._attach(entry)
+            entry.transceiver = None  # attached again in the next offer
+        if announce:
+            self.announce_metadata()
         for channel in old.channels:
             if self._migrate_channel(channel, old.pc, new.pc):
                 new.channels.append(channel)
         if self._state is PeerState.CONNECTED:
             self._set_state(PeerState.RECONNECTING)
-        self._emit(ConnectionResetEvent(old.pc, new.pc, reason, new.number, was_connected))
+        self._emit(RemoteConnectionResetEvent(new.pc, old.pc, reason))
         self._close_pc_later(old.pc)
         if negotiate:
             self._request_negotiation(offer_now=offer_now)
@@ -1097,9 +1117,7 @@ class PeerNegotiator:
         async with self._op_lock:
             if self._closed:
                 return
-            if resend_metadata:
-                self.announce_metadata()
-            await self._rebuild("reset", offer_now=bool(offer_now))
+            await self._rebuild("reset", offer_now=bool(offer_now), announce=resend_metadata)
             self.resume_signals()  # held signals of the old connection are dropped
 
     def hold_reconnecting(self) -> None:
@@ -1118,6 +1136,8 @@ class PeerNegotiator:
         self.resume_signals()
         if self._gen.pc.connectionState == "connected":
             self._set_state(PeerState.CONNECTED)
+        if self._dirty:
+            self._request_negotiation()
 
     # -- local media ---------------------------------------------------------------------------
 
@@ -1146,8 +1166,7 @@ class PeerNegotiator:
                             dict(metadata) if metadata is not None else None)
         self._local[track] = entry
         self._send_metadata(entry)
-        self._attach(entry)
-        self._request_negotiation()
+        self._request_negotiation()  # the next offer attaches it
 
     def _send_metadata(self, entry: _LocalTrack) -> None:
         if entry.metadata is not None:
@@ -1159,32 +1178,22 @@ class PeerNegotiator:
         for entry in self._local.values():
             self._send_metadata(entry)
 
-    def _reusable_transceiver(self, gen: _Generation, kind: str) -> RTCRtpTransceiver | None:
-        # Like a browser's addTrack: reuse a transceiver the remote opened that never sent.
-        for t in gen.pc.getTransceivers():
-            if (
-                t.kind == kind
-                and not t.stopped
-                and t.sender.track is None
-                and t not in gen.used_for_send
-                and t.mid is not None
-            ):
-                return t
-        return None
-
     def _attach(self, entry: _LocalTrack) -> None:
+        """Put a local track on a transceiver (caller: ``_make_offer``, under the op lock)."""
         gen = self._gen
         proxy = self._relay.subscribe(entry.source, buffered=False)
-        transceiver = self._reusable_transceiver(gen, entry.kind)
+        transceiver = next((
+            t for t in gen.pc.getTransceivers()
+            if t.kind == entry.kind and t.sender.track is None
+            and local_track_may_use(created_by_remote=t not in gen.own,
+                                    has_carried_a_track=t in gen.own, stopped=t.stopped)
+        ), None)
         if transceiver is not None:
             transceiver.sender.replaceTrack(proxy)
-            transceiver.direction = (
-                "sendrecv" if transceiver.direction in ("recvonly", "sendrecv") else "sendonly"
-            )
         else:
-            transceiver = gen.pc.addTransceiver(proxy, direction="sendrecv")
+            transceiver = gen.pc.addTransceiver(proxy, direction="sendonly")
+            gen.own.add(transceiver)
         self._label_sender(transceiver, entry)
-        gen.used_for_send.add(transceiver)
         entry.transceiver = transceiver
         entry.proxy = proxy
 
@@ -1204,9 +1213,7 @@ class PeerNegotiator:
             self._enqueue(build_track_meta_clear(entry.wire_id))
         transceiver = entry.transceiver
         if transceiver is not None:
-            transceiver.sender.replaceTrack(None)
-            current = transceiver.currentDirection
-            transceiver.direction = "inactive" if current == "sendonly" else "recvonly"
+            transceiver.sender.replaceTrack(None)  # the direction follows at the next offer
         retire_proxy(entry.proxy)
         entry.proxy = None
         self._request_negotiation()
@@ -1237,6 +1244,7 @@ class PeerNegotiator:
             if transceiver is not None:
                 transceiver.sender.replaceTrack(None)
                 self._label_sender(transceiver, entry)
+                self._gen.silenced.add(transceiver)
             retire_proxy(entry.proxy)
             entry.proxy = None
             return
@@ -1267,8 +1275,8 @@ class PeerNegotiator:
         id: int | None = None,
     ) -> RTCDataChannel:
         """A data channel on the current connection; negotiates when needed. A
-        ``DataChannelEvent(local=True)`` fires when it opens. It dies with the connection
-        (re-create it after ``ConnectionResetEvent``), except that a channel not open yet
+        ``RemoteDataChannelEvent(local=True)`` fires when it opens. It dies with the connection
+        (re-create it after ``RemoteConnectionResetEvent``), except that a channel not open yet
         when a collision rebuilds the connection is moved to the new one."""
         self._check_open()
         gen = self._gen
@@ -1280,7 +1288,7 @@ class PeerNegotiator:
 
         def on_open() -> None:
             if channel in self._gen.channels and not self._closed:
-                self._emit(DataChannelEvent(channel, local=True))
+                self._emit(RemoteDataChannelEvent(channel, local=True))
 
         channel.on("open", on_open)
         self._request_negotiation()
@@ -1288,7 +1296,7 @@ class PeerNegotiator:
 
     def _on_remote_channel(self, pc: RTCPeerConnection, channel: RTCDataChannel) -> None:
         if pc is self._gen.pc and not self._closed:
-            self._emit(DataChannelEvent(channel, local=False))
+            self._emit(RemoteDataChannelEvent(channel, local=False))
 
     def _check_open(self) -> None:
         if self._closed:
@@ -1346,9 +1354,17 @@ class PeerNegotiator:
                 return self._lookup_metadata(rec)
         return None
 
-    def _track_event(self, rec: _RemoteTrack) -> RemoteTrackEvent:
-        return RemoteTrackEvent(rec.track, rec.kind, rec.mid, rec.stream_id, rec.track_id,
-                                self._lookup_metadata(rec), self._gen.number)
+    def _track_event(self, gen: _Generation, rec: _RemoteTrack) -> TrackEvent:
+        stream = gen.media_streams.get(rec.stream_id) if rec.stream_id is not None else None
+        return TrackEvent(rec.track, (stream,) if stream is not None else (),
+                          self._lookup_metadata(rec), rec.kind)
+
+    @staticmethod
+    def _media_stream(gen: _Generation, stream_id: str) -> MediaStream:
+        stream = gen.media_streams.get(stream_id)
+        if stream is None:
+            stream = gen.media_streams[stream_id] = MediaStream(id=stream_id)
+        return stream
 
     def _sync_remote_tracks(self, gen: _Generation) -> None:
         """Reconcile remote tracks with the remote description just applied: an m-section the
@@ -1394,8 +1410,9 @@ class PeerNegotiator:
         removed_streams: list[str] = []
         for rec in ended:
             rec.track._finish()
-            self._emit(RemoteTrackEndedEvent(rec.track, rec.kind, rec.stream_id, rec.track_id))
             sid = rec.stream_id
+            if sid is not None and sid in gen.media_streams:
+                gen.media_streams[sid].remove_track(rec.track)
             members = gen.streams.get(sid) if sid is not None else None
             if sid is not None and members is not None:
                 members.discard(rec)
@@ -1403,7 +1420,9 @@ class PeerNegotiator:
                     del gen.streams[sid]
                     removed_streams.append(sid)
         for rec in added:
-            self._emit(self._track_event(rec))
+            if rec.stream_id is not None:
+                self._media_stream(gen, rec.stream_id).add_track(rec.track)
+            self._emit(self._track_event(gen, rec))
         new_streams: dict[str, list[_RemoteTrack]] = {}
         for rec in added:
             if rec.stream_id is None:
@@ -1415,14 +1434,15 @@ class PeerNegotiator:
                 new_streams.setdefault(rec.stream_id, []).append(rec)
         for stream_id in removed_streams:
             if stream_id not in new_streams:
-                self._emit(StreamRemovedEvent(stream_id))
+                gone = gen.media_streams.pop(stream_id, None) or MediaStream(id=stream_id)
+                self._emit(RemoteStreamRemovedEvent(gone))
         for stream_id, recs in new_streams.items():
             gen.streams[stream_id] = set(recs)
             if stream_id in removed_streams:
                 continue  # the stream lives on with a new track (no removed/added pair)
             metadata = next((m for m in map(self._lookup_metadata, recs) if m is not None),
                             None)
-            self._emit(StreamAddedEvent(stream_id, tuple(r.track for r in recs), metadata))
+            self._emit(RemoteStreamAddedEvent(self._media_stream(gen, stream_id), metadata))
 
     async def _pump(self, gen: _Generation, t: RTCRtpTransceiver,
                     source: MediaStreamTrack) -> None:

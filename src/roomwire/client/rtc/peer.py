@@ -46,6 +46,7 @@ from ..emitter import EventEmitter, Observable
 from ..log import ClientLogger, LoggerLike
 from ..signalling.client import SignallingClient, TokenProvider
 from ..signalling.errors import (
+    AckTimeoutError,
     DisconnectedError,
     InvalidChannelError,
     InvalidDataError,
@@ -53,6 +54,7 @@ from ..signalling.errors import (
     NotConnectedError,
     OversizedError,
     ReservedChannelError,
+    ServerRequestError,
 )
 from ..signalling.events import (
     ConnectedEvent,
@@ -61,6 +63,7 @@ from ..signalling.events import (
     MessageEvent,
     PresenceEntry,
     PresenceEvent,
+    ResubscribedEvent,
     ServerErrorEvent,
     TokenProviderErrorEvent,
 )
@@ -88,8 +91,15 @@ from .events import (
     PeerJoinedEvent,
     PeerLeftEvent,
     PeerStateEvent,
+    RecoveryEvent,
 )
-from .loopback import LoopbackMode, disable_loopback_candidates, enable_loopback_candidates
+from .ice_refresh import refresh_delay
+from .loopback import (
+    IceTransportPolicy,
+    LoopbackMode,
+    disable_loopback_candidates,
+    enable_loopback_candidates,
+)
 from .negotiation import NegotiationTimings, PeerNegotiator, SignallingUnavailableError
 from .remote_peer import RemotePeer
 from .roster import (
@@ -183,17 +193,21 @@ class MeteredPeer(Observable[PeerEventKey]):
     """A peer in one channel: presence, server-routed data, and WebRTC media/data to every
     other peer. Exactly one credential: ``api_key`` or ``token_provider``.
 
-    Options (seconds, not milliseconds): ``url`` (default ``wss://rms.metered.ca``; ``/v1``
-    is appended), ``logger`` (a ``logging.Logger``), ``reconnect`` (True, False or
+    Options (seconds, not milliseconds): ``url`` (default ``wss://rms.metered.ca``; ``/v1`` is
+    appended), ``logger`` (a ``logging.Logger``), ``reconnect`` (True, False or
     ``ReconnectOptions``), ``inactivity_timeout``, ``token_provider_timeout``,
     ``auto_resubscribe``, ``rtc_peer_connection_factory`` (``RTCConfiguration ->
     RTCPeerConnection``), ``web_socket_factory``, ``ice_servers`` (overrides the welcome's
-    ``iceServers``), ``loopback_candidates`` (local development: make aioice offer
-    127.0.0.1, see ``roomwire.client.rtc.loopback``), ``send_buffer_size`` (sends kept while
-    reconnecting), ``reconcile_timeout`` (seconds to wait for the roster after a reconnect,
-    twice re-subscribing, before giving up), ``rejoin_grace`` (how long a peer missing from
-    that roster may take to come back as the same ``RemotePeer``) and ``timings`` (engine
-    delays).
+    ``iceServers``), ``ice_transport_policy`` (``"all"``, or ``"relay"``: TURN relay candidates
+    only, for networks that must not see the peers' addresses), ``refresh_ice_servers`` (True:
+    fetch fresh TURN credentials from a roomwire server before the welcome's expire, for the
+    connections rebuilt late in a long session), ``loopback_candidates`` (local development:
+    make aioice offer 127.0.0.1, see ``roomwire.client.rtc.loopback``), ``send_buffer_size``
+    (sends kept while reconnecting), ``reconcile_timeout`` (seconds to wait for the roster after
+    a reconnect, twice re-subscribing, before giving up), ``rejoin_grace`` (how long a peer
+    missing from that roster may take to come back as the same ``RemotePeer``) and ``timings``
+    (engine delays), ``recover`` (True: broadcasts missed during a reconnect are replayed by a
+    roomwire server that keeps history for the channel, reported by the ``recovery`` event).
     """
 
     def __init__(
@@ -210,18 +224,21 @@ class MeteredPeer(Observable[PeerEventKey]):
         rtc_peer_connection_factory: PeerConnectionFactory | None = None,
         web_socket_factory: WebSocketFactory | None = None,
         ice_servers: Sequence[RTCIceServer | Mapping[str, Any]] | None = None,
+        ice_transport_policy: IceTransportPolicy = "all",
+        refresh_ice_servers: bool = True,
         loopback_candidates: bool | LoopbackMode = False,
         send_buffer_size: int = SEND_BUFFER_CAP,
         reconcile_timeout: float = RECONCILE_DEADLINE,
         rejoin_grace: float = REJOIN_GRACE,
         timings: NegotiationTimings | None = None,
+        recover: bool = True,
     ) -> None:
         self._client = SignallingClient(
             url=url, api_key=api_key, token_provider=token_provider, logger=logger,
             reconnect=reconnect, inactivity_timeout=inactivity_timeout,
             token_provider_timeout=token_provider_timeout,
             auto_resubscribe=auto_resubscribe,
-            web_socket_factory=web_socket_factory,
+            web_socket_factory=web_socket_factory, recover=recover,
         )
         self._auto_resubscribe = bool(auto_resubscribe)
         self._std_log: logging.Logger | logging.LoggerAdapter[Any] = (
@@ -229,6 +246,14 @@ class MeteredPeer(Observable[PeerEventKey]):
         self._log = ClientLogger(self._std_log, self._client._secrets)
         self._pc_factory = rtc_peer_connection_factory
         self._ice_override = list(ice_servers) if ice_servers is not None else None
+        if ice_transport_policy not in ("all", "relay"):
+            raise ValueError("ice_transport_policy must be 'all' or 'relay'")
+        self._ice_policy: IceTransportPolicy = ice_transport_policy
+        self._ice_refresh = bool(refresh_ice_servers) and ice_servers is None
+        self._ice_timer: asyncio.TimerHandle | None = None
+        self._clock_skew = 0.0
+        """The server's clock minus ours, from the last welcome (TURN expiries are the
+        server's times)."""
         if loopback_candidates is True:
             self._loopback: LoopbackMode | None = "fallback"
         elif loopback_candidates is False:
@@ -264,6 +289,7 @@ class MeteredPeer(Observable[PeerEventKey]):
         c.on(DisconnectedEvent, self._on_disconnected)
         c.on(PresenceEvent, self._on_presence)
         c.on(MessageEvent, self._on_message)
+        c.on(ResubscribedEvent, self._on_resubscribed)
         c.on(DirectEvent, self._on_direct)
         c.on(ServerErrorEvent, self._on_server_error)
         c.on(TokenProviderErrorEvent, self._on_token_error)
@@ -411,6 +437,7 @@ class MeteredPeer(Observable[PeerEventKey]):
 
     async def _teardown(self, reason: str) -> None:
         self._cancel_reconnect()
+        self._cancel_ice_refresh()
         for missing in self._missing.values():
             if missing.timer is not None:
                 missing.timer.cancel()
@@ -745,6 +772,7 @@ class MeteredPeer(Observable[PeerEventKey]):
                 raise
 
         neg = PeerNegotiator(me, remote_id, send_signal, ice_servers=self._ice_servers(),
+                             ice_transport_policy=self._ice_policy,
                              pc_factory=self._pc_factory, timings=self._timings,
                              logger=self._std_log)
         remote = RemotePeer(self.send_to, remote_id, entry.metadata, neg, self._log)
@@ -775,6 +803,8 @@ class MeteredPeer(Observable[PeerEventKey]):
 
     def _on_connected(self, ev: ConnectedEvent) -> None:
         self._token_error_sent = False
+        self._clock_skew = ev.server_time - time.time()
+        self._ice_servers_changed()
         if not ev.is_reconnect or self._state is not _S.RECONNECTING:
             return
         rc = self._reconnect
@@ -783,6 +813,51 @@ class MeteredPeer(Observable[PeerEventKey]):
         self._arm_deadline(rc)
         if not self._auto_resubscribe and self._channel is not None:
             self._spawn(self._resubscribe(), "resubscribe")
+
+    # -- ICE servers -------------------------------------------------------------------------
+
+    def _ice_servers_changed(self) -> None:
+        """A welcome or a refresh brought ICE servers: every engine builds its next connection
+        with them (live connections keep theirs), and the next refresh is scheduled."""
+        servers = self._ice_servers()
+        for remote in self._peers.values():
+            remote.negotiator.set_ice_servers(servers)
+        self._cancel_ice_refresh()
+        if not self._ice_refresh or self._state is _S.CLOSED:
+            return
+        delay = refresh_delay(self._client.ice_servers, time.time() + self._clock_skew)
+        if delay is None:
+            return
+        self._ice_timer = asyncio.get_running_loop().call_later(
+            delay, lambda: self._spawn(self._refresh_ice_servers(), "ice-refresh"))
+
+    def _cancel_ice_refresh(self) -> None:
+        if self._ice_timer is not None:
+            self._ice_timer.cancel()
+            self._ice_timer = None
+
+    async def _refresh_ice_servers(self) -> None:
+        self._ice_timer = None
+        if self._client.state != "connected":
+            return  # the next welcome brings fresh servers and schedules again
+        try:
+            servers = await self._client.fetch_ice_servers()
+        except ServerRequestError as exc:
+            if exc.code == ErrorCode.UNKNOWN_TYPE:
+                self._log.info("the server cannot refresh ICE servers; TURN credentials are "
+                               "renewed by reconnects only")
+                self._ice_refresh = False
+                return
+            self._log.warning("refreshing ICE servers failed: %s", exc)
+        except (NotConnectedError, DisconnectedError):
+            return
+        except AckTimeoutError as exc:
+            self._log.warning("refreshing ICE servers failed: %s", exc)
+        else:
+            if servers is None:
+                self._log.debug("the server had no ICE servers to refresh")
+                return
+        self._ice_servers_changed()
 
     async def _resubscribe(self) -> None:
         if self._channel is None:
@@ -849,6 +924,10 @@ class MeteredPeer(Observable[PeerEventKey]):
             return
         self._emitter.emit(DataEvent(ev.sender_peer_id, ev.data, "broadcast",
                                      ev.sender_metadata))
+
+    def _on_resubscribed(self, ev: ResubscribedEvent) -> None:
+        if ev.channel == self._channel:
+            self._emitter.emit(RecoveryEvent(ev.channel, ev.recovered))
 
     def _on_direct(self, ev: DirectEvent) -> None:
         remote = self._known_sender(ev.sender_peer_id)

@@ -21,31 +21,8 @@ except ImportError as exc:  # the optional WebRTC stack is not installed
 from ..emitter import EventEmitter, Observable
 from ..log import ClientLogger
 from .errors import MeteredPeerStateError
-from .negotiation import (
-    ConnectionResetEvent,
-    DataChannelEvent,
-    NegotiationErrorEvent,
-    NegotiatorEvent,
-    PeerNegotiator,
-    PeerState,
-    PeerStateChangeEvent,
-    RemoteTrackEndedEvent,
-    RemoteTrackEvent,
-    StreamAddedEvent,
-    StreamRemovedEvent,
-    TrackMetadataEvent,
-)
-from .remote_events import (
-    REMOTE_PEER_EVENT_TYPES,
-    MediaStream,
-    PeerEventKey,
-    RemoteConnectionResetEvent,
-    RemoteStateChangeEvent,
-    RemoteStreamAddedEvent,
-    RemoteStreamRemovedEvent,
-    RemoteTrackMetadataEvent,
-    TrackEvent,
-)
+from .negotiation import NegotiatorEvent, PeerNegotiator, PeerState
+from .remote_events import REMOTE_PEER_EVENT_TYPES, PeerEventKey, RemoteStateChangeEvent
 
 __all__ = ["RemotePeer", "SendTo"]
 
@@ -75,7 +52,6 @@ class RemotePeer(Observable[PeerEventKey]):
         self._emitter = EventEmitter(log, REMOTE_PEER_EVENT_TYPES)
         self._state = negotiator.state
         self._closed = False
-        self._streams: dict[str, MediaStream] = {}
         negotiator.add_listener(self._on_engine_event)
 
     # -- read-only -------------------------------------------------------------------------------
@@ -164,47 +140,13 @@ class RemotePeer(Observable[PeerEventKey]):
         await self._emitter.drain(timeout)
         self._emitter.clear()
 
-    def _stream(self, stream_id: str) -> MediaStream:
-        stream = self._streams.get(stream_id)
-        if stream is None:
-            stream = self._streams[stream_id] = MediaStream(id=stream_id)
-        return stream
-
     def _on_engine_event(self, event: NegotiatorEvent) -> None:
+        # The engine's events are this object's events: passed on as they are.
         if self._closed:
             return
-        if isinstance(event, RemoteTrackEvent):
-            streams: tuple[MediaStream, ...] = ()
-            if event.stream_id is not None:
-                stream = self._stream(event.stream_id)
-                stream.add_track(event.track)
-                streams = (stream,)
-            self._emitter.emit(TrackEvent(event.track, streams, event.metadata, event.kind))
-        elif isinstance(event, StreamAddedEvent):
-            stream = self._stream(event.stream_id)
-            for t in event.tracks:
-                stream.add_track(t)
-            self._emitter.emit(RemoteStreamAddedEvent(stream, event.metadata))
-        elif isinstance(event, RemoteTrackEndedEvent):
-            if event.stream_id is not None and event.stream_id in self._streams:
-                self._streams[event.stream_id].remove_track(event.track)
-        elif isinstance(event, StreamRemovedEvent):
-            removed = self._streams.pop(event.stream_id, None) or MediaStream(id=event.stream_id)
-            self._emitter.emit(RemoteStreamRemovedEvent(removed))
-        elif isinstance(event, PeerStateChangeEvent):
-            if event.current is PeerState.CLOSED:
-                self._mark_closed()
+        if isinstance(event, RemoteStateChangeEvent):
+            if event.to == PeerState.CLOSED:
+                self._mark_closed()  # one closed transition, whoever closes first
                 return
-            old, self._state = self._state, event.current
-            if old is not event.current:
-                self._emitter.emit(RemoteStateChangeEvent(old.value, event.current.value))
-        elif isinstance(event, ConnectionResetEvent):
-            self._streams = {}
-            self._emitter.emit(RemoteConnectionResetEvent(event.new_pc, event.old_pc,
-                                                          event.reason))
-        elif isinstance(event, DataChannelEvent | NegotiationErrorEvent):
-            self._emitter.emit(event)  # the engine emits the public event itself
-        elif isinstance(event, TrackMetadataEvent):
-            self._emitter.emit(RemoteTrackMetadataEvent(event.track, event.metadata))
-
-
+            self._state = PeerState(event.to)
+        self._emitter.emit(event)

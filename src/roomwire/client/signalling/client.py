@@ -23,10 +23,12 @@ from ...protocol.frames import (
     Direct,
     ErrorFrame,
     GoingAway,
+    IceServersFrame,
     Message,
     PresenceFrame,
     ServerFrame,
     Welcome,
+    build_ice_servers_request,
     build_ping,
     build_publish,
     build_send,
@@ -36,6 +38,7 @@ from ...protocol.frames import (
     parse_ice_servers,
     parse_server_frame,
 )
+from ...protocol.history import Position
 from ...protocol.validate import validate_channel, validate_peer_id
 from ..emitter import EventEmitter, EventKey, EventStream, Observable
 from ..log import ClientLogger, LoggerLike
@@ -61,11 +64,13 @@ from .events import (
     GoingAwayEvent,
     MessageEvent,
     PresenceEvent,
+    ResubscribedEvent,
     ServerErrorEvent,
     StateChangeEvent,
     TokenProviderErrorEvent,
 )
 from .options import ReconnectOptions, check_seconds
+from .positions import Positions
 from .reconnect import (
     Backoff,
     DisconnectCause,
@@ -168,6 +173,7 @@ class SignallingClient(Observable[EventKey]):
         welcome_timeout: float = limits.WELCOME_TIMEOUT,
         open_timeout: float = DEFAULT_OPEN_TIMEOUT,
         rng: Callable[[], float] | None = None,
+        recover: bool = True,
     ) -> None:
         if (api_key is None) == (token_provider is None):
             raise ValueError("pass exactly one credential: api_key or token_provider")
@@ -199,6 +205,15 @@ class SignallingClient(Observable[EventKey]):
                                               allow_zero=False)
         self._open_timeout = check_seconds("open_timeout", open_timeout, allow_zero=False)
         self._auto_resubscribe = bool(auto_resubscribe)
+        if not isinstance(recover, bool):
+            raise TypeError("recover must be True or False")
+        self._recover = recover
+        self._positions = Positions()
+        self._subscribing: dict[str, tuple[str, Position | None, bool]] = {}
+        """requestId of a subscribe in flight -> (channel, the position it recovers from,
+        whether it is a resubscribe). Its ack is noted as it is read: frames that follow it
+        in the same read (the replay, live messages) are dispatched before the waiting
+        request resumes."""
         self._factory: WebSocketFactory = web_socket_factory or websockets_factory(
             self._open_timeout
         )
@@ -211,7 +226,7 @@ class SignallingClient(Observable[EventKey]):
         self._link: _Link | None = None
         self._welcome: Welcome | None = None
         self._ice_servers: tuple[dict[str, Any], ...] | None = None
-        self._pending: dict[str, asyncio.Future[None]] = {}
+        self._pending: dict[str, asyncio.Future[Any]] = {}
         self._subs: dict[str, bool] = {}
         self._connect_task: asyncio.Task[tuple[WebSocketConnection, Welcome]] | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -655,12 +670,19 @@ class SignallingClient(Observable[EventKey]):
 
     def _dispatch(self, link: _Link, frame: ServerFrame) -> None:
         if isinstance(frame, Message):
+            if frame.position is not None and self._recover and frame.channel in self._subs:
+                self._positions.saw(frame.channel, frame.position)
             self._emit(MessageEvent(frame.channel, frame.sender_peer_id, frame.data,
-                                    frame.sender_metadata))
+                                    frame.sender_metadata, frame.position))
         elif isinstance(frame, Ack):
             fut = self._pending.get(frame.request_id)
             if fut is not None and not fut.done():
-                fut.set_result(None)
+                # An ack with the history extension's fields is handed to the request.
+                fut.set_result(frame if frame.has_history or frame.position is not None
+                               else None)
+                sub = self._subscribing.pop(frame.request_id, None)
+                if sub is not None:
+                    self._subscribe_acked(sub[0], frame, sub[1], sub[2])
         elif isinstance(frame, PresenceFrame):
             self._emit(PresenceEvent(frame.channel, frame.joined, frame.left))
         elif isinstance(frame, Direct):
@@ -679,6 +701,10 @@ class SignallingClient(Observable[EventKey]):
             link.retry_after = retry_after_seconds(frame.retry_after_ms)
             self._log.info("server going away; retry after %.3f s", link.retry_after)
             self._emit(GoingAwayEvent(round(link.retry_after * 1000)))
+        elif isinstance(frame, IceServersFrame):
+            fut = self._pending.get(frame.request_id)
+            if fut is not None and not fut.done():
+                fut.set_result(frame)
         elif isinstance(frame, Welcome):
             self._log.debug("ignored a second welcome on the same socket")
         # Pong: nothing to do; every inbound frame already fed the watchdog.
@@ -693,9 +719,12 @@ class SignallingClient(Observable[EventKey]):
             if self._link is not link or channel not in self._subs:
                 return
             rid = _request_id()
-            text = build_subscribe(channel, rid, self._subs[channel])
+            asked = self._positions.get(channel) if self._recover else None
+            text = build_subscribe(channel, rid, self._subs[channel], history=self._recover,
+                                   recover=asked)
+            self._subscribing[rid] = (channel, asked, True)
             try:
-                await self._request(link, rid, text)
+                await self._request(link, rid, text)  # the ack emitted ``resubscribed``
                 return
             except DisconnectedError:
                 return
@@ -706,9 +735,27 @@ class SignallingClient(Observable[EventKey]):
                         self._emit(ServerErrorEvent(exc.code, exc.server_message, rid))
                     return
                 self._log.debug("resubscribing failed (%s); retrying", exc.code)
+            finally:
+                self._subscribing.pop(rid, None)
             await asyncio.sleep(self._replay_retry_delay)
 
     # -- requests ----------------------------------------------------------------------------
+
+    def _subscribe_acked(self, channel: str, ack: Ack, asked: Position | None,
+                         resubscribe: bool) -> None:
+        """A subscribe's ack, as it is read: note its history fields and, for a resubscribe,
+        emit ``resubscribed`` before the replayed messages that follow it."""
+        recovered: bool | None = None
+        position = None
+        if self._recover and channel in self._subs:
+            recovered = self._positions.subscribed(channel, ack, asked)
+            position = ack.history
+        if not resubscribe:
+            return
+        if recovered is False:
+            self._log.info("missed messages on a channel could not be recovered; the app "
+                           "should resync it")
+        self._emit(ResubscribedEvent(channel, recovered, position))
 
     def _require_link(self) -> _Link:
         link = self._link
@@ -716,8 +763,8 @@ class SignallingClient(Observable[EventKey]):
             raise NotConnectedError(self.state.value)
         return link
 
-    def _register(self, rid: str) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def _register(self, rid: str) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         return fut
 
@@ -730,23 +777,25 @@ class SignallingClient(Observable[EventKey]):
             code, reason = self._conn_close_info(link.conn, exc)
             raise DisconnectedError(code, reason) from None
 
-    async def _await_ack(self, rid: str, fut: asyncio.Future[None]) -> None:
+    async def _await_ack(self, rid: str, fut: asyncio.Future[Any]) -> Any:
         try:
             async with asyncio.timeout(self._ack_timeout):
-                await fut
+                return await fut
         except TimeoutError:
             raise AckTimeoutError(rid, self._ack_timeout) from None
         finally:
             self._pending.pop(rid, None)
 
-    async def _request(self, link: _Link, rid: str, text: str) -> None:
+    async def _request(self, link: _Link, rid: str, text: str) -> Any:
+        """Send a request and wait for its answer: None for an ``ack``, the frame for a reply
+        of its own type (``ice_servers``)."""
         fut = self._register(rid)
         try:
             await self._send_frame(link, text)
         except BaseException:
             self._pending.pop(rid, None)
             raise
-        await self._await_ack(rid, fut)
+        return await self._await_ack(rid, fut)
 
     def _fail_pending(self, code: int, reason: str) -> None:
         pending, self._pending = self._pending, {}
@@ -783,21 +832,25 @@ class SignallingClient(Observable[EventKey]):
         link = self._require_link()
         rid = _request_id()
         include = bool(include_sender_metadata)
-        text = build_subscribe(channel, rid, include)
+        text = build_subscribe(channel, rid, include, history=self._recover)
         had, previous = channel in self._subs, self._subs.get(channel, False)
         self._subs[channel] = include
         fut = self._register(rid)
+        self._subscribing[rid] = (channel, None, False)
         try:
-            await self._send_frame(link, text)
-        except BaseException:
-            self._pending.pop(rid, None)
-            self._untrack(channel, had, previous)
-            raise
-        try:
-            await self._await_ack(rid, fut)
-        except ServerRequestError:
-            self._untrack(channel, had, previous)
-            raise
+            try:
+                await self._send_frame(link, text)
+            except BaseException:
+                self._pending.pop(rid, None)
+                self._untrack(channel, had, previous)
+                raise
+            try:
+                await self._await_ack(rid, fut)
+            except ServerRequestError:
+                self._untrack(channel, had, previous)
+                raise
+        finally:
+            self._subscribing.pop(rid, None)
 
     def _untrack(self, channel: str, had: bool, previous: bool) -> None:
         if had:
@@ -810,6 +863,7 @@ class SignallingClient(Observable[EventKey]):
         """Leave ``channel`` and stop tracking it. While reconnecting it is only untracked
         (there is no server-side subscription to remove until the replay)."""
         channel = self._channel(channel, allow_reserved=True)
+        self._positions.forget(channel)
         if self.state is _S.RECONNECTING:
             self._subs.pop(channel, None)
             return
@@ -828,7 +882,10 @@ class SignallingClient(Observable[EventKey]):
         self._checked_size(data)
         link = self._require_link()
         rid = _request_id()
-        await self._request(link, rid, build_publish(channel, data, rid))
+        ack = await self._request(link, rid, build_publish(channel, data, rid))
+        if isinstance(ack, Ack) and self._recover and channel in self._subs:
+            # Its own publishes never come back: the ack tells how far the channel moved.
+            self._positions.saw(channel, ack.position)
 
     async def send(self, peer_id: str, data: Any) -> None:
         """Send ``data`` to every connection of ``peer_id`` (no channel involved). Raises
@@ -842,6 +899,26 @@ class SignallingClient(Observable[EventKey]):
         link = self._require_link()
         rid = _request_id()
         await self._request(link, rid, build_send(peer_id, data, rid))
+
+    async def fetch_ice_servers(self) -> tuple[dict[str, Any], ...] | None:
+        """Ask a roomwire server for fresh ICE servers (its ``ice_servers`` extension,
+        docs/protocol.md) and adopt them as ``ice_servers``; returns them. TURN credentials
+        minted per connection expire: ``MeteredPeer`` calls this before they do, so that a
+        connection rebuilt late in a long session still gets through the relay.
+
+        A reply without servers keeps the current list (as a reconnect welcome without ICE
+        servers does) and returns None. Raises ServerRequestError with code ``unknown_type``
+        against a server without the extension (the official Metered service), and
+        NotConnectedError, AckTimeoutError, DisconnectedError."""
+        link = self._require_link()
+        rid = _request_id()
+        reply = await self._request(link, rid, build_ice_servers_request(rid))
+        if not isinstance(reply, IceServersFrame) or reply.ice_servers is None:
+            return None
+        servers = tuple(reply.ice_servers)
+        if self._link is link:
+            self._ice_servers = servers
+        return servers
 
     # -- housekeeping ------------------------------------------------------------------------
 

@@ -26,6 +26,13 @@ class ClusterSink(Protocol):
         sender_metadata: bytes | None,
     ) -> int: ...
 
+    def deliver_pattern_publish(
+        self, app_id: str, channel: str, data: bytes, sender_json: bytes,
+        sender_metadata: bytes | None,
+    ) -> int:
+        """A publish of another node, for this node's pattern subscribers (``follow_app``)."""
+        ...
+
     def deliver_direct(
         self, app_id: str, peer_id: str, data: bytes, sender_json: bytes,
         sender_metadata: bytes | None,
@@ -46,6 +53,17 @@ class ClusterSink(Protocol):
         ...
 
 
+class PresenceObserver(Protocol):
+    """Told of cluster-wide presence transitions, by the node whose Redis script made each
+    one (so each is told once in the whole cluster): the webhook service."""
+
+    def joined(self, app_id: str, channel: str, peer_id: str, entry: bytes, members: int,
+               first: bool) -> None: ...
+
+    def left(self, app_id: str, channel: str, peer_id: str, entry: bytes, members: int,
+             last: bool) -> None: ...
+
+
 #: Called by a broker when it loses (False) or regains (True) the cluster backplane.
 HealthListener = Callable[[bool], None]
 
@@ -59,6 +77,8 @@ class Broker(ABC):
     healthy: bool = True
     #: Set by the node: told when ``healthy`` changes.
     health_listener: HealthListener | None = None
+    #: Set by the node while webhooks are configured (cluster brokers report to it).
+    observer: PresenceObserver | None = None
 
     @abstractmethod
     async def start(self, sink: ClusterSink) -> None:
@@ -109,6 +129,12 @@ class Broker(ABC):
 
     def peer_route(self, app_id: str, peer_id: str) -> asyncio.Future[None] | None:
         """The pending future of ``peer_connected`` for ``peer_id``, if any."""
+        return None
+
+    def follow_app(self, app_id: str, following: bool) -> asyncio.Future[None] | None:
+        """This node holds pattern subscriptions of ``app_id`` (or no longer does): receive
+        every publish of the app from the other nodes (``deliver_pattern_publish``). A future
+        until the other nodes' publishes are sure to arrive."""
         return None
 
     async def members(self, app_id: str, channel: str) -> list[bytes]:

@@ -68,38 +68,55 @@ log = logging.getLogger("roomwire.broker.redis")
 # ARGV: peer, entry, pub/sub channel, membership, want a snapshot ("1").
 # Idempotent per node (the memberships set), so a retried join never counts twice.
 _JOIN = """
+-- Returns {seq, snapshot or {}, change, members}: change 1 when the peer became present
+-- (its first holder anywhere), 2 when the channel also became occupied; the node that gets
+-- it reports the transition (webhooks), so it is reported once in the cluster.
 local seq
+local change = 0
 if redis.call('SADD', KEYS[4], ARGV[4]) == 1
    and redis.call('HINCRBY', KEYS[2], ARGV[1], 1) == 1 then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  change = 1
+  if redis.call('HLEN', KEYS[1]) == 1 then
+    change = 2
+  end
   seq = redis.call('INCR', KEYS[3])
   redis.call('PERSIST', KEYS[3])
   redis.call('PUBLISH', ARGV[3], cmsgpack.pack({'join', seq, ARGV[1], ARGV[2]}))
 else
   seq = tonumber(redis.call('GET', KEYS[3]) or '0')
 end
+local snapshot = {}
 if ARGV[5] == '1' then
-  return {seq, redis.call('HGETALL', KEYS[1])}
+  snapshot = redis.call('HGETALL', KEYS[1])
 end
-return {seq}
+return {seq, snapshot, change, redis.call('HLEN', KEYS[1])}
 """
 
 # KEYS as for join. ARGV: peer, pub/sub channel, membership. Only a membership still in the
 # set counts down, so the reaper and a late leave of the same node never both do.
+# Returns {0} (not a membership), {1} (counted down), or {2 or 3, members, entry} when the
+# peer left the channel everywhere (3: the channel is empty now).
 _LEAVE = """
 if redis.call('SREM', KEYS[4], ARGV[3]) == 0 then
-  return 0
+  return {0}
 end
 if redis.call('HINCRBY', KEYS[2], ARGV[1], -1) <= 0 then
+  local entry = redis.call('HGET', KEYS[1], ARGV[1]) or ''
   redis.call('HDEL', KEYS[2], ARGV[1])
   redis.call('HDEL', KEYS[1], ARGV[1])
+  local members = redis.call('HLEN', KEYS[1])
   local seq = redis.call('INCR', KEYS[3])
   -- The sequence must outlive any view of the channel; a day is far longer than one lasts
   -- without members.
   redis.call('EXPIRE', KEYS[3], 86400)
   redis.call('PUBLISH', ARGV[2], cmsgpack.pack({'leave', seq, ARGV[1]}))
+  if members == 0 then
+    return {3, 0, entry}
+  end
+  return {2, members, entry}
 end
-return 1
+return {1}
 """
 
 # KEYS: nodes zset. ARGV: instance, ttl in ms, "1" to register (else only refresh an entry
@@ -250,6 +267,10 @@ class RedisBroker(Broker):
         self._peers: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._unsubscribing: dict[bytes, asyncio.Future[None]] = {}
         self._routes: dict[bytes, tuple[str, str, str]] = {}
+        self._followed: dict[bytes, tuple[str, asyncio.Future[None]]] = {}
+        """Redis glob -> (app, confirmed): the apps whose every publish this node receives,
+        for its pattern subscriptions (one glob per app on every shard: one copy per
+        publish)."""
         self._joined: set[tuple[str, str, str]] = set()
         self._live_nodes: set[str] = set()
         self._conns: dict[str, dict[str, int]] = {}
@@ -419,6 +440,7 @@ class RedisBroker(Broker):
         self._peers.clear()
         self._unsubscribing.clear()
         self._routes.clear()
+        self._followed.clear()
         self._recover_task = asyncio.get_running_loop().create_task(self._recover())
 
     async def _recover(self) -> None:
@@ -523,6 +545,38 @@ class RedisBroker(Broker):
                 return
             _reraise_cancellation()
 
+    def follow_app(self, app_id: str, following: bool) -> asyncio.Future[None] | None:
+        """Idempotent while following: every pattern subscribe asks, and gets the same
+        future (a new one after the backplane was lost and came back)."""
+        pattern = self.keys.app_channels(app_id)
+        if not following:
+            if self._followed.pop(pattern, None) is not None and self._live:
+                for shard in self._shards:
+                    self._pubsub(shard, "PUNSUBSCRIBE", pattern)
+            return None
+        known = self._followed.get(pattern)
+        if known is not None:
+            return known[1]
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self._live:
+            ready.set_exception(RuntimeError("the cluster backplane is down"))
+            return ready
+        # A channel lives on one shard, chosen by its name: every shard must match the glob.
+        confirmed = [self._pubsub(shard, "PSUBSCRIBE", pattern) for shard in self._shards]
+
+        def one_done(f: asyncio.Future[None]) -> None:
+            if ready.done():
+                return
+            if f.cancelled():
+                ready.set_exception(RuntimeError("lost the cluster backplane"))
+            elif all(c.done() for c in confirmed):
+                ready.set_result(None)
+
+        for f in confirmed:
+            f.add_done_callback(one_done)
+        self._followed[pattern] = (app_id, ready)
+        return ready
+
     # -- outgoing ------------------------------------------------------------------------------
 
     def _shard(self, app_id: str, name: str) -> _Shard:
@@ -616,9 +670,27 @@ class RedisBroker(Broker):
                 self._send(shard, ("EVALSHA", shard.leave_sha, 4, pm, pc, ps,
                                    self.keys.memberships(self.inst), peer_id,
                                    self.keys.channel(app_id, channel),
-                                   membership(app_id, channel, peer_id)))
+                                   membership(app_id, channel, peer_id)),
+                           self._left_reporter(app_id, channel, peer_id))
         if last and held is not None:
             self._release(held)
+
+    def _left_reporter(self, app_id: str, channel: str,
+                       peer: str) -> Callable[[_Result], None] | None:
+        """The callback that tells the observer when this leave made the peer absent."""
+        if self.observer is None:
+            return None
+
+        def report(res: _Result) -> None:
+            self._report_left(app_id, channel, peer, res)
+
+        return report
+
+    def _report_left(self, app_id: str, channel: str, peer: str, res: _Result) -> None:
+        observer = self.observer
+        if observer is None or isinstance(res, BaseException) or int(res[0]) < 2:
+            return
+        observer.left(app_id, channel, peer, bytes(res[2]), int(res[1]), int(res[0]) == 3)
 
     def _hold(self, app_id: str, channel: str) -> _Held:
         key = (app_id, channel)
@@ -658,7 +730,8 @@ class RedisBroker(Broker):
             else:
                 self._send(shard, ("EVALSHA", shard.leave_sha, 4, pm, pc, ps,
                                    self.keys.memberships(self.inst), peer, held.rch,
-                                   membership(held.app_id, held.channel, peer)))
+                                   membership(held.app_id, held.channel, peer)),
+                           self._left_reporter(held.app_id, held.channel, peer))
 
     def _send_join(self, held: _Held, peer: str, entry: bytes,
                    fut: asyncio.Future[None]) -> None:
@@ -667,6 +740,12 @@ class RedisBroker(Broker):
         snapshot = held.view.loading
 
         def joined(res: _Result) -> None:
+            observer = self.observer
+            if observer is not None and not isinstance(res, BaseException) and int(res[2]):
+                # Reported even if this node stopped following the channel meanwhile: the
+                # transition happened in Redis, and only this node was told.
+                observer.joined(held.app_id, held.channel, peer, entry, int(res[3]),
+                                int(res[2]) == 2)
             if isinstance(res, BaseException) or self._views.get(
                     (held.app_id, held.channel)) is not held:
                 fut.cancel()
@@ -811,7 +890,10 @@ class RedisBroker(Broker):
                 if kind == "message":
                     self.stats["received"] += 1
                     self._incoming(shard, msg["channel"], msg["data"])
-                elif kind in ("subscribe", "unsubscribe"):
+                elif kind == "pmessage":
+                    self.stats["received"] += 1
+                    self._incoming_followed(msg["pattern"], msg["channel"], msg["data"])
+                elif kind in ("subscribe", "unsubscribe", "psubscribe", "punsubscribe"):
                     q = shard.confirms.get(msg["channel"])
                     if q:
                         f = q.popleft()
@@ -821,6 +903,25 @@ class RedisBroker(Broker):
                             f.set_result(None)
         except (RedisError, OSError) as exc:
             self._lost(exc)
+
+    def _incoming_followed(self, pattern: bytes, rch: bytes, data: bytes) -> None:
+        """A publish on a channel of an app this node follows for its pattern subscribers."""
+        known = self._followed.get(pattern)
+        if known is None:
+            return  # unfollowed a moment ago
+        app_id = known[0]
+        name = self.keys.channel_name(app_id, rch)
+        if name is None:
+            return
+        try:
+            frame = decode(data)
+        except (msgspec.DecodeError, ValueError, TypeError):
+            log.warning("dropping an unreadable cluster message")
+            return
+        # Only publishes: the same Redis channels also carry the channel's presence frames.
+        if isinstance(frame, Message) and frame.origin != self.inst and self._sink is not None:
+            self._sink.deliver_pattern_publish(app_id, name, frame.data, frame.sender,
+                                               frame.sender_metadata)
 
     def _incoming(self, shard: _Shard, rch: bytes, data: bytes) -> None:
         try:
@@ -1000,12 +1101,17 @@ class RedisBroker(Broker):
                     if not chunk:
                         break
                     pipe = shard.redis.pipeline(transaction=False)
+                    left: list[tuple[str, str, str]] = []
                     for raw in chunk:
                         app_id, channel, peer = parse_membership(raw.decode())
+                        left.append((app_id, channel, peer))
                         pm, pc, ps = self.keys.presence(app_id, channel)
                         pipe.evalsha(shard.leave_sha, 4, pm, pc, ps, nm, peer,
                                      self.keys.channel(app_id, channel), raw)
-                    await pipe.execute()
+                    results = await pipe.execute()
+                    # The reaper's script made these transitions: it reports them.
+                    for (app_id, channel, peer), res in zip(left, results, strict=True):
+                        self._report_left(app_id, channel, peer, res)
             pipe = r0.pipeline(transaction=False)
             pipe.zrem(self.keys.nodes, inst)
             pipe.smembers(self.keys.conn_apps)

@@ -138,6 +138,12 @@ def shard_of(app_id: str, name: str, shards: int) -> int:
     return zlib.crc32(f"{app_id}{SEP}{name}".encode()) % shards
 
 
+def redis_glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis glob (``PSUBSCRIBE``): its special characters
+    ``* ? [ ] \\`` backslash-escaped."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
 class Keys:
     """Redis names under one prefix."""
 
@@ -146,6 +152,20 @@ class Keys:
 
     def channel(self, app_id: str, channel: str) -> bytes:
         return f"{self.prefix}c:{app_id}{SEP}{channel}".encode()
+
+    def app_channels(self, app_id: str) -> bytes:
+        """A Redis glob matching every channel of ``app_id`` (pattern subscriptions)."""
+        return redis_glob_escape(f"{self.prefix}c:{app_id}{SEP}").encode() + b"*"
+
+    def channel_name(self, app_id: str, rch: bytes) -> str | None:
+        """The roomwire channel of ``rch`` (a ``channel`` name of ``app_id``), or None."""
+        head = f"{self.prefix}c:{app_id}{SEP}".encode()
+        if not rch.startswith(head):
+            return None
+        try:
+            return rch[len(head):].decode()
+        except UnicodeDecodeError:
+            return None
 
     def peer(self, app_id: str, peer_id: str) -> bytes:
         return f"{self.prefix}d:{app_id}{SEP}{peer_id}".encode()

@@ -136,7 +136,7 @@ class WsSession(Session, picows.WSListener):
     __slots__ = (
         *SESSION_SLOTS, "_closing", "_control_bucket", "_expiry", "_fragment_binary",
         "_fragment_count", "_fragment_size", "_fragments", "_out", "_outbox", "_raw", "_ws",
-        "last_seen", "node", "opened_at",
+        "hold_presence", "last_seen", "node", "opened_at",
     )
 
     def __init__(self, node: GatewayContext, principal: Principal) -> None:
@@ -156,6 +156,10 @@ class WsSession(Session, picows.WSListener):
         self.opened_at = self.last_seen
         self._expiry: asyncio.TimerHandle | None = None
         self._closing = False
+        self.hold_presence = False
+        """Set by a draining node: the peer stays in its channels after the socket is gone,
+        until the node lets go at the end of the drain (``ended()``), so a client that is
+        back on another node by then never left its rooms in the others' eyes."""
 
     # picows callbacks ----------------------------------------------------------------------
 
@@ -178,6 +182,9 @@ class WsSession(Session, picows.WSListener):
             self._expiry = self.node.loop.call_later(
                 max(0.0, delay), self.close, CloseCode.TOKEN_EXPIRED, "token expired"
             )
+
+    def fresh_ice_servers(self) -> list[dict[str, object]] | None:
+        return self.node.ice_servers_for(self)
 
     def _welcome(self) -> None:
         self.send(self.welcome_frame(int(time.time()), self.node.ice_servers_for(self)))
@@ -221,6 +228,10 @@ class WsSession(Session, picows.WSListener):
                 self.over_ping_budget("websocket")
         elif mt is _CLOSE:
             self._closing = True
+            if self.close_code is None:
+                self.close_code = int(frame.get_close_code())
+                message = frame.get_close_message() or b""
+                self.close_reason = message[:123].decode("utf-8", "replace")
             self.flush()
             transport.send_close(frame.get_close_code())
             transport.disconnect()
@@ -267,12 +278,15 @@ class WsSession(Session, picows.WSListener):
 
     def on_ws_disconnected(self, transport: Any) -> None:
         self._closing = True
+        if self.close_code is None:
+            self.close_code = 1006
         self._out.clear()
         self._fragments = None
         if self._expiry is not None:
             self._expiry.cancel()
         self.node.forget(self)
-        self.ended()
+        if not self.hold_presence:
+            self.ended()
 
     def pause_writing(self) -> None:
         # The socket's outbound queue passed its bound: this reader cannot keep up.
@@ -319,6 +333,8 @@ class WsSession(Session, picows.WSListener):
             return
         self.flush()
         self._closing = True
+        self.close_code = code
+        self.close_reason = reason[:120]
         self.node.metrics.count_close(code)
         if code in _FLOOD_CLOSES and self._raw is not None:
             self._raw.pause_reading()

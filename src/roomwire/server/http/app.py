@@ -22,7 +22,10 @@ class HttpContext(Protocol):
     """What the health, readiness, metrics and landing pages read from their node."""
 
     @property
-    def accepting(self) -> bool: ...
+    def ready(self) -> bool:
+        """What ``/readyz`` answers: False from the start of a shutdown (the node may still
+        serve for a while), while starting, and while a cluster node has lost Redis."""
+        ...
 
     @property
     def config(self) -> ServerConfig: ...
@@ -91,7 +94,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     node = request.app[CONTEXT_KEY]
-    if node.accepting:
+    if node.ready:
         return web.json_response({"status": "ready"})
     return web.json_response({"status": "draining"}, status=503)
 
