@@ -21,25 +21,50 @@ from .conftest import Launch
 _RID = re.compile(rb'"requestId":"[^"]*"')
 
 
-def _payload(wire: bytes) -> bytes:
-    """The text payload of a server frame as queued (unmasked, one frame)."""
-    n = wire[1] & 0x7F
-    return wire[{126: 4, 127: 10}.get(n, 2):]
+def _split_frames(data: bytes) -> list[bytes]:
+    """The payloads of the text frames in bytes a server wrote (unmasked frames)."""
+    out = []
+    i = 0
+    while i < len(data):
+        opcode, n = data[i] & 0x0F, data[i + 1] & 0x7F
+        head = {126: 4, 127: 10}.get(n, 2)
+        if n >= 126:
+            n = int.from_bytes(data[i + 2:i + head], "big")
+        if opcode == 1:
+            out.append(data[i + head:i + head + n])
+        i += head + n
+    return out
+
+
+class _WriteTap:
+    """Stands in for a session's socket transport: hands each text frame written to
+    ``on_payload``, then writes."""
+
+    def __init__(self, raw: Any, on_payload: Any) -> None:
+        self._raw = raw
+        self._on_payload = on_payload
+
+    def write(self, data: bytes) -> None:
+        for payload in _split_frames(bytes(data)):
+            self._on_payload(payload)
+        self._raw.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+def tap_writes(link: Any, on_payload: Any) -> None:
+    """Every text frame written to ``link``'s socket from now on goes to ``on_payload``
+    (sessions have slots, so the tap replaces their transport rather than a method)."""
+    link._raw = _WriteTap(link._raw, on_payload)
 
 
 def record_frames(srv: RunningServer, peer_id: str) -> list[bytes]:
-    """Every frame the server queues for ``peer_id``'s socket from now on, request ids
+    """Every frame the server writes to ``peer_id``'s socket from now on, request ids
     blanked (the official client's are random UUIDs)."""
     seen: list[bytes] = []
     (link,) = srv.node.hub.peer_links(srv.app_id, peer_id)
-    send_wire = link.send_wire
-
-    def on_send_wire(wire: bytes) -> None:
-        # Every frame goes through here (``send`` frames its payload and calls it).
-        seen.append(_RID.sub(b'"requestId":"-"', _payload(bytes(wire))))
-        send_wire(wire)
-
-    link.send_wire = on_send_wire  # type: ignore[method-assign]
+    tap_writes(link, lambda payload: seen.append(_RID.sub(b'"requestId":"-"', payload)))
     return seen
 
 
@@ -105,15 +130,12 @@ async def js_scenario(srv: RunningServer) -> list[bytes]:
 
     def recording_attach(link: Any) -> Any:
         if link.peer_id not in ("rw", "pub"):  # the JS client (a publishable key)
-            send_wire = link.send_wire
 
-            def on_send_wire(wire: bytes) -> None:
-                payload = _payload(bytes(wire))
+            def on_payload(payload: bytes) -> None:
                 if not payload.startswith(b'{"type":"welcome"'):
                     seen.append(_RID.sub(b'"requestId":"-"', payload))
-                send_wire(wire)
 
-            link.send_wire = on_send_wire
+            tap_writes(link, on_payload)
         return attach(link)
 
     hub.attach = recording_attach  # type: ignore[method-assign]

@@ -84,11 +84,10 @@ class Request(msgspec.Struct):
 
 _request_decoder = msgspec.json.Decoder(Request)
 
-
-def decode_request(payload: bytes | str) -> Request:
-    """Decode a client frame. Raises ``msgspec.DecodeError`` (a ``ValueError``) when the frame is
-    not a JSON object; field types are left to the caller."""
-    return _request_decoder.decode(payload)
+#: Decode a client frame. Raises ``msgspec.DecodeError`` (a ``ValueError``) when the frame is
+#: not a JSON object; field types are left to the caller. The decoder's own method, not a
+#: wrapper: it runs for every frame a client sends.
+decode_request = _request_decoder.decode
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,8 +170,9 @@ def encode_message_at(
 
 def encode_direct(sender_json: bytes, data: bytes, sender_metadata: bytes | None = None) -> bytes:
     """A ``direct`` frame from already-encoded parts."""
+    # One join copies once; chained ``+`` copies at every step (and ``data`` is a Raw).
     if sender_metadata is None:
-        return b'{"type":"direct","from":' + sender_json + b',"data":' + data + b"}"
+        return b"".join((b'{"type":"direct","from":', sender_json, b',"data":', data, b"}"))
     return b"".join(
         (b'{"type":"direct","from":', sender_json, b',"data":', data, b',"fromMetadata":',
          sender_metadata, b"}")

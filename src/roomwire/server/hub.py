@@ -677,7 +677,8 @@ class Hub:
         n = len(sockets)
         self.counters.frames_sent["direct"] += n
         if n == 1:
-            next(iter(sockets)).send(payload)
+            for link in sockets:
+                link.send(payload)
             return 1
         wire = self._wire(payload)
         for link in sockets:

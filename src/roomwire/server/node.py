@@ -232,6 +232,13 @@ class Node:
             before = old.apps.get(app.id)
             if app.suspended and (before is None or not before.suspended):
                 self.hub.close_app(app.id, CloseCode.ACCOUNT_SUSPENDED, "this app is suspended")
+        # Sessions keep their app's quota instead of looking it up per message.
+        edited = {a for a in old.apps.keys() | new.apps.keys()
+                  if old.apps.get(a) != new.apps.get(a)}
+        if edited:
+            for session in self.sessions:
+                if session.app_id in edited:
+                    session.app_changed(new.apps.get(session.app_id))
         changed = {k for k, key in new.keys.items() if old.keys.get(k) != key}
         if not changed:
             return
