@@ -10,7 +10,11 @@ No auth, no validation, no routing, no channels. On connect it sends a ``welcome
 Frames are classified by cheap byte searches, not JSON parsing: this is the floor of what a
 server on the same WebSocket library can do, not a server.
 
-    python bench/bare_relay.py --host 127.0.0.1 --port 8765 [--cpu 0]
+With ``--coalesce`` the frames bound for one socket are queued while a read buffer is
+processed and written with one ``write()`` after its last frame (or at the end of the loop
+turn), the way roomwire writes: the fair floor for fan-out and pipelined traffic.
+
+    python bench/bare_relay.py --host 127.0.0.1 --port 8765 [--cpu 0] [--coalesce]
 
 ``GET /healthz`` answers 200 so the benchmark can wait for the server like it does for roomwire.
 """
@@ -53,13 +57,47 @@ def _str_field(buf: bytes, key: bytes) -> bytes | None:
     return buf[i:j] if j >= 0 else None
 
 
+def _text_frame(payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
+class Coalescer:
+    """Per-socket queues of framed bytes, each flushed with one write."""
+
+    def __init__(self) -> None:
+        self.queues: dict[WSTransport, list[bytes]] = {}
+        self.scheduled = False
+
+    def send(self, transport: WSTransport, payload: bytes) -> None:
+        q = self.queues.get(transport)
+        if q is None:
+            q = self.queues[transport] = []
+            if not self.scheduled:
+                self.scheduled = True
+                asyncio.get_running_loop().call_soon(self.flush)
+        q.append(_text_frame(payload))
+
+    def flush(self) -> None:
+        self.scheduled = False
+        queues, self.queues = self.queues, {}
+        for transport, q in queues.items():
+            if not transport.is_disconnected:
+                transport.underlying_transport.write(q[0] if len(q) == 1 else b"".join(q))
+
+
 class Relay:
     """The set of connected sockets: a list for fan-out, a dict for ``send``."""
 
-    def __init__(self) -> None:
+    def __init__(self, coalesce: bool = False) -> None:
         self.counter = 0
         self.sockets: list[WSTransport] = []
         self.by_peer_id: dict[bytes, WSTransport] = {}
+        self.coalescer = Coalescer() if coalesce else None
 
     def listener_factory(
         self, request: WSUpgradeRequest
@@ -104,25 +142,36 @@ class RelayListener(WSListener):
             return
         buf = frame.get_payload_as_bytes()
         kind = _str_field(buf, _TYPE_KEY)
+        co = self.relay.coalescer
         if kind == b"subscribe":
             rid = _str_field(buf, _REQUEST_ID_KEY)
-            if rid is None:
-                transport.send(TEXT, b'{"type":"ack"}')
+            ack = b'{"type":"ack"}' if rid is None else b'{"type":"ack","requestId":"' + rid + b'"}'
+            if co is None:
+                transport.send(TEXT, ack)
             else:
-                transport.send(TEXT, b'{"type":"ack","requestId":"' + rid + b'"}')
+                co.send(transport, ack)
         elif kind == b"send":
             to = _str_field(buf, _TO_KEY)
             target = self.relay.by_peer_id.get(to) if to is not None else None
             if target is not None:
-                target.send(TEXT, buf)
-        else:
+                if co is None:
+                    target.send(TEXT, buf)
+                else:
+                    co.send(target, buf)
+        elif co is None:
             for other in self.relay.sockets:
                 if other is not transport:
                     other.send(TEXT, buf)
+        else:
+            for other in self.relay.sockets:
+                if other is not transport:
+                    co.send(other, buf)
+        if co is not None and frame.last_in_buffer:
+            co.flush()
 
 
-async def serve(host: str, port: int) -> None:
-    relay = Relay()
+async def serve(host: str, port: int, coalesce: bool = False) -> None:
+    relay = Relay(coalesce)
     server = await ws_create_server(
         relay.listener_factory,
         host,
@@ -151,11 +200,14 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--cpu", type=int, default=None, help="pin this process to one CPU")
+    parser.add_argument(
+        "--coalesce", action="store_true", help="one write per socket per read batch"
+    )
     args = parser.parse_args()
     warning = pin_to_cpu(args.cpu)
     if warning:
         print(f"bare relay: {warning}", file=sys.stderr)
-    uvloop.run(serve(args.host, args.port))
+    uvloop.run(serve(args.host, args.port, args.coalesce))
 
 
 if __name__ == "__main__":

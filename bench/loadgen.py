@@ -254,6 +254,104 @@ class Conn(WSListener):
         await asyncio.wait_for(fut, timeout)
 
 
+_TO_KEY = b'"to":"'
+_CHANNEL_KEY = b'"channel":"'
+
+
+def _str_field(buf: bytes, key: bytes) -> bytes:
+    i = buf.find(key) + len(key)
+    return buf[i : buf.find(b'"', i)]
+
+
+class NatsConn(Conn):
+    """The same client speaking the NATS text protocol over NATS server's WebSocket listener
+    (``--dialect nats``): every client subscribes to its own subject ``p.<index>`` (its
+    "peer id"); a ``send`` is a PUB to the partner's subject, a ``publish`` a PUB to the
+    channel's subject, a ``subscribe`` a SUB followed by a PING whose PONG is its ack. The
+    frames published are the same JSON frames the v1 clients send, so the payloads match."""
+
+    def __init__(self, run: Run, index: int) -> None:
+        super().__init__(run, index)
+        self.buf = b""
+        self.sids = 1
+        self.pongs: list[asyncio.Future[None]] = []
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        run = self.run
+        if frame.msg_type is CLOSE:
+            code = str(frame.get_close_code())
+            run.close_codes[code] = run.close_codes.get(code, 0) + 1
+            transport.send_close(WSCloseCode.OK)
+            transport.disconnect()
+            return
+        buf = self.buf + frame.get_payload_as_bytes()
+        pos = 0
+        while True:
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                break
+            if buf.startswith(b"MSG ", pos):
+                size = int(buf[buf.rfind(b" ", pos, end) + 1 : end])
+                start = end + 2
+                if len(buf) < start + size + 2:
+                    break
+                run.frames += 1
+                payload = buf[start : start + size]
+                pos = start + size + 2
+                if self.deliver is not None:
+                    self.deliver(payload)
+                else:
+                    run.stray += 1
+                continue
+            line = buf[pos:end]
+            pos = end + 2
+            run.frames += 1
+            if line == b"PING":
+                transport.send(TEXT, b"PONG\r\n")
+            elif line == b"PONG":
+                run.acks += 1
+                if self.pongs:
+                    fut = self.pongs.pop(0)
+                    if not fut.done():
+                        fut.set_result(None)
+            elif line.startswith(b"INFO"):
+                if not self.welcomed.done():
+                    self.peer_id = str(self.index)
+                    transport.send(
+                        TEXT,
+                        b'CONNECT {"verbose":false,"pedantic":false,"protocol":1,'
+                        b'"echo":false}\r\nSUB p.' + self.peer_id.encode() + b" 1\r\n",
+                    )
+                    self.welcomed.set_result(self.peer_id)
+            elif line.startswith(b"-ERR"):
+                run.note_error(line.decode(errors="replace"))
+        self.buf = buf[pos:]
+
+    def send(self, frame: bytes) -> None:
+        assert self.transport is not None
+        if frame.startswith(b'{"type":"send"'):
+            subject = b"p." + _str_field(frame, _TO_KEY)
+        else:
+            subject = _str_field(frame, _CHANNEL_KEY)
+        self.transport.send(
+            TEXT, b"PUB " + subject + b" " + str(len(frame)).encode() + b"\r\n" + frame + b"\r\n"
+        )
+
+    async def request(self, frame: dict[str, Any], timeout: float = 15.0) -> None:
+        assert self.transport is not None and frame["type"] == "subscribe"
+        self.sids += 1
+        fut: asyncio.Future[None] = self.run.loop.create_future()
+        self.pongs.append(fut)
+        self.transport.send(
+            TEXT, f"SUB {frame['channel']} {self.sids}\r\nPING\r\n".encode()
+        )
+        await asyncio.wait_for(fut, timeout)
+
+
+CONN_CLASSES: dict[str, type[Conn]] = {"v1": Conn, "nats": NatsConn}
+conn_class: type[Conn] = Conn
+
+
 # --------------------------------------------------------------------------- setup helpers
 
 
@@ -265,7 +363,7 @@ async def connect_many(
 
     async def one(index: int) -> Conn:
         async with sem:
-            conn = Conn(run, index)
+            conn = conn_class(run, index)
             run.conns.append(conn)
             await ws_connect(
                 lambda: conn,
@@ -285,12 +383,18 @@ async def connect_many(
     return [r for r in results if isinstance(r, Conn)]
 
 
+#: Extra subscribe fields as a JSON object (``{"history": true}`` measures roomwire's history
+#: extension with every subscriber opted in); the official clients send none.
+SUBSCRIBE_EXTRA: dict[str, Any] = json.loads(os.environ.get("LOADGEN_SUBSCRIBE_EXTRA") or "{}")
+
+
 async def subscribe_all(conns: list[Conn], channel: str, concurrency: int) -> None:
     sem = asyncio.Semaphore(concurrency)
 
     async def one(i: int, conn: Conn) -> None:
         async with sem:
-            await conn.request({"type": "subscribe", "channel": channel, "requestId": f"s{i}"})
+            await conn.request({**SUBSCRIBE_EXTRA, "type": "subscribe", "channel": channel,
+                                "requestId": f"s{i}"})
 
     results = await asyncio.gather(
         *(one(i, c) for i, c in enumerate(conns)), return_exceptions=True
@@ -388,7 +492,10 @@ class Options(argparse.Namespace):
     rate: float
     pairs: str
     in_flight: int
+    no_request_id: bool
     connections: int
+    room_size: int
+    settle: float
     duration: float
     warmup: float
     window: int
@@ -401,6 +508,7 @@ class Options(argparse.Namespace):
     jwt_secret: str | None
     connect_concurrency: int
     label: str
+    dialect: str
 
 
 class FanoutFlow:
@@ -605,27 +713,31 @@ async def scenario_latency(opts: Options, creds: Credentials, n: int) -> dict[st
 class DirectPair:
     """A pings B with ``send``; B echoes the timestamp back; A records the round trip."""
 
-    def __init__(self, state: DirectState, a: Conn, b: Conn, payload_bytes: int) -> None:
+    def __init__(
+        self, state: DirectState, a: Conn, b: Conn, payload_bytes: int, request_ids: bool = True
+    ) -> None:
         self.state = state
         self.a = a
         self.b = b
         pad = padding(payload_bytes, len('{"bt":,"pad":""}') + 19)
         self.to_b = b'{"type":"send","to":' + msgspec.json.encode(b.peer_id) + b',"data":{"bt":'
         self.to_a = b'{"type":"send","to":' + msgspec.json.encode(a.peer_id) + b',"data":{"bt":'
-        self.tail = b',"pad":"' + pad + b'"},"requestId":"d'
+        self.request_ids = request_ids
+        # With request ids every send is acked (what both official SDKs do); without, the
+        # server answers only errors.
+        self.tail = b',"pad":"' + pad + (b'"},"requestId":"d' if request_ids else b'"}}')
         self.seq = 0
         a.deliver = self.a_received
         b.deliver = self.b_received
 
-    def ping(self) -> None:
+    def _frame(self, head: bytes, stamp: bytes) -> bytes:
+        if not self.request_ids:
+            return head + stamp + self.tail
         self.seq += 1
-        self.a.send(
-            self.to_b
-            + str(time.perf_counter_ns()).encode()
-            + self.tail
-            + str(self.seq).encode()
-            + b'"}'
-        )
+        return head + stamp + self.tail + str(self.seq).encode() + b'"}'
+
+    def ping(self) -> None:
+        self.a.send(self._frame(self.to_b, str(time.perf_counter_ns()).encode()))
 
     def a_received(self, buf: bytes) -> None:
         now = time.perf_counter_ns()
@@ -645,8 +757,7 @@ class DirectPair:
         stamp = sent_at_ns(buf)
         if stamp is None or st.stop:
             return
-        self.seq += 1
-        self.b.send(self.to_a + stamp + self.tail + str(self.seq).encode() + b'"}')
+        self.b.send(self._frame(self.to_a, stamp))
 
 
 class DirectState:
@@ -665,7 +776,8 @@ async def scenario_direct(opts: Options, creds: Credentials, pairs: int) -> dict
         await settle(run, quiet=0.1)
         state = DirectState()
         couples = [
-            DirectPair(state, conns[2 * i], conns[2 * i + 1], opts.payload_bytes)
+            DirectPair(state, conns[2 * i], conns[2 * i + 1], opts.payload_bytes,
+                       not opts.no_request_id)
             for i in range(pairs)
         ]
         for couple in couples:
@@ -683,6 +795,7 @@ async def scenario_direct(opts: Options, creds: Credentials, pairs: int) -> dict
             "scenario": "direct",
             "pairs": pairs,
             "in_flight_per_pair": opts.in_flight,
+            "request_ids": not opts.no_request_id,
             **window_stats(s0, s1, "messages", "message"),
             "rtt_samples": len(rtts),
             "rtt_p50_us": percentile_us(rtts, 0.50),
@@ -694,20 +807,55 @@ async def scenario_direct(opts: Options, creds: Credentials, pairs: int) -> dict
         await asyncio.sleep(0.05)
 
 
+async def connect_and_join(
+    run: Run, creds: Credentials, count: int, concurrency: int, room_size: int, channel: str
+) -> list[Conn]:
+    """Open count sockets, at most concurrency at once, each waiting for its welcome and then
+    (room_size > 0) subscribing to room i // room_size and waiting for the ack."""
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(index: int) -> Conn:
+        async with sem:
+            conn = conn_class(run, index)
+            run.conns.append(conn)
+            await ws_connect(
+                lambda: conn,
+                creds.url_for(index),
+                websocket_handshake_timeout=10,
+                max_frame_size=MAX_FRAME,
+            )
+            await asyncio.wait_for(conn.welcomed, 10)
+            if room_size > 0:
+                room = f"{channel}-{index // room_size}"
+                await conn.request({"type": "subscribe", "channel": room, "requestId": "s"})
+            return conn
+
+    results = await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        raise SetupError(f"{len(failures)}/{count} connections failed; first: {failures[0]!r}")
+    return [r for r in results if isinstance(r, Conn)]
+
+
 async def scenario_idle(opts: Options, creds: Credentials, count: int) -> dict[str, Any]:
     run = Run()
     pid = opts.server_pid
     try:
         rss0 = procstat.rss_kib(pid) if pid else None
         t0 = time.perf_counter()
-        await connect_many(run, creds, count, opts.connect_concurrency)
+        await connect_and_join(
+            run, creds, count, opts.connect_concurrency, opts.room_size, opts.channel
+        )
         t1 = time.perf_counter()
         await settle(run)
-        await asyncio.sleep(0.5)  # let the server finish per-connection work
+        # Let the server finish per-connection work (and the allocator settle) before reading
+        # its RSS.
+        await asyncio.sleep(opts.settle)
         rss1 = procstat.rss_kib(pid) if pid else None
         result: dict[str, Any] = {
             "scenario": "idle",
             "connections": count,
+            "room_size": opts.room_size,
             "connect_s": round(t1 - t0, 3),
             "connects_per_s": round(count / (t1 - t0), 1),
         }
@@ -772,6 +920,8 @@ def int_list(text: str) -> list[int]:
 
 
 async def main_async(opts: Options) -> int:
+    global conn_class
+    conn_class = CONN_CLASSES[opts.dialect]
     creds = Credentials(opts.url, opts.jwt_kid, opts.jwt_secret)
     jobs: list[tuple[str, int]] = []
     for name in [s.strip() for s in opts.scenario.split(",") if s.strip()]:
@@ -837,7 +987,21 @@ def parse_args(argv: list[str] | None = None) -> Options:
     )
     p.add_argument("--pairs", default="1", help="direct: comma list of pair counts")
     p.add_argument("--in-flight", type=int, default=1, help="direct: messages in flight per pair")
+    p.add_argument(
+        "--no-request-id",
+        action="store_true",
+        help="direct: send without a requestId (no acks); by default every send has one",
+    )
     p.add_argument("--connections", type=int, default=2000, help="idle: connections to open")
+    p.add_argument(
+        "--room-size",
+        type=int,
+        default=0,
+        help="idle: subscribe every connection to a room of this many (0: welcome only)",
+    )
+    p.add_argument(
+        "--settle", type=float, default=0.5, help="idle: seconds to wait before reading the RSS"
+    )
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per scenario")
     p.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before that")
     p.add_argument(
@@ -871,6 +1035,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="handshakes / subscribes in flight at once",
     )
     p.add_argument("--label", default="", help="copied into each JSON result")
+    p.add_argument(
+        "--dialect",
+        default="v1",
+        choices=sorted(CONN_CLASSES),
+        help="v1: roomwire and the bare relays; nats: NATS server's WebSocket listener",
+    )
     return p.parse_args(argv, namespace=Options())
 
 

@@ -45,7 +45,9 @@ import procstat
 BENCH_DIR = Path(__file__).resolve().parent
 PYTHON = sys.executable
 ROOMWIRE_ENV = {"ROOMWIRE_CONNECT_RATE_LIMIT": "0", "ROOMWIRE_RATE_LIMIT": "0"}
-SERVERS = ("bare", "roomwire")
+SERVERS = ("bare", "coalesce", "nats", "roomwire")
+BASELINES = ("bare", "coalesce", "nats")
+NATS_SERVER = os.environ.get("NATS_SERVER", "/usr/sbin/nats-server")
 NOISY = 0.25  # cores used by other programs during a measurement worth flagging
 
 
@@ -91,7 +93,9 @@ def scenarios(quick: bool) -> list[Scenario]:
     fanout_n = (1, 10, 100) if quick else (1, 10, 100, 1000)
     pairs = (1, 10) if quick else (1, 100)
     idle = 200 if quick else 2000
-    out = [Scenario(f"idle K={idle}", "idle", ("--scenario", "idle", "--connections", str(idle)))]
+    out = [Scenario(f"idle K={idle} rooms of 10", "idle", (
+        "--scenario", "idle", "--connections", str(idle), "--room-size", "10",
+        "--settle", "2"))]  # fmt: skip
     out += [
         Scenario(f"fanout N={n}", "fanout", ("--scenario", "fanout", "--subscribers", str(n)))
         for n in fanout_n
@@ -103,10 +107,13 @@ def scenarios(quick: bool) -> list[Scenario]:
             ("--scenario", "latency", "--latency-subscribers", "10", "--rate", "5000"),
         )
     )
-    out += [
-        Scenario(f"direct pairs={p}", "direct", ("--scenario", "direct", "--pairs", str(p)))
-        for p in pairs
-    ]
+    for p in pairs:
+        out.append(Scenario(f"direct {p}x1", "direct", (
+            "--scenario", "direct", "--pairs", str(p), "--no-request-id")))  # fmt: skip
+        out.append(Scenario(f"direct {p}x1 +requestId", "direct", (
+            "--scenario", "direct", "--pairs", str(p))))  # fmt: skip
+    out.append(Scenario("direct 1x64", "direct", (
+        "--scenario", "direct", "--pairs", "1", "--in-flight", "64", "--no-request-id")))
     return out
 
 
@@ -156,7 +163,7 @@ class Server:
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def _spawn(self, argv: list[str], env: dict[str, str]) -> None:
+    def _spawn(self, argv: list[str], env: dict[str, str], port_flag: bool = True) -> None:
         self.port = free_port()
         self.log_path = self.workdir / f"{self.name}-{self.port}.log"
         cpu = self.cpu
@@ -167,7 +174,7 @@ class Server:
 
         with self.log_path.open("wb") as out:
             self.proc = subprocess.Popen(
-                [*argv, "--port", str(self.port)],
+                [*argv, *(["--port"] if port_flag else []), str(self.port)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -191,8 +198,12 @@ class Server:
     def start(self, data_dir: Path, health_timeout: float) -> bool:
         self.failure = None
         env = dict(os.environ)
-        if self.name == "bare":
+        if self.name == "nats":
+            return self._start_nats(health_timeout)
+        if self.name in ("bare", "coalesce"):
             argv = [PYTHON, str(BENCH_DIR / "bare_relay.py"), "--host", "127.0.0.1"]
+            if self.name == "coalesce":
+                argv.append("--coalesce")
         else:
             env.update(ROOMWIRE_ENV)
             argv = [PYTHON, "-m", "roomwire", "serve", "--host", "127.0.0.1",
@@ -205,7 +216,7 @@ class Server:
         if not self._wait_healthy(health_timeout):
             self.stop()
             return False
-        if self.name == "bare":
+        if self.name in ("bare", "coalesce"):
             self.url = f"ws://127.0.0.1:{self.port}/v1?key=pk_live_bare"
             return True
         try:
@@ -215,6 +226,27 @@ class Server:
             self.stop()
             return False
         self.url = f"ws://127.0.0.1:{self.port}/v1?key={key}"
+        return True
+
+    def _start_nats(self, health_timeout: float) -> bool:
+        """Its own nats-server per round: client port, monitoring port (``/healthz``) and
+        the WebSocket listener (no TLS, no compression)."""
+        client, ws = free_port(), free_port()
+        conf = self.workdir / f"nats-{client}.conf"
+        conf.write_text(
+            f'listen: "127.0.0.1:{client}"\nmax_connections: 30000\n'
+            f'websocket {{ listen: "127.0.0.1:{ws}", no_tls: true, compression: false }}\n'
+        )
+        try:
+            self._spawn([NATS_SERVER, "-c", str(conf), "--http_port"], dict(os.environ),
+                        port_flag=False)
+        except OSError as exc:
+            self.failure = f"could not start {NATS_SERVER}: {exc}"
+            return False
+        if not self._wait_healthy(health_timeout):
+            self.stop()
+            return False
+        self.url = f"ws://127.0.0.1:{ws}/"
         return True
 
     def stop(self) -> None:
@@ -293,6 +325,7 @@ def run_loadgen(
         PYTHON, str(BENCH_DIR / "loadgen.py"), "--url", server.url, *scenario.args,
         "--duration", str(cfg.duration), "--warmup", str(cfg.warmup),
         "--server-pid", str(server.pid), "--label", server.name,
+        "--dialect", "nats" if server.name == "nats" else "v1",
     ]  # fmt: skip
     if cfg.loadgen_cpu is not None:
         argv += ["--cpu", str(cfg.loadgen_cpu)]
@@ -397,7 +430,7 @@ def report(
     servers: list[Server],
     started: float,
 ) -> str:
-    lines = ["# roomwire vs bare picows relay", ""]
+    lines = ["# roomwire vs its baselines", ""]
     v = info["versions"]
     lines += [
         f"- machine: {info['nproc']} CPUs ({info['cpu_model']}), Linux {info['kernel']}, "
@@ -408,40 +441,44 @@ def report(
         f"- servers pinned to CPU {servers[0].cpu}, load generator to CPU {cfg.loadgen_cpu}; "
         f"{rounds} round(s) of {cfg.duration:g} s per scenario after {cfg.warmup:g} s warm-up; "
         f"loopback 127.0.0.1; total {time.monotonic() - started:.0f} s",
-        "- roomwire ran with ROOMWIRE_CONNECT_RATE_LIMIT=0 and ROOMWIRE_RATE_LIMIT=0: its per-IP "
-        "connect limit and per-connection message rate limit were OFF",
+        f"- roomwire's environment: {ROOMWIRE_ENV or 'none (the default limits, as shipped)'}",
         "- cells: median over rounds [min-max]; ratio: median of the per-round ratios "
         "roomwire/bare (for rates higher is better for roomwire, for costs and latencies lower)",
         "",
-        "| scenario | metric | bare | roomwire | roomwire/bare |",
-        "|---|---|---|---|---|",
+    ]
+    present = [srv.name for srv in servers]
+    bases = [b for b in BASELINES if b in present and "roomwire" in present]
+    lines += [
+        "| scenario | metric | " + " | ".join(present) + " | "
+        + " | ".join(f"roomwire/{b}" for b in bases) + " |",
+        "|---|---|" + "---|" * (len(present) + len(bases)),
     ]
     notes: list[str] = []
     for sc in plan:
         for metric in METRICS[sc.kind]:
-            per_server: dict[str, list[float]] = {}
-            for srv in SERVERS:
-                per_server[srv] = [
+            cells = []
+            for srv in present:
+                values = [
                     float(r[metric.key])
-                    for (_, s, name), r in results.items()
-                    if s == srv and name == sc.name and r.get(metric.key) is not None
+                    for (_, s_, name), r in results.items()
+                    if s_ == srv and name == sc.name and r.get(metric.key) is not None
                 ]
-            ratios = []
-            for rnd in range(rounds):
-                b = results.get((rnd, "bare", sc.name), {}).get(metric.key)
-                w = results.get((rnd, "roomwire", sc.name), {}).get(metric.key)
-                if b and w is not None:
-                    ratios.append(float(w) / float(b))
-            ratio = f"{statistics.median(ratios):.2f}x" if ratios else "n/a"
-            lines.append(
-                f"| {sc.name} | {metric.label} | {cell(per_server['bare'], metric.digits)} | "
-                f"{cell(per_server['roomwire'], metric.digits)} | {ratio} |"
-            )
+                cells.append(cell(values, metric.digits))
+            for b in bases:
+                ratios = []
+                for rnd in range(rounds):
+                    bv = results.get((rnd, b, sc.name), {}).get(metric.key)
+                    w = results.get((rnd, "roomwire", sc.name), {}).get(metric.key)
+                    if bv and w is not None:
+                        ratios.append(float(w) / float(bv))
+                spread = (f" [{min(ratios):.2f}-{max(ratios):.2f}]" if len(ratios) > 1 else "")
+                cells.append(f"{statistics.median(ratios):.2f}x{spread}" if ratios else "n/a")
+            lines.append(f"| {sc.name} | {metric.label} | " + " | ".join(cells) + " |")
         if sc.kind in ("fanout", "direct"):
-            busy = {srv: busy_cell(results, srv, sc.name) for srv in SERVERS}
+            busy = [busy_cell(results, srv, sc.name) for srv in present]
             lines.append(
-                f"| {sc.name} | cores busy: server / loadgen / other | {busy['bare']} "
-                f"| {busy['roomwire']} | |"
+                f"| {sc.name} | cores busy: server / loadgen / other | " + " | ".join(busy)
+                + " |" + " |" * len(bases)
             )
     noisy = []
     for (rnd, srv, name), r in sorted(results.items()):
@@ -487,7 +524,11 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="unmeasured seconds before each measurement (default 0.5, quick 0.2)",
     )
-    p.add_argument("--servers", default="bare,roomwire", help="which servers to run")
+    p.add_argument("--servers", default="bare,coalesce,nats,roomwire",
+                   help="which servers to run (bare, coalesce, nats, roomwire)")
+    p.add_argument("--roomwire-env", default="",
+                   help="KEY=VALUE,... for roomwire instead of the lifted limits "
+                   "('shipped': no override, the default limits)")
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--loadgen-cpu", type=int, default=1)
     p.add_argument(
@@ -504,6 +545,11 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    if args.roomwire_env == "shipped":
+        ROOMWIRE_ENV.clear()
+    elif args.roomwire_env:
+        ROOMWIRE_ENV.clear()
+        ROOMWIRE_ENV.update(kv.split("=", 1) for kv in args.roomwire_env.split(","))
     started = time.monotonic()
     rounds = args.rounds or (1 if args.quick else 3)
     cfg = Settings(

@@ -277,6 +277,16 @@ class PyPeer:
             await asyncio.sleep(0.005)
         return self.first_frame[key]
 
+    async def op_drop(self, req: dict[str, Any]) -> Any:
+        """Cut the Python peer's WebSocket without a close handshake (a network blip): the
+        SDK reconnects and rejoins by itself."""
+        peer, _ = self._need()
+        link = peer.signalling._link
+        if link is None:
+            raise RuntimeError("no signalling link to drop")
+        link.conn.transport.abort()
+        return {"droppedAt": time.time() * 1000}
+
     # -- recording (scenario py-record): "py" records, two more Python peers send --------
 
     async def op_record_start(self, req: dict[str, Any]) -> Any:
@@ -301,10 +311,11 @@ class PyPeer:
             sender = MeteredPeer(api_key=os.environ["ROOMWIRE_PYPEER_PK"], url=self.url,
                                  loopback_candidates="only", timings=TIMINGS)
             up: dict[str, float] = {}
-            sender.on("peer-joined", lambda ev, up=up: ev.peer.on(
+            # Its connection to the recorder ("py"), not to the other senders or the browser.
+            sender.on("peer-joined", lambda ev, up=up: ev.peer.id == "py" and ev.peer.on(
                 "state-change", lambda s: s.to == "connected" and
                 up.setdefault("at", time.time() * 1000)))
-            sender.add_stream(MediaStream([AudioSource(), VideoSource(320, 240, fps=15)]),
+            sender.add_stream(MediaStream([AudioSource(), VideoSource(160, 120, fps=15)]),
                               {"role": "camera", "label": f"sender {i}"})
             await sender.join(req["room"])
             self.senders.append((sender, up))

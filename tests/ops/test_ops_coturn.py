@@ -7,8 +7,10 @@ Skipped when ``turnserver`` (Debian package coturn) or aiortc is not installed.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shutil
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -35,28 +37,47 @@ def _free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _answers_stun(port: int) -> bool:
+    """Whether something answers a STUN Binding request on 127.0.0.1:``port`` within 0.2 s."""
+    request = struct.pack("!HHI", 0x0001, 0, 0x2112A442) + secrets.token_bytes(12)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        s.sendto(request, ("127.0.0.1", port))
+        try:
+            reply = s.recv(2048)
+        except OSError:  # timeout, or ICMP port unreachable while it starts
+            return False
+    return len(reply) >= 20 and reply[8:20] == request[8:20]
+
+
 @pytest.fixture
 def coturn(tmp_path: Path) -> Iterator[int]:
-    port = _free_udp_port()
-    log = tmp_path / "turn.log"
+    """A turnserver on a free UDP port, ready when it answers STUN. A port found free can be
+    taken again before turnserver binds it (it then logs errno 98 and never answers): such a
+    start is retried on another port."""
     assert TURNSERVER is not None
-    proc = subprocess.Popen(
-        [TURNSERVER, "-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1",
-         f"--listening-port={port}", "--use-auth-secret", f"--static-auth-secret={SECRET}",
-         "--realm=roomwire.test", "--no-tls", "--no-dtls", "--no-cli", "--no-tcp-relay",
-         "--allow-loopback-peers", "--min-port=49300", "--max-port=49400",
-         f"--log-file={log}", "--simple-log", "--verbose"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
+    for attempt in range(5):
+        port = _free_udp_port()
+        log = tmp_path / f"turn-{attempt}.log"
+        proc = subprocess.Popen(
+            [TURNSERVER, "-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1",
+             f"--listening-port={port}", "--use-auth-secret", f"--static-auth-secret={SECRET}",
+             "--realm=roomwire.test", "--no-tls", "--no-dtls", "--no-tcp", "--no-cli",
+             "--no-tcp-relay", "--allow-loopback-peers", "--min-port=49300",
+             "--max-port=49400", f"--log-file={log}", "--simple-log", "--verbose"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline and not _answers_stun(port):
+            pass
+        if proc.poll() is None and _answers_stun(port):
+            break
+        proc.kill()
+        proc.wait(5)
+    else:
+        raise RuntimeError("turnserver never answered STUN: "
+                           + (log.read_text()[-2000:] if log.exists() else "no log"))
     try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError("turnserver exited: " + log.read_text()[-2000:])
-            if log.exists() and "listener" in log.read_text().lower():
-                break
-            time.sleep(0.05)
-        time.sleep(0.2)
         yield port
     finally:
         proc.terminate()
@@ -64,7 +85,6 @@ def coturn(tmp_path: Path) -> Iterator[int]:
             proc.wait(5)
         except subprocess.TimeoutExpired:
             proc.kill()
-
 
 def _config(welcome: dict[str, Any]) -> Any:
     from aiortc import RTCConfiguration, RTCIceServer
@@ -218,10 +238,12 @@ async def test_relay_only_metered_peers_outlive_their_turn_credentials(
         await bob.join("room/relay")
         first_expiry = _turn_expiry(alice.signalling.ice_servers)
 
+        b_alice = await bob.tap.remote_peer("alice")  # type: ignore[attr-defined]
+        await wait_until(lambda: b_alice.state == "connected", timeout=20,
+                         what="bob's connection to alice through the relay")
         ev = await bob.tap.track("alice", "audio", timeout=20)  # type: ignore[attr-defined]
-        assert await count_frames(ev.track, 10, timeout=10) == 10
-        b_alice = bob.get_remote_peer("alice")
-        assert b_alice is not None
+        got = await count_frames(ev.track, 10, timeout=10)
+        assert got == 10, (got, b_alice.state, [e.name for e in bob.tap.of("alice").events])  # type: ignore[attr-defined]
         pairs = _relay_pairs(b_alice.pc)
         assert pairs and all(kind == "relay" for kind, _ in pairs), pairs
 

@@ -72,7 +72,7 @@ class Sender:
 
     def __init__(self, make_peer: MakePeer, name: str) -> None:
         self.peer = make_peer(name, peer_metadata={"name": name.title()})
-        self.video = VideoSource(320, 240, 15)
+        self.video = VideoSource(160, 120, 15)
         self.audio = AudioSource(48_000, "stereo", max_buffered_seconds=120)
         self.stream = MediaStream([self.audio, self.video])
         self.peer.add_stream(self.stream, {"role": "camera", "label": f"{name} cam"})
@@ -129,7 +129,7 @@ async def test_two_senders_one_leaving_and_a_stream_added_and_removed(
                                 if all(t["frames"] for t in f["tracks"])]) >= 2,
                    CONNECT, "both camera streams being written")
     # bob shares a screen for a while: a second stream, a second file.
-    screen = VideoSource(320, 240, 10)
+    screen = VideoSource(160, 120, 10)
     screen_stream = MediaStream([screen])
     bob.peer.add_stream(screen_stream, {"role": "screen", "label": "bob screen"})
     await wait_for(lambda: screen.frames_sent >= 80, CONNECT, "bob's screen sent for 8 s")
@@ -203,15 +203,15 @@ async def test_a_reconnect_of_the_recorder_starts_a_new_segment_of_each_stream(
         return files_of(recorder.manifest(), "alice")
 
     await wait_for(lambda: [f for f in alice_files() if f["tracks"] and
-                            all(t["frames"] >= 20 for t in f["tracks"])],
-                   CONNECT, "alice's stream being written")
+                            all(t["frames"] >= 45 for t in f["tracks"])],
+                   CONNECT, "alice's stream written for 3 s")
     drop_socket(recorder_peer)
     await wait_for(lambda: recorder_peer.state == "reconnecting", CONNECT, "the drop noticed")
     await wait_for(lambda: recorder_peer.state == "joined", CONNECT, "the recorder back")
     # alice sees the recorder leave and come back: a new connection, the same stream id.
     await wait_for(lambda: [f for f in alice_files() if f["segment"] == 2 and f["tracks"] and
-                            all(t["frames"] >= 20 for t in f["tracks"])],
-                   CONNECT, "a second segment being written")
+                            all(t["frames"] >= 45 for t in f["tracks"])],
+                   CONNECT, "a second segment written for 3 s")
     await recorder.stop()
 
     manifest = json.loads((out / "manifest.json").read_text())
@@ -225,8 +225,11 @@ async def test_a_reconnect_of_the_recorder_starts_a_new_segment_of_each_stream(
         assert f["finalised"] and f["error"] is None, f
         info = probe(out / f["path"])
         assert sorted(s["codec_type"] for s in info["streams"]) == ["audio", "video"]
+        # The file (RTP timestamps) spans what the manifest says (arrival times): frames
+        # queued when a loaded event loop stalls arrive late, hence the quarter second.
         seconds = float(info["format"]["duration"])
-        assert abs(seconds - (f["end"] - f["start"])) <= 0.05 * (f["end"] - f["start"]) + 0.1
+        span = f["end"] - f["start"]
+        assert abs(seconds - span) <= 0.05 * span + 0.25, (f, seconds)
 
 
 async def test_roomwire_record_cli_finalises_every_file_on_sigterm(
@@ -283,10 +286,10 @@ class FrameTrack(MediaStreamTrack):
         return frame
 
 
-async def test_a_file_queue_holds_queue_frames_and_drops_what_comes_after(
+async def test_a_full_file_queue_drops_its_oldest_frames_and_counts_them(
         make_peer: MakePeer, tmp_path: Path) -> None:
-    # The encoder is held back (a long settle): the burst fills the queue, the rest is
-    # dropped and counted, and what was queued still makes a playable file.
+    # The encoder is held back (a long settle): the burst overflows the queue, the oldest
+    # frames are dropped and counted, and the newest three still make a playable file.
     recorder = RoomRecorder(ROOM, tmp_path / "rec", peer=make_peer("recorder"),
                             queue_frames=3, settle_seconds=60)
     await recorder.start()
@@ -302,6 +305,37 @@ async def test_a_file_queue_holds_queue_frames_and_drops_what_comes_after(
     info = probe(tmp_path / "rec" / f["path"])
     assert [s["codec_type"] for s in info["streams"]] == ["audio"]
     assert float(info["format"]["duration"]) == pytest.approx(0.06, abs=0.025)
+
+
+async def test_at_most_max_open_files_are_written_and_the_rest_is_counted(
+        make_peer: MakePeer, tmp_path: Path) -> None:
+    recorder = RoomRecorder(ROOM, tmp_path / "rec", peer=make_peer("recorder"),
+                            max_open_files=2)
+    await recorder.start()
+    remote = SimpleNamespace(id="hoarder")
+    for i in range(5):  # five streams of one track each
+        stream = MediaStream(id=f"s{i}")
+        recorder._on_track(remote, TrackEvent(FrameTrack(500), (stream,), None, "audio"))  # type: ignore[arg-type]
+    manifest = recorder.manifest()
+    assert [f["stream_id"] for f in manifest["files"]] == ["s0", "s1"]
+    assert manifest["ignored_tracks"] == 3
+    await recorder.stop()
+    assert all(f["finalised"] for f in recorder.manifest()["files"])
+
+
+async def test_roomwire_record_with_a_refused_token_exits_1_and_says_why(
+        server: RunningServer, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMWIRE_")}
+    forged = server.token("rec-cli")[:-4] + "AAAA"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "roomwire", "record", ROOM, "--out", str(tmp_path / "r"),
+        "--url", server.url, "--token", forged, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), START_CHILD)
+    printed = stdout.decode() + stderr.decode()
+    assert proc.returncode == 1, printed
+    assert "could not record 'room/rec'" in printed and "Traceback" not in printed, printed
+    assert forged not in printed
 
 
 @pytest.mark.parametrize(("text", "expected"), [

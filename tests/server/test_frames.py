@@ -430,6 +430,24 @@ async def test_over_message_quota(server: RunningServer) -> None:
     await other.close()
 
 
+async def test_quota_edits_reach_open_connections(server: RunningServer) -> None:
+    """A quota set, lowered or lifted while a connection is open applies to its next
+    message (the session keeps the quota rather than looking it up per message)."""
+    c = await conn(server.key_url())
+    other = await conn(server.key_url())
+    await c.ok({"type": "send", "to": other.peer_id, "data": 1, "requestId": "a"})
+    server.store.update_limits(server.app_id, max_messages_per_period=1)
+    server.reload()
+    await expect_error(c, {"type": "send", "to": other.peer_id, "data": 2, "requestId": "q"},
+                       "over_message_quota", "q")
+    server.store.update_limits(server.app_id, max_messages_per_period=1000)
+    server.reload()
+    await c.ok({"type": "send", "to": other.peer_id, "data": 3, "requestId": "b"})
+    frames = await other.drain()
+    assert [f.get("data") for f in frames if f["type"] == "direct"] == [1, 3]
+    await other.close()
+
+
 async def test_errors_leave_the_connection_usable(c: Conn, server: RunningServer) -> None:
     other = await conn(server.key_url())
     await other.subscribe("room")

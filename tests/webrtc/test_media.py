@@ -66,7 +66,10 @@ async def test_audio_source_paces_in_real_time() -> None:
     for _ in range(10):
         await src.recv()
     elapsed = time.monotonic() - start
-    assert 0.17 <= elapsed <= 0.35, elapsed
+    # Ten 20 ms frames: never faster than real time. The upper bound only says "paced, not
+    # stalled", with room for a loaded 2-core machine (exact pacing is checked on a virtual
+    # clock in test_audio.py).
+    assert 0.17 <= elapsed <= 1.0, elapsed
     src.stop()
 
 

@@ -1,9 +1,9 @@
 """The ``roomwire`` command: run a server and manage its apps, keys and tokens.
 
 ``build_parser`` and ``main`` live here; each command is a module beside this one (``serve``,
-``manage`` for apps, keys and tokens, ``join``, ``record``). Every management command works on
-the same ``--data-dir`` as ``serve`` (a running server picks changes up within a second) and prints
-JSON with ``--json``.
+``manage`` for apps, keys and tokens, ``webhooks``, ``join``, ``record``). Every management
+command works on the same ``--data-dir`` as ``serve`` (a running server picks changes up within
+a second) and prints JSON with ``--json``.
 """
 
 from __future__ import annotations
@@ -159,8 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     _data_dir_arg(t)
 
     from .join import add_join_parser
+    from .webhooks import add_webhooks_parser
 
     add_join_parser(sub)
+    add_webhooks_parser(sub, _data_dir_arg, _csv)
     from .record import add_record_parser
 
     add_record_parser(sub)
@@ -179,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_keys(args)
         if args.command == "token":
             return run_token(args)
+        if args.command == "webhooks":
+            from .webhooks import run_webhooks
+
+            return run_webhooks(args)
         if args.command == "join":
             from .join import run_join
 

@@ -34,7 +34,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None,
                    help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--queue-frames", type=int, default=256,
-                   help="frames buffered per file before new ones are dropped (default 256)")
+                   help="frames buffered per file; beyond, the oldest are dropped (default 256)")
     p.add_argument("--loopback", action="store_true",
                    help="let WebRTC use 127.0.0.1 (testing on one machine)")
     return p

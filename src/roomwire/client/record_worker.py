@@ -121,7 +121,6 @@ class _Encoder:
                 stream = self.container.add_stream(
                     "libvpx", rate=30, options={"deadline": "realtime", "cpu-used": "8"})
                 stream.pix_fmt = "yuv420p"
-                stream.bit_rate = 1_000_000
                 stream.codec_context.time_base = fractions.Fraction(1, _VIDEO_RATE)
             else:
                 stream = self.container.add_stream("libopus", rate=_AUDIO_RATE,
@@ -145,6 +144,8 @@ class _Encoder:
         for i, stream in enumerate(self.streams):
             if stream.type == "video":
                 stream.width, stream.height = self.sizes.get(i, (16, 16))
+                # About 0.1 bit per pixel at 30 fps: 230 kbit/s for 320x240, 920 for 640x480.
+                stream.bit_rate = min(2_500_000, max(150_000, stream.width * stream.height * 3))
         for item in held:
             self._write(*item)
 

@@ -17,11 +17,16 @@ One clock: every offset in the manifest (``start``, ``end``, a peer's ``joined``
 is seconds since the recording started (``started_at``), measured on arrival, so files can
 be lined up. A stream that arrives again on a new connection (a reconnect of either side,
 an ICE rebuild) or a track added to a stream already being written starts a new file (a new
-``segment``). Memory is bounded: each file has a queue of ``queue_frames`` frames between
-the network and its encoder (a thread); when the encoder falls behind, newly arrived frames
-are dropped and counted (``dropped`` per track in the manifest: for audio this is a gap the
-file keeps in time, for video a lower frame rate). ``stop()`` (and the exit of ``async
-with``, and SIGINT/SIGTERM under ``record_room``) finalises every file and the manifest.
+``segment``). Memory is bounded: each file has a queue of ``queue_frames`` frames (and at
+most ``queue_bytes`` of them, decoded) between
+the network and the encoders (a child process: encoding in the recorder's own process starves
+its event loop); when the encoders fall behind, the oldest queued frames are dropped and
+counted (``dropped`` per track in the manifest: for audio this is a gap the file keeps in
+time, for video a lower frame rate; the file still ends where the stream ended), and at
+most ``max_open_files`` files are written at once (tracks beyond are ignored and counted: a
+remote peer chooses how many streams it sends).
+``stop()`` (and the exit of ``async with``, and SIGINT/SIGTERM under ``record_room``)
+finalises every file and the manifest.
 """
 
 from __future__ import annotations
@@ -66,6 +71,9 @@ SETTLE_SECONDS = 0.5
 """Tracks of one stream arriving within this time of its first go into the same file (a
 container's streams are fixed when it is opened)."""
 QUEUE_FRAMES = 256
+QUEUE_BYTES = 32 << 20
+"""Decoded frames are large (640x480 video: 460 kB each): a byte cap besides the count."""
+MAX_OPEN_FILES = 32
 FINALISE_SECONDS = 30.0
 _NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -103,6 +111,8 @@ class _File:
     tracks: list[_Track] = field(default_factory=list)
     id: int = 0
     limit: int = QUEUE_FRAMES
+    byte_limit: int = QUEUE_BYTES
+    queued_bytes: int = 0
     # One slot more than `limit`: frames may use `limit`, the closing sentinel always fits.
     queue: asyncio.Queue[tuple[int, Any, float] | None] = field(
         default_factory=asyncio.Queue)
@@ -140,6 +150,10 @@ def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+def _size(frame: Any) -> int:
+    return sum(p.buffer_size for p in frame.planes)
+
+
 class RoomRecorder:
     """Records every remote stream of ``channel`` into ``out_dir`` (created if missing).
 
@@ -151,16 +165,21 @@ class RoomRecorder:
 
     def __init__(self, channel: str, out_dir: str | os.PathLike[str], *,
                  peer: MeteredPeer | None = None, queue_frames: int = QUEUE_FRAMES,
+                 queue_bytes: int = QUEUE_BYTES,
+                 max_open_files: int = MAX_OPEN_FILES,
                  settle_seconds: float = SETTLE_SECONDS, clock: Callable[[], float] | None = None,
                  **peer_options: Any) -> None:
-        if queue_frames < 1:
-            raise ValueError("queue_frames must be at least 1")
+        if queue_frames < 1 or max_open_files < 1 or queue_bytes < 1:
+            raise ValueError("queue_frames, queue_bytes and max_open_files must be at least 1")
         if peer is not None and peer_options:
             raise ValueError("give either peer or MeteredPeer options, not both")
         self.channel = channel
         self.out_dir = Path(out_dir)
         self._peer = peer if peer is not None else MeteredPeer(**peer_options)
         self._queue_frames = queue_frames
+        self._queue_bytes = queue_bytes
+        self._max_open = max_open_files
+        self._ignored = 0
         self._settle = settle_seconds
         self._clock = clock or time.monotonic
         self._t0: float | None = None
@@ -316,6 +335,12 @@ class RoomRecorder:
         file = self._open.get(key)
         if file is None or file.sealed or file.closing or \
                 any(t.kind == ev.kind for t in file.tracks):
+            if sum(not f.closing for f in self._files) >= self._max_open:
+                self._ignored += 1
+                log.warning("not recording a %s track of %s: %d files are open already",
+                            ev.kind, remote.id, self._max_open)
+                self._write_manifest()
+                return
             file = self._new_file(remote.id, stream_id)
         if file.stream_metadata is None and ev.metadata is not None:
             file.stream_metadata = ev.metadata
@@ -335,7 +360,8 @@ class RoomRecorder:
             path = self.out_dir / f"{name[:-5]}.{n}.webm"
         self._next_id += 1
         file = _File(peer_id, stream_id, segment, path, self.now(), id=self._next_id,
-                     limit=self._queue_frames, queue=asyncio.Queue(self._queue_frames + 1))
+                     limit=self._queue_frames, byte_limit=self._queue_bytes,
+                     queue=asyncio.Queue(self._queue_frames + 1))
         self._files.append(file)
         self._open[key] = file
         self._spawn(self._seal_later(file))
@@ -358,6 +384,7 @@ class RoomRecorder:
                 if item is None:
                     break
                 index, frame, arrival = item
+                file.queued_bytes -= _size(frame)
                 await self._send(encode_frame(file.id, index, frame, arrival))
             await self._send(pack({"op": "close", "id": file.id}))
         except (ConnectionError, BrokenPipeError) as exc:
@@ -386,9 +413,20 @@ class RoomRecorder:
             if entry.start is None:
                 entry.start = now
             entry.end = now
-            if file.queue.qsize() >= file.limit:
+            size = _size(frame)
+            if size > file.byte_limit:
                 entry.dropped += 1
                 continue
+            # Full: the oldest queued frames go, so the file keeps the latest media and still
+            # ends when the stream ended (the gap is in the middle, where the overload was).
+            while file.queue.qsize() >= file.limit or \
+                    file.queued_bytes + size > file.byte_limit:
+                old = file.queue.get_nowait()
+                assert old is not None  # the sentinel comes after the last read
+                file.queued_bytes -= _size(old[1])
+                file.tracks[old[0]].frames -= 1
+                file.tracks[old[0]].dropped += 1
+            file.queued_bytes += size
             file.queue.put_nowait((entry.index, frame, now - file.t0))
             entry.frames += 1
         if not file.closing and all(t.reader is None or t.reader.done() or t is entry
@@ -442,6 +480,7 @@ class RoomRecorder:
             "recorder_peer_ids": list(self._recorder_ids),
             "peers": {pid: dict(e) for pid, e in self._peers.items()},
             "files": [f.manifest(self.out_dir) for f in self._files],
+            "ignored_tracks": self._ignored,
         }
 
     def _write_manifest(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from .history import Position, parse_position
 from .ice import ICE_SERVERS_TYPE
 from .limits import MAX_ICE_CREDENTIAL_CHARS, MAX_ICE_SERVERS, MAX_ICE_URL_CHARS
 from .validate import channel_problem, peer_id_problem, request_id_problem
@@ -48,6 +49,7 @@ __all__ = [
     "encode_ice_servers",
     "encode_json",
     "encode_message",
+    "encode_message_at",
     "encode_pong",
     "encode_presence",
     "encode_welcome",
@@ -69,6 +71,10 @@ class Request(msgspec.Struct):
     to: Any = None
     includeSenderMetadata: Any = None
     data: msgspec.Raw = _EMPTY_RAW
+    history: Any = None
+    """roomwire's history extension (``protocol.history``): ``true`` opts a subscribe in."""
+    recover: Any = None
+    """roomwire's history extension: the position a resubscribe resumes from."""
 
     @property
     def has_data(self) -> bool:
@@ -78,11 +84,10 @@ class Request(msgspec.Struct):
 
 _request_decoder = msgspec.json.Decoder(Request)
 
-
-def decode_request(payload: bytes | str) -> Request:
-    """Decode a client frame. Raises ``msgspec.DecodeError`` (a ``ValueError``) when the frame is
-    not a JSON object; field types are left to the caller."""
-    return _request_decoder.decode(payload)
+#: Decode a client frame. Raises ``msgspec.DecodeError`` (a ``ValueError``) when the frame is
+#: not a JSON object; field types are left to the caller. The decoder's own method, not a
+#: wrapper: it runs for every frame a client sends.
+decode_request = _request_decoder.decode
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,10 +158,21 @@ def encode_message(
     )
 
 
+def encode_message_at(
+    channel_json: bytes, sender_json: bytes, data: bytes, sender_metadata: bytes | None,
+    position_suffix: bytes,
+) -> bytes:
+    """A ``message`` frame for a subscriber of roomwire's history extension: the same fields,
+    then ``offset`` and ``epoch`` (``history.encode_position_suffix``)."""
+    body = encode_message(channel_json, sender_json, data, sender_metadata)
+    return body[:-1] + position_suffix + b"}"
+
+
 def encode_direct(sender_json: bytes, data: bytes, sender_metadata: bytes | None = None) -> bytes:
     """A ``direct`` frame from already-encoded parts."""
+    # One join copies once; chained ``+`` copies at every step (and ``data`` is a Raw).
     if sender_metadata is None:
-        return b'{"type":"direct","from":' + sender_json + b',"data":' + data + b"}"
+        return b"".join((b'{"type":"direct","from":', sender_json, b',"data":', data, b"}"))
     return b"".join(
         (b'{"type":"direct","from":', sender_json, b',"data":', data, b',"fromMetadata":',
          sender_metadata, b"}")
@@ -216,11 +232,18 @@ def _with_request_id(frame: dict[str, Any], request_id: str | None) -> dict[str,
 
 
 def build_subscribe(
-    channel: str, request_id: str | None = None, include_sender_metadata: bool = False
+    channel: str, request_id: str | None = None, include_sender_metadata: bool = False,
+    *, history: bool = False, recover: Position | None = None,
 ) -> str:
+    """``history``/``recover``: roomwire's history extension (``protocol.history``); without
+    them the frame is exactly the official clients'."""
     frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
     if include_sender_metadata:
         frame["includeSenderMetadata"] = True
+    if recover is not None:
+        frame["recover"] = {"epoch": recover.epoch, "offset": recover.offset}
+    elif history:
+        frame["history"] = True
     return _dumps(_with_request_id(frame, request_id))
 
 
@@ -262,6 +285,13 @@ class Welcome:
 @dataclass(frozen=True, slots=True)
 class Ack:
     request_id: str
+    history: Position | None = None
+    """roomwire's history extension: the channel's position in a subscribe ack."""
+    has_history: bool = False
+    """Whether the ack had a ``history`` field at all (null: the server keeps none)."""
+    recovered: bool | None = None
+    position: Position | None = None
+    """The position of one's own publish (a publish ack to an opted-in socket)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +307,8 @@ class Message:
     sender_peer_id: str
     data: Any
     sender_metadata: dict[str, Any] | None = None
+    position: Position | None = None
+    """roomwire's history extension: set only for an opted-in subscriber."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +392,8 @@ def parse_server_frame(text: str | bytes) -> ServerFrame | None:
         ):
             return None
         return Message(frame["channel"], frame["from"], frame["data"],
-                       _obj(frame.get("fromMetadata")))
+                       _obj(frame.get("fromMetadata")),
+                       parse_position(frame) if "offset" in frame else None)
     if kind == "direct":
         if not isinstance(frame.get("from"), str) or "data" not in frame:
             return None
@@ -373,7 +406,11 @@ def parse_server_frame(text: str | bytes) -> ServerFrame | None:
         return PresenceFrame(frame["channel"], joined, left)
     if kind == "ack":
         rid = frame.get("requestId")
-        return Ack(rid) if isinstance(rid, str) else None
+        if not isinstance(rid, str):
+            return None
+        if len(frame) == 2:
+            return Ack(rid)
+        return _extended_ack(rid, frame)
     if kind == "error":
         code = frame.get("code")
         if not isinstance(code, str) or not code:
@@ -408,6 +445,18 @@ def parse_server_frame(text: str | bytes) -> ServerFrame | None:
             return GoingAway(int(ms))
         return GoingAway(1000)
     return None
+
+
+def _extended_ack(rid: str, frame: dict[str, Any]) -> Ack:
+    """An ack with roomwire's history fields; a malformed one is an ack all the same."""
+    raw = frame.get("history")
+    history = None
+    if isinstance(raw, dict):
+        history = parse_position(raw)
+    recovered = frame.get("recovered")
+    return Ack(rid, history, "history" in frame,
+               recovered if isinstance(recovered, bool) else None,
+               parse_position(frame) if "offset" in frame else None)
 
 
 def parse_ice_servers(metadata: dict[str, Any] | None) -> list[dict[str, Any]] | None:

@@ -77,6 +77,25 @@ def peer_id_problem(peer_id: object) -> str | None:
     return None
 
 
+def peer_id_ok(peer_id: object) -> bool:
+    """``peer_id_problem(peer_id) is None``, without building a message: the check on every
+    direct ``send``. Printable ASCII is exactly the ASCII characters ``str.isprintable``
+    accepts (space to tilde)."""
+    return (
+        isinstance(peer_id, str)
+        and 0 < len(peer_id) <= MAX_PEER_ID_BYTES
+        and peer_id.isascii()
+        and peer_id.isprintable()
+    )
+
+
+def request_id_ok(request_id: object) -> bool:
+    """``request_id_problem(request_id) is None``, without building a message."""
+    return (
+        isinstance(request_id, str) and 0 < len(request_id) <= MAX_REQUEST_ID_CHARS
+    )
+
+
 def validate_peer_id(peer_id: object) -> str:
     """Return ``peer_id`` if valid, else raise ProtocolViolation(invalid_peer_id)."""
     problem = peer_id_problem(peer_id)

@@ -103,6 +103,15 @@ class ServerConfig:
     rest_rate_limit: float = 50.0
     """REST requests per second per secret key (and per IP for failed auth); 0 disables."""
     rest_rate_burst: int = 100
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """Channel history for roomwire's recovery extension (docs/protocol.md, "roomwire
+    extension: history and recovery"): rules ``{app?, channels?, size, ttl}``, the first
+    matching (app, channel) wins; empty (the default): no channel keeps history. Refused in
+    a cluster (history is kept in one node's memory)."""
+    history_max_bytes: int = 64 * 2**20
+    """Memory all channel histories of a node may hold together (payloads plus about 120
+    bytes per message); past it the channels published to least recently lose their oldest
+    messages first."""
 
     # -- cluster (docs/cluster.md) --------------------------------------------------------------
     redis_url: str | None = None
@@ -126,6 +135,35 @@ class ServerConfig:
     """Seconds between merges of the message counters into the cluster's (quota lag)."""
     reuse_port: bool = False
     """Bind with SO_REUSEPORT (``serve --workers N`` sets it for its workers)."""
+
+    # -- webhooks (docs/operations.md, "Webhooks") ----------------------------------------------
+    webhooks: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    """Endpoints from the config file (``[[webhooks]]`` tables: ``url``, ``secret``, and
+    optionally ``app``, ``events``, ``channel_patterns``, ``id``, ``enabled``); more can be
+    added at runtime through the admin API or ``roomwire webhooks``."""
+    webhook_grace: float = 3.0
+    """Seconds ``channel_vacated`` and ``peer_left`` wait; a return within it sends neither
+    the leave nor the arrival. 0 sends them at once."""
+    webhook_batch_max: int = 100
+    """Most events in one webhook request."""
+    webhook_batch_delay: float = 0.05
+    """Longest wait for more events before a request leaves with fewer than the maximum."""
+    webhook_timeout: float = 5.0
+    """Seconds a webhook request may take in all (connect, send, answer)."""
+    webhook_retry_initial: float = 0.5
+    """First retry delay; it doubles per failure up to ``webhook_retry_max``."""
+    webhook_retry_max: float = 60.0
+    webhook_retry_for: float = 3600.0
+    """How long a failing batch is retried before its events are given up."""
+    webhook_outbox_max: int = 100_000
+    """Events waiting per endpoint on this node; newer events for a full endpoint are
+    dropped and counted (their sequence numbers are used, so receivers see the gap)."""
+    webhook_allowed_networks: list[str] = field(default_factory=list)
+    """Private, loopback or link-local networks webhook targets may still be on (CIDR,
+    e.g. ``127.0.0.0/8``); every other such target is refused."""
+    webhook_message_max_bytes: int = 4096
+    """``message_published`` carries the message's data up to this size; a larger one
+    carries only its size and ``truncated: true``."""
 
     @property
     def max_frame_size(self) -> int:
@@ -202,8 +240,39 @@ class ServerConfig:
         check_admin_token(self.admin_token)
         if self.admin_auth_failures < 1 or self.admin_auth_window <= 0:
             raise ValueError("admin_auth_failures must be >= 1 and admin_auth_window positive")
+        if self.history:
+            from .history import parse_rules
+
+            parse_rules(self.history)
+            if self.history_max_bytes < 2**20:
+                raise ValueError("history_max_bytes must be at least 1048576 (1 MiB)")
+            if self.redis_url:
+                raise ValueError(
+                    "history is not available in a cluster yet: it is kept in one node's "
+                    "memory, so a client coming back to another node could not recover; "
+                    "remove the history setting or redis_url")
         if self.demo not in DEMO_MODES:
             raise ValueError(f"demo must be one of auto, on, off, not {self.demo!r}")
+        self._validate_webhooks()
+
+    def _validate_webhooks(self) -> None:
+        if self.webhook_grace < 0 or self.webhook_batch_delay < 0:
+            raise ValueError("webhook_grace and webhook_batch_delay must be >= 0")
+        if not 1 <= self.webhook_batch_max <= 1000:
+            raise ValueError("webhook_batch_max must be between 1 and 1000")
+        if self.webhook_timeout <= 0 or self.webhook_retry_initial <= 0:
+            raise ValueError("webhook_timeout and webhook_retry_initial must be positive")
+        if self.webhook_retry_max < self.webhook_retry_initial or self.webhook_retry_for < 0:
+            raise ValueError("webhook_retry_max must be >= webhook_retry_initial and "
+                             "webhook_retry_for >= 0")
+        if self.webhook_outbox_max < 1 or self.webhook_message_max_bytes < 0:
+            raise ValueError("webhook_outbox_max must be >= 1 and webhook_message_max_bytes "
+                             ">= 0")
+        from .webhooks.policy import endpoint_from_config, parse_networks
+
+        parse_networks(self.webhook_allowed_networks)
+        for entry in self.webhooks:
+            endpoint_from_config(entry, "default")
 
     @property
     def demo_enabled(self) -> bool:

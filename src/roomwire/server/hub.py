@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..protocol import frames
+from ..protocol.history import Position, encode_position_suffix
 from ..protocol.patterns import is_pattern
-from .broker import Broker
+from .broker import Broker, PresenceObserver
+from .history import Entry, History, Stream, decide
 from .wildcards import Wildcards
 
 _perf = time.perf_counter
@@ -58,6 +60,26 @@ class _Uncounted:
         return None
 
 
+class HubObserver(PresenceObserver, Protocol):
+    """Who hears the hub's lifecycle facts (the webhook service). Called synchronously at
+    each transition; a hub without an observer (no webhook configured) pays one attribute
+    test per connection change and per publish, nothing more. In a cluster, joins and leaves
+    come from the broker instead (``PresenceObserver``), connections and publishes from the
+    node that holds the socket."""
+
+    message_apps: frozenset[str]
+    """Apps that want ``published`` calls."""
+
+    def connected(self, app_id: str, peer_id: str, metadata: bytes | None,
+                  connections: int) -> None: ...
+
+    def disconnected(self, app_id: str, peer_id: str, code: int, reason: str,
+                     connections: int) -> None: ...
+
+    def published(self, app_id: str, channel: str, data: bytes, sender_json: bytes) -> None:
+        ...
+
+
 class Link(Protocol):
     """A local connection, as the hub needs it."""
 
@@ -67,6 +89,9 @@ class Link(Protocol):
     peer_metadata: bytes | None
     presence_entry: bytes
     receives_presence: bool
+    close_code: int | None
+    """How the connection ended, once it has (webhooks' ``peer_disconnected``)."""
+    close_reason: str
 
     def send(self, payload: bytes) -> None:
         """Queue one server frame (JSON bytes)."""
@@ -102,6 +127,9 @@ class Room:
     """Cluster: links whose subscribe waits for the broker -> includeSenderMetadata."""
     joining: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     """Cluster: peerId -> its join in flight (later sockets of the peer wait for it too)."""
+    positioned: dict[Link, None] = field(default_factory=dict)
+    """Subscribers that opted in to roomwire's history extension (they are in ``plain`` or
+    ``with_meta`` as well): their messages carry the position."""
 
     def __len__(self) -> int:
         return len(self.plain) + len(self.with_meta)
@@ -139,6 +167,16 @@ class Hub:
         self.tenants: dict[str, Tenant] = {}
         self._unwelcomed: set[Link] = set()
         """Cluster: links whose welcome waits for the broker; no direct reaches them yet."""
+        self.history: History | None = None
+        """Channel history (roomwire's extension); None: no channel keeps any."""
+        self.clock: Callable[[], float] = time.time
+        self.replay_max_bytes: int | None = None
+        """A recovery that would replay more than this is refused (``recovered`` false)."""
+        self.last_stream: Stream | None = None
+        """The history stream the latest ``publish`` was recorded in (None: not recorded);
+        the session reads it right after publishing, to put the position in its ack."""
+        self.observer: HubObserver | None = None
+        """Lifecycle facts go here (set while a webhook is configured)."""
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -167,6 +205,8 @@ class Hub:
         sockets[link] = None
         if ready is not None and not ready.done():
             self._unwelcomed.add(link)
+        if self.observer is not None:
+            self.observer.connected(link.app_id, link.peer_id, link.peer_metadata, len(sockets))
         return ready
 
     def welcomed(self, link: Link) -> None:
@@ -184,6 +224,10 @@ class Hub:
         sockets = t.peers.get(link.peer_id)
         if sockets is not None and link in sockets:
             del sockets[link]
+            if self.observer is not None:
+                self.observer.disconnected(
+                    link.app_id, link.peer_id, link.close_code or 1006, link.close_reason,
+                    len(sockets))
             if not sockets:
                 del t.peers[link.peer_id]
                 self.broker.peer_connected(link.app_id, link.peer_id, False)
@@ -237,12 +281,16 @@ class Hub:
         else:
             peer = link.peer_id
             was_present = room.present(peer)
+            first = not room.local
             room.local[peer] = room.local.get(peer, 0) + 1
             if room.local[peer] == 1:
                 room.entries[peer] = link.presence_entry
                 self.broker.presence(link.app_id, channel, peer, link.presence_entry, True)
             if not was_present:
                 self._broadcast_presence(room, [link.presence_entry], [])
+                if self.observer is not None:
+                    self.observer.joined(link.app_id, channel, peer, link.presence_entry,
+                                         len(room.local), first)
         (room.with_meta if include_sender_metadata else room.plain)[link] = None
         if not link.receives_presence:
             return None
@@ -311,6 +359,8 @@ class Hub:
             return False
         room.plain.pop(link, None)
         room.with_meta.pop(link, None)
+        if room.positioned:
+            room.positioned.pop(link, None)
         peer = link.peer_id
         count = room.local.get(peer, 0) - 1
         if count > 0:
@@ -322,6 +372,9 @@ class Hub:
             if not room.present(peer):
                 room.entries.pop(peer, None)
                 self._broadcast_presence(room, [], [entry])
+                if self.observer is not None:
+                    self.observer.left(link.app_id, channel, peer, entry, len(room.local),
+                                       not room.local)
         self._maybe_drop_room(link.app_id, room)
         return True
 
@@ -331,6 +384,7 @@ class Hub:
                 return False
             room.plain.pop(link, None)
             room.with_meta.pop(link, None)
+        room.positioned.pop(link, None)
         peer = link.peer_id
         held = room.held.get(peer, 0) - 1
         if held > 0:
@@ -424,15 +478,25 @@ class Hub:
         and framed once per variant, and every write is queued, never awaited. One publish in
         a few is timed (``HubCounters.sample_fanout``): two clock reads, not on every call."""
         counters = self.counters
+        stream = None
+        if self.history is not None:
+            stream = self.history.append(app_id, channel, self.clock(), data, sender_json,
+                                         sender_metadata)
+            self.last_stream = stream
         if counters.sample_fanout():
             start = _perf()
-            delivered = self._fan_out(app_id, channel, data, sender_json, sender_metadata, skip)
+            delivered = self._fan_out(app_id, channel, data, sender_json, sender_metadata, skip,
+                                      stream=stream)
             counters.observe_fanout(_perf() - start)
         else:
-            delivered = self._fan_out(app_id, channel, data, sender_json, sender_metadata, skip)
+            delivered = self._fan_out(app_id, channel, data, sender_json, sender_metadata, skip,
+                                      stream=stream)
         counters.frames_sent["message"] += delivered
         if self.broker.clustered:
             self.broker.publish(app_id, channel, data, sender_json, sender_metadata)
+        observer = self.observer
+        if observer is not None and app_id in observer.message_apps:
+            observer.published(app_id, channel, data, sender_json)
         return delivered
 
     def _fan_out(
@@ -444,9 +508,11 @@ class Hub:
         sender_metadata: bytes | None,
         skip: Link | None,
         patterns: bool = True,
+        stream: Stream | None = None,
     ) -> int:
         """Queue a message for the local subscribers of ``channel`` and, with ``patterns``,
-        for the local pattern subscribers it matches."""
+        for the local pattern subscribers it matches. ``stream``: the history the message was
+        just recorded in (its subscribers that opted in get the position)."""
         t = self.tenants.get(app_id)
         if t is None:
             return 0
@@ -457,6 +523,9 @@ class Hub:
                                         skip)
         if room is None:
             return n
+        if stream is not None and room.positioned:
+            return n + self._fan_out_positioned(room, data, sender_json, sender_metadata, skip,
+                                                stream)
         if room.plain:
             wire = self._wire(frames.encode_message(room.name_json, sender_json, data))
             for sub in room.plain:
@@ -471,6 +540,85 @@ class Hub:
                     sub.send_wire(wire)
                     n += 1
         return n
+
+    def _fan_out_positioned(
+        self, room: Room, data: bytes, sender_json: bytes, sender_metadata: bytes | None,
+        skip: Link | None, stream: Stream,
+    ) -> int:
+        """``_fan_out`` for a room with opted-in subscribers: up to four variants (sender
+        metadata or not, position or not), each encoded once."""
+        suffix = encode_position_suffix(stream.top, stream.epoch_json)
+        positioned = room.positioned
+        n = 0
+        if len(positioned) == len(room):
+            # Everyone opted in (a room of roomwire SDKs): one variant per group, no lookups.
+            for group, metadata in ((room.plain, None), (room.with_meta, sender_metadata)):
+                if group:
+                    at = self._wire(frames.encode_message_at(
+                        room.name_json, sender_json, data, metadata, suffix))
+                    for sub in group:
+                        if sub is not skip:
+                            sub.send_wire(at)
+                            n += 1
+            return n
+        for group, metadata in ((room.plain, None), (room.with_meta, sender_metadata)):
+            if not group:
+                continue
+            bare = at = b""
+            for sub in group:
+                if sub is skip:
+                    continue
+                if sub in positioned:
+                    if not at:
+                        at = self._wire(frames.encode_message_at(
+                            room.name_json, sender_json, data, metadata, suffix))
+                    sub.send_wire(at)
+                else:
+                    if not bare:
+                        bare = self._wire(frames.encode_message(
+                            room.name_json, sender_json, data, metadata))
+                    sub.send_wire(bare)
+                n += 1
+        return n
+
+    # -- history (roomwire's extension) --------------------------------------------------------
+
+    def follow_history(self, link: Link, channel: str, recover: Position | None,
+                       ) -> tuple[Position | None, bool | None, list[bytes]]:
+        """``link`` (subscribed to ``channel`` just now) opted in to history: its position
+        from here on, whether ``recover`` could be honoured, and the frames to replay (each
+        already a ``message`` with its position). (None, None/False, []) when the channel
+        keeps no history. Runs in the same turn as the subscribe, so no publish falls
+        between the replay and the first live message."""
+        room = self._room(link.app_id, channel, create=False)
+        history = self.history
+        if history is None or room is None or not room.has(link):
+            return None, (None if recover is None else False), []
+        now = self.clock()
+        stream = history.stream(link.app_id, channel, now)
+        if stream is None:
+            return None, (None if recover is None else False), []
+        stream.touched = now
+        room.positioned[link] = None
+        if recover is None:
+            return stream.position, None, []
+        recovered, replay = decide(stream, recover, now, self.replay_max_bytes)
+        metadata = link in room.with_meta
+        out = [self._replay_frame(room, entry, stream, metadata) for entry in replay]
+        return stream.position, recovered, out
+
+    def unfollow_history(self, link: Link, channel: str) -> None:
+        """A repeated subscribe without the extension: plain messages from now on."""
+        room = self._room(link.app_id, channel, create=False)
+        if room is not None:
+            room.positioned.pop(link, None)
+
+    @staticmethod
+    def _replay_frame(room: Room, entry: Entry, stream: Stream, metadata: bool) -> bytes:
+        return frames.encode_message_at(
+            room.name_json, entry.sender_json, entry.data,
+            entry.sender_metadata if metadata else None,
+            encode_position_suffix(entry.offset, stream.epoch_json))
 
     def direct(
         self, app_id: str, peer_id: str, data: bytes, sender_json: bytes,
@@ -529,7 +677,8 @@ class Hub:
         n = len(sockets)
         self.counters.frames_sent["direct"] += n
         if n == 1:
-            next(iter(sockets)).send(payload)
+            for link in sockets:
+                link.send(payload)
             return 1
         wire = self._wire(payload)
         for link in sockets:

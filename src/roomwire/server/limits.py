@@ -144,6 +144,15 @@ class AppUsage:
     refused_connections: int = 0
     """Connections refused with 4010 (over the concurrent-connection limit)."""
 
+    def count(self, limit: int | None) -> bool:
+        """Count one publish or send attempt; False when it is over ``limit`` (it is still
+        counted, as the hosted service counts soft-dropped messages)."""
+        self.messages += 1
+        if limit is not None and self.messages > limit:
+            self.rejected_messages += 1
+            return False
+        return True
+
 
 @dataclass
 class UsageMeter:
@@ -153,6 +162,8 @@ class UsageMeter:
     apps: dict[str, AppUsage] = field(default_factory=dict)
 
     def usage(self, app_id: str) -> AppUsage:
+        """The app's counters for the current period. The object of one app and period is
+        never replaced, so a caller may keep it and count on it until its ``period_end``."""
         now = self.clock()
         u = self.apps.get(app_id)
         if u is None or now >= u.period_end:
@@ -163,12 +174,7 @@ class UsageMeter:
     def count_message(self, app_id: str, limit: int | None) -> bool:
         """Count one publish or send attempt; False when it is over the app's quota (it is
         still counted, as the hosted service counts soft-dropped messages)."""
-        u = self.usage(app_id)
-        u.messages += 1
-        if limit is not None and u.messages > limit:
-            u.rejected_messages += 1
-            return False
-        return True
+        return self.usage(app_id).count(limit)
 
     def note_connections(self, app_id: str, current: int) -> None:
         u = self.usage(app_id)

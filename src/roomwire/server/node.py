@@ -23,6 +23,7 @@ from .config import ServerConfig, check_admin_token
 from .drain import PRESENCE_LINGER, close_batches
 from .gateway.front import ConnectionCaps, FrontProtocol
 from .gateway.websocket import Outbox, WsSession, ws_text_frame
+from .history import History, parse_rules
 from .http.admin import add_routes as mount_admin_api
 from .http.app import build_http_app
 from .http.demo import DemoContext
@@ -35,8 +36,12 @@ from .metrics import Metrics, render_node
 from .store import App, Store, open_store
 from .store.usage import flush as flush_usage_rows
 from .store.usage import restore as restore_usage
+from .webhooks.policy import endpoint_from_config
+from .webhooks.service import WebhookService
 
 log = logging.getLogger("roomwire.node")
+#: Seconds between sweeps of idle channel histories (a forgotten one costs memory only).
+HISTORY_SWEEP_INTERVAL = 5.0
 
 
 class Node:
@@ -52,6 +57,13 @@ class Node:
         self.usage = UsageMeter()
         self.broker: Broker = broker or _broker_for(config, self.usage)
         self.hub = Hub(ws_text_frame, self.broker, self.metrics)
+        if config.history:
+            if self.broker.clustered:
+                raise ValueError("history is not available in a cluster yet (docs/cluster.md)")
+            self.hub.history = History(parse_rules(config.history),
+                                       max_bytes=config.history_max_bytes)
+            # Half the outbound bound: the replay and what follows it must fit.
+            self.hub.replay_max_bytes = config.outbound_queue_bytes // 2
         self.broker.health_listener = self._backplane_health
         self.ice = IceProvider(config.ice_servers, config.turn_urls, config.turn_secret,
                                config.turn_ttl)
@@ -68,6 +80,7 @@ class Node:
         self._data_version = -1
         self._stopped = asyncio.Event()
         self._shutting_down = False
+        self.webhooks = WebhookService(config)
 
     # -- startup -------------------------------------------------------------------------------
 
@@ -83,6 +96,8 @@ class Node:
         )
         self.reload_keyring()
         restore_usage(self.usage, self.store)
+        await self.webhooks.start()
+        self.reload_webhooks()
         await self.broker.start(self.hub)
         demo_context = DemoContext(self.config, self.default_app.id, lambda: self.keyring)
         http_app = build_http_app(
@@ -113,6 +128,8 @@ class Node:
         self._tasks.append(self.loop.create_task(self._keepalive()))
         self._tasks.append(self.loop.create_task(self._watch_store()))
         self._tasks.append(self.loop.create_task(self._flush_usage_loop()))
+        if self.hub.history is not None:
+            self._tasks.append(self.loop.create_task(self._sweep_history()))
 
     # -- auth and admission -------------------------------------------------------------------
 
@@ -160,6 +177,14 @@ class Node:
         if self.store is not None:
             flush_usage_rows(self.usage, self.store)
 
+    async def _sweep_history(self) -> None:
+        """Forget idle channel histories (their memory); expired entries go on publish too."""
+        history = self.hub.history
+        assert history is not None
+        while True:
+            await asyncio.sleep(HISTORY_SWEEP_INTERVAL)
+            history.sweep(self.hub.clock())
+
     async def _flush_usage_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.usage_flush_interval)
@@ -174,7 +199,7 @@ class Node:
         return render_node(self.metrics, self.hub, self.usage, self.sessions,
                            self.http_caps.slots.open, ready=self.ready,
                            backplane_up=self.broker.healthy if self.broker.clustered else None,
-                           max_connections=limits)
+                           max_connections=limits) + self.webhooks.render_metrics()
 
     # -- keeping the keyring fresh -------------------------------------------------------------
 
@@ -187,12 +212,33 @@ class Node:
         self.keyring = Keyring(apps, keys)
         if old.apps or old.keys:
             self._apply_changes(old, self.keyring)
+        if self.webhooks.outbox is not None:
+            self.reload_webhooks()
+
+    def reload_webhooks(self) -> None:
+        """Apply the webhook endpoints of the config file and the store; the hub is observed
+        only while there is one."""
+        assert self.store is not None
+        endpoints = [endpoint_from_config(e, self.default_app.id) for e in self.config.webhooks]
+        endpoints += self.store.list_webhooks()
+        self.webhooks.set_endpoints(endpoints)
+        self.hub.observer = self.webhooks if self.webhooks.active else None
+        # A cluster broker reports joins and leaves: its Redis scripts know which node made
+        # each transition, so each is reported once in the cluster.
+        self.broker.observer = self.hub.observer
 
     def _apply_changes(self, old: Keyring, new: Keyring) -> None:
         for app in new.apps.values():
             before = old.apps.get(app.id)
             if app.suspended and (before is None or not before.suspended):
                 self.hub.close_app(app.id, CloseCode.ACCOUNT_SUSPENDED, "this app is suspended")
+        # Sessions keep their app's quota instead of looking it up per message.
+        edited = {a for a in old.apps.keys() | new.apps.keys()
+                  if old.apps.get(a) != new.apps.get(a)}
+        if edited:
+            for session in self.sessions:
+                if session.app_id in edited:
+                    session.app_changed(new.apps.get(session.app_id))
         changed = {k for k, key in new.keys.items() if old.keys.get(k) != key}
         if not changed:
             return
@@ -320,6 +366,7 @@ class Node:
             await self._runner.cleanup()
             self._runner = None
         await self.broker.stop()
+        await self.webhooks.stop()
         if self.store is not None:
             try:
                 self.flush_usage()

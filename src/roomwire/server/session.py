@@ -16,19 +16,27 @@ from typing import Any, Protocol
 import msgspec
 
 from ..protocol import Action, CloseCode, ErrorCode, frames
+from ..protocol.history import (
+    Position,
+    encode_position_ack,
+    encode_subscribe_ack,
+    recover_problem,
+)
 from ..protocol.ice import ICE_SERVERS_TYPE
 from ..protocol.limits import MAX_REQUEST_ID_CHARS
 from ..protocol.patterns import is_pattern, pattern_problem
 from ..protocol.validate import (
     channel_problem,
     is_reserved_channel,
+    peer_id_ok,
     peer_id_problem,
+    request_id_ok,
     request_id_problem,
 )
 from .auth import Principal
 from .config import ServerConfig
 from .hub import Hub
-from .limits import TokenBucket, UsageMeter
+from .limits import AppUsage, TokenBucket, UsageMeter
 from .store import App
 
 _SCOPE_CACHE_MAX = 256
@@ -57,8 +65,26 @@ class Services(Protocol):
     def app(self, app_id: str) -> App | None: ...
 
 
+#: The attributes ``Session.__init__`` sets, for a subclass's ``__slots__``.
+SESSION_SLOTS = (
+    "_held", "_history_channels", "_scope", "_subscribing", "_usage", "_usage_clock",
+    "app_id", "attached", "bucket", "close_code", "close_reason", "closed", "counters",
+    "may_send", "peer_id", "peer_json", "peer_metadata", "ping_bucket", "presence_entry",
+    "principal", "quota_limit", "receives_presence", "services", "subscriptions",
+)
+
+
+_NO_LAYOUT: tuple[str, ...] = ()
+
+
 class Session(ABC):
     """The protocol side of a connection. Subclasses supply the transport."""
+
+    # No layout of its own, so that a transport may also derive from an extension type
+    # (picows' listener); such a transport lists ``SESSION_SLOTS`` in its own ``__slots__``.
+    # A server holds one session per connection, and slots take a kilobyte less than the
+    # dict of 35 attributes. Subclasses without ``__slots__`` get a dict as usual.
+    __slots__ = _NO_LAYOUT
 
     def __init__(self, services: Services, principal: Principal) -> None:
         self.services = services
@@ -70,9 +96,14 @@ class Session(ABC):
         self.peer_metadata = principal.peer_metadata
         self.presence_entry = frames.presence_entry(self.peer_json, principal.peer_metadata)
         self.receives_presence = principal.can(Action.PRESENCE)
+        self.may_send = principal.can(Action.SEND)
         self.subscriptions: dict[str, bool] = {}
         self._scope: dict[tuple[str, str], tuple[str, str] | None] = {}
         app = services.app(principal.app_id)
+        self.quota_limit = app.max_messages_per_period if app else None
+        """The app's message quota, kept current by ``app_changed``."""
+        self._usage: AppUsage | None = None
+        self._usage_clock = services.usage.clock
         cfg = services.config
         rate = app.rate_limit if app and app.rate_limit is not None else cfg.rate_limit
         burst = app.rate_burst if app and app.rate_burst is not None else cfg.rate_burst
@@ -81,12 +112,20 @@ class Session(ABC):
         # silence, so a socket pinging faster than this is flooding (docs/protocol.md).
         self.ping_bucket = TokenBucket(cfg.ping_rate, cfg.ping_burst)
         self.closed = False
+        self.close_code: int | None = None
+        """How the connection ended, recorded by the transport (the first close frame, sent
+        or received; 1006 when it ended without one): ``peer_disconnected`` webhooks carry
+        it."""
+        self.close_reason = ""
         self.attached = False
         """True once ``opened`` registered the session with the hub."""
         self._held: list[bytes | str] | None = None
         """Cluster: frames that arrived while a subscribe waits for Redis (handled after it,
         so the client's requests keep their order)."""
         self._subscribing: str | None = None
+        self._history_channels: set[str] | None = None
+        """Channels this socket opted in to history on (roomwire's extension); None until
+        the first, so sockets that never do cost nothing."""
 
     # -- transport ---------------------------------------------------------------------------
 
@@ -164,9 +203,14 @@ class Session(ABC):
         self.principal = principal
         self._scope.clear()
         self.receives_presence = principal.can(Action.PRESENCE)
+        self.may_send = principal.can(Action.SEND)
         if self.subscriptions and not principal.can(Action.SUBSCRIBE):
             return False
         return all(principal.subscription_allowed(c) for c in self.subscriptions)
+
+    def app_changed(self, app: App | None) -> None:
+        """The app's record changed (its limits were edited): adopt its message quota."""
+        self.quota_limit = app.max_messages_per_period if app else None
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -201,20 +245,23 @@ class Session(ABC):
             # Echo only a valid requestId: a ping must not become an amplifier.
             self.send(frames.encode_pong(rid if request_id_problem(rid) is None else None))
             return
-        if not self._spend():
+        if not self.bucket.take():
+            self.close(CloseCode.OVER_MESSAGE_RATE, "message rate limit exceeded")
             return
         rid = req.requestId
-        if rid is not None and request_id_problem(rid) is not None:
+        if rid is not None and not request_id_ok(rid):
             self._error(ErrorCode.MALFORMED_MESSAGE,
                         "requestId must be a non-empty string of at most "
                         f"{MAX_REQUEST_ID_CHARS} characters", None)
             return
-        if kind == "publish":
-            self.counters.count_frame("publish")
-            self._publish(req, rid)
-        elif kind == "send":
+        # The order of these tests is only about speed: a direct send (every SDP and ICE
+        # candidate) is the most frequent request.
+        if kind == "send":
             self.counters.count_frame("send")
             self._send(req, rid)
+        elif kind == "publish":
+            self.counters.count_frame("publish")
+            self._publish(req, rid)
         elif kind == "subscribe":
             self.counters.count_frame("subscribe")
             self._subscribe(req, rid)
@@ -285,9 +332,12 @@ class Session(ABC):
         return verdict
 
     def _quota_ok(self, rid: str | None) -> bool:
-        app = self.services.app(self.app_id)
-        limit = app.max_messages_per_period if app else None
-        if self.services.usage.count_message(self.app_id, limit):
+        # The period's counters are kept rather than looked up per message; the meter never
+        # replaces them before their period ends.
+        u = self._usage
+        if u is None or self._usage_clock() >= u.period_end:
+            u = self._usage = self.services.usage.usage(self.app_id)
+        if u.count(self.quota_limit):
             return True
         self._error(ErrorCode.OVER_MESSAGE_QUOTA,
                     "the app's message quota for this period is used up", rid)
@@ -321,18 +371,25 @@ class Session(ABC):
             self.app_id, req.channel, req.data, self.peer_json, self.peer_metadata, skip=self
         )
         if rid is not None:
-            self.send(frames.encode_ack(rid))
+            opted = self._history_channels
+            stream = self.services.hub.last_stream if opted and req.channel in opted else None
+            if stream is not None:
+                self.send(encode_position_ack(rid, stream.position))
+            else:
+                self.send(frames.encode_ack(rid))
 
     def _send(self, req: frames.Request, rid: str | None) -> None:
         to = req.to
-        problem = peer_id_problem(to)
-        if problem is not None:
-            self._error(ErrorCode.INVALID_PEER_ID, f"'to': {problem}", rid)
+        data = req.data
+        # The common case is checked in one expression; any failure goes to
+        # ``_refuse_send``, which runs the checks in their documented order for the error.
+        if not (peer_id_ok(to) and self.may_send and data):
+            self._refuse_send(req, rid)
             return
-        if not self.principal.can(Action.SEND):
-            self._error(ErrorCode.ACTION_NOT_PERMITTED, "this credential may not send", rid)
-            return
-        if not self._data_ok(req, "send", rid):
+        try:
+            codecs.utf_8_decode(data, "strict", True)
+        except UnicodeDecodeError:
+            self._refuse_send(req, rid)
             return
         if not self._quota_ok(rid):
             return
@@ -350,6 +407,17 @@ class Session(ABC):
             return
         if rid is not None:
             self.send(frames.encode_ack(rid))
+
+    def _refuse_send(self, req: frames.Request, rid: str | None) -> None:
+        """Answer a ``send`` that failed a check: the first failing one, in order."""
+        problem = peer_id_problem(req.to)
+        if problem is not None:
+            self._error(ErrorCode.INVALID_PEER_ID, f"'to': {problem}", rid)
+        elif not self.principal.can(Action.SEND):
+            self._error(ErrorCode.ACTION_NOT_PERMITTED, "this credential may not send", rid)
+        elif self._data_ok(req, "send", rid):
+            # Unreachable while the quick checks in ``_send`` mean the same as these.
+            self._error(ErrorCode.INTERNAL_ERROR, "the send could not be checked; retry", rid)
 
     def _sent(self, f: asyncio.Future[int | None], rid: str | None) -> None:
         """A cluster direct's answer: Redis told whether any node holds the peer."""
@@ -379,22 +447,58 @@ class Session(ABC):
             return
         include = req.includeSenderMetadata is True
         hub = self.services.hub
-        snapshot = (hub.subscribe_pattern(self, channel, include) if "*" in channel
-                    and is_pattern(channel) else hub.subscribe(self, channel, include))
+        pattern = "*" in channel and is_pattern(channel)
+        # roomwire's history extension (patterns have none: the fields are ignored there).
+        want: Position | bool = False
+        if not pattern and req.recover is not None:
+            parsed = recover_problem(req.recover)
+            if isinstance(parsed, str):
+                self._error(ErrorCode.MALFORMED_MESSAGE, parsed, rid)
+                return
+            want = parsed
+        elif not pattern and req.history is True:
+            want = True
+        snapshot = (hub.subscribe_pattern(self, channel, include) if pattern
+                    else hub.subscribe(self, channel, include))
         if isinstance(snapshot, asyncio.Future):
             self._held = []
             self._subscribing = channel
             snapshot.add_done_callback(
-                lambda f: self._subscribed(f, channel, include, rid))
+                lambda f: self._subscribed(f, channel, include, rid, want))
             return
         self.subscriptions[channel] = include
-        if rid is not None:
-            self.send(frames.encode_ack(rid))
+        self._answer_subscribe(channel, rid, snapshot, want)
+
+    def _answer_subscribe(self, channel: str, rid: str | None, snapshot: bytes | None,
+                          want: Position | bool) -> None:
+        """Ack, snapshot, and for an opted-in subscribe the replay (docs/protocol.md,
+        "roomwire extension: history and recovery"), all in this turn."""
+        replay: list[bytes] = []
+        opted = self._history_channels
+        if want is False:
+            if opted and channel in opted:
+                opted.discard(channel)
+                self.services.hub.unfollow_history(self, channel)
+            ack = frames.encode_ack(rid) if rid is not None else None
+        else:
+            recover = want if isinstance(want, Position) else None
+            position, recovered, replay = self.services.hub.follow_history(self, channel,
+                                                                           recover)
+            if position is not None:
+                if opted is None:
+                    opted = self._history_channels = set()
+                opted.add(channel)
+            ack = (encode_subscribe_ack(rid, position, recovered) if rid is not None
+                   else None)
+        if ack is not None:
+            self.send(ack)
         if snapshot is not None:
             self.send(snapshot)
+        for frame in replay:
+            self.send(frame)
 
     def _subscribed(self, f: asyncio.Future[None], channel: str, include: bool,
-                    rid: str | None) -> None:
+                    rid: str | None, want: Position | bool = False) -> None:
         """A cluster subscribe completed: ack, snapshot, then the frames held meanwhile."""
         self._subscribing = None
         if self.closed:
@@ -405,10 +509,7 @@ class Session(ABC):
             return
         snapshot = self.services.hub.finish_subscribe(self, channel)
         self.subscriptions[channel] = include
-        if rid is not None:
-            self.send(frames.encode_ack(rid))
-        if snapshot is not None:
-            self.send(snapshot)
+        self._answer_subscribe(channel, rid, snapshot, want)
         self._release()
 
     def _release(self) -> None:
@@ -431,5 +532,7 @@ class Session(ABC):
         assert isinstance(channel, str)
         if self.subscriptions.pop(channel, None) is not None:
             self.services.hub.unsubscribe(self, channel)
+            if self._history_channels:
+                self._history_channels.discard(channel)
         if rid is not None:
             self.send(frames.encode_ack(rid))

@@ -45,6 +45,7 @@ __all__ = [
     "PeerJoinedEvent",
     "PeerLeftEvent",
     "PeerStateEvent",
+    "RecoveryEvent",
     "RemoteConnectionResetEvent",
     "RemoteDataChannelEvent",
     "RemoteNegotiationErrorEvent",
@@ -115,6 +116,20 @@ class DataEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class RecoveryEvent:
+    """The channel was subscribed again after a reconnect (roomwire's history extension,
+    docs/sdk-signalling.md "Recovery after a reconnect"): ``recovered`` True means the
+    broadcasts missed meanwhile follow as ``data`` events (those of peers still in the
+    roster); False means some were lost, so resync what they carried; None means no
+    recovery was attempted (``recover=False``, or the server keeps no history for the
+    channel)."""
+
+    name: ClassVar[str] = "recovery"
+    channel: str
+    recovered: bool | None
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorEvent:
     """A fatal condition; branch on ``err.name`` (or ``err.code``)."""
 
@@ -123,9 +138,9 @@ class ErrorEvent:
 
 
 PeerEvent = (JoinedEvent | LeftEvent | PeerStateEvent | PeerJoinedEvent | PeerLeftEvent
-             | DataEvent | ErrorEvent)
+             | DataEvent | RecoveryEvent | ErrorEvent)
 
 PEER_EVENT_TYPES: dict[str, type[Any]] = {
     cls.name: cls for cls in (JoinedEvent, LeftEvent, PeerStateEvent, PeerJoinedEvent,
-                              PeerLeftEvent, DataEvent, ErrorEvent)
+                              PeerLeftEvent, DataEvent, RecoveryEvent, ErrorEvent)
 }

@@ -63,6 +63,7 @@ from ..signalling.events import (
     MessageEvent,
     PresenceEntry,
     PresenceEvent,
+    ResubscribedEvent,
     ServerErrorEvent,
     TokenProviderErrorEvent,
 )
@@ -90,6 +91,7 @@ from .events import (
     PeerJoinedEvent,
     PeerLeftEvent,
     PeerStateEvent,
+    RecoveryEvent,
 )
 from .ice_refresh import refresh_delay
 from .loopback import (
@@ -204,7 +206,8 @@ class MeteredPeer(Observable[PeerEventKey]):
     (sends kept while reconnecting), ``reconcile_timeout`` (seconds to wait for the roster after
     a reconnect, twice re-subscribing, before giving up), ``rejoin_grace`` (how long a peer
     missing from that roster may take to come back as the same ``RemotePeer``) and ``timings``
-    (engine delays).
+    (engine delays), ``recover`` (True: broadcasts missed during a reconnect are replayed by a
+    roomwire server that keeps history for the channel, reported by the ``recovery`` event).
     """
 
     def __init__(
@@ -228,13 +231,14 @@ class MeteredPeer(Observable[PeerEventKey]):
         reconcile_timeout: float = RECONCILE_DEADLINE,
         rejoin_grace: float = REJOIN_GRACE,
         timings: NegotiationTimings | None = None,
+        recover: bool = True,
     ) -> None:
         self._client = SignallingClient(
             url=url, api_key=api_key, token_provider=token_provider, logger=logger,
             reconnect=reconnect, inactivity_timeout=inactivity_timeout,
             token_provider_timeout=token_provider_timeout,
             auto_resubscribe=auto_resubscribe,
-            web_socket_factory=web_socket_factory,
+            web_socket_factory=web_socket_factory, recover=recover,
         )
         self._auto_resubscribe = bool(auto_resubscribe)
         self._std_log: logging.Logger | logging.LoggerAdapter[Any] = (
@@ -285,6 +289,7 @@ class MeteredPeer(Observable[PeerEventKey]):
         c.on(DisconnectedEvent, self._on_disconnected)
         c.on(PresenceEvent, self._on_presence)
         c.on(MessageEvent, self._on_message)
+        c.on(ResubscribedEvent, self._on_resubscribed)
         c.on(DirectEvent, self._on_direct)
         c.on(ServerErrorEvent, self._on_server_error)
         c.on(TokenProviderErrorEvent, self._on_token_error)
@@ -919,6 +924,10 @@ class MeteredPeer(Observable[PeerEventKey]):
             return
         self._emitter.emit(DataEvent(ev.sender_peer_id, ev.data, "broadcast",
                                      ev.sender_metadata))
+
+    def _on_resubscribed(self, ev: ResubscribedEvent) -> None:
+        if ev.channel == self._channel:
+            self._emitter.emit(RecoveryEvent(ev.channel, ev.recovered))
 
     def _on_direct(self, ev: DirectEvent) -> None:
         remote = self._known_sender(ev.sender_peer_id)

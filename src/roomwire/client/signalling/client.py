@@ -38,6 +38,7 @@ from ...protocol.frames import (
     parse_ice_servers,
     parse_server_frame,
 )
+from ...protocol.history import Position
 from ...protocol.validate import validate_channel, validate_peer_id
 from ..emitter import EventEmitter, EventKey, EventStream, Observable
 from ..log import ClientLogger, LoggerLike
@@ -63,11 +64,13 @@ from .events import (
     GoingAwayEvent,
     MessageEvent,
     PresenceEvent,
+    ResubscribedEvent,
     ServerErrorEvent,
     StateChangeEvent,
     TokenProviderErrorEvent,
 )
 from .options import ReconnectOptions, check_seconds
+from .positions import Positions
 from .reconnect import (
     Backoff,
     DisconnectCause,
@@ -170,6 +173,7 @@ class SignallingClient(Observable[EventKey]):
         welcome_timeout: float = limits.WELCOME_TIMEOUT,
         open_timeout: float = DEFAULT_OPEN_TIMEOUT,
         rng: Callable[[], float] | None = None,
+        recover: bool = True,
     ) -> None:
         if (api_key is None) == (token_provider is None):
             raise ValueError("pass exactly one credential: api_key or token_provider")
@@ -201,6 +205,15 @@ class SignallingClient(Observable[EventKey]):
                                               allow_zero=False)
         self._open_timeout = check_seconds("open_timeout", open_timeout, allow_zero=False)
         self._auto_resubscribe = bool(auto_resubscribe)
+        if not isinstance(recover, bool):
+            raise TypeError("recover must be True or False")
+        self._recover = recover
+        self._positions = Positions()
+        self._subscribing: dict[str, tuple[str, Position | None, bool]] = {}
+        """requestId of a subscribe in flight -> (channel, the position it recovers from,
+        whether it is a resubscribe). Its ack is noted as it is read: frames that follow it
+        in the same read (the replay, live messages) are dispatched before the waiting
+        request resumes."""
         self._factory: WebSocketFactory = web_socket_factory or websockets_factory(
             self._open_timeout
         )
@@ -657,12 +670,19 @@ class SignallingClient(Observable[EventKey]):
 
     def _dispatch(self, link: _Link, frame: ServerFrame) -> None:
         if isinstance(frame, Message):
+            if frame.position is not None and self._recover and frame.channel in self._subs:
+                self._positions.saw(frame.channel, frame.position)
             self._emit(MessageEvent(frame.channel, frame.sender_peer_id, frame.data,
-                                    frame.sender_metadata))
+                                    frame.sender_metadata, frame.position))
         elif isinstance(frame, Ack):
             fut = self._pending.get(frame.request_id)
             if fut is not None and not fut.done():
-                fut.set_result(None)
+                # An ack with the history extension's fields is handed to the request.
+                fut.set_result(frame if frame.has_history or frame.position is not None
+                               else None)
+                sub = self._subscribing.pop(frame.request_id, None)
+                if sub is not None:
+                    self._subscribe_acked(sub[0], frame, sub[1], sub[2])
         elif isinstance(frame, PresenceFrame):
             self._emit(PresenceEvent(frame.channel, frame.joined, frame.left))
         elif isinstance(frame, Direct):
@@ -699,9 +719,12 @@ class SignallingClient(Observable[EventKey]):
             if self._link is not link or channel not in self._subs:
                 return
             rid = _request_id()
-            text = build_subscribe(channel, rid, self._subs[channel])
+            asked = self._positions.get(channel) if self._recover else None
+            text = build_subscribe(channel, rid, self._subs[channel], history=self._recover,
+                                   recover=asked)
+            self._subscribing[rid] = (channel, asked, True)
             try:
-                await self._request(link, rid, text)
+                await self._request(link, rid, text)  # the ack emitted ``resubscribed``
                 return
             except DisconnectedError:
                 return
@@ -712,9 +735,27 @@ class SignallingClient(Observable[EventKey]):
                         self._emit(ServerErrorEvent(exc.code, exc.server_message, rid))
                     return
                 self._log.debug("resubscribing failed (%s); retrying", exc.code)
+            finally:
+                self._subscribing.pop(rid, None)
             await asyncio.sleep(self._replay_retry_delay)
 
     # -- requests ----------------------------------------------------------------------------
+
+    def _subscribe_acked(self, channel: str, ack: Ack, asked: Position | None,
+                         resubscribe: bool) -> None:
+        """A subscribe's ack, as it is read: note its history fields and, for a resubscribe,
+        emit ``resubscribed`` before the replayed messages that follow it."""
+        recovered: bool | None = None
+        position = None
+        if self._recover and channel in self._subs:
+            recovered = self._positions.subscribed(channel, ack, asked)
+            position = ack.history
+        if not resubscribe:
+            return
+        if recovered is False:
+            self._log.info("missed messages on a channel could not be recovered; the app "
+                           "should resync it")
+        self._emit(ResubscribedEvent(channel, recovered, position))
 
     def _require_link(self) -> _Link:
         link = self._link
@@ -791,21 +832,25 @@ class SignallingClient(Observable[EventKey]):
         link = self._require_link()
         rid = _request_id()
         include = bool(include_sender_metadata)
-        text = build_subscribe(channel, rid, include)
+        text = build_subscribe(channel, rid, include, history=self._recover)
         had, previous = channel in self._subs, self._subs.get(channel, False)
         self._subs[channel] = include
         fut = self._register(rid)
+        self._subscribing[rid] = (channel, None, False)
         try:
-            await self._send_frame(link, text)
-        except BaseException:
-            self._pending.pop(rid, None)
-            self._untrack(channel, had, previous)
-            raise
-        try:
-            await self._await_ack(rid, fut)
-        except ServerRequestError:
-            self._untrack(channel, had, previous)
-            raise
+            try:
+                await self._send_frame(link, text)
+            except BaseException:
+                self._pending.pop(rid, None)
+                self._untrack(channel, had, previous)
+                raise
+            try:
+                await self._await_ack(rid, fut)
+            except ServerRequestError:
+                self._untrack(channel, had, previous)
+                raise
+        finally:
+            self._subscribing.pop(rid, None)
 
     def _untrack(self, channel: str, had: bool, previous: bool) -> None:
         if had:
@@ -818,6 +863,7 @@ class SignallingClient(Observable[EventKey]):
         """Leave ``channel`` and stop tracking it. While reconnecting it is only untracked
         (there is no server-side subscription to remove until the replay)."""
         channel = self._channel(channel, allow_reserved=True)
+        self._positions.forget(channel)
         if self.state is _S.RECONNECTING:
             self._subs.pop(channel, None)
             return
@@ -836,7 +882,10 @@ class SignallingClient(Observable[EventKey]):
         self._checked_size(data)
         link = self._require_link()
         rid = _request_id()
-        await self._request(link, rid, build_publish(channel, data, rid))
+        ack = await self._request(link, rid, build_publish(channel, data, rid))
+        if isinstance(ack, Ack) and self._recover and channel in self._subs:
+            # Its own publishes never come back: the ack tells how far the channel moved.
+            self._positions.saw(channel, ack.position)
 
     async def send(self, peer_id: str, data: Any) -> None:
         """Send ``data`` to every connection of ``peer_id`` (no channel involved). Raises

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ...protocol.frames import PresenceEntry
+from ...protocol.history import Position
 from .errors import TokenProviderError
 from .state import ClientState
 
@@ -24,6 +25,7 @@ __all__ = [
     "MessageEvent",
     "PresenceEntry",
     "PresenceEvent",
+    "ResubscribedEvent",
     "ServerErrorEvent",
     "StateChangeEvent",
     "TokenProviderErrorEvent",
@@ -81,6 +83,9 @@ class MessageEvent:
     sender_metadata: dict[str, Any] | None = None
     """The sender's ``peerMetadata``, only when subscribed with
     ``include_sender_metadata=True``. Untrusted; ``sender_peer_id`` is server-stamped."""
+    position: Position | None = None
+    """The message's place in the channel's history (roomwire's history extension), when
+    the server keeps history for the channel; None otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +107,23 @@ class PresenceEvent:
     channel: str
     joined: tuple[PresenceEntry, ...]
     left: tuple[PresenceEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ResubscribedEvent:
+    """A tracked channel was subscribed again after a reconnect (its ack arrived). With
+    roomwire's history extension (docs/sdk-signalling.md, Recovery after a reconnect):
+    ``recovered`` True means the messages missed meanwhile follow this event, in order,
+    before the live ones; False means some were lost (history overflowed or expired, or the
+    server restarted), so the app should resync the channel's state; None means no recovery
+    was attempted (``recover=False``, no position known yet, or the server keeps no history
+    for the channel)."""
+
+    name: ClassVar[str] = "resubscribed"
+    channel: str
+    recovered: bool | None
+    position: Position | None = None
+    """The channel's position at the resubscribe (None without history)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +171,7 @@ Event = (
     | MessageEvent
     | DirectEvent
     | PresenceEvent
+    | ResubscribedEvent
     | ServerErrorEvent
     | GoingAwayEvent
     | TokenProviderErrorEvent
@@ -163,6 +186,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         MessageEvent,
         DirectEvent,
         PresenceEvent,
+        ResubscribedEvent,
         ServerErrorEvent,
         GoingAwayEvent,
         TokenProviderErrorEvent,

@@ -53,6 +53,17 @@ class ClusterSink(Protocol):
         ...
 
 
+class PresenceObserver(Protocol):
+    """Told of cluster-wide presence transitions, by the node whose Redis script made each
+    one (so each is told once in the whole cluster): the webhook service."""
+
+    def joined(self, app_id: str, channel: str, peer_id: str, entry: bytes, members: int,
+               first: bool) -> None: ...
+
+    def left(self, app_id: str, channel: str, peer_id: str, entry: bytes, members: int,
+             last: bool) -> None: ...
+
+
 #: Called by a broker when it loses (False) or regains (True) the cluster backplane.
 HealthListener = Callable[[bool], None]
 
@@ -66,6 +77,8 @@ class Broker(ABC):
     healthy: bool = True
     #: Set by the node: told when ``healthy`` changes.
     health_listener: HealthListener | None = None
+    #: Set by the node while webhooks are configured (cluster brokers report to it).
+    observer: PresenceObserver | None = None
 
     @abstractmethod
     async def start(self, sink: ClusterSink) -> None:

@@ -68,38 +68,55 @@ log = logging.getLogger("roomwire.broker.redis")
 # ARGV: peer, entry, pub/sub channel, membership, want a snapshot ("1").
 # Idempotent per node (the memberships set), so a retried join never counts twice.
 _JOIN = """
+-- Returns {seq, snapshot or {}, change, members}: change 1 when the peer became present
+-- (its first holder anywhere), 2 when the channel also became occupied; the node that gets
+-- it reports the transition (webhooks), so it is reported once in the cluster.
 local seq
+local change = 0
 if redis.call('SADD', KEYS[4], ARGV[4]) == 1
    and redis.call('HINCRBY', KEYS[2], ARGV[1], 1) == 1 then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  change = 1
+  if redis.call('HLEN', KEYS[1]) == 1 then
+    change = 2
+  end
   seq = redis.call('INCR', KEYS[3])
   redis.call('PERSIST', KEYS[3])
   redis.call('PUBLISH', ARGV[3], cmsgpack.pack({'join', seq, ARGV[1], ARGV[2]}))
 else
   seq = tonumber(redis.call('GET', KEYS[3]) or '0')
 end
+local snapshot = {}
 if ARGV[5] == '1' then
-  return {seq, redis.call('HGETALL', KEYS[1])}
+  snapshot = redis.call('HGETALL', KEYS[1])
 end
-return {seq}
+return {seq, snapshot, change, redis.call('HLEN', KEYS[1])}
 """
 
 # KEYS as for join. ARGV: peer, pub/sub channel, membership. Only a membership still in the
 # set counts down, so the reaper and a late leave of the same node never both do.
+# Returns {0} (not a membership), {1} (counted down), or {2 or 3, members, entry} when the
+# peer left the channel everywhere (3: the channel is empty now).
 _LEAVE = """
 if redis.call('SREM', KEYS[4], ARGV[3]) == 0 then
-  return 0
+  return {0}
 end
 if redis.call('HINCRBY', KEYS[2], ARGV[1], -1) <= 0 then
+  local entry = redis.call('HGET', KEYS[1], ARGV[1]) or ''
   redis.call('HDEL', KEYS[2], ARGV[1])
   redis.call('HDEL', KEYS[1], ARGV[1])
+  local members = redis.call('HLEN', KEYS[1])
   local seq = redis.call('INCR', KEYS[3])
   -- The sequence must outlive any view of the channel; a day is far longer than one lasts
   -- without members.
   redis.call('EXPIRE', KEYS[3], 86400)
   redis.call('PUBLISH', ARGV[2], cmsgpack.pack({'leave', seq, ARGV[1]}))
+  if members == 0 then
+    return {3, 0, entry}
+  end
+  return {2, members, entry}
 end
-return 1
+return {1}
 """
 
 # KEYS: nodes zset. ARGV: instance, ttl in ms, "1" to register (else only refresh an entry
@@ -654,9 +671,27 @@ class RedisBroker(Broker):
                 self._send(shard, ("EVALSHA", shard.leave_sha, 4, pm, pc, ps,
                                    self.keys.memberships(self.inst), peer_id,
                                    self.keys.channel(app_id, channel),
-                                   membership(app_id, channel, peer_id)))
+                                   membership(app_id, channel, peer_id)),
+                           self._left_reporter(app_id, channel, peer_id))
         if last and held is not None:
             self._release(held)
+
+    def _left_reporter(self, app_id: str, channel: str,
+                       peer: str) -> Callable[[_Result], None] | None:
+        """The callback that tells the observer when this leave made the peer absent."""
+        if self.observer is None:
+            return None
+
+        def report(res: _Result) -> None:
+            self._report_left(app_id, channel, peer, res)
+
+        return report
+
+    def _report_left(self, app_id: str, channel: str, peer: str, res: _Result) -> None:
+        observer = self.observer
+        if observer is None or isinstance(res, BaseException) or int(res[0]) < 2:
+            return
+        observer.left(app_id, channel, peer, bytes(res[2]), int(res[1]), int(res[0]) == 3)
 
     def _hold(self, app_id: str, channel: str) -> _Held:
         key = (app_id, channel)
@@ -696,7 +731,8 @@ class RedisBroker(Broker):
             else:
                 self._send(shard, ("EVALSHA", shard.leave_sha, 4, pm, pc, ps,
                                    self.keys.memberships(self.inst), peer, held.rch,
-                                   membership(held.app_id, held.channel, peer)))
+                                   membership(held.app_id, held.channel, peer)),
+                           self._left_reporter(held.app_id, held.channel, peer))
 
     def _send_join(self, held: _Held, peer: str, entry: bytes,
                    fut: asyncio.Future[None]) -> None:
@@ -705,6 +741,12 @@ class RedisBroker(Broker):
         snapshot = held.view.loading
 
         def joined(res: _Result) -> None:
+            observer = self.observer
+            if observer is not None and not isinstance(res, BaseException) and int(res[2]):
+                # Reported even if this node stopped following the channel meanwhile: the
+                # transition happened in Redis, and only this node was told.
+                observer.joined(held.app_id, held.channel, peer, entry, int(res[3]),
+                                int(res[2]) == 2)
             if isinstance(res, BaseException) or self._views.get(
                     (held.app_id, held.channel)) is not held:
                 fut.cancel()
@@ -1065,12 +1107,17 @@ class RedisBroker(Broker):
                     if not chunk:
                         break
                     pipe = shard.redis.pipeline(transaction=False)
+                    left: list[tuple[str, str, str]] = []
                     for raw in chunk:
                         app_id, channel, peer = parse_membership(raw.decode())
+                        left.append((app_id, channel, peer))
                         pm, pc, ps = self.keys.presence(app_id, channel)
                         pipe.evalsha(shard.leave_sha, 4, pm, pc, ps, nm, peer,
                                      self.keys.channel(app_id, channel), raw)
-                    await pipe.execute()
+                    results = await pipe.execute()
+                    # The reaper's script made these transitions: it reports them.
+                    for (app_id, channel, peer), res in zip(left, results, strict=True):
+                        self._report_left(app_id, channel, peer, res)
             pipe = r0.pipeline(transaction=False)
             pipe.zrem(self.keys.nodes, inst)
             pipe.smembers(self.keys.conn_apps)

@@ -22,6 +22,13 @@ from .websocket import GatewayContext, upgrade_listener
 log = logging.getLogger("roomwire.gateway")
 _picows_log = logging.getLogger("roomwire.picows")
 _picows_log.setLevel(logging.WARNING)
+#: What picows logs through. picows gives every connection a child ``logging.Logger`` of its
+#: own (about 1 KiB each) unless the logger it gets is not a ``Logger``: an adapter is not.
+_picows_adapter = logging.LoggerAdapter(_picows_log, {})
+
+#: picows' initial read buffer per connection (its default is 16 KiB; it doubles the buffer
+#: whenever a read fills it, so a busy socket grows its own and an idle one stays small).
+READ_BUFFER_INIT = 2 * 1024
 
 #: The longest request head read before a connection is handed on.
 _MAX_HEAD = 16 * 1024
@@ -274,10 +281,10 @@ class FrontProtocol(asyncio.Protocol):
         cfg = node.config
         # Pings are answered by WsSession (enable_auto_pong off), under a budget.
         proto = WSProtocol(
-            None, None, False, lambda request: upgrade_listener(node, request), _picows_log, True,
-            cfg.handshake_timeout, False, 20.0, 20.0,
+            None, None, False, lambda request: upgrade_listener(node, request), _picows_adapter,
+            True, cfg.handshake_timeout, False, 20.0, 20.0,
             picows.WSAutoPingStrategy.PING_WHEN_IDLE, False, cfg.max_frame_size, None,
-            16 * 1024,
+            READ_BUFFER_INIT,
         )
         self._give_back_slot()
         self._hand_over(proto, proto)

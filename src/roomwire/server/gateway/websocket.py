@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import picows
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from ...protocol import CloseCode
 from ..auth import AuthFailure, Principal
 from ..limits import ConnectLimiter, TokenBucket
 from ..metrics import Metrics
-from ..session import Services, Session
+from ..session import SESSION_SLOTS, Services, Session
 
 log = logging.getLogger("roomwire.gateway")
 
@@ -37,6 +39,8 @@ _PONG = picows.WSMsgType.PONG
 #: and an object while the message is reassembled).
 FRAGMENT_OVERHEAD = 32
 
+_NO_HEADERS = CIMultiDictProxy(CIMultiDict[str]())
+
 #: Codes of the closes that answer a flood. Reading stops at once so the flooder's bytes
 #: queue up in its own socket instead of costing the event loop until the TCP close.
 _FLOOD_CLOSES = frozenset({CloseCode.OVER_MESSAGE_RATE, CloseCode.MESSAGE_TOO_BIG})
@@ -44,12 +48,21 @@ _FLOOD_CLOSES = frozenset({CloseCode.OVER_MESSAGE_RATE, CloseCode.MESSAGE_TOO_BI
 
 def ws_text_frame(payload: bytes) -> bytes:
     """An unmasked, final WebSocket text frame (what a server sends)."""
-    n = len(payload)
+    return ws_text_header(len(payload)) + payload
+
+
+#: Headers of the text frames shorter than 126 bytes, whose length fits in the first two bytes.
+_SHORT_HEADERS = tuple(bytes((0x81, n)) for n in range(126))
+_header16 = struct.Struct(">BBH").pack
+
+
+def ws_text_header(n: int) -> bytes:
+    """The header of an unmasked, final WebSocket text frame of ``n`` payload bytes."""
     if n < 126:
-        return bytes((0x81, n)) + payload
+        return _SHORT_HEADERS[n]
     if n < 65536:
-        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+        return _header16(0x81, 126, n)
+    return b"\x81\x7f" + n.to_bytes(8, "big")
 
 
 class GatewayContext(Services, Protocol):
@@ -120,6 +133,12 @@ class Outbox:
 class WsSession(Session, picows.WSListener):
     """A session on a picows WebSocket."""
 
+    __slots__ = (
+        *SESSION_SLOTS, "_closing", "_control_bucket", "_expiry", "_fragment_binary",
+        "_fragment_count", "_fragment_size", "_fragments", "_out", "_outbox", "_raw", "_ws",
+        "hold_presence", "last_seen", "node", "opened_at",
+    )
+
     def __init__(self, node: GatewayContext, principal: Principal) -> None:
         Session.__init__(self, node, principal)
         self.node = node
@@ -147,6 +166,11 @@ class WsSession(Session, picows.WSListener):
     def on_ws_connected(self, transport: Any) -> None:
         self._ws = transport
         self._raw = transport.underlying_transport
+        # picows keeps the upgrade request and response for the life of the connection, and
+        # their header dicts are over a kilobyte; nothing reads them after the handshake.
+        for message in (transport.request, transport.response):
+            if message is not None:
+                message.headers = _NO_HEADERS
         self._raw.set_write_buffer_limits(high=self.node.config.outbound_queue_bytes)
         if not self.node.admit(self):
             return
@@ -204,6 +228,10 @@ class WsSession(Session, picows.WSListener):
                 self.over_ping_budget("websocket")
         elif mt is _CLOSE:
             self._closing = True
+            if self.close_code is None:
+                self.close_code = int(frame.get_close_code())
+                message = frame.get_close_message() or b""
+                self.close_reason = message[:123].decode("utf-8", "replace")
             self.flush()
             transport.send_close(frame.get_close_code())
             transport.disconnect()
@@ -250,6 +278,8 @@ class WsSession(Session, picows.WSListener):
 
     def on_ws_disconnected(self, transport: Any) -> None:
         self._closing = True
+        if self.close_code is None:
+            self.close_code = 1006
         self._out.clear()
         self._fragments = None
         if self._expiry is not None:
@@ -269,7 +299,15 @@ class WsSession(Session, picows.WSListener):
     # Session transport -------------------------------------------------------------------------
 
     def send(self, payload: bytes) -> None:
-        self.send_wire(ws_text_frame(payload))
+        # Header and payload are queued apart: the flush joins them, one copy in all.
+        if self._closing:
+            return
+        out = self._out
+        if not out:
+            self._outbox.mark(self)
+        n = len(payload)
+        out.append(_SHORT_HEADERS[n] if n < 126 else ws_text_header(n))
+        out.append(payload)
 
     def send_wire(self, wire: bytes) -> None:
         if self._closing:
@@ -295,6 +333,8 @@ class WsSession(Session, picows.WSListener):
             return
         self.flush()
         self._closing = True
+        self.close_code = code
+        self.close_reason = reason[:120]
         self.node.metrics.count_close(code)
         if code in _FLOOD_CLOSES and self._raw is not None:
             self._raw.pause_reading()

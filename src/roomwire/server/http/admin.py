@@ -27,7 +27,8 @@ from ..limits import FailureLimiter
 from ..metrics import Metrics
 from ..store import NotFoundError, Store, StoreError
 from ..store.usage import usage_document
-from .admin_ops import AdminOps, LiveNode
+from ..webhooks.service import WebhookService
+from .admin_ops import AdminOps, LiveNode, WebhookOps
 from .rest import ApiError, bad_request, decode_segment, raw_segments, read_json_object
 
 log = logging.getLogger("roomwire.admin")
@@ -56,6 +57,9 @@ class AdminContext(LiveNode, Protocol):
 
     @property
     def metrics(self) -> Metrics: ...
+
+    @property
+    def webhooks(self) -> WebhookService: ...
 
 
 class AdminApi:
@@ -128,6 +132,9 @@ class AdminApi:
             if method == "POST":
                 b = await read_json_object(request)
                 return {**ops.create_app(b.get("name"), b), "_created": True}
+        if (n == 3 and segs[0] == "apps" and segs[2] == "webhooks") or (
+                n >= 2 and segs[0] == "webhooks"):
+            return await self._webhooks(request, method, segs)
         if segs == ["stats"] and method == "GET":
             return {"apps": {a["id"]: self.node.hub.stats(a["id"])
                              for a in ops.list_apps()}}
@@ -174,6 +181,49 @@ class AdminApi:
                     key_id, channel_patterns=b.get("channelPatterns"), actions=b.get("actions"),
                     allowed_origins=b.get("allowedOrigins"),
                 )
+        raise ApiError(404, "not_found", "no such endpoint")
+
+
+    async def _webhooks(self, request: web.Request, method: str, segs: list[str],
+                        ) -> dict[str, Any]:
+        """``/apps/{app}/webhooks`` (list, create) and ``/webhooks/{id}`` (show with the last
+        attempts, change, delete) and ``/webhooks/{id}/test`` (a signed ping now)."""
+        assert self.node.store is not None
+        service = self.node.webhooks
+        ops = WebhookOps(self.node.store, self.node, service.allowed)
+        if segs[0] == "apps":
+            app_id = _ident(segs[1], "app")
+            if method == "GET":
+                ops.list(app_id)  # 404 for an unknown app
+                return {"webhooks": [e.public() for e in service.endpoints.values()
+                                     if e.app_id == app_id]}
+            if method == "POST":
+                b = await read_json_object(request)
+                unknown = set(b) - {"url", "events", "channelPatterns"}
+                if unknown:
+                    raise bad_request(f"unknown field(s): {sorted(unknown)[:5]}")
+                created = ops.create(app_id, b.get("url"), events=b.get("events"),
+                                     channel_patterns=b.get("channelPatterns"))
+                return {**created, "_created": True}
+            raise ApiError(404, "not_found", "no such endpoint")
+        webhook_id = _ident(segs[1], "webhook")
+        endpoint = service.endpoints.get(webhook_id)
+        if endpoint is None:
+            endpoint = self.node.store.get_webhook(webhook_id)  # NotFoundError: 404
+        if len(segs) == 3 and segs[2] == "test" and method == "POST":
+            attempt = await service.ping(endpoint)
+            return {"id": webhook_id, "ok": attempt.error is None, **attempt.public()}
+        if len(segs) != 2:
+            raise ApiError(404, "not_found", "no such endpoint")
+        if method == "GET":
+            return {**endpoint.public(), **service.endpoint_stats(webhook_id)}
+        if endpoint.source == "config" and method in ("PATCH", "DELETE"):
+            raise ApiError(409, "conflict", "this endpoint is defined in the config file; "
+                           "change it there")
+        if method == "PATCH":
+            return ops.update(webhook_id, await read_json_object(request))
+        if method == "DELETE":
+            return ops.delete(webhook_id)
         raise ApiError(404, "not_found", "no such endpoint")
 
 

@@ -10,13 +10,14 @@ app or key) with a message that is safe to show; results are JSON-ready dicts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from ..hub import Hub
 from ..limits import UsageMeter
 from ..store import PUBLISHABLE, SECRET, Store, StoreError
 from ..store.usage import usage_document
+from ..webhooks.policy import Network, url_problem
 
 
 class LiveNode(Protocol):
@@ -201,3 +202,65 @@ class AdminOps:
         )
         self._applied()
         return key.public()
+
+
+class WebhookOps:
+    """Webhook endpoints, for the operator (admin API and ``roomwire webhooks``). URLs on
+    private, loopback or link-local addresses are refused unless ``allowed`` (the config's
+    ``webhook_allowed_networks``) contains them."""
+
+    def __init__(self, store: Store, live: LiveNode | None = None,
+                 allowed: Sequence[Network] = ()) -> None:
+        self.store = store
+        self.live = live
+        self.allowed = tuple(allowed)
+
+    def _applied(self) -> None:
+        if self.live is not None:
+            self.live.reload_keyring()
+
+    def _check_url(self, url: object) -> None:
+        problem = url_problem(url, self.allowed)
+        if problem:
+            raise StoreError(problem)
+
+    def create(self, app_id: str, url: object, *, events: object = None,
+               channel_patterns: object = None) -> dict[str, Any]:
+        """A new endpoint; the result carries its signing secret (shown once)."""
+        self._check_url(url)
+        endpoint = self.store.create_webhook(app_id, url, events=events,
+                                             channel_patterns=channel_patterns)
+        self._applied()
+        return endpoint.public(include_secret=True)
+
+    def list(self, app_id: str | None = None) -> list[dict[str, Any]]:
+        if app_id is not None:
+            self.store.get_app(app_id)
+        return [e.public() for e in self.store.list_webhooks(app_id)]
+
+    def get(self, webhook_id: str) -> dict[str, Any]:
+        return self.store.get_webhook(webhook_id).public()
+
+    def update(self, webhook_id: str, body: Mapping[str, object]) -> dict[str, Any]:
+        """``body``: any of url, events, channelPatterns, enabled, rotateSecret (a new secret
+        is in the result then)."""
+        names = {"url": "url", "events": "events", "channelPatterns": "channel_patterns",
+                 "enabled": "enabled"}
+        unknown = set(body) - set(names) - {"rotateSecret"}
+        if unknown:
+            raise StoreError(f"unknown field(s): {sorted(unknown)[:5]}")
+        if "url" in body:
+            self._check_url(body["url"])
+        rotate = body.get("rotateSecret", False)
+        if not isinstance(rotate, bool):
+            raise StoreError("rotateSecret must be true or false")
+        fields = {names[k]: v for k, v in body.items() if k in names}
+        endpoint = self.store.update_webhook(webhook_id, rotate_secret=rotate, **fields)
+        self._applied()
+        return endpoint.public(include_secret=rotate)
+
+    def delete(self, webhook_id: str) -> dict[str, Any]:
+        """Removes the endpoint; its undelivered events are dropped (and counted)."""
+        endpoint = self.store.delete_webhook(webhook_id)
+        self._applied()
+        return {**endpoint.public(), "deleted": True}

@@ -8,6 +8,7 @@ from typing import Any
 from ... import __version__ as _version
 from ...protocol.claims import DEFAULT_TOKEN_TTL, MAX_REQUEST_PERMISSIONS, MAX_TOKEN_CHANNELS
 from ...protocol.limits import MAX_CHANNEL_BYTES, MAX_PEER_ID_BYTES
+from ..webhooks.model import EVENT_TYPES
 
 _ERROR = {
     "type": "object",
@@ -123,6 +124,42 @@ def rest_document() -> dict[str, Any]:
                                        "properties": {"peerId": {"type": "string"},
                                                       "metadata": {}}}}}}), **_REST_ERRORS},
             }},
+            "/channels/{channel}/history": {"get": {
+                "operationId": "channelHistory",
+                "summary": "The messages a channel keeps (roomwire's history extension; needs "
+                           "subscribe). 404 history_not_enabled when no history rule covers "
+                           "the channel.",
+                "parameters": [
+                    _CHANNEL_PARAM,
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000,
+                                "default": 100}},
+                    {"name": "since", "in": "query", "required": False,
+                     "description": "Only messages with a larger offset.",
+                     "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                    {"name": "reverse", "in": "query", "required": False,
+                     "description": "Newest first.",
+                     "schema": {"type": "boolean", "default": False}},
+                ],
+                "responses": {"200": _ok({
+                    "type": "object",
+                    "required": ["channel", "epoch", "offset", "complete", "messages"],
+                    "properties": {
+                        "channel": {"type": "string"},
+                        "epoch": {"type": ["string", "null"]},
+                        "offset": {"type": "integer",
+                                   "description": "The channel's latest offset."},
+                        "complete": {"type": "boolean",
+                                     "description": "Every message after since is kept."},
+                        "messages": {"type": "array", "items": {
+                            "type": "object", "required": ["offset", "from", "data", "time"],
+                            "properties": {"offset": {"type": "integer"},
+                                           "from": {"type": "string"}, "data": {},
+                                           "fromMetadata": {"type": "object"},
+                                           "time": {"type": "number"}}}}}}),
+                    **_REST_ERRORS,
+                    "404": _err("history_not_enabled")},
+            }},
             "/channels/{channel}/publish": {"post": {
                 "operationId": "channelPublish",
                 "summary": "Publish to every subscriber of a channel (needs publish).",
@@ -208,6 +245,87 @@ _REF_APP = {"$ref": "#/components/schemas/App"}
 _REF_KEY = {"$ref": "#/components/schemas/Key"}
 
 
+_WEBHOOK_ID = {"name": "webhookId", "in": "path", "required": True,
+               "schema": {"type": "string"}}
+_REF_WEBHOOK = {"$ref": "#/components/schemas/Webhook"}
+_EVENT_TYPES = {"type": "array", "minItems": 1, "items": {"enum": list(EVENT_TYPES)}}
+_WEBHOOK = {
+    "type": "object",
+    "required": ["id", "appId", "url", "events", "channelPatterns", "enabled", "source"],
+    "properties": {
+        "id": {"type": "string"}, "appId": {"type": "string"}, "url": {"type": "string"},
+        "events": _EVENT_TYPES,
+        "channelPatterns": {"type": "array", "items": {"type": "string"}},
+        "enabled": {"type": "boolean"},
+        "source": {"enum": ["store", "config"],
+                   "description": "config: from the TOML file, read-only here"},
+        "createdAt": {"type": "integer"},
+        "secret": {"type": "string", "description": "The signing secret: only in the answer "
+                   "that created or rotated it."},
+    },
+}
+_ATTEMPT = {"type": "object", "properties": {
+    "at": {"type": "number"}, "events": {"type": "integer"},
+    "status": {"type": ["integer", "null"]},
+    "error": {"type": ["string", "null"], "description": "timeout, connect_failed, "
+              "refused_address, redirect_not_followed, request_failed or http_<status>"},
+    "durationMs": {"type": "number"}}}
+_WEBHOOK_STATS = {"allOf": [_REF_WEBHOOK, {"type": "object", "properties": {
+    "queueDepth": {"type": "integer"}, "delivered": {"type": "integer"},
+    "failed": {"type": "integer"}, "retried": {"type": "integer"},
+    "dropped": {"type": "integer"},
+    "lastAttempts": {"type": "array", "items": _ATTEMPT,
+                     "description": "This node's latest attempts, newest first."}}}]}
+
+
+def _webhook_paths() -> dict[str, Any]:
+    changes = {"type": "object", "additionalProperties": False, "properties": {
+        "url": {"type": "string"}, "events": _EVENT_TYPES,
+        "channelPatterns": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "enabled": {"type": "boolean"},
+        "rotateSecret": {"type": "boolean", "description": "A new signing secret, in the "
+                         "answer; the old one stops at once."}}}
+    return {
+        "/apps/{appId}/webhooks": {
+            "parameters": [_APP_ID],
+            "get": {"operationId": "listWebhooks", "responses": {"200": _ok({
+                "type": "object", "properties": {"webhooks": {"type": "array",
+                                                              "items": _REF_WEBHOOK}}}),
+                **_ADMIN_ERRORS}},
+            "post": {"operationId": "createWebhook",
+                     "description": "The answer carries the signing secret, once. A URL on a "
+                                    "private, loopback or link-local address is refused "
+                                    "unless webhook_allowed_networks contains it.",
+                     "requestBody": _body({
+                         "type": "object", "required": ["url"], "additionalProperties": False,
+                         "properties": {"url": {"type": "string"}, "events": _EVENT_TYPES,
+                                        "channelPatterns": {"type": "array",
+                                                            "items": {"type": "string"}}}}),
+                     "responses": {"201": _ok(_REF_WEBHOOK), **_ADMIN_ERRORS}},
+        },
+        "/webhooks/{webhookId}": {
+            "parameters": [_WEBHOOK_ID],
+            "get": {"operationId": "getWebhook",
+                    "responses": {"200": _ok(_WEBHOOK_STATS), **_ADMIN_ERRORS}},
+            "patch": {"operationId": "changeWebhook", "requestBody": _body(changes),
+                      "responses": {"200": _ok(_REF_WEBHOOK),
+                                    "409": _err("conflict: defined in the config file"),
+                                    **_ADMIN_ERRORS}},
+            "delete": {"operationId": "deleteWebhook",
+                       "description": "Its undelivered events are dropped (and counted).",
+                       "responses": {"200": _ok(_REF_WEBHOOK),
+                                     "409": _err("conflict: defined in the config file"),
+                                     **_ADMIN_ERRORS}},
+        },
+        "/webhooks/{webhookId}/test": {"parameters": [_WEBHOOK_ID], "post": {
+            "operationId": "testWebhook",
+            "description": "Sends a signed ping event now, outside the outbox.",
+            "responses": {"200": _ok({"allOf": [_ATTEMPT, {"type": "object", "properties": {
+                "id": {"type": "string"}, "ok": {"type": "boolean"}}}]}),
+                **_ADMIN_ERRORS}}},
+    }
+
+
 def admin_document() -> dict[str, Any]:
     app_ok = _ok(_REF_APP)
     key_ok = _ok(_REF_KEY)
@@ -223,7 +341,7 @@ def admin_document() -> dict[str, Any]:
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer",
                                                "description": "config admin_token"}},
             "schemas": {"Error": _ERROR, "App": _APP, "Key": _KEY, "Stats": _STATS,
-                        "Usage": _USAGE},
+                        "Usage": _USAGE, "Webhook": _WEBHOOK},
         },
         "security": [{"adminToken": []}],
         "paths": {
@@ -296,5 +414,6 @@ def admin_document() -> dict[str, Any]:
                            "description": "The key's sockets close with 4001.",
                            "responses": {"200": key_ok, **_ADMIN_ERRORS}},
             },
+            **_webhook_paths(),
         },
     }

@@ -191,7 +191,12 @@ class RestApi:
             if segs == ["tokens"] and method == "POST":
                 endpoint = "tokens"
                 return await self.tokens(request, self.authenticate(request))
-            if len(segs) >= 3 and segs[0] == "channels" and segs[-1] in ("peers", "publish"):
+            if len(segs) >= 3 and segs[0] == "channels" and segs[-1] in ("peers", "publish",
+                                                                          "history"):
+                if segs[-1] == "history" and method == "GET":
+                    endpoint = "channel_history"
+                    key = self.authenticate(request)
+                    return self.channel_history(request, key, self._channel(segs[1:-1]))
                 if segs[-1] == "peers" and method == "GET":
                     endpoint = "channel_peers"
                     key = self.authenticate(request)
@@ -298,6 +303,49 @@ class RestApi:
         peers = [msgspec.json.decode(e) for e in members]
         return self._ok("channel_peers", {"channel": channel, "peers": peers})
 
+    def channel_history(self, request: web.Request, key: Key, channel: str) -> web.Response:
+        """roomwire's history extension (docs/protocol.md): what the channel keeps, under
+        the rules of a subscriber (the ``subscribe`` action and a covering pattern)."""
+        self._scope(key, channel, "subscribe")
+        query = request.rel_url.query
+        limit = _int_param(query.get("limit"), "limit", 1, MAX_HISTORY_LIMIT, 100)
+        since = _int_param(query.get("since"), "since", 0, 2**53 - 1, 0)
+        reverse = query.get("reverse", "false").lower()
+        if reverse not in ("true", "false", "1", "0"):
+            raise bad_request("reverse must be true or false")
+        hub = self.node.hub
+        history = hub.history
+        stream = (history.stream(key.app_id, channel, hub.clock(), create=False)
+                  if history is not None else None)
+        if stream is None and (history is None or history.rule(key.app_id, channel) is None):
+            raise ApiError(404, "history_not_enabled",
+                           "this server keeps no history for this channel (see the history "
+                           "setting)")
+        if stream is None:
+            return self._ok("channel_history", {"channel": channel, "epoch": None,
+                                                "offset": 0, "complete": True,
+                                                "messages": []})
+        stream.trim(hub.clock())
+        entries = stream.after(since)
+        if reverse in ("true", "1"):
+            entries = entries[::-1]
+        messages: list[dict[str, Any]] = []
+        weight = 0
+        for entry in entries[:limit]:
+            weight += entry.size
+            if messages and weight > MAX_HISTORY_PAGE_BYTES:
+                break  # the caller goes on with since = the last offset it got
+            item: dict[str, Any] = {"offset": entry.offset, "from": msgspec.json.decode(
+                entry.sender_json), "data": msgspec.Raw(entry.data)}
+            if entry.sender_metadata is not None:
+                item["fromMetadata"] = msgspec.Raw(entry.sender_metadata)
+            item["time"] = entry.time
+            messages.append(item)
+        body = {"channel": channel, "epoch": stream.epoch, "offset": stream.top,
+                "complete": stream.complete_after(since), "messages": messages}
+        self.node.metrics.count_rest("channel_history", 200)
+        return web.Response(body=msgspec.json.encode(body), content_type="application/json")
+
     async def publish(self, request: web.Request, key: Key, channel: str) -> web.Response:
         self._scope(key, channel, "publish")
         body = await read_json_object(request)
@@ -351,6 +399,19 @@ class RestApi:
         if app is None:
             raise ApiError(503, "internal_error", "the app's plan is not available right now")
         return self._ok("usage", usage_document(app, self.node.usage, self.node.hub))
+
+
+MAX_HISTORY_LIMIT = 1000
+MAX_HISTORY_PAGE_BYTES = 4 * 2**20
+"""A history answer stops after about this much (one message at least)."""
+
+
+def _int_param(raw: str | None, name: str, low: int, high: int, default: int) -> int:
+    if raw is None or raw == "":
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 16 or not low <= int(raw) <= high:
+        raise bad_request(f"{name} must be a whole number from {low} to {high}")
+    return int(raw)
 
 
 def _rate_limited() -> ApiError:

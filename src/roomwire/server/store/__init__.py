@@ -33,6 +33,7 @@ from .sqlite import SqliteStore
 
 if TYPE_CHECKING:
     from ..config import ServerConfig
+    from ..webhooks.model import Endpoint
 
 __all__ = [
     "LIMIT_COLUMNS",
@@ -130,6 +131,21 @@ class Store(Protocol):
         ...
 
     def load_usage(self, period_start: int | None = None) -> list[UsageRow]: ...
+
+    def create_webhook(self, app_id: str, url: object, *, events: object = None,
+                       channel_patterns: object = None) -> Endpoint:
+        """A new webhook endpoint with a fresh signing secret (at most ``MAX_WEBHOOKS`` per
+        app)."""
+        ...
+
+    def list_webhooks(self, app_id: str | None = None) -> list[Endpoint]: ...
+
+    def get_webhook(self, webhook_id: str) -> Endpoint: ...
+
+    def update_webhook(self, webhook_id: str, *, rotate_secret: bool = False,
+                       **fields: object) -> Endpoint: ...
+
+    def delete_webhook(self, webhook_id: str) -> Endpoint: ...
 
     def ensure_default_app(self) -> tuple[App, list[Key], bool]:
         """The default app, made on first start with a development publishable key (all four

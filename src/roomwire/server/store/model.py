@@ -18,6 +18,8 @@ from typing import Any
 from ...protocol import ALL_ACTIONS
 from ...protocol.claims import peer_id_allowed
 from ...protocol.patterns import pattern_problem
+from ..webhooks.model import DEFAULT_EVENT_TYPES, Endpoint, new_endpoint_id, new_secret
+from ..webhooks.policy import events_problem, patterns_problem, url_problem
 
 PUBLISHABLE = "publishable"
 SECRET = "secret"
@@ -402,6 +404,32 @@ class Dialect:
     get_default_app = "SELECT v FROM meta WHERE k = 'default_app'"
 
     @property
+    def insert_webhook(self) -> str:
+        """Values: ``webhook_row(endpoint)``."""
+        return ("INSERT INTO webhooks (id, app_id, url, events, channel_patterns, secret,"
+                f" enabled, created_at) VALUES ({self._params(8)})")
+
+    def list_webhooks(self, app_id: str | None) -> tuple[str, list[Any]]:
+        sql = f"SELECT {WEBHOOK_COLUMNS} FROM webhooks"
+        if app_id is None:
+            return sql + f" ORDER BY {self.insertion_order}", []
+        return (sql + f" WHERE app_id = {self.param} ORDER BY {self.insertion_order}",
+                [app_id])
+
+    @property
+    def get_webhook(self) -> str:
+        return f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = {self.param}"
+
+    @property
+    def delete_webhook(self) -> str:
+        return f"DELETE FROM webhooks WHERE id = {self.param}"
+
+    def set_webhook_column(self, column: str) -> str:
+        if column not in WEBHOOK_MUTABLE:
+            raise StoreError(f"not a webhook column: {column!r}")
+        return f"UPDATE webhooks SET {column} = {self.param} WHERE id = {self.param}"
+
+    @property
     def set_default_app(self) -> str:
         return f"INSERT INTO meta (k, v) VALUES ('default_app', {self.param})"
 
@@ -447,7 +475,66 @@ CREATE TABLE IF NOT EXISTS usage (
     refused_connections {integer} NOT NULL DEFAULT 0,
     PRIMARY KEY (app_id, period_start)
 );
+CREATE TABLE IF NOT EXISTS webhooks (
+    id TEXT PRIMARY KEY,{seq}
+    app_id TEXT NOT NULL REFERENCES apps(id),
+    url TEXT NOT NULL,
+    events TEXT NOT NULL,
+    channel_patterns TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    enabled {boolean} NOT NULL DEFAULT TRUE,
+    created_at {integer} NOT NULL
+);
 """
+
+
+WEBHOOK_COLUMNS = "id, app_id, url, events, channel_patterns, secret, enabled, created_at"
+WEBHOOK_MUTABLE = ("url", "events", "channel_patterns", "secret", "enabled")
+#: Endpoints one app may have.
+MAX_WEBHOOKS = 10
+
+
+def new_webhook(app_id: str, url: object, *, events: object = None,
+                channel_patterns: object = None, secret: str | None = None) -> Endpoint:
+    """A checked endpoint with a fresh id (and a fresh signing secret unless given)."""
+    checked = webhook_fields(url=url, events=events if events is not None
+                             else sorted(DEFAULT_EVENT_TYPES),
+                             channel_patterns=channel_patterns if channel_patterns is not None
+                             else ["**"])
+    return Endpoint(new_endpoint_id(), app_id, checked["url"], frozenset(checked["events"]),
+                    tuple(checked["channel_patterns"]), secret or new_secret(), True, "store",
+                    int(time.time()))
+
+
+def webhook_fields(**given: object) -> dict[str, Any]:
+    """Check the endpoint fields given (url, events, channel_patterns, enabled); raises
+    ``StoreError`` saying what is wrong."""
+    out: dict[str, Any] = {}
+    for name, value in given.items():
+        if name == "url":
+            problem = url_problem(value)
+        elif name == "events":
+            problem = events_problem(value)
+        elif name == "channel_patterns":
+            problem = patterns_problem(value)
+        elif name == "enabled":
+            problem = None if isinstance(value, bool) else "enabled must be true or false"
+        else:
+            problem = f"unknown webhook field {name!r}"
+        if problem:
+            raise StoreError(problem)
+        out[name] = value
+    return out
+
+
+def webhook_row(e: Endpoint) -> tuple[Any, ...]:
+    return (e.id, e.app_id, e.url, json.dumps(sorted(e.events)),
+            json.dumps(list(e.channel_patterns)), e.secret, e.enabled, e.created_at)
+
+
+def webhook_from_row(r: Sequence[Any]) -> Endpoint:
+    return Endpoint(r[0], r[1], r[2], frozenset(json.loads(r[3])), tuple(json.loads(r[4])),
+                    r[5], bool(r[6]), "store", int(r[7]))
 
 
 SQLITE = Dialect(param="?", insertion_order="rowid", greatest="MAX")

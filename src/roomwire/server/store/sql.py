@@ -10,17 +10,20 @@ only those primitives and their connection, schema and change detection.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Protocol
 
 from ...protocol import ALL_ACTIONS
+from ..webhooks.model import Endpoint, new_secret
 from .model import (
     DEFAULT_APP_NAME,
     DEFAULT_SECRET_KEY_NAME,
     DEV_KEY_NAME,
     MAX_ACTIVE_KEYS,
+    MAX_WEBHOOKS,
     PUBLISHABLE,
     SECRET,
     App,
@@ -36,9 +39,13 @@ from .model import (
     key_row,
     new_app,
     new_key,
+    new_webhook,
     scope_updates,
     usage_from_row,
     usage_params,
+    webhook_fields,
+    webhook_from_row,
+    webhook_row,
 )
 
 
@@ -201,6 +208,52 @@ class SqlStore(ABC):
         """Stored usage rows, optionally only those of the period starting at ``period_start``."""
         sql, args = self._sql.load_usage(period_start)
         return [usage_from_row(r) for r in self._all(sql, args)]
+
+    # -- webhooks -----------------------------------------------------------------------------
+
+    def create_webhook(self, app_id: str, url: object, *, events: object = None,
+                       channel_patterns: object = None) -> Endpoint:
+        self.get_app(app_id)
+        endpoint = new_webhook(app_id, url, events=events, channel_patterns=channel_patterns)
+        if len(self.list_webhooks(app_id)) >= MAX_WEBHOOKS:
+            raise StoreError(f"an app can have at most {MAX_WEBHOOKS} webhook endpoints; "
+                             "delete one first")
+        self._change(self._sql.insert_webhook, webhook_row(endpoint))
+        return endpoint
+
+    def list_webhooks(self, app_id: str | None = None) -> list[Endpoint]:
+        sql, args = self._sql.list_webhooks(app_id)
+        return [webhook_from_row(r) for r in self._all(sql, args)]
+
+    def get_webhook(self, webhook_id: str) -> Endpoint:
+        row = self._one(self._sql.get_webhook, (webhook_id,))
+        if row is None:
+            raise NotFoundError(f"no webhook endpoint with id {webhook_id!r}")
+        return webhook_from_row(row)
+
+    def update_webhook(self, webhook_id: str, *, rotate_secret: bool = False,
+                       **fields: object) -> Endpoint:
+        """Change any of url, events, channel_patterns, enabled; ``rotate_secret`` makes a
+        new signing secret (the old one stops working at once)."""
+        self.get_webhook(webhook_id)
+        checked = webhook_fields(**fields)
+        values: list[tuple[str, Any]] = []
+        for column, value in checked.items():
+            if column in ("events", "channel_patterns"):
+                value = json.dumps(sorted(value) if column == "events" else list(value))
+            values.append((column, value))
+        if rotate_secret:
+            values.append(("secret", new_secret()))
+        if values:
+            with self._write() as cur:
+                for column, value in values:
+                    cur.execute(self._sql.set_webhook_column(column), (value, webhook_id))
+        return self.get_webhook(webhook_id)
+
+    def delete_webhook(self, webhook_id: str) -> Endpoint:
+        endpoint = self.get_webhook(webhook_id)
+        self._change(self._sql.delete_webhook, (webhook_id,))
+        return endpoint
 
     # -- first start ---------------------------------------------------------------------------
 
