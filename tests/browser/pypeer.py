@@ -47,6 +47,43 @@ def _jsonable(v: Any) -> Any:
         return repr(v)
 
 
+class Child:
+    """Another pypeer.py process, asked over its stdin/stdout like the harness asks us."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls) -> Child:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, limit=1 << 24)
+        return cls(proc)
+
+    async def ask(self, op: str, **args: Any) -> Any:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"op": op, **args}).encode() + b"\n")
+        await self.proc.stdin.drain()
+        # Its first answer waits for its imports (aiortc, PyAV): seconds on a loaded machine.
+        raw = await asyncio.wait_for(self.proc.stdout.readline(), 60)
+        if not raw:
+            raise RuntimeError(f"the sender process exited ({await self.proc.wait()})")
+        reply = json.loads(raw)
+        if not reply.get("ok"):
+            raise RuntimeError(f"sender process, {op}: {reply.get('error')}")
+        return reply.get("result")
+
+    async def close(self) -> None:
+        """EOF on its stdin: it closes its peer and exits."""
+        if self.proc.returncode is None and self.proc.stdin is not None:
+            self.proc.stdin.close()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 15)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
 class PyPeer:
     def __init__(self) -> None:
         self.url = os.environ["ROOMWIRE_PYPEER_URL"]
@@ -57,6 +94,7 @@ class PyPeer:
         self.first_frame: dict[str, float] = {}  # "<remote>/<kind>" -> wall ms
         self.joined_at: float | None = None
         self._readers: set[asyncio.Task[None]] = set()
+        self.children: list[Child] = []  # other pypeer.py processes (the record_* senders)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -281,7 +319,10 @@ class PyPeer:
 
     async def op_record_start(self, req: dict[str, Any]) -> Any:
         """``py`` starts a RoomRecorder into ``out``; ``senders`` Python peers (publishable
-        key, random ids) join and send a camera stream each."""
+        key, random ids) join and send a camera stream each, each in a process of its own
+        (another pypeer.py, op ``sender_start``): in the recorder's process they would take
+        CPU from its receiving and decoding, and under load the frames it had not read yet
+        (aiortc's track queues) would be lost at stop, shortening the files."""
         from roomwire.client.recording import RoomRecorder
 
         peer = MeteredPeer(token_provider=lambda: self.token, url=self.url,
@@ -296,20 +337,34 @@ class PyPeer:
         peer.on("peer-joined", on_joined)
         self.recorder = RoomRecorder(req["room"], req["out"], peer=peer)
         await self.recorder.start()
-        self.senders: list[tuple[MeteredPeer, dict[str, float]]] = []
-        for i in range(int(req.get("senders", 2))):
-            sender = MeteredPeer(api_key=os.environ["ROOMWIRE_PYPEER_PK"], url=self.url,
-                                 loopback_candidates="only", timings=TIMINGS)
-            up: dict[str, float] = {}
-            # Its connection to the recorder ("py"), not to the other senders or the browser.
-            sender.on("peer-joined", lambda ev, up=up: ev.peer.id == "py" and ev.peer.on(
-                "state-change", lambda s: s.to == "connected" and
-                up.setdefault("at", time.time() * 1000)))
-            sender.add_stream(MediaStream([AudioSource(), VideoSource(160, 120, fps=15)]),
-                              {"role": "camera", "label": f"sender {i}"})
-            await sender.join(req["room"])
-            self.senders.append((sender, up))
-        return {"recorder": peer.peer_id, "senders": [s.peer_id for s, _ in self.senders]}
+        # Started together: each one's imports take seconds on a loaded machine.
+        children = [await Child.start() for _ in range(int(req.get("senders", 2)))]
+        self.children += children
+        got = await asyncio.gather(*(c.ask("sender_start", room=req["room"], label=f"sender {i}")
+                                     for i, c in enumerate(children)))
+        self.senders: dict[str, Child] = {
+            g["peerId"]: c for g, c in zip(got, children, strict=True)}
+        return {"recorder": peer.peer_id, "senders": list(self.senders)}
+
+    async def op_sender_start(self, req: dict[str, Any]) -> Any:
+        """Join ``room`` with the publishable key and send one camera stream (audio and a
+        160x120 video) labelled ``label``; the sending side of scenario py-record."""
+        sender = MeteredPeer(api_key=os.environ["ROOMWIRE_PYPEER_PK"], url=self.url,
+                             loopback_candidates="only", timings=TIMINGS)
+        self.sender_up: dict[str, float] = {}
+        # Its connection to the recorder ("py"), not to the other senders or the browser.
+        sender.on("peer-joined", lambda ev: ev.peer.id == "py" and ev.peer.on(
+            "state-change", lambda s: s.to == "connected" and
+            self.sender_up.setdefault("at", time.time() * 1000)))
+        tracks = [AudioSource(), VideoSource(160, 120, fps=15)]
+        self.peer, self.tap = sender, Tap(sender)
+        self.add_stream("camera", tracks, {"role": "camera", "label": req["label"]})
+        await sender.join(req["room"])
+        return {"peerId": sender.peer_id}
+
+    async def op_sender_up(self, req: dict[str, Any]) -> Any:
+        """Wall ms when this sender's connection to the recorder came up, or None."""
+        return self.sender_up.get("at")
 
     async def op_record_wait(self, req: dict[str, Any]) -> Any:
         """Wait (``timeout``) until the file of ``peer`` spans ``seconds`` (or is finalised
@@ -330,12 +385,13 @@ class PyPeer:
         the manifest, and ffprobe's view of every file."""
         import subprocess
 
+        # Asked before the clock is read: the answers do not change once set.
+        ups = {pid: await child.ask("sender_up") for pid, child in self.senders.items()}
         now = time.time() * 1000
-        sent = {s.peer_id: (now - max(up["at"], self.rec_up[s.peer_id])) / 1000
-                for s, up in self.senders if s.peer_id in self.rec_up and "at" in up}
+        sent = {pid: (now - max(at, self.rec_up[pid])) / 1000
+                for pid, at in ups.items() if at is not None and pid in self.rec_up}
         await self.recorder.stop()
-        for s, _ in self.senders:
-            await s.close()
+        await self._close_children()
         manifest = self.recorder.manifest()
         probes = {}
         for f in manifest["files"]:
@@ -347,7 +403,12 @@ class PyPeer:
                                  "info": json.loads(done.stdout or "{}")}
         return {"manifest": manifest, "probes": probes, "sent": sent, "up": self.rec_up}
 
+    async def _close_children(self) -> None:
+        children, self.children = self.children, []
+        await asyncio.gather(*(c.close() for c in children))
+
     async def op_close(self, req: dict[str, Any]) -> Any:
+        await self._close_children()
         if self.peer is not None:
             await self.peer.close()
         self.peer, self.tap = None, None

@@ -5,6 +5,7 @@ microphone from Chromium's fake devices); the browser leaves mid-recording. Scen
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 
@@ -18,6 +19,8 @@ def test_recording_two_python_senders_and_a_browser(run_scenario: Any) -> None:
     assert set(manifest["peers"]) == {"alice", *senders}, manifest["peers"]
     assert manifest["peers"]["alice"]["metadata"] == {"name": "Alice"}
     assert len(manifest["peers"]["alice"]["left"]) == 1  # it left mid-recording
+    # The recorder's clock in wall ms, to say where a short file lost its media.
+    t0_ms = datetime.datetime.fromisoformat(manifest["started_at"]).timestamp() * 1000
     by_peer: dict[str, list[dict[str, Any]]] = {}
     for f in manifest["files"]:
         by_peer.setdefault(f["peer_id"], []).append(f)
@@ -41,7 +44,12 @@ def test_recording_two_python_senders_and_a_browser(run_scenario: Any) -> None:
             sent = r["sent"][peer_id]
             assert f["ended_by"] == "recorder-stopped", f
             assert f["tracks"][0]["metadata"]["label"].startswith("sender ")
-        assert abs(duration - sent) <= 0.05 * sent, (peer_id, duration, sent, f)
+        # Where it was lost: connection up to first frame, last frame to stop (or leaving).
+        gaps = {"head": f["start"] - (r["up"][peer_id] - t0_ms) / 1000
+                if peer_id in r["up"] else None,
+                "tail": (r["leftAt"] - t0_ms) / 1000 - f["end"] if peer_id == "alice"
+                else manifest["stopped_at"] - f["end"]}
+        assert abs(duration - sent) <= 0.05 * sent, (peer_id, duration, sent, gaps, f)
     browser = by_peer["alice"][0]
     assert browser["end"] <= manifest["peers"]["alice"]["left"][0] + 1.0
     assert browser["end"] <= manifest["stopped_at"]
