@@ -16,6 +16,7 @@ come back through ``remote_presence``. The single-node paths do not change.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,9 +28,11 @@ from ..protocol.history import Position, encode_position_suffix
 from ..protocol.patterns import is_pattern
 from .broker import Broker, PresenceObserver
 from .history import Entry, History, Stream, decide
+from .replay import LOST, Replay, judge
 from .wildcards import Wildcards
 
 _perf = time.perf_counter
+log = logging.getLogger("roomwire.replay")
 
 
 class HubCounters(Protocol):
@@ -172,6 +175,9 @@ class Hub:
         self.clock: Callable[[], float] = time.time
         self.replay_max_bytes: int | None = None
         """A recovery that would replay more than this is refused (``recovered`` false)."""
+        self.replay: Replay | None = None
+        """Replay of missed broadcasts to token identities (the ``replay`` setting); None:
+        no channel has it. Needs ``history``."""
         self.last_stream: Stream | None = None
         """The history stream the latest ``publish`` was recorded in (None: not recorded);
         the session reads it right after publishing, to put the position in its ack."""
@@ -619,6 +625,66 @@ class Hub:
             room.name_json, entry.sender_json, entry.data,
             entry.sender_metadata if metadata else None,
             encode_position_suffix(entry.offset, stream.epoch_json))
+
+    # -- replay to the official SDKs (roomwire's setting, server/replay.py) -------------------
+
+    def note_drop(self, link: Link, channels: list[str]) -> None:
+        """``link``, a connection authenticated by a JWT ``sub`` (its peer id), is ending
+        while subscribed to ``channels``: mark where it stood on those the ``replay`` setting
+        covers. Runs before the hub forgets the link, so no publish falls between its last
+        live message and the mark."""
+        replay, history = self.replay, self.history
+        if replay is None or history is None:
+            return
+        now = self.clock()
+        for channel in channels:
+            rule = replay.rule(link.app_id, channel)
+            if rule is None:
+                continue
+            stream = history.stream(link.app_id, channel, now)
+            if stream is None:
+                continue
+            # A quiet channel must not be forgotten (a new epoch) while the mark is owed.
+            stream.touched = max(stream.touched, now)
+            replay.dropped((link.app_id, link.peer_id, channel), stream.position, now,
+                           rule.window)
+
+    def replay_missed(self, link: Link, channel: str, include_sender_metadata: bool,
+                      ) -> list[bytes]:
+        """``link`` (a token identity) subscribed to ``channel`` afresh just now: the
+        broadcasts its sub missed since a connection of it dropped off the channel, as the
+        ``message`` frames live delivery would have sent it, oldest first; [] when nothing
+        is owed or the gap is no longer in history (logged and counted). Runs in the same
+        turn as the subscribe, so the first live message follows the last replayed one."""
+        replay, history = self.replay, self.history
+        if replay is None or history is None or replay.rule(link.app_id, channel) is None:
+            return []
+        now = self.clock()
+        mark = replay.take((link.app_id, link.peer_id, channel), now)
+        if mark is None:
+            return []
+        stream = history.stream(link.app_id, channel, now, create=False)
+        missed: list[Entry] = []
+        if stream is not None:
+            stream.trim(now)
+            if stream.epoch == mark.position.epoch:
+                missed = stream.after(mark.position.offset)
+        plan = judge(mark.position, None if stream is None else stream.position, missed,
+                     self.replay_max_bytes)
+        replay.outcomes[plan.outcome] += 1
+        if plan.outcome in LOST:
+            log.info("replay: nothing replayed to a returning subscriber of %r (app %s): %s "
+                     "(it had missed %s messages)", channel, link.app_id, plan.outcome,
+                     "?" if stream is None or stream.epoch != mark.position.epoch
+                     else stream.top - mark.position.offset)
+            return []
+        room = self._room(link.app_id, channel, create=False)
+        name_json = room.name_json if room is not None else frames.encode_json(channel)
+        out = [frames.encode_message(name_json, e.sender_json, e.data,
+                                     e.sender_metadata if include_sender_metadata else None)
+               for e in plan.replay]
+        self.counters.frames_sent["message"] += len(out)
+        return out
 
     def direct(
         self, app_id: str, peer_id: str, data: bytes, sender_json: bytes,

@@ -190,6 +190,8 @@ class Session(ABC):
             return
         self.closed = True
         if self.attached:
+            if self.principal.via_token and self.subscriptions:
+                self.services.hub.note_drop(self, list(self.subscriptions))
             channels = list(self.subscriptions)
             if self._subscribing is not None and self._subscribing not in self.subscriptions:
                 channels.append(self._subscribing)
@@ -458,27 +460,34 @@ class Session(ABC):
             want = parsed
         elif not pattern and req.history is True:
             want = True
+        fresh = not pattern and channel not in self.subscriptions
         snapshot = (hub.subscribe_pattern(self, channel, include) if pattern
                     else hub.subscribe(self, channel, include))
         if isinstance(snapshot, asyncio.Future):
             self._held = []
             self._subscribing = channel
             snapshot.add_done_callback(
-                lambda f: self._subscribed(f, channel, include, rid, want))
+                lambda f: self._subscribed(f, channel, include, rid, want, fresh))
             return
         self.subscriptions[channel] = include
-        self._answer_subscribe(channel, rid, snapshot, want)
+        self._answer_subscribe(channel, rid, snapshot, want, fresh)
 
     def _answer_subscribe(self, channel: str, rid: str | None, snapshot: bytes | None,
-                          want: Position | bool) -> None:
+                          want: Position | bool, fresh: bool = False) -> None:
         """Ack, snapshot, and for an opted-in subscribe the replay (docs/protocol.md,
-        "roomwire extension: history and recovery"), all in this turn."""
+        "roomwire extension: history and recovery"), all in this turn. ``fresh``: the socket
+        did not hold the channel before (a token identity may be owed a replay then)."""
         replay: list[bytes] = []
         opted = self._history_channels
         if want is False:
             if opted and channel in opted:
                 opted.discard(channel)
                 self.services.hub.unfollow_history(self, channel)
+            elif fresh and self.principal.via_token and self.services.hub.replay is not None:
+                # The operator's replay for SDKs that cannot ask: after the snapshot, as an
+                # opted-in replay (Presence ordering: nothing between ack and snapshot).
+                replay = self.services.hub.replay_missed(self, channel,
+                                                         self.subscriptions[channel])
             ack = frames.encode_ack(rid) if rid is not None else None
         else:
             recover = want if isinstance(want, Position) else None
@@ -498,7 +507,8 @@ class Session(ABC):
             self.send(frame)
 
     def _subscribed(self, f: asyncio.Future[None], channel: str, include: bool,
-                    rid: str | None, want: Position | bool = False) -> None:
+                    rid: str | None, want: Position | bool = False, fresh: bool = False,
+                    ) -> None:
         """A cluster subscribe completed: ack, snapshot, then the frames held meanwhile."""
         self._subscribing = None
         if self.closed:
@@ -509,7 +519,7 @@ class Session(ABC):
             return
         snapshot = self.services.hub.finish_subscribe(self, channel)
         self.subscriptions[channel] = include
-        self._answer_subscribe(channel, rid, snapshot, want)
+        self._answer_subscribe(channel, rid, snapshot, want, fresh)
         self._release()
 
     def _release(self) -> None:
