@@ -288,3 +288,68 @@ async def test_past_the_window_an_official_client_gets_nothing_replayed(
     assert [(e["channel"], e["data"]) for e in events if e["event"] == "message"] == [
         (CHANNEL, "live"), (LOBBY, "lobby live")], client.describe(80)
     assert replays == [0, 0]
+
+
+async def _ordering_server(frames_sent: list[str]) -> Any:
+    """A scripted server: a welcome, and to every subscribe a message before its ack, the
+    ack, the snapshot, and a message after the snapshot (the place roomwire's replay takes).
+    Every other request is acknowledged."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    from roomwire.protocol import frames as wire
+
+    async def handle(ws: ServerConnection) -> None:
+        await ws.send(wire.encode_welcome("bob", None, 0, 65536, None).decode())
+        async for raw in ws:
+            frame = json.loads(raw)
+            rid = frame.get("requestId")
+            if frame.get("type") == "subscribe":
+                ch = json.dumps(frame["channel"]).encode()
+                script = [
+                    wire.encode_message(ch, b'"pub"', b'"before the ack"'),
+                    json.dumps({"type": "ack", "requestId": rid}).encode(),
+                    wire.encode_presence(ch, [], []),
+                    wire.encode_message(ch, b'"pub"', b'"after the snapshot"'),
+                ]
+                for payload in script:
+                    frames_sent.append(payload.decode())
+                    await ws.send(payload.decode())
+            elif frame.get("type") == "ping":
+                await ws.send('{"type":"pong"}')
+            elif rid is not None:
+                await ws.send(json.dumps({"type": "ack", "requestId": rid}))
+
+    return await serve(handle, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize("kind", ["python", "js"])
+async def test_the_official_clients_hand_on_a_message_before_the_ack_and_after_the_snapshot(
+        official: Launch, kind: str) -> None:
+    """What the SDKs accept, as black boxes: a ``message`` for a channel reaches the handler
+    whether it arrives before the subscribe's ack or after its snapshot, in arrival order
+    (so roomwire may put the replay after the snapshot, where Presence ordering wants it)."""
+    sent: list[str] = []
+    server = await _ordering_server(sent)
+    url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJib2IifQ.c2ln"  # never checked by this server
+    try:
+        client: Client
+        if kind == "python":
+            py = await official(url, tokens=[token], name="python")
+            await py.connected()
+            await py.ok("subscribe", channel=CHANNEL)
+            client = py
+        else:
+            js = await JsClient.launch(url, token, [CHANNEL])
+            client = js
+        try:
+            first = await client.next("message", channel=CHANNEL, timeout=15)
+            second = await client.next("message", channel=CHANNEL)
+        finally:
+            if isinstance(client, JsClient):
+                await client.stop()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert [json.loads(f)["type"] for f in sent] == ["message", "ack", "presence", "message"]
+    assert [first["data"], second["data"]] == ["before the ack", "after the snapshot"]
