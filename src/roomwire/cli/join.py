@@ -35,9 +35,9 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-__all__ = ["add_join_parser", "build_join_parser", "join_command", "main", "run_join"]
+from .peer_args import MISSING_CREDENTIAL, add_peer_options, peer_credentials, register_command
 
-DEFAULT_URL = "ws://127.0.0.1:7880"  # a local `roomwire serve`
+__all__ = ["add_join_parser", "build_join_parser", "join_command", "main", "run_join"]
 
 
 class CliError(Exception):
@@ -46,11 +46,7 @@ class CliError(Exception):
 
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("room", help="the channel to join")
-    p.add_argument("--url", default=os.environ.get("ROOMWIRE_URL", DEFAULT_URL),
-                   help="server base URL (default: $ROOMWIRE_URL or %(default)s)")
-    cred = p.add_mutually_exclusive_group()
-    cred.add_argument("--key", default=None, help="publishable key (or $ROOMWIRE_KEY)")
-    cred.add_argument("--token", default=None, help="JWT (or $ROOMWIRE_TOKEN)")
+    add_peer_options(p)
     p.add_argument("--play", metavar="FILE", help="send the audio/video of a media file")
     p.add_argument("--loop", action="store_true", help="loop the --play file")
     p.add_argument("--test-pattern", action="store_true", help="send a synthetic video")
@@ -63,8 +59,6 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="label in the metadata of the media sent (default: %(default)s)")
     p.add_argument("--duration", type=float, default=None,
                    help="leave after this many seconds (default: until Ctrl-C)")
-    p.add_argument("--loopback", action="store_true",
-                   help="let WebRTC use 127.0.0.1 (testing on one machine)")
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
     return p
 
@@ -76,12 +70,8 @@ def build_join_parser() -> argparse.ArgumentParser:
 
 def add_join_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``join`` on an ``argparse`` sub-parsers object; dispatch to ``run_join``."""
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "join", help="join a room as a command-line peer",
-        description="Join a room as a command-line peer.")
-    _configure(p)
-    p.set_defaults(func=run_join)
-    return p
+    return register_command(subparsers, "join", "join a room as a command-line peer",
+                            "Join a room as a command-line peer.", _configure, run_join)
 
 
 def _speech_wav(texts: Sequence[str], folder: str) -> list[str]:
@@ -129,18 +119,15 @@ async def join_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> in
     from ..client.rtc.peer import MeteredPeer
 
     say = _Printer(args.json, out)
-    key = args.key or (None if args.token else os.environ.get("ROOMWIRE_KEY"))
-    token = args.token or (None if key else os.environ.get("ROOMWIRE_TOKEN"))
-    if not key and not token:
-        raise CliError("give a credential: --key, --token, $ROOMWIRE_KEY or $ROOMWIRE_TOKEN")
+    cred = peer_credentials(args)
+    if cred is None:
+        raise CliError(MISSING_CREDENTIAL)
     if args.duration is not None and args.duration <= 0:
         raise CliError("--duration must be positive")
     tmp = tempfile.TemporaryDirectory(prefix="roomwire-join-")
     speech = _speech_wav(args.say, tmp.name) if args.say else []
 
-    cred: dict[str, Any] = {"api_key": key} if key else {"token_provider": lambda: token}
-    peer = MeteredPeer(url=args.url, loopback_candidates="add" if args.loopback else False,
-                       **cred)
+    peer = MeteredPeer(url=args.url, **cred)
     stream = MediaStream()
     player: Any = None
     tasks: list[asyncio.Task[Any]] = []

@@ -17,26 +17,19 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .peer_args import MISSING_CREDENTIAL, add_peer_options, peer_credentials, register_command
+
 __all__ = ["add_record_parser", "build_record_parser", "main", "run_record"]
-
-DEFAULT_URL = "ws://127.0.0.1:7880"
-
 
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("room", help="the channel to record")
     p.add_argument("--out", default=None,
                    help="output folder (default: ./recording-ROOM, created if missing)")
-    p.add_argument("--url", default=os.environ.get("ROOMWIRE_URL", DEFAULT_URL),
-                   help="server base URL (default: $ROOMWIRE_URL or %(default)s)")
-    cred = p.add_mutually_exclusive_group()
-    cred.add_argument("--key", default=None, help="publishable key (or $ROOMWIRE_KEY)")
-    cred.add_argument("--token", default=None, help="JWT (or $ROOMWIRE_TOKEN)")
+    add_peer_options(p)
     p.add_argument("--duration", type=float, default=None,
                    help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--queue-frames", type=int, default=256,
                    help="frames buffered per file; beyond, the oldest are dropped (default 256)")
-    p.add_argument("--loopback", action="store_true",
-                   help="let WebRTC use 127.0.0.1 (testing on one machine)")
     return p
 
 
@@ -47,22 +40,16 @@ def build_record_parser() -> argparse.ArgumentParser:
 
 def add_record_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``record`` on an ``argparse`` sub-parsers object; dispatch to ``run_record``."""
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "record", help="record every stream of a room to files",
-        description="Record every stream of a room.")
-    _configure(p)
-    p.set_defaults(func=run_record)
-    return p
+    return register_command(subparsers, "record", "record every stream of a room to files",
+                            "Record every stream of a room.", _configure, run_record)
 
 
 async def record_command(args: argparse.Namespace) -> int:
     from ..client.recording import record_room, safe_name
 
-    key = args.key or (None if args.token else os.environ.get("ROOMWIRE_KEY"))
-    token = args.token or (None if key else os.environ.get("ROOMWIRE_TOKEN"))
-    if not key and not token:
-        print("roomwire record: give a credential: --key, --token, $ROOMWIRE_KEY or "
-              "$ROOMWIRE_TOKEN", file=sys.stderr)
+    cred = peer_credentials(args)
+    if cred is None:
+        print(f"roomwire record: {MISSING_CREDENTIAL}", file=sys.stderr)
         return 2
     if args.duration is not None and args.duration <= 0:
         print("roomwire record: --duration must be positive", file=sys.stderr)
@@ -71,7 +58,6 @@ async def record_command(args: argparse.Namespace) -> int:
         print("roomwire record: --queue-frames must be at least 1", file=sys.stderr)
         return 2
     out = args.out or f"recording-{safe_name(args.room)}"
-    cred: dict[str, Any] = {"api_key": key} if key else {"token_provider": lambda: token}
     errors: list[str] = []
 
     def say(line: str) -> None:
@@ -79,8 +65,7 @@ async def record_command(args: argparse.Namespace) -> int:
 
     from ..client.rtc.peer import MeteredPeer
 
-    peer = MeteredPeer(url=args.url, loopback_candidates="add" if args.loopback else False,
-                       **cred)
+    peer = MeteredPeer(url=args.url, **cred)
     def on_error(ev: Any) -> None:
         errors.append(ev.err.name)
         say(f"error: {ev.err.name}: {ev.err}")
