@@ -209,6 +209,14 @@ async def test_publishable_key_peers_and_uncovered_channels_get_nothing(
     await back.expect_silence(0.1)
     assert rsrv.node.hub.replay is not None
     assert len(rsrv.node.hub.replay.ledger) == 0
+    # A pattern subscription (no history) leaves no mark either.
+    pat = await conn(rsrv.token_url("pat"))
+    ack = await pat.request({"type": "subscribe", "channel": "chat/*"})
+    assert ack["type"] == "ack", ack
+    await cut(rsrv, "pat")
+    assert len(rsrv.node.hub.replay.ledger) == 0
+    assert rsrv.node.hub.history is not None
+    assert (rsrv.app_id, "chat/*") not in rsrv.node.hub.history.streams
 
 
 async def test_a_repeated_subscribe_on_a_live_socket_replays_nothing(

@@ -638,6 +638,8 @@ class Hub:
             return
         now = self.clock()
         for channel in channels:
+            if "*" in channel and is_pattern(channel):
+                continue  # patterns keep no history
             rule = replay.rule(link.app_id, channel)
             if rule is None:
                 continue
