@@ -14,6 +14,7 @@ import pytest
 from srvkit import Conn, conn
 
 from conftest import RunningServer, start_server
+from waiting import wait_for
 from roomwire.server.config import ServerConfig
 
 RULES = [{"channels": "small/**", "size": 5, "ttl": 60},
@@ -45,6 +46,23 @@ async def publish_many(c: Conn, channel: str, values: range) -> None:
         await c.ok({"type": "publish", "channel": channel, "data": v})
 
 
+async def recorded(srv: RunningServer, channel: str, offset: int) -> None:
+    """Wait until the channel's history holds ``offset``. One node records a publish before
+    its ack; in a cluster a publisher that did not opt in is acked at once (as on any
+    channel) and Redis records it a moment later, so a test that counts on it waits."""
+    ch = srv.node.hub.cluster_history
+    if ch is None:
+        return
+    rule = ch.rule(srv.app_id, channel)
+    assert rule is not None
+
+    async def top() -> int:
+        return (await ch.read(srv.app_id, channel, rule, 0, start=False, count=0)).top
+
+    await wait_for(top, 5, f"{channel}'s history in Redis reaches {offset} (top)",
+                   until=lambda t: t >= offset)
+
+
 async def test_a_subscriber_that_comes_back_gets_the_50_it_missed_then_live_ones(
         hsrv: RunningServer) -> None:
     pub = await conn(hsrv.key_url())
@@ -60,6 +78,7 @@ async def test_a_subscriber_that_comes_back_gets_the_50_it_missed_then_live_ones
     await sub.ws.close()
 
     await publish_many(pub, "chat/a", range(3, 53))
+    await recorded(hsrv, "chat/a", 53)
     back = await conn(hsrv.token_url("bob"))
     ack, _ = await opt_in(back, "chat/a", recover={"epoch": epoch, "offset": 3})
     assert ack["history"] == {"epoch": epoch, "offset": 53} and ack["recovered"] is True, ack
@@ -110,6 +129,7 @@ async def test_overflow_gives_recovered_false_and_no_replay(hsrv: RunningServer)
     epoch = ack["history"]["epoch"]
     await sub.ws.close()
     await publish_many(pub, "small/a", range(6))  # the ring keeps 5: message 1 is gone
+    await recorded(hsrv, "small/a", 6)
     back = await conn(hsrv.key_url())
     ack, _ = await opt_in(back, "small/a", recover={"epoch": epoch, "offset": 0})
     assert ack["recovered"] is False and ack["history"] == {"epoch": epoch, "offset": 6}, ack
@@ -134,6 +154,7 @@ async def test_ttl_and_a_changed_epoch_give_recovered_false(hsrv: RunningServer)
     epoch = ack["history"]["epoch"]
     await sub.ws.close()
     await publish_many(pub, "chat/ttl", range(3))
+    await recorded(hsrv, "chat/ttl", 3)
     skew = 61.0  # the rule's ttl is 60 s: every missed message has expired
     back = await conn(hsrv.key_url())
     ack, _ = await opt_in(back, "chat/ttl", recover={"epoch": epoch, "offset": 0})
@@ -217,6 +238,7 @@ async def test_a_malformed_recover_is_refused_and_changes_nothing(
 async def test_rest_history(hsrv: RunningServer) -> None:
     pub = await conn(hsrv.token_url("dave"))
     await publish_many(pub, "chat/rest", range(4))
+    await recorded(hsrv, "chat/rest", 4)
     sk = hsrv.sk
     auth = {"Authorization": f"Bearer {sk.id}:{sk.secret}"}
     base = hsrv.url.replace("ws://", "http://")
@@ -268,6 +290,7 @@ async def test_a_gap_too_large_for_the_socket_is_not_replayed(hsrv: RunningServe
     blob = "x" * 4000
     for _ in range(150):
         await pub.ok({"type": "publish", "channel": "chat/big", "data": blob})
+    await recorded(hsrv, "chat/big", 150)
     back = await conn(hsrv.key_url())
     ack, _ = await opt_in(back, "chat/big", recover={"epoch": epoch, "offset": 0})
     assert ack["recovered"] is False, ack
