@@ -14,8 +14,8 @@ import pytest
 from srvkit import Conn, conn
 
 from conftest import RunningServer, start_server
-from waiting import wait_for
 from roomwire.server.config import ServerConfig
+from waiting import wait_for
 
 RULES = [{"channels": "small/**", "size": 5, "ttl": 60},
          {"channels": "chat/**", "size": 200, "ttl": 60}]
