@@ -276,13 +276,13 @@ class Node:
         cfg = self.config
         while True:
             await asyncio.sleep(cfg.ping_interval)
-            sent_at = time.monotonic()
             pinged = list(self.sessions)
             for s in pinged:
+                s.heard = False
                 s.send_ping()
             await asyncio.sleep(cfg.ping_grace)
             for s in pinged:
-                if s.last_seen < sent_at and not s.closed:
+                if not s.heard and not s.closed:
                     s.close(CloseCode.INTERNAL_ERROR, "no pong within the grace period")
 
     # -- cluster backplane -----------------------------------------------------------------------
