@@ -243,6 +243,15 @@ class Conn(WSListener):
                 fut.set_exception(failure)
         self.pending.clear()
 
+    def url(self, base: str) -> str:
+        """The URL this connection opens (a dialect may add its own query parameters)."""
+        return base
+
+    def direct_head(self, to: str, reply: bool) -> bytes:
+        """A direct message's frame up to the payload's first value, ``{"bt":``; the frame
+        ends with the payload's and the frame's closing braces."""
+        return b'{"type":"send","to":' + msgspec.json.encode(to) + b',"data":{"bt":'
+
     def send(self, frame: bytes) -> None:
         assert self.transport is not None
         self.transport.send(TEXT, frame)
@@ -348,7 +357,60 @@ class NatsConn(Conn):
         await asyncio.wait_for(fut, timeout)
 
 
-CONN_CLASSES: dict[str, type[Conn]] = {"v1": Conn, "nats": NatsConn}
+# What the PeerJS server relays to ``dst`` (with ``src`` added): a client's OFFER, ANSWER and
+# CANDIDATE messages. The direct scenario's pinger sends OFFERs and the echo ANSWERs.
+PEERJS_RELAYED = frozenset({b"OFFER", b"ANSWER", b"CANDIDATE"})
+
+
+class PeerJsConn(Conn):
+    """The same client speaking the PeerJS server's WebSocket protocol (``--dialect peerjs``,
+    the npm package ``peer``): the client picks its own id and a token and passes them with
+    the server's key in the query (``/peerjs?key=...&id=...&token=...``); the server answers
+    ``{"type":"OPEN"}`` (its welcome); a message ``{"type":"OFFER","dst":ID,"payload":...}``
+    is relayed to ``dst`` with ``src`` added. Nothing is acked, and there are no channels, so
+    only the direct scenario runs on it, without request ids."""
+
+    def __init__(self, run: Run, index: int) -> None:
+        super().__init__(run, index)
+        self.own_id = f"b{os.getpid()}-{index}"
+
+    def url(self, base: str) -> str:
+        sep = "&" if "?" in base else "?"
+        return f"{base}{sep}id={self.own_id}&token=t{self.index}"
+
+    def direct_head(self, to: str, reply: bool) -> bytes:
+        kind = b"ANSWER" if reply else b"OFFER"
+        return b'{"type":"' + kind + b'","dst":' + msgspec.json.encode(to) + b',"payload":{"bt":'
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        run = self.run
+        run.frames += 1
+        if frame.msg_type is not TEXT:
+            if frame.msg_type is CLOSE:
+                code = str(frame.get_close_code())
+                run.close_codes[code] = run.close_codes.get(code, 0) + 1
+                transport.send_close(WSCloseCode.OK)
+                transport.disconnect()
+            return
+        buf = frame.get_payload_as_bytes()
+        kind = frame_type(buf)
+        if kind in PEERJS_RELAYED:
+            if self.deliver is not None:
+                self.deliver(buf)
+            else:
+                run.stray += 1
+        elif kind == b"OPEN":
+            if not self.welcomed.done():
+                self.peer_id = self.own_id
+                self.welcomed.set_result(self.peer_id)
+        else:  # ERROR, ID-TAKEN, and EXPIRE / LEAVE for a peer the server does not know
+            run.note_error(f"{kind.decode(errors='replace')}: {buf[:120]!r}")
+
+    async def request(self, frame: dict[str, Any], timeout: float = 15.0) -> None:
+        raise SetupError("the PeerJS server has no channels and acks nothing")
+
+
+CONN_CLASSES: dict[str, type[Conn]] = {"v1": Conn, "nats": NatsConn, "peerjs": PeerJsConn}
 conn_class: type[Conn] = Conn
 
 
@@ -367,7 +429,7 @@ async def connect_many(
             run.conns.append(conn)
             await ws_connect(
                 lambda: conn,
-                creds.url_for(index),
+                conn.url(creds.url_for(index)),
                 websocket_handshake_timeout=10,
                 max_frame_size=MAX_FRAME,
             )
@@ -720,8 +782,8 @@ class DirectPair:
         self.a = a
         self.b = b
         pad = padding(payload_bytes, len('{"bt":,"pad":""}') + 19)
-        self.to_b = b'{"type":"send","to":' + msgspec.json.encode(b.peer_id) + b',"data":{"bt":'
-        self.to_a = b'{"type":"send","to":' + msgspec.json.encode(a.peer_id) + b',"data":{"bt":'
+        self.to_b = a.direct_head(b.peer_id, reply=False)
+        self.to_a = b.direct_head(a.peer_id, reply=True)
         self.request_ids = request_ids
         # With request ids every send is acked (what both official SDKs do); without, the
         # server answers only errors.
@@ -820,7 +882,7 @@ async def connect_and_join(
             run.conns.append(conn)
             await ws_connect(
                 lambda: conn,
-                creds.url_for(index),
+                conn.url(creds.url_for(index)),
                 websocket_handshake_timeout=10,
                 max_frame_size=MAX_FRAME,
             )
@@ -922,6 +984,8 @@ def int_list(text: str) -> list[int]:
 async def main_async(opts: Options) -> int:
     global conn_class
     conn_class = CONN_CLASSES[opts.dialect]
+    if opts.dialect == "peerjs" and not opts.no_request_id:
+        raise SystemExit("loadgen: the PeerJS server acks nothing: use --no-request-id")
     creds = Credentials(opts.url, opts.jwt_kid, opts.jwt_secret)
     jobs: list[tuple[str, int]] = []
     for name in [s.strip() for s in opts.scenario.split(",") if s.strip()]:
@@ -1039,7 +1103,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         "--dialect",
         default="v1",
         choices=sorted(CONN_CLASSES),
-        help="v1: roomwire and the bare relays; nats: NATS server's WebSocket listener",
+        help="v1: roomwire and the bare relays; nats: NATS server's WebSocket listener; "
+        "peerjs: the PeerJS server (direct only)",
     )
     return p.parse_args(argv, namespace=Options())
 

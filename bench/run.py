@@ -45,9 +45,13 @@ import procstat
 BENCH_DIR = Path(__file__).resolve().parent
 PYTHON = sys.executable
 ROOMWIRE_ENV = {"ROOMWIRE_CONNECT_RATE_LIMIT": "0", "ROOMWIRE_RATE_LIMIT": "0"}
-SERVERS = ("bare", "coalesce", "nats", "roomwire")
-BASELINES = ("bare", "coalesce", "nats")
+SERVERS = ("bare", "coalesce", "nats", "peerjs", "roomwire")
+BASELINES = ("bare", "coalesce", "nats", "peerjs")
 NATS_SERVER = os.environ.get("NATS_SERVER", "/usr/sbin/nats-server")
+# The PeerJS server (npm package ``peer``), installed by bench/setup-peerjs.sh.
+PEERJS_DIR = BENCH_DIR / "peerjs"
+PEERJS_BIN = PEERJS_DIR / "node_modules" / "peer" / "dist" / "bin" / "peerjs.js"
+NODE = os.environ.get("NODE", "node")
 NOISY = 0.25  # cores used by other programs during a measurement worth flagging
 
 
@@ -130,9 +134,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def healthy(port: int) -> bool:
+def healthy(port: int, path: str = "/healthz") -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as resp:
             return bool(resp.status == 200)
     except (OSError, urllib.error.URLError):
         return False
@@ -149,6 +153,13 @@ class Server:
     log_path: Path | None = None
     failure: str | None = None
     notes: list[str] = field(default_factory=list)
+    health_path: str = "/healthz"
+
+    def runs(self, scenario: Scenario) -> bool:
+        """The PeerJS server relays direct messages only and acks nothing."""
+        if self.name == "peerjs":
+            return scenario.kind == "direct" and "--no-request-id" in scenario.args
+        return True
 
     @property
     def pid(self) -> int:
@@ -189,7 +200,7 @@ class Server:
             if not self.alive():
                 self.failure = f"exited with code {self.proc.returncode}"
                 return False
-            if healthy(self.port):
+            if healthy(self.port, self.health_path):
                 return True
             time.sleep(0.1)
         self.failure = f"/healthz did not answer 200 within {timeout:.0f} s"
@@ -200,6 +211,8 @@ class Server:
         env = dict(os.environ)
         if self.name == "nats":
             return self._start_nats(health_timeout)
+        if self.name == "peerjs":
+            return self._start_peerjs(health_timeout)
         if self.name in ("bare", "coalesce"):
             argv = [PYTHON, str(BENCH_DIR / "bare_relay.py"), "--host", "127.0.0.1"]
             if self.name == "coalesce":
@@ -247,6 +260,24 @@ class Server:
             self.stop()
             return False
         self.url = f"ws://127.0.0.1:{ws}/"
+        return True
+
+    def _start_peerjs(self, health_timeout: float) -> bool:
+        """The PeerJS server's own CLI, as its README runs it (key ``peerjs``, path ``/``;
+        the WebSocket endpoint is ``/peerjs``, ``GET /`` answers its JSON banner)."""
+        if not PEERJS_BIN.exists():
+            self.failure = f"{PEERJS_BIN} missing: run bench/setup-peerjs.sh"
+            return False
+        self.health_path = "/"
+        try:
+            self._spawn([NODE, str(PEERJS_BIN), "--host", "127.0.0.1"], dict(os.environ))
+        except OSError as exc:
+            self.failure = f"could not start {NODE}: {exc}"
+            return False
+        if not self._wait_healthy(health_timeout):
+            self.stop()
+            return False
+        self.url = f"ws://127.0.0.1:{self.port}/peerjs?key=peerjs"
         return True
 
     def stop(self) -> None:
@@ -325,7 +356,7 @@ def run_loadgen(
         PYTHON, str(BENCH_DIR / "loadgen.py"), "--url", server.url, *scenario.args,
         "--duration", str(cfg.duration), "--warmup", str(cfg.warmup),
         "--server-pid", str(server.pid), "--label", server.name,
-        "--dialect", "nats" if server.name == "nats" else "v1",
+        "--dialect", server.name if server.name in ("nats", "peerjs") else "v1",
     ]  # fmt: skip
     if cfg.loadgen_cpu is not None:
         argv += ["--cpu", str(cfg.loadgen_cpu)]
@@ -378,6 +409,13 @@ def machine_info() -> dict[str, Any]:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = "not installed"
+    try:
+        peer = json.loads((PEERJS_DIR / "node_modules" / "peer" / "package.json").read_text())
+        versions["peer (PeerJS server)"] = str(peer["version"])
+        node = subprocess.run([NODE, "--version"], capture_output=True, text=True, timeout=10)
+        versions["node"] = node.stdout.strip()
+    except (OSError, ValueError, KeyError, subprocess.SubprocessError):
+        versions["peer (PeerJS server)"] = "not installed"
     return {
         "nproc": os.cpu_count(),
         "cpus_allowed": sorted(os.sched_getaffinity(0)),
@@ -437,7 +475,8 @@ def report(
         f"load average at start {', '.join(f'{x:.2f}' for x in info['loadavg_start'])}",
         f"- Python {info['python']}; picows {v['picows']}, uvloop {v['uvloop']}, "
         f"msgspec {v['msgspec']}, websockets {v['websockets']}, aiohttp {v['aiohttp']}, "
-        f"roomwire {v['roomwire']}",
+        f"roomwire {v['roomwire']}; PeerJS server {v.get('peer (PeerJS server)')} on Node "
+        f"{v.get('node', 'n/a')}",
         f"- servers pinned to CPU {servers[0].cpu}, load generator to CPU {cfg.loadgen_cpu}; "
         f"{rounds} round(s) of {cfg.duration:g} s per scenario after {cfg.warmup:g} s warm-up; "
         f"loopback 127.0.0.1; total {time.monotonic() - started:.0f} s",
@@ -524,8 +563,9 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="unmeasured seconds before each measurement (default 0.5, quick 0.2)",
     )
-    p.add_argument("--servers", default="bare,coalesce,nats,roomwire",
-                   help="which servers to run (bare, coalesce, nats, roomwire)")
+    p.add_argument("--servers", default="bare,coalesce,nats,peerjs,roomwire",
+                   help="which servers to run (bare, coalesce, nats, peerjs, roomwire); "
+                   "peerjs runs the direct scenarios without requestId only")
     p.add_argument("--roomwire-env", default="",
                    help="KEY=VALUE,... for roomwire instead of the lifted limits "
                    "('shipped': no override, the default limits)")
@@ -595,6 +635,8 @@ def main() -> int:
                 for i, sc in enumerate(plan):
                     order = up if (rnd + i) % 2 == 0 else list(reversed(up))
                     for srv in order:
+                        if not srv.runs(sc):
+                            continue
                         log(f"-- {sc.name} on {srv.name}")
                         results[(rnd, srv.name, sc.name)] = run_loadgen(srv, sc, cfg, deadline)
             finally:

@@ -2,7 +2,8 @@
 SignallingClient (metered-realtime) and JS one (@metered-ca/realtime, in Node), subscribed to a
 channel with history next to roomwire's SDK (which opts in), receive byte for byte the frames
 they receive from a server without history (docs/protocol.md, "roomwire extension: history
-and recovery")."""
+and recovery"). With ``ROOMWIRE_TEST_CLUSTER=3`` both runs are 3-node clusters (history in
+Redis), the clients on different nodes."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from conftest import RawClient, RunningServer, start_node
+from conftest import RawClient, RunningServer, start_server
 from roomwire.client import SignallingClient
+from waiting import wait_for
 
 from .conftest import Launch
 
@@ -63,9 +65,17 @@ def record_frames(srv: RunningServer, peer_id: str) -> list[bytes]:
     """Every frame the server writes to ``peer_id``'s socket from now on, request ids
     blanked (the official client's are random UUIDs)."""
     seen: list[bytes] = []
-    (link,) = srv.node.hub.peer_links(srv.app_id, peer_id)
+    (link,) = [link for node in srv.nodes for link in node.hub.peer_links(srv.app_id, peer_id)]
     tap_writes(link, lambda payload: seen.append(_RID.sub(b'"requestId":"-"', payload)))
     return seen
+
+
+async def crossed(received: list[Any], n: int) -> None:
+    """Wait until roomwire's SDK got ``n`` messages. In a cluster a publish is acked before
+    it crossed to the other nodes, so publishers on different nodes are ordered by what the
+    subscribers saw, not by their acks (the same in both runs)."""
+    await wait_for(lambda: len(received), 5, f"roomwire's SDK received {n} messages",
+                   until=lambda got: got >= n)
 
 
 async def scenario(srv: RunningServer, official: Launch) -> tuple[list[bytes], list[Any]]:
@@ -86,10 +96,12 @@ async def scenario(srv: RunningServer, official: Launch) -> tuple[list[bytes], l
         for n in range(3):
             reply = await pub.request({"type": "publish", "channel": "chat/room", "data": n})
             assert reply["type"] == "ack", reply
+            await crossed(positions, n + 1)
         await rw.publish("chat/room", {"from": "rw"})
-        await off.ok("publish", channel="chat/room", data={"from": "official"})
         for _ in range(4):
             await off.next("message", channel="chat/room")
+        await off.ok("publish", channel="chat/room", data={"from": "official"})
+        await crossed(positions, 4)
         await pub.close()
     await off.next("presence", channel="chat/room")  # rw left
     return seen, positions
@@ -97,12 +109,12 @@ async def scenario(srv: RunningServer, official: Launch) -> tuple[list[bytes], l
 
 async def test_the_official_client_gets_the_same_frames_with_history_on(
         tmp_path: Path, official: Launch) -> None:
-    before_srv = await start_node(tmp_path / "off")
+    before_srv = await start_server(tmp_path / "off")
     try:
         before, plain_positions = await scenario(before_srv, official)
     finally:
         await before_srv.stop()
-    after_srv = await start_node(tmp_path / "on",
+    after_srv = await start_server(tmp_path / "on",
                                  history=[{"channels": "chat/**", "size": 100, "ttl": 60}])
     try:
         after, positions = await scenario(after_srv, official)
@@ -124,21 +136,22 @@ async def js_scenario(srv: RunningServer) -> list[bytes]:
     node = shutil.which("node")
     assert node is not None and sdk.is_dir(), (
         "the official JS SDK is needed: scripts/setup-browser.sh installs node and it")
-    hub = srv.node.hub
-    attach = hub.attach
     seen: list[bytes] = []
 
-    def recording_attach(link: Any) -> Any:
-        if link.peer_id not in ("rw", "pub"):  # the JS client (a publishable key)
+    def recording(attach: Any) -> Any:
+        def recording_attach(link: Any) -> Any:
+            if link.peer_id not in ("rw", "pub"):  # the JS client (a publishable key)
 
-            def on_payload(payload: bytes) -> None:
-                if not payload.startswith(b'{"type":"welcome"'):
-                    seen.append(_RID.sub(b'"requestId":"-"', payload))
+                def on_payload(payload: bytes) -> None:
+                    if not payload.startswith(b'{"type":"welcome"'):
+                        seen.append(_RID.sub(b'"requestId":"-"', payload))
 
-            tap_writes(link, on_payload)
-        return attach(link)
+                tap_writes(link, on_payload)
+            return attach(link)
+        return recording_attach
 
-    hub.attach = recording_attach  # type: ignore[method-assign]
+    for n in srv.nodes:
+        n.hub.attach = recording(n.hub.attach)  # type: ignore[method-assign]
     proc = await asyncio.create_subprocess_exec(
         node, "--experimental-websocket", "--no-warnings",
         str(Path(__file__).with_name("js") / "pattern_backend.mjs"), str(web), srv.url,
@@ -149,6 +162,8 @@ async def js_scenario(srv: RunningServer) -> list[bytes]:
         line = await asyncio.wait_for(proc.stdout.readline(), 15)
         assert line.strip() == b"READY", line + await proc.stderr.read()  # type: ignore
         rw = SignallingClient(url=srv.url, token_provider=lambda: srv.token("rw"))
+        got: list[Any] = []
+        rw.on("message", got.append)
         async with rw:
             await rw.subscribe("chat/room")
             pub = await RawClient.connect(srv.token_url("pub"))
@@ -156,6 +171,7 @@ async def js_scenario(srv: RunningServer) -> list[bytes]:
                 reply = await pub.request({"type": "publish", "channel": "chat/room",
                                            "data": n})
                 assert reply["type"] == "ack", reply
+                await crossed(got, n + 1)
             await rw.publish("chat/room", {"from": "rw"})
             line = await asyncio.wait_for(proc.stdout.readline(), 20)
             assert line.startswith(b"RESULT "), line
@@ -172,12 +188,12 @@ async def js_scenario(srv: RunningServer) -> list[bytes]:
 
 async def test_the_official_js_client_gets_the_same_frames_with_history_on(
         tmp_path: Path) -> None:
-    before_srv = await start_node(tmp_path / "off")
+    before_srv = await start_server(tmp_path / "off")
     try:
         before = await js_scenario(before_srv)
     finally:
         await before_srv.stop()
-    after_srv = await start_node(tmp_path / "on",
+    after_srv = await start_server(tmp_path / "on",
                                  history=[{"channels": "chat/**", "size": 100, "ttl": 60}])
     try:
         after = await js_scenario(after_srv)

@@ -1,6 +1,6 @@
-"""roomwire's history and recovery extension on one node (docs/protocol.md, "roomwire
-extension: history and recovery"). History is refused in a cluster, so these tests start a
-node of their own whatever ``ROOMWIRE_TEST_CLUSTER`` says."""
+"""roomwire's history and recovery extension (docs/protocol.md, "roomwire extension: history
+and recovery"): on one node, and with ``ROOMWIRE_TEST_CLUSTER=3`` on 3 nodes sharing Redis
+(history in Redis), consecutive clients of a test landing on different nodes."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import aiohttp
 import pytest
 from srvkit import Conn, conn
 
-from conftest import RunningServer, start_node
+from conftest import RunningServer, start_server
 from roomwire.server.config import ServerConfig
+from waiting import wait_for
 
 RULES = [{"channels": "small/**", "size": 5, "ttl": 60},
          {"channels": "chat/**", "size": 200, "ttl": 60}]
@@ -22,7 +23,7 @@ RULES = [{"channels": "small/**", "size": 5, "ttl": 60},
 
 @pytest.fixture
 async def hsrv(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    srv = await start_node(tmp_path, history=RULES)
+    srv = await start_server(tmp_path, history=RULES)
     try:
         yield srv
     finally:
@@ -45,6 +46,23 @@ async def publish_many(c: Conn, channel: str, values: range) -> None:
         await c.ok({"type": "publish", "channel": channel, "data": v})
 
 
+async def recorded(srv: RunningServer, channel: str, offset: int) -> None:
+    """Wait until the channel's history holds ``offset``. One node records a publish before
+    its ack; in a cluster a publisher that did not opt in is acked at once (as on any
+    channel) and Redis records it a moment later, so a test that counts on it waits."""
+    ch = srv.node.hub.cluster_history
+    if ch is None:
+        return
+    rule = ch.rule(srv.app_id, channel)
+    assert rule is not None
+
+    async def top() -> int:
+        return (await ch.read(srv.app_id, channel, rule, 0, start=False, count=0)).top
+
+    await wait_for(top, 5, f"{channel}'s history in Redis reaches {offset} (top)",
+                   until=lambda t: t >= offset)
+
+
 async def test_a_subscriber_that_comes_back_gets_the_50_it_missed_then_live_ones(
         hsrv: RunningServer) -> None:
     pub = await conn(hsrv.key_url())
@@ -60,6 +78,7 @@ async def test_a_subscriber_that_comes_back_gets_the_50_it_missed_then_live_ones
     await sub.ws.close()
 
     await publish_many(pub, "chat/a", range(3, 53))
+    await recorded(hsrv, "chat/a", 53)
     back = await conn(hsrv.token_url("bob"))
     ack, _ = await opt_in(back, "chat/a", recover={"epoch": epoch, "offset": 3})
     assert ack["history"] == {"epoch": epoch, "offset": 53} and ack["recovered"] is True, ack
@@ -110,6 +129,7 @@ async def test_overflow_gives_recovered_false_and_no_replay(hsrv: RunningServer)
     epoch = ack["history"]["epoch"]
     await sub.ws.close()
     await publish_many(pub, "small/a", range(6))  # the ring keeps 5: message 1 is gone
+    await recorded(hsrv, "small/a", 6)
     back = await conn(hsrv.key_url())
     ack, _ = await opt_in(back, "small/a", recover={"epoch": epoch, "offset": 0})
     assert ack["recovered"] is False and ack["history"] == {"epoch": epoch, "offset": 6}, ack
@@ -124,16 +144,17 @@ async def test_overflow_gives_recovered_false_and_no_replay(hsrv: RunningServer)
 
 
 async def test_ttl_and_a_changed_epoch_give_recovered_false(hsrv: RunningServer) -> None:
-    hub = hsrv.node.hub
-    real = hub.clock
     skew = 0.0
-    hub.clock = lambda: real() + skew
+    for node in hsrv.nodes:  # publishers' and the recovering subscriber's clocks alike
+        real = node.hub.clock
+        node.hub.clock = lambda real=real: real() + skew  # type: ignore[misc]
     pub = await conn(hsrv.key_url())
     sub = await conn(hsrv.key_url())
     ack, _ = await opt_in(sub, "chat/ttl", history=True)
     epoch = ack["history"]["epoch"]
     await sub.ws.close()
     await publish_many(pub, "chat/ttl", range(3))
+    await recorded(hsrv, "chat/ttl", 3)
     skew = 61.0  # the rule's ttl is 60 s: every missed message has expired
     back = await conn(hsrv.key_url())
     ack, _ = await opt_in(back, "chat/ttl", recover={"epoch": epoch, "offset": 0})
@@ -217,6 +238,7 @@ async def test_a_malformed_recover_is_refused_and_changes_nothing(
 async def test_rest_history(hsrv: RunningServer) -> None:
     pub = await conn(hsrv.token_url("dave"))
     await publish_many(pub, "chat/rest", range(4))
+    await recorded(hsrv, "chat/rest", 4)
     sk = hsrv.sk
     auth = {"Authorization": f"Bearer {sk.id}:{sk.secret}"}
     base = hsrv.url.replace("ws://", "http://")
@@ -252,9 +274,8 @@ async def test_rest_history(hsrv: RunningServer) -> None:
             assert (status, body["error"]) == (403, code), body
 
 
-def test_history_is_refused_in_a_cluster_and_bad_rules_at_start() -> None:
-    with pytest.raises(ValueError, match="not available in a cluster"):
-        ServerConfig(history=RULES, redis_url="redis://127.0.0.1:6379/9").validate()
+def test_history_is_accepted_in_a_cluster_and_bad_rules_refused_at_start() -> None:
+    ServerConfig(history=RULES, redis_url="redis://127.0.0.1:6379/9").validate()
     with pytest.raises(ValueError, match="history rule 1"):
         ServerConfig(history=[{"size": 0, "ttl": 1}]).validate()
 
@@ -269,6 +290,7 @@ async def test_a_gap_too_large_for_the_socket_is_not_replayed(hsrv: RunningServe
     blob = "x" * 4000
     for _ in range(150):
         await pub.ok({"type": "publish", "channel": "chat/big", "data": blob})
+    await recorded(hsrv, "chat/big", 150)
     back = await conn(hsrv.key_url())
     ack, _ = await opt_in(back, "chat/big", recover={"epoch": epoch, "offset": 0})
     assert ack["recovered"] is False, ack
@@ -281,8 +303,8 @@ async def test_a_gap_too_large_for_the_socket_is_not_replayed(hsrv: RunningServe
 
 async def test_a_server_without_history_answers_the_extension_honestly(
         server: RunningServer) -> None:
-    """The default server (in the cluster pass, a cluster, where history is not available):
-    an opted-in subscribe gets ``history: null``, a recover ``recovered: false``, and the
+    """The default server (no history setting; in the cluster pass, a cluster): an
+    opted-in subscribe gets ``history: null``, a recover ``recovered: false``, and the
     messages carry no position. The subscribe still acks, then the snapshot."""
     c = await conn(server.key_url())
     pub = await conn(server.key_url())

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import itertools
 
+import msgspec
 import pytest
 
 from roomwire.protocol import frames
 from roomwire.protocol.history import Position, parse_position, recover_problem
-from roomwire.server.history import History, HistoryRule, decide, parse_rules
+from roomwire.server.broker.redis_history import parse_read
+from roomwire.server.broker.wire import Posted, decode, posted_prefix
+from roomwire.server.history import (
+    Entry,
+    History,
+    HistoryRead,
+    HistoryRule,
+    complete_read,
+    decide,
+    decide_read,
+    parse_rules,
+)
 
 
 def _history(size: int = 5, ttl: float = 60.0, channels: str = "chat/**",
@@ -241,3 +253,78 @@ def test_the_history_setting_from_a_toml_file_and_the_environment(tmp_path: obje
     toml.write_text("[[history]]\nsize = 100\n")
     with pytest.raises(ValueError, match="history rule 1: 'ttl'"):
         load_config(toml, env={})
+
+
+# -- the cluster's history: the decision over a read from Redis (pure) -----------------------
+
+def _read(top: int, first: int, *, epoch: str | None = "e1", times: float = 100.0,
+          more: bool = False, anchor: bool = True) -> HistoryRead:
+    """A read of the entries ``first``..``top`` (``first`` > ``top``: none kept)."""
+    entries = [Entry(o, times, frames.encode_json(o), b'"p"', None, 130)
+               for o in range(first, top + 1)]
+    return HistoryRead(epoch, top, entries, times if entries and anchor else None, more)
+
+
+@pytest.mark.parametrize(
+    ("read", "client", "now", "recovered", "replayed"),
+    [
+        # nothing missed
+        (_read(5, 6), Position("e1", 5), 100.0, True, []),
+        # the missed tail, in order
+        (_read(5, 3), Position("e1", 2), 100.0, True, [3, 4, 5]),
+        # the first missed one was trimmed (overflow): the read starts later
+        (_read(8, 5, anchor=False), Position("e1", 3), 100.0, False, []),
+        # every kept entry trimmed away
+        (_read(8, 9), Position("e1", 3), 100.0, False, []),
+        # another epoch (the history was lost in Redis and started again)
+        (_read(5, 1, epoch="e2"), Position("e1", 2), 100.0, False, []),
+        # no history at all any more
+        (_read(0, 1, epoch=None), Position("e1", 2), 100.0, False, []),
+        # the client claims more than was ever given
+        (_read(5, 6), Position("e1", 9), 100.0, False, []),
+        # expired by the rule's ttl (60 s) although Redis still keeps them
+        (_read(5, 3, times=30.0), Position("e1", 2), 100.0, False, []),
+        # over the byte bound: the reader stopped early
+        (_read(5, 3, more=True), Position("e1", 2), 100.0, False, []),
+    ],
+)
+def test_decide_read_table(read: HistoryRead, client: Position, now: float, recovered: bool,
+                           replayed: list[int]) -> None:
+    got = decide_read(read, client, now, 60.0)
+    assert got.recovered is recovered
+    assert [e.offset for e in got.replay] == replayed
+
+
+def test_decide_read_refuses_a_hole_in_the_offsets() -> None:
+    read = _read(5, 3)
+    holed = HistoryRead(read.epoch, read.top, [read.entries[0], read.entries[2]],
+                        read.anchor_time)
+    assert decide_read(holed, Position("e1", 2), 100.0, 60.0) == (False, [])
+
+
+@pytest.mark.parametrize(("since", "anchor", "complete"), [
+    (5, None, True),      # nothing after it
+    (2, 100.0, True),     # the entry right after it is kept and fresh
+    (2, 30.0, False),     # kept but older than the ttl
+    (2, None, False),     # trimmed
+])
+def test_complete_read(since: int, anchor: float | None, complete: bool) -> None:
+    assert complete_read(HistoryRead("e1", 5, [], anchor), since, 100.0, 60.0) is complete
+
+
+def test_parse_read_of_a_script_reply() -> None:
+    reply = [b"e1", 7, [[b"6-0", [b"t", b"99.5", b"d", b"1", b"s", b'"p"']],
+                        [b"7-0", [b"t", b"99.75", b"d", b"2", b"s", b'"p"', b"m", b"{}"]]],
+             0, b"99.5"]
+    read = parse_read(reply)
+    assert (read.epoch, read.top, read.anchor_time, read.more) == ("e1", 7, 99.5, False)
+    assert [(e.offset, e.time, e.data, e.sender_metadata) for e in read.entries] == [
+        (6, 99.5, b"1", None), (7, 99.75, b"2", b"{}")]
+    assert parse_read([None, 0, [], 0, None]) == HistoryRead(None, 0, [], None, False)
+
+
+def test_posted_prefix_plus_what_the_script_appends_decodes() -> None:
+    """The append script completes the node's prefix with cmsgpack's offset and epoch."""
+    prefix = posted_prefix("n1.ab", 3, b'{"x":1}', b'"p"', None)
+    frame = decode(prefix + msgspec.msgpack.encode(42) + msgspec.msgpack.encode("e1"))
+    assert frame == Posted("n1.ab", 3, b'{"x":1}', b'"p"', None, 42, "e1")

@@ -106,8 +106,8 @@ class ServerConfig:
     history: list[dict[str, Any]] = field(default_factory=list)
     """Channel history for roomwire's recovery extension (docs/protocol.md, "roomwire
     extension: history and recovery"): rules ``{app?, channels?, size, ttl}``, the first
-    matching (app, channel) wins; empty (the default): no channel keeps history. Refused in
-    a cluster (history is kept in one node's memory)."""
+    matching (app, channel) wins; empty (the default): no channel keeps history. One node
+    keeps it in memory; a cluster (``redis_url``) in Redis (docs/cluster.md)."""
     replay: list[dict[str, Any]] = field(default_factory=list)
     """Replay of missed broadcasts to connections authenticated by a JWT ``sub`` that drop
     and subscribe again (the official SDKs included, docs/protocol.md, "Replay for the
@@ -254,11 +254,6 @@ class ServerConfig:
             parse_rules(self.history)
             if self.history_max_bytes < 2**20:
                 raise ValueError("history_max_bytes must be at least 1048576 (1 MiB)")
-            if self.redis_url:
-                raise ValueError(
-                    "history is not available in a cluster yet: it is kept in one node's "
-                    "memory, so a client coming back to another node could not recover; "
-                    "remove the history setting or redis_url")
         if self.replay:
             from .history import parse_rules as parse_history
             from .replay import parse_rules as parse_replay

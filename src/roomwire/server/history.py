@@ -26,10 +26,15 @@ __all__ = [
     "MAX_HISTORY_TTL",
     "Entry",
     "History",
+    "HistoryRead",
     "HistoryRule",
     "Recovery",
+    "RuleBook",
     "Stream",
+    "complete_read",
     "decide",
+    "decide_read",
+    "new_epoch",
     "parse_rules",
 ]
 
@@ -206,14 +211,89 @@ def decide(stream: Stream, client: Position, now: float, max_bytes: int | None =
     return Recovery(True, replay)
 
 
-def _new_epoch() -> str:
+def new_epoch() -> str:
+    """A fresh epoch: 8 URL-safe characters."""
     return secrets.token_urlsafe(6)
+
+
+class RuleBook:
+    """Which rule covers an (app, channel), cached: publishes repeat the same few. A node's
+    ``History`` and the cluster's history (``broker/redis_history.py``) both ask it."""
+
+    def __init__(self, rules: list[HistoryRule]) -> None:
+        self.rules = rules
+        self._cache: dict[tuple[str, str], HistoryRule | None] = {}
+
+    def rule(self, app_id: str, channel: str) -> HistoryRule | None:
+        return self.lookup((app_id, channel))
+
+    def lookup(self, key: tuple[str, str]) -> HistoryRule | None:
+        cache = self._cache
+        if key in cache:
+            return cache[key]
+        app_id, channel = key
+        found = None
+        for rule in self.rules:
+            if (rule.app is None or rule.app == app_id) and matches(rule.channels, channel):
+                found = rule
+                break
+        if len(cache) >= _RULE_CACHE_MAX:
+            cache.clear()
+        cache[key] = found
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRead:
+    """What one read of a channel's history in Redis found (the cluster's history; the
+    driver is ``broker/redis_history.py``)."""
+
+    epoch: str | None
+    """None: the channel has no history there (nothing published, or it was lost) and the
+    read was not allowed to start one."""
+    top: int
+    """The last offset given in ``epoch`` (0: none yet)."""
+    entries: list[Entry]
+    """Kept entries after the read's offset, in the order asked for (expired ones included:
+    ``decide_read`` and ``complete_read`` judge them)."""
+    anchor_time: float | None
+    """Publication time of the entry right after the read's offset, if it is still kept:
+    whether the history is complete from there."""
+    more: bool = False
+    """The read stopped at its byte bound: more entries follow."""
+
+
+def complete_read(read: HistoryRead, after: int, now: float, ttl: float) -> bool:
+    """Whether every publication after ``after`` is still kept (and not expired)."""
+    if after >= read.top:
+        return True
+    return read.anchor_time is not None and read.anchor_time > now - ttl
+
+
+def decide_read(read: HistoryRead, client: Position, now: float, ttl: float) -> Recovery:
+    """``decide`` for a read from Redis of the entries after ``client.offset`` (bounded in
+    bytes by the reader: ``more`` means over the bound, so no replay)."""
+    if read.epoch is None or client.epoch != read.epoch or client.offset > read.top:
+        return Recovery(False, [])
+    if client.offset >= read.top:
+        return Recovery(True, [])
+    if read.more or not complete_read(read, client.offset, now, ttl):
+        return Recovery(False, [])
+    replay = read.entries
+    horizon = now - ttl
+    # Offsets with no hole, none expired (the nodes' clocks may disagree a little, so every
+    # entry is judged, not only the first).
+    if (len(replay) != read.top - client.offset
+            or any(e.offset != client.offset + 1 + i or e.time <= horizon
+                   for i, e in enumerate(replay))):
+        return Recovery(False, [])
+    return Recovery(True, replay)
 
 
 class History:
     """Every channel history of one node."""
 
-    def __init__(self, rules: list[HistoryRule], new_epoch: Callable[[], str] = _new_epoch,
+    def __init__(self, rules: list[HistoryRule], new_epoch: Callable[[], str] = new_epoch,
                  max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.rules = rules
         self.max_bytes = max_bytes
@@ -224,27 +304,12 @@ class History:
         self._active: dict[tuple[str, str], Stream] = {}
         """Streams by last publication, least recent first (the eviction order)."""
         self._new_epoch = new_epoch
-        self._rule_cache: dict[tuple[str, str], HistoryRule | None] = {}
+        self._rules = RuleBook(rules)
         self.streams: dict[tuple[str, str], Stream] = {}
 
     def rule(self, app_id: str, channel: str) -> HistoryRule | None:
         """The first rule covering (app, channel), cached: publishes repeat the same few."""
-        return self._rule_for((app_id, channel))
-
-    def _rule_for(self, key: tuple[str, str]) -> HistoryRule | None:
-        cache = self._rule_cache
-        if key in cache:
-            return cache[key]
-        app_id, channel = key
-        found = None
-        for rule in self.rules:
-            if (rule.app is None or rule.app == app_id) and matches(rule.channels, channel):
-                found = rule
-                break
-        if len(self._rule_cache) >= _RULE_CACHE_MAX:
-            self._rule_cache.clear()
-        self._rule_cache[key] = found
-        return found
+        return self._rules.lookup((app_id, channel))
 
     def stream(self, app_id: str, channel: str, now: float, create: bool = True
                ) -> Stream | None:
@@ -277,7 +342,7 @@ class History:
         key = (app_id, channel)
         stream = self.streams.get(key)
         if stream is None or (not stream.entries and stream.touched + stream.ttl < now):
-            if self._rule_for(key) is None:
+            if self._rules.lookup(key) is None:
                 return None
             stream = self.stream(app_id, channel, now)
             assert stream is not None

@@ -21,17 +21,19 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ..protocol import frames
 from ..protocol.history import Position, encode_position_suffix
 from ..protocol.patterns import is_pattern
 from .broker import Broker, PresenceObserver
-from .history import Entry, History, Stream, decide
+from .broker.redis_history import ClusterHistory
+from .history import Entry, History, HistoryRead, HistoryRule, Stream, decide, decide_read
 from .replay import LOST, Replay, judge
 from .wildcards import Wildcards
 
 _perf = time.perf_counter
+_SKIPS_MAX = 4096
 log = logging.getLogger("roomwire.replay")
 
 
@@ -106,6 +108,16 @@ class Link(Protocol):
         """Close the connection with a WebSocket close code."""
 
 
+class _Live(NamedTuple):
+    """A positioned message that reached a link while its recovery read was out."""
+
+    offset: int
+    epoch: str
+    data: bytes
+    sender_json: bytes
+    sender_metadata: bytes | None
+
+
 @dataclass
 class Room:
     """One channel of one app on this node."""
@@ -133,6 +145,12 @@ class Room:
     positioned: dict[Link, None] = field(default_factory=dict)
     """Subscribers that opted in to roomwire's history extension (they are in ``plain`` or
     ``with_meta`` as well): their messages carry the position."""
+    recovering: dict[Link, list[_Live]] = field(default_factory=dict)
+    """Cluster: opted-in subscribes (in ``pending``) whose history read is out; the
+    positioned messages that arrive meanwhile wait here for the seam."""
+    floor: dict[Link, tuple[str, int]] = field(default_factory=dict)
+    """Cluster: a recovered link got everything up to this position already: a message at
+    or below it still on its way from Redis is not delivered twice."""
 
     def __len__(self) -> int:
         return len(self.plain) + len(self.with_meta)
@@ -183,6 +201,17 @@ class Hub:
         the session reads it right after publishing, to put the position in its ack."""
         self.observer: HubObserver | None = None
         """Lifecycle facts go here (set while a webhook is configured)."""
+        self.cluster_history: ClusterHistory | None = None
+        """Cluster: channel history in Redis (``history`` is None then)."""
+        self.last_position: asyncio.Future[Position] | None = None
+        """Cluster: the position of the latest ``publish`` by an opted-in socket, once Redis
+        gave it (None: not recorded, or not asked for)."""
+        self._skips: dict[int, Link] = {}
+        """Cluster: token -> the opted-in socket that published a message still on its way
+        back from Redis (it must not get its own message)."""
+        self._skip_ids = 0
+        self._epochs: dict[str, bytes] = {}
+        """Epoch -> its JSON, for the positioned messages from Redis."""
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -391,6 +420,9 @@ class Hub:
             room.plain.pop(link, None)
             room.with_meta.pop(link, None)
         room.positioned.pop(link, None)
+        if room.recovering or room.floor:
+            room.recovering.pop(link, None)
+            room.floor.pop(link, None)
         peer = link.peer_id
         held = room.held.get(peer, 0) - 1
         if held > 0:
@@ -485,6 +517,12 @@ class Hub:
         a few is timed (``HubCounters.sample_fanout``): two clock reads, not on every call."""
         counters = self.counters
         stream = None
+        ch = self.cluster_history
+        if ch is not None:
+            rule = ch.rules.lookup((app_id, channel))
+            if rule is not None:
+                return self._publish_recorded(ch, rule, app_id, channel, data, sender_json,
+                                              sender_metadata, skip)
         if self.history is not None:
             stream = self.history.append(app_id, channel, self.clock(), data, sender_json,
                                          sender_metadata)
@@ -504,6 +542,115 @@ class Hub:
         if observer is not None and app_id in observer.message_apps:
             observer.published(app_id, channel, data, sender_json)
         return delivered
+
+    def _publish_recorded(
+        self, ch: ClusterHistory, rule: HistoryRule, app_id: str, channel: str, data: bytes,
+        sender_json: bytes, sender_metadata: bytes | None, skip: Link | None,
+    ) -> int:
+        """``publish`` on a channel with history in a cluster: the subscribers that did not
+        opt in get it now, as on any channel; the opted-in ones when it comes back from
+        Redis with its offset (``deliver_posted``), in the order every node sees."""
+        counters = self.counters
+        t = self.tenants.get(app_id)
+        room = t.rooms.get(channel) if t is not None else None
+        delivered = 0
+        if t is not None:
+            if t.wildcards:
+                delivered = self._fan_out_wildcards(t, channel, room, data, sender_json,
+                                                    sender_metadata, skip)
+            if room is not None:
+                delivered += self._fan_out_bare(room, data, sender_json, sender_metadata,
+                                                skip, room.positioned)
+        counters.frames_sent["message"] += delivered
+        token = 0
+        if skip is not None and room is not None and skip in room.positioned:
+            self._skip_ids += 1
+            token = self._skip_ids
+            if len(self._skips) >= _SKIPS_MAX:
+                self._skips.clear()  # lost answers (a backplane lost meanwhile)
+            self._skips[token] = skip
+        self.last_stream = None
+        self.last_position = ch.append(app_id, channel, rule, self.clock(), data, sender_json,
+                                       sender_metadata, token, token != 0)
+        observer = self.observer
+        if observer is not None and app_id in observer.message_apps:
+            observer.published(app_id, channel, data, sender_json)
+        return delivered
+
+    def _fan_out_bare(self, room: Room, data: bytes, sender_json: bytes,
+                      sender_metadata: bytes | None, skip: Link | None,
+                      besides: dict[Link, None]) -> int:
+        """The room's subscribers not in ``besides`` get the message as today's frames."""
+        n = 0
+        for group, metadata in ((room.plain, None), (room.with_meta, sender_metadata)):
+            if not group:
+                continue
+            wire = b""
+            for sub in group:
+                if sub is skip or sub in besides:
+                    continue
+                if not wire:
+                    wire = self._wire(frames.encode_message(room.name_json, sender_json, data,
+                                                            metadata))
+                sub.send_wire(wire)
+                n += 1
+        return n
+
+    def deliver_posted(
+        self, app_id: str, channel: str, data: bytes, sender_json: bytes,
+        sender_metadata: bytes | None, offset: int, epoch: str, own: int,
+    ) -> int:
+        """A publish on a channel with history, from Redis with its position (any node's,
+        this one's included: ``own`` >= 0). The opted-in subscribers get it here; when
+        another node published it, the others too (as ``deliver_publish`` would)."""
+        t = self.tenants.get(app_id)
+        room = t.rooms.get(channel) if t is not None else None
+        if room is None:
+            return 0
+        skip = self._skips.pop(own, None) if own > 0 else None
+        n = 0
+        if own < 0:
+            n = self._fan_out_bare(room, data, sender_json, sender_metadata, None,
+                                   room.positioned)
+        if room.recovering:
+            live = _Live(offset, epoch, data, sender_json, sender_metadata)
+            for buffered in room.recovering.values():
+                buffered.append(live)
+        if room.positioned:
+            epoch_json = self._epoch_json(epoch)
+            suffix = encode_position_suffix(offset, epoch_json)
+            floor = room.floor
+            at = at_meta = b""
+            for sub in room.positioned:
+                if sub is skip:
+                    continue
+                if floor:
+                    seen = floor.get(sub)
+                    if seen is not None:
+                        if seen[0] == epoch and offset <= seen[1]:
+                            continue  # replayed or buffered already
+                        del floor[sub]
+                if sub in room.with_meta:
+                    if not at_meta:
+                        at_meta = self._wire(frames.encode_message_at(
+                            room.name_json, sender_json, data, sender_metadata, suffix))
+                    sub.send_wire(at_meta)
+                else:
+                    if not at:
+                        at = self._wire(frames.encode_message_at(
+                            room.name_json, sender_json, data, None, suffix))
+                    sub.send_wire(at)
+                n += 1
+        self.counters.frames_sent["message"] += n
+        return n
+
+    def _epoch_json(self, epoch: str) -> bytes:
+        known = self._epochs.get(epoch)
+        if known is None:
+            if len(self._epochs) >= _SKIPS_MAX:
+                self._epochs.clear()
+            known = self._epochs[epoch] = frames.encode_json(epoch)
+        return known
 
     def _fan_out(
         self,
@@ -612,6 +759,82 @@ class Hub:
         metadata = link in room.with_meta
         out = [self._replay_frame(room, entry, stream, metadata) for entry in replay]
         return stream.position, recovered, out
+
+    def recorded_in_redis(self, app_id: str, channel: str) -> bool:
+        """Cluster: whether the channel keeps history (an opted-in subscribe of it then
+        completes with ``follow_recorded``, after a Redis read)."""
+        ch = self.cluster_history
+        return ch is not None and ch.rules.lookup((app_id, channel)) is not None
+
+    def follow_recorded(self, link: Link, channel: str, recover: Position | None,
+                        ) -> asyncio.Future[HistoryRead] | None:
+        """Cluster: ``follow_history`` in two steps. ``link`` (subscribed just now) is held
+        back from the room, with its positioned messages buffered, while Redis is read
+        (after the join: every later publication reaches this node); then
+        ``finish_recorded`` with the read's result. None: nothing to follow (no rule, or
+        the link is not subscribed)."""
+        ch = self.cluster_history
+        room = self._room(link.app_id, channel, create=False)
+        if ch is None or room is None:
+            return None
+        rule = ch.rules.lookup((link.app_id, channel))
+        if rule is None:
+            return None
+        if room.has(link):
+            room.pending[link] = link in room.with_meta
+            room.plain.pop(link, None)
+            room.with_meta.pop(link, None)
+        elif link not in room.pending:
+            return None
+        room.positioned.pop(link, None)
+        room.floor.pop(link, None)
+        room.recovering[link] = []
+        if recover is None:
+            return ch.read(link.app_id, channel, rule, 0, start=True, count=0)
+        return ch.read(link.app_id, channel, rule, recover.offset, start=True,
+                       max_bytes=self.replay_max_bytes)
+
+    def finish_recorded(self, link: Link, channel: str, read: HistoryRead,
+                        recover: Position | None,
+                        ) -> tuple[bytes | None, Position | None, bool | None, list[bytes]]:
+        """Cluster: the read ``follow_recorded`` started is back. The link becomes a
+        subscriber now (the snapshot is returned for after the ack, as ``finish_subscribe``
+        does), then: its position, whether ``recover`` could be honoured, and the frames to
+        send after the snapshot (the replay, then the live messages buffered meanwhile that
+        are newer than it: no gap, no duplicate). A link that left meanwhile: (None, None,
+        None, [])."""
+        room = self._room(link.app_id, channel, create=False)
+        ch = self.cluster_history
+        if room is None or ch is None or link not in room.recovering:
+            return None, None, None, []
+        buffered = room.recovering.pop(link)
+        snapshot = self.finish_subscribe(link, channel)
+        rule = ch.rules.lookup((link.app_id, channel))
+        if not room.has(link) or read.epoch is None or rule is None:
+            return snapshot, None, None if recover is None else False, []
+        room.positioned[link] = None
+        recovered: bool | None = None
+        replay: list[Entry] = []
+        if recover is not None:
+            recovered, replay = decide_read(read, recover, self.clock(), rule.ttl)
+        metadata = link in room.with_meta
+        epoch = read.epoch
+        epoch_json = self._epoch_json(epoch)
+        out = [frames.encode_message_at(
+            room.name_json, e.sender_json, e.data, e.sender_metadata if metadata else None,
+            encode_position_suffix(e.offset, epoch_json)) for e in replay]
+        last = read.top
+        for live in buffered:
+            if live.epoch == epoch:
+                if live.offset <= last:
+                    continue
+                last = live.offset
+            out.append(frames.encode_message_at(
+                room.name_json, live.sender_json, live.data,
+                live.sender_metadata if metadata else None,
+                encode_position_suffix(live.offset, self._epoch_json(live.epoch))))
+        room.floor[link] = (epoch, last)
+        return snapshot, Position(epoch, read.top), recovered, out
 
     def unfollow_history(self, link: Link, channel: str) -> None:
         """A repeated subscribe without the extension: plain messages from now on."""

@@ -19,11 +19,12 @@ from ..protocol import CloseCode, frames
 from .auth import AuthFailure, Keyring, Principal, authenticate
 from .broker import Broker
 from .broker.memory import MemoryBroker
+from .broker.redis_history import ClusterHistory, HistoryRunner
 from .config import ServerConfig, check_admin_token
 from .drain import PRESENCE_LINGER, close_batches
 from .gateway.front import ConnectionCaps, FrontProtocol
 from .gateway.websocket import Outbox, WsSession, ws_text_frame
-from .history import History, parse_rules
+from .history import History, RuleBook, parse_rules
 from .http.admin import add_routes as mount_admin_api
 from .http.app import build_http_app
 from .http.demo import DemoContext
@@ -60,10 +61,15 @@ class Node:
         self.broker: Broker = broker or _broker_for(config, self.usage)
         self.hub = Hub(ws_text_frame, self.broker, self.metrics)
         if config.history:
-            if self.broker.clustered:
-                raise ValueError("history is not available in a cluster yet (docs/cluster.md)")
-            self.hub.history = History(parse_rules(config.history),
-                                       max_bytes=config.history_max_bytes)
+            if isinstance(self.broker, HistoryRunner):
+                # In Redis, on each channel's shard (docs/cluster.md, "History in Redis").
+                self.hub.cluster_history = ClusterHistory(
+                    self.broker, RuleBook(parse_rules(config.history)))
+            elif self.broker.clustered:
+                raise ValueError("this cluster broker cannot keep history")
+            else:
+                self.hub.history = History(parse_rules(config.history),
+                                           max_bytes=config.history_max_bytes)
             # Half the outbound bound: the replay and what follows it must fit.
             self.hub.replay_max_bytes = config.outbound_queue_bytes // 2
         if config.replay:
@@ -279,13 +285,13 @@ class Node:
         cfg = self.config
         while True:
             await asyncio.sleep(cfg.ping_interval)
-            sent_at = time.monotonic()
             pinged = list(self.sessions)
             for s in pinged:
+                s.heard = False
                 s.send_ping()
             await asyncio.sleep(cfg.ping_grace)
             for s in pinged:
-                if s.last_seen < sent_at and not s.closed:
+                if not s.heard and not s.closed:
                     s.close(CloseCode.INTERNAL_ERROR, "no pong within the grace period")
 
     # -- cluster backplane -----------------------------------------------------------------------

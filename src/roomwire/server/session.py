@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -35,6 +36,7 @@ from ..protocol.validate import (
 )
 from .auth import Principal
 from .config import ServerConfig
+from .history import HistoryRead
 from .hub import Hub
 from .limits import AppUsage, TokenBucket, UsageMeter
 from .store import App
@@ -46,6 +48,9 @@ _HELD_MAX = 1024
 
 class SessionCounters(Protocol):
     """The counters a session bumps (``metrics.Metrics`` is one)."""
+
+    frames_in: Counter[str]
+    """Frames received by type; bumped in place for the hot ``send`` and ``publish``."""
 
     def count_frame(self, kind: str) -> None: ...
 
@@ -259,10 +264,10 @@ class Session(ABC):
         # The order of these tests is only about speed: a direct send (every SDP and ICE
         # candidate) is the most frequent request.
         if kind == "send":
-            self.counters.count_frame("send")
+            self.counters.frames_in["send"] += 1
             self._send(req, rid)
         elif kind == "publish":
-            self.counters.count_frame("publish")
+            self.counters.frames_in["publish"] += 1
             self._publish(req, rid)
         elif kind == "subscribe":
             self.counters.count_frame("subscribe")
@@ -374,11 +379,31 @@ class Session(ABC):
         )
         if rid is not None:
             opted = self._history_channels
-            stream = self.services.hub.last_stream if opted and req.channel in opted else None
-            if stream is not None:
-                self.send(encode_position_ack(rid, stream.position))
-            else:
-                self.send(frames.encode_ack(rid))
+            hub = self.services.hub
+            if opted and req.channel in opted:
+                stream = hub.last_stream
+                if stream is not None:
+                    self.send(encode_position_ack(rid, stream.position))
+                    return
+                placed = hub.last_position
+                if placed is not None:
+                    # Cluster: Redis gives the offset; later requests wait, so answers keep
+                    # the order of the requests.
+                    hub.last_position = None
+                    self._held = []
+                    placed.add_done_callback(lambda f: self._placed(f, rid))
+                    return
+            self.send(frames.encode_ack(rid))
+
+    def _placed(self, f: asyncio.Future[Position], rid: str) -> None:
+        """A cluster publish's position, for the ack of a socket that opted in."""
+        if self.closed:
+            return
+        if f.cancelled() or f.exception() is not None:
+            self._error(ErrorCode.INTERNAL_ERROR, "the cluster did not answer; retry", rid)
+        else:
+            self.send(encode_position_ack(rid, f.result()))
+        self._release()
 
     def _send(self, req: frames.Request, rid: str | None) -> None:
         to = req.to
@@ -473,12 +498,25 @@ class Session(ABC):
         self._answer_subscribe(channel, rid, snapshot, want, fresh)
 
     def _answer_subscribe(self, channel: str, rid: str | None, snapshot: bytes | None,
-                          want: Position | bool, fresh: bool = False) -> None:
+                          want: Position | bool, fresh: bool = False) -> bool:
         """Ack, snapshot, and for an opted-in subscribe the replay (docs/protocol.md,
-        "roomwire extension: history and recovery"), all in this turn. ``fresh``: the socket
-        did not hold the channel before (a token identity may be owed a replay then)."""
+        "roomwire extension: history and recovery"), all in this turn; or, for a channel
+        with history in a cluster, once Redis was read (False: later requests wait).
+        ``fresh``: the socket did not hold the channel before (a token identity may be owed
+        a replay then)."""
         replay: list[bytes] = []
         opted = self._history_channels
+        hub = self.services.hub
+        if want is not False and hub.cluster_history is not None and hub.recorded_in_redis(
+                self.app_id, channel):
+            recover = want if isinstance(want, Position) else None
+            reading = hub.follow_recorded(self, channel, recover)
+            if reading is not None:
+                if self._held is None:
+                    self._held = []
+                reading.add_done_callback(
+                    lambda f: self._recorded(f, channel, rid, recover))
+                return False
         if want is False:
             if opted and channel in opted:
                 opted.discard(channel)
@@ -499,12 +537,44 @@ class Session(ABC):
                 opted.add(channel)
             ack = (encode_subscribe_ack(rid, position, recovered) if rid is not None
                    else None)
+        self._send_subscribed(ack, snapshot, replay)
+        return True
+
+    def _send_subscribed(self, ack: bytes | None, snapshot: bytes | None,
+                         replay: list[bytes]) -> None:
         if ack is not None:
             self.send(ack)
         if snapshot is not None:
             self.send(snapshot)
         for frame in replay:
             self.send(frame)
+
+    def _recorded(self, f: asyncio.Future[HistoryRead], channel: str, rid: str | None,
+                  recover: Position | None) -> None:
+        """Cluster: the history read of an opted-in subscribe is back: ack, snapshot, the
+        replay and the live messages that arrived meanwhile, then the held requests."""
+        if self.closed:
+            return
+        hub = self.services.hub
+        if f.cancelled() or f.exception() is not None:
+            # Not subscribed after all: the client retries the subscribe.
+            self.subscriptions.pop(channel, None)
+            hub.unsubscribe(self, channel)
+            self._error(ErrorCode.INTERNAL_ERROR, "the cluster did not answer; retry", rid)
+            self._release()
+            return
+        snapshot, position, recovered, frames_out = hub.finish_recorded(
+            self, channel, f.result(), recover)
+        opted = self._history_channels
+        if position is not None:
+            if opted is None:
+                opted = self._history_channels = set()
+            opted.add(channel)
+        elif opted:
+            opted.discard(channel)
+        ack = encode_subscribe_ack(rid, position, recovered) if rid is not None else None
+        self._send_subscribed(ack, snapshot, frames_out)
+        self._release()
 
     def _subscribed(self, f: asyncio.Future[None], channel: str, include: bool,
                     rid: str | None, want: Position | bool = False, fresh: bool = False,
@@ -519,8 +589,8 @@ class Session(ABC):
             return
         snapshot = self.services.hub.finish_subscribe(self, channel)
         self.subscriptions[channel] = include
-        self._answer_subscribe(channel, rid, snapshot, want, fresh)
-        self._release()
+        if self._answer_subscribe(channel, rid, snapshot, want, fresh):
+            self._release()
 
     def _release(self) -> None:
         """Handle the frames held while a request waited for the cluster."""

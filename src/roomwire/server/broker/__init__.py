@@ -26,6 +26,15 @@ class ClusterSink(Protocol):
         sender_metadata: bytes | None,
     ) -> int: ...
 
+    def deliver_posted(
+        self, app_id: str, channel: str, data: bytes, sender_json: bytes,
+        sender_metadata: bytes | None, offset: int, epoch: str, own: int,
+    ) -> int:
+        """A publish on a channel with history, with its position, from any node. ``own``:
+        -1 when another node published it; else this node did, and ``own`` is the token of
+        the publishing socket (0: none) that must not get it back."""
+        ...
+
     def deliver_pattern_publish(
         self, app_id: str, channel: str, data: bytes, sender_json: bytes,
         sender_metadata: bytes | None,

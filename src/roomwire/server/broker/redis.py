@@ -50,6 +50,7 @@ except ImportError as exc:  # --redis-url without the optional Redis client
 
 from ..limits import UsageMeter
 from . import Broker, ClusterSink
+from .redis_history import APPEND, READ
 from .routing import (
     Changes,
     ChannelView,
@@ -60,7 +61,7 @@ from .routing import (
     remote_receivers,
     shard_of,
 )
-from .wire import Direct, Join, Kick, KickReply, Leave, Message, decode, encode
+from .wire import Direct, Join, Kick, KickReply, Leave, Message, Posted, decode, encode
 
 log = logging.getLogger("roomwire.broker.redis")
 
@@ -189,6 +190,7 @@ class _Shard:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     join_sha: str = ""
     leave_sha: str = ""
+    history_shas: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -338,6 +340,8 @@ class RedisBroker(Broker):
             await shard.redis.ping()
             shard.join_sha = await shard.redis.script_load(_JOIN)
             shard.leave_sha = await shard.redis.script_load(_LEAVE)
+            shard.history_shas = {"append": await shard.redis.script_load(APPEND),
+                                  "read": await shard.redis.script_load(READ)}
             # Every subscriber connection holds the node channel, so it always has one
             # subscription to read from (replies come on shard 0's).
             shard.pubsub = shard.redis.pubsub()
@@ -590,6 +594,18 @@ class RedisBroker(Broker):
         frame = encode(Message(self.inst, _raw(data), sender_json, sender_metadata))
         self._send(self._shard(app_id, channel),
                    ("PUBLISH", self.keys.channel(app_id, channel), frame))
+
+    def run_history(self, app_id: str, channel: str, script: str, args: tuple[Any, ...],
+                    then: Callable[[_Result], None] | None) -> None:
+        """``redis_history.HistoryRunner``: one history script, in this node's pipeline to
+        the channel's shard (so after this node's earlier publishes there)."""
+        if not self._live:
+            if then is not None:
+                then(_Lost("the cluster backplane is down"))
+            return
+        shard = self._shard(app_id, channel)
+        stream, meta = self.keys.history(app_id, channel)
+        self._send(shard, ("EVALSHA", shard.history_shas[script], 2, stream, meta, *args), then)
 
     def direct(self, app_id: str, peer_id: str, data: bytes, sender_json: bytes,
                sender_metadata: bytes | None, local: int,
@@ -920,7 +936,8 @@ class RedisBroker(Broker):
             log.warning("dropping an unreadable cluster message")
             return
         # Only publishes: the same Redis channels also carry the channel's presence frames.
-        if isinstance(frame, Message) and frame.origin != self.inst and self._sink is not None:
+        if (isinstance(frame, Message | Posted) and frame.origin != self.inst
+                and self._sink is not None):
             self._sink.deliver_pattern_publish(app_id, name, frame.data, frame.sender,
                                                frame.sender_metadata)
 
@@ -947,6 +964,12 @@ class RedisBroker(Broker):
             if frame.origin != self.inst:
                 sink.deliver_publish(app_id, name, frame.data, frame.sender,
                                      frame.sender_metadata)
+        elif isinstance(frame, Posted):
+            # This node's own come back too: its opted-in subscribers get them from here,
+            # in Redis's order (the others got them at once, when published).
+            own = frame.origin == self.inst
+            sink.deliver_posted(app_id, name, frame.data, frame.sender, frame.sender_metadata,
+                                frame.offset, frame.epoch, frame.skip if own else -1)
         elif isinstance(frame, Join | Leave):
             held = self._views.get((app_id, name))
             if held is None:

@@ -190,6 +190,12 @@ class Keys:
         return (f"{self.prefix}pm:{base}", f"{self.prefix}pc:{base}",
                 f"{self.prefix}ps:{base}")
 
+    def history(self, app_id: str, channel: str) -> tuple[str, str]:
+        """A channel's history: the stream of its entries, and its meta hash (epoch ``e``,
+        last offset ``o``). Both on the channel's shard."""
+        base = f"{app_id}{SEP}{channel}"
+        return f"{self.prefix}hs:{base}", f"{self.prefix}hm:{base}"
+
     def memberships(self, inst: str) -> str:
         return f"{self.prefix}nm:{inst}"
 

@@ -34,6 +34,30 @@ class Message(msgspec.Struct, tag="m", array_like=True):
     sender_metadata: bytes | None
 
 
+class Posted(msgspec.Struct, tag="mh", array_like=True):
+    """A publish on a channel with history, on the channel's Redis channel: written by the
+    history's append script (``redis_history.py``), which adds ``offset`` and ``epoch`` to
+    the ``posted_prefix`` the node built, so every node sees offsets in Redis's order."""
+
+    origin: str
+    skip: int
+    """The origin's token for the publishing socket (0: none), which must not get it back."""
+    data: bytes
+    sender: bytes
+    sender_metadata: bytes | None
+    offset: int
+    epoch: str
+
+
+def posted_prefix(origin: str, skip: int, data: bytes, sender: bytes,
+                  sender_metadata: bytes | None) -> bytes:
+    """A ``Posted`` frame without its last two fields (the script appends them): the array
+    header says 8 elements, 6 follow."""
+    head = encode(("mh", origin, skip, data, sender, sender_metadata))
+    assert head[0] == 0x96  # a fixarray of 6
+    return b"\x98" + head[1:]
+
+
 class Direct(msgspec.Struct, tag="d", array_like=True):
     """A ``send``, on the target peer's Redis channel."""
 
@@ -60,7 +84,7 @@ class KickReply(msgspec.Struct, tag="kr", array_like=True):
     closed: int
 
 
-Frame = Join | Leave | Message | Direct | Kick | KickReply
+Frame = Join | Leave | Message | Posted | Direct | Kick | KickReply
 
 encode = msgspec.msgpack.Encoder().encode
 decode = msgspec.msgpack.Decoder(Frame).decode

@@ -54,6 +54,10 @@ def ws_text_frame(payload: bytes) -> bytes:
 #: Headers of the text frames shorter than 126 bytes, whose length fits in the first two bytes.
 _SHORT_HEADERS = tuple(bytes((0x81, n)) for n in range(126))
 _header16 = struct.Struct(">BBH").pack
+#: Headers of every text frame up to 4 KiB (ICE candidates, most SDP), looked up rather than
+#: packed: a frame's header is built for every frame a client receives. About 150 KB once.
+_TABLED = 4096
+_HEADERS = _SHORT_HEADERS + tuple(_header16(0x81, 126, n) for n in range(126, _TABLED))
 
 
 def ws_text_header(n: int) -> bytes:
@@ -136,7 +140,7 @@ class WsSession(Session, picows.WSListener):
     __slots__ = (
         *SESSION_SLOTS, "_closing", "_control_bucket", "_expiry", "_fragment_binary",
         "_fragment_count", "_fragment_size", "_fragments", "_out", "_outbox", "_raw", "_ws",
-        "hold_presence", "last_seen", "node", "opened_at",
+        "heard", "hold_presence", "node", "opened_at",
     )
 
     def __init__(self, node: GatewayContext, principal: Principal) -> None:
@@ -152,8 +156,9 @@ class WsSession(Session, picows.WSListener):
         self._fragment_binary = False
         cfg = node.config
         self._control_bucket = TokenBucket(cfg.ping_rate, cfg.ping_burst)
-        self.last_seen = time.monotonic()
-        self.opened_at = self.last_seen
+        self.heard = True
+        """Whether any frame arrived since the keepalive's last ping (``Node._keepalive``)."""
+        self.opened_at = time.monotonic()
         self._expiry: asyncio.TimerHandle | None = None
         self._closing = False
         self.hold_presence = False
@@ -190,7 +195,8 @@ class WsSession(Session, picows.WSListener):
         self.send(self.welcome_frame(int(time.time()), self.node.ice_servers_for(self)))
 
     def on_ws_frame(self, transport: Any, frame: Any) -> None:
-        self.last_seen = time.monotonic()
+        # A flag, not a clock read per frame: the keepalive clears it when it pings.
+        self.heard = True
         mt = frame.msg_type
         if self._closing:
             # We sent a close frame; the peer's close reply ends the connection at once.
@@ -306,7 +312,7 @@ class WsSession(Session, picows.WSListener):
         if not out:
             self._outbox.mark(self)
         n = len(payload)
-        out.append(_SHORT_HEADERS[n] if n < 126 else ws_text_header(n))
+        out.append(_HEADERS[n] if n < _TABLED else ws_text_header(n))
         out.append(payload)
 
     def send_wire(self, wire: bytes) -> None:

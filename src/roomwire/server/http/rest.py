@@ -10,6 +10,7 @@ the raw path and decode it here, so an encoded slash is part of the name, never 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Protocol
 from urllib.parse import unquote
@@ -26,6 +27,7 @@ from ...protocol.validate import channel_problem, is_reserved_channel, peer_id_p
 from ..auth import Keyring, mint_token
 from ..broker import Broker
 from ..config import ServerConfig
+from ..history import Entry, complete_read
 from ..hub import Hub
 from ..limits import ConnectLimiter, FailureLimiter, UsageMeter
 from ..metrics import Metrics
@@ -196,7 +198,7 @@ class RestApi:
                 if segs[-1] == "history" and method == "GET":
                     endpoint = "channel_history"
                     key = self.authenticate(request)
-                    return self.channel_history(request, key, self._channel(segs[1:-1]))
+                    return await self.channel_history(request, key, self._channel(segs[1:-1]))
                 if segs[-1] == "peers" and method == "GET":
                     endpoint = "channel_peers"
                     key = self.authenticate(request)
@@ -303,7 +305,8 @@ class RestApi:
         peers = [msgspec.json.decode(e) for e in members]
         return self._ok("channel_peers", {"channel": channel, "peers": peers})
 
-    def channel_history(self, request: web.Request, key: Key, channel: str) -> web.Response:
+    async def channel_history(self, request: web.Request, key: Key, channel: str
+                              ) -> web.Response:
         """roomwire's history extension (docs/protocol.md): what the channel keeps, under
         the rules of a subscriber (the ``subscribe`` action and a covering pattern)."""
         self._scope(key, channel, "subscribe")
@@ -314,24 +317,53 @@ class RestApi:
         if reverse not in ("true", "false", "1", "0"):
             raise bad_request("reverse must be true or false")
         hub = self.node.hub
+        newest_first = reverse in ("true", "1")
+        if hub.cluster_history is not None:
+            return await self._cluster_history(key, channel, since, limit, newest_first)
         history = hub.history
         stream = (history.stream(key.app_id, channel, hub.clock(), create=False)
                   if history is not None else None)
         if stream is None and (history is None or history.rule(key.app_id, channel) is None):
-            raise ApiError(404, "history_not_enabled",
-                           "this server keeps no history for this channel (see the history "
-                           "setting)")
+            raise _no_history()
         if stream is None:
-            return self._ok("channel_history", {"channel": channel, "epoch": None,
-                                                "offset": 0, "complete": True,
-                                                "messages": []})
+            return self._ok("channel_history", _EMPTY_HISTORY | {"channel": channel})
         stream.trim(hub.clock())
         entries = stream.after(since)
-        if reverse in ("true", "1"):
+        if newest_first:
             entries = entries[::-1]
+        return self._history_page(channel, stream.epoch, stream.top,
+                                  stream.complete_after(since), entries[:limit])
+
+    async def _cluster_history(self, key: Key, channel: str, since: int, limit: int,
+                               newest_first: bool) -> web.Response:
+        """``channel_history`` in a cluster: one read of the channel's history in Redis."""
+        hub = self.node.hub
+        ch = hub.cluster_history
+        assert ch is not None
+        rule = ch.rule(key.app_id, channel)
+        if rule is None:
+            raise _no_history()
+        try:
+            read = await asyncio.wait_for(
+                ch.read(key.app_id, channel, rule, since, start=False, count=limit,
+                        max_bytes=MAX_HISTORY_PAGE_BYTES, newest_first=newest_first),
+                CLUSTER_HISTORY_TIMEOUT)
+        except (RuntimeError, TimeoutError):
+            raise ApiError(503, "internal_error",
+                           "the cluster's history did not answer; retry") from None
+        if read.epoch is None:
+            return self._ok("channel_history", _EMPTY_HISTORY | {"channel": channel})
+        now = hub.clock()
+        horizon = now - rule.ttl
+        entries = [e for e in read.entries if e.time > horizon]
+        return self._history_page(channel, read.epoch, read.top,
+                                  complete_read(read, since, now, rule.ttl), entries)
+
+    def _history_page(self, channel: str, epoch: str, top: int, complete: bool,
+                      entries: list[Entry]) -> web.Response:
         messages: list[dict[str, Any]] = []
         weight = 0
-        for entry in entries[:limit]:
+        for entry in entries:
             weight += entry.size
             if messages and weight > MAX_HISTORY_PAGE_BYTES:
                 break  # the caller goes on with since = the last offset it got
@@ -341,8 +373,8 @@ class RestApi:
                 item["fromMetadata"] = msgspec.Raw(entry.sender_metadata)
             item["time"] = entry.time
             messages.append(item)
-        body = {"channel": channel, "epoch": stream.epoch, "offset": stream.top,
-                "complete": stream.complete_after(since), "messages": messages}
+        body = {"channel": channel, "epoch": epoch, "offset": top, "complete": complete,
+                "messages": messages}
         self.node.metrics.count_rest("channel_history", 200)
         return web.Response(body=msgspec.json.encode(body), content_type="application/json")
 
@@ -401,7 +433,16 @@ class RestApi:
         return self._ok("usage", usage_document(app, self.node.usage, self.node.hub))
 
 
+def _no_history() -> ApiError:
+    return ApiError(404, "history_not_enabled",
+                    "this server keeps no history for this channel (see the history setting)")
+
+
+_EMPTY_HISTORY: dict[str, Any] = {"epoch": None, "offset": 0, "complete": True, "messages": []}
+
 MAX_HISTORY_LIMIT = 1000
+CLUSTER_HISTORY_TIMEOUT = 10.0
+"""Seconds a REST history read waits for Redis (a lost backplane fails it sooner)."""
 MAX_HISTORY_PAGE_BYTES = 4 * 2**20
 """A history answer stops after about this much (one message at least)."""
 

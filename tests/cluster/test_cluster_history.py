@@ -1,0 +1,282 @@
+"""History and recovery across nodes (docs/cluster.md, "History in Redis"): publisher and
+subscriber on different nodes, the subscriber coming back to yet another node, publishes
+racing the recovery from two nodes, history lost in Redis, and ``read_after``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from srvkit import Conn, conn
+
+from roomwire.protocol.history import Position
+from roomwire.server.broker.routing import Keys
+from waiting import wait_equal
+
+from .conftest import FAST, Cluster, redis_client
+
+RULES = [{"channels": "small/**", "size": 5, "ttl": 60},
+         {"channels": "chat/**", "size": 500, "ttl": 60}]
+
+
+@pytest.fixture
+async def hcluster(empty_cluster: Cluster) -> AsyncIterator[Cluster]:
+    for _ in range(3):
+        await empty_cluster.add(history=RULES)
+    yield empty_cluster
+
+
+async def opt_in(c: Conn, channel: str, **fields: Any) -> dict[str, Any]:
+    """Subscribe with the extension; returns the ack (the snapshot follows it)."""
+    rid = c.rid()
+    await c.send({"type": "subscribe", "channel": channel, "requestId": rid, **fields})
+    ack = await c.recv()
+    assert ack["type"] == "ack" and ack["requestId"] == rid, ack
+    snap = await c.recv()
+    assert snap["type"] == "presence" and snap["channel"] == channel, snap
+    return ack
+
+
+async def publisher(url: str, channel: str) -> Conn:
+    """A publisher that opted in on ``channel``: its acks come once Redis recorded the
+    message (one that did not opt in is acked at once, as on any channel)."""
+    c = await conn(url)
+    await opt_in(c, channel, history=True)
+    return c
+
+
+async def publish_many(c: Conn, channel: str, values: Any) -> None:
+    for v in values:
+        await c.ok({"type": "publish", "channel": channel, "data": v})
+
+
+async def test_50_missed_come_back_in_order_on_another_node_then_live_ones(
+        hcluster: Cluster) -> None:
+    """Publisher on node 0, subscriber on node 1; it drops, 50 are published, it comes back
+    to node 2: the 50 in order, then live ones, none twice."""
+    pub = await publisher(hcluster[0].key_url(), "chat/a")
+    sub = await conn(hcluster[1].token_url("bob"))
+    ack = await opt_in(sub, "chat/a", history=True)
+    epoch = ack["history"]["epoch"]
+    assert ack["history"] == {"epoch": epoch, "offset": 0} and "recovered" not in ack
+    await publish_many(pub, "chat/a", range(3))
+    seen = await sub.frames_until(lambda fs: len(fs) >= 3, what="the first 3 messages")
+    assert [(f["data"], f["offset"], f["epoch"]) for f in seen] == [
+        (0, 1, epoch), (1, 2, epoch), (2, 3, epoch)]
+    await sub.ws.close()
+
+    await publish_many(pub, "chat/a", range(3, 53))
+    back = await conn(hcluster[2].token_url("bob"))
+    ack = await opt_in(back, "chat/a", recover={"epoch": epoch, "offset": 3})
+    assert ack["history"] == {"epoch": epoch, "offset": 53} and ack["recovered"] is True, ack
+    await publish_many(pub, "chat/a", range(53, 56))
+    got = await back.frames_until(lambda fs: len(fs) >= 53, what="50 replayed and 3 live")
+    assert all(f["type"] == "message" for f in got), got
+    assert [f["data"] for f in got] == list(range(3, 56))
+    assert [f["offset"] for f in got] == list(range(4, 57))
+    assert await back.drain(0.3) == []
+
+
+@pytest.mark.parametrize("back_on", [2, 0], ids=["third-node", "a-publishers-node"])
+async def test_publishes_from_two_nodes_racing_the_recovery_leave_no_gap_and_no_duplicate(
+        hcluster: Cluster, back_on: int) -> None:
+    """Two publishers (nodes 0 and 1) keep going while the subscriber recovers (on node 2,
+    or on node 0, where its own node's publishes come back from Redis too): every offset
+    exactly once, in order, and each publisher's messages in its order."""
+    pubs = [await publisher(hcluster[i].key_url(), "chat/race") for i in (0, 1)]
+    sub = await conn(hcluster[2].key_url())
+    ack = await opt_in(sub, "chat/race", history=True)
+    epoch = ack["history"]["epoch"]
+    await sub.ws.close()
+    for n in range(10):
+        await pubs[n % 2].ok({"type": "publish", "channel": "chat/race", "data": [n % 2, n]})
+    stop = asyncio.Event()
+    sent = [0, 0]
+
+    async def keep_publishing(i: int) -> None:
+        while not stop.is_set():
+            await pubs[i].ok({"type": "publish", "channel": "chat/race",
+                              "data": [i, 1000 + sent[i]]})
+            sent[i] += 1
+
+    tasks = [asyncio.create_task(keep_publishing(i)) for i in (0, 1)]
+    try:
+        # Both are publishing when the subscriber comes back.
+        await wait_equal(lambda: min(sent) > 0, True, 5, "both publishers under way")
+        back = await conn(hcluster[back_on].key_url())
+        ack = await opt_in(back, "chat/race", recover={"epoch": epoch, "offset": 0})
+        assert ack["recovered"] is True, ack
+        top = ack["history"]["offset"]
+        got = await back.frames_until(lambda fs: len(fs) >= top + 30,
+                                      what="the replay and 30 live messages")
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    total = 10 + sum(sent)
+    got += await back.frames_until(lambda fs: len(got) + len(fs) >= total,
+                                   what="every message published")
+    assert await back.drain(0.3) == []
+    assert all(f["type"] == "message" and f["epoch"] == epoch for f in got), got
+    assert [f["offset"] for f in got] == list(range(1, total + 1))
+    for i in (0, 1):
+        mine = [f["data"][1] for f in got if f["data"][0] == i]
+        assert mine == [n for n in range(10) if n % 2 == i] + [1000 + k for k in range(sent[i])]
+
+
+async def test_overflow_across_nodes_gives_recovered_false(hcluster: Cluster) -> None:
+    pub = await publisher(hcluster[0].key_url(), "small/a")
+    sub = await conn(hcluster[1].key_url())
+    epoch = (await opt_in(sub, "small/a", history=True))["history"]["epoch"]
+    await sub.ws.close()
+    await publish_many(pub, "small/a", range(6))  # 5 kept: offset 1 is gone
+    back = await conn(hcluster[2].key_url())
+    ack = await opt_in(back, "small/a", recover={"epoch": epoch, "offset": 0})
+    assert ack["recovered"] is False and ack["history"] == {"epoch": epoch, "offset": 6}, ack
+    again = await conn(hcluster[1].key_url())
+    ack = await opt_in(again, "small/a", recover={"epoch": epoch, "offset": 1})
+    assert ack["recovered"] is True, ack
+    assert await again.messages(5) == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("lost", ["hm", "hs"], ids=["meta-deleted", "stream-deleted"])
+async def test_history_lost_in_redis_starts_a_new_epoch(hcluster: Cluster, lost: str) -> None:
+    pub = await publisher(hcluster[0].key_url(), "chat/lost")
+    sub = await conn(hcluster[1].key_url())
+    epoch = (await opt_in(sub, "chat/lost", history=True))["history"]["epoch"]
+    await publish_many(pub, "chat/lost", range(3))
+    assert len(await sub.messages(3)) == 3
+    await sub.ws.close()
+    stream, meta = Keys(hcluster.prefix).history(hcluster[0].app_id, "chat/lost")
+    r = await redis_client()
+    try:
+        assert await r.delete(meta if lost == "hm" else stream) == 1
+    finally:
+        await r.aclose()
+    await pub.ok({"type": "publish", "channel": "chat/lost", "data": "after"})
+    back = await conn(hcluster[2].key_url())
+    ack = await opt_in(back, "chat/lost", recover={"epoch": epoch, "offset": 3})
+    assert ack["recovered"] is False, ack
+    assert ack["history"]["epoch"] != epoch and ack["history"]["offset"] == 1, ack
+    assert await back.drain(0.3) == []
+
+
+async def test_read_after_is_what_a_recovering_subscriber_would_get(hcluster: Cluster) -> None:
+    """The API the replay of missed broadcasts builds on."""
+    pub = await publisher(hcluster[0].key_url(), "chat/api")
+    await publish_many(pub, "chat/api", range(10))
+    node = hcluster[1].node
+    ch = node.hub.cluster_history
+    assert ch is not None
+    app = hcluster[0].app_id
+    top = await ch.read(app, "chat/api", ch.rule(app, "chat/api"), 0, start=False, count=0)
+    assert top.top == 10 and top.epoch is not None
+    now = node.hub.clock()
+    ok, entries = await ch.read_after(app, "chat/api", Position(top.epoch, 4), None, now)
+    assert ok is True
+    assert [(e.offset, e.data) for e in entries] == [(o, str(o - 1).encode())
+                                                     for o in range(5, 11)]
+    assert await ch.read_after(app, "chat/api", Position(top.epoch, 10), None, now) == (True,
+                                                                                        [])
+    # Over the byte bound, another epoch, a channel without history: not recoverable.
+    assert await ch.read_after(app, "chat/api", Position(top.epoch, 0), 300, now) == (False,
+                                                                                      [])
+    assert await ch.read_after(app, "chat/api", Position("other", 4), None, now) == (False,
+                                                                                     [])
+    assert await ch.read_after(app, "lobby", Position(top.epoch, 0), None, now) == (False, [])
+    # Entries older than the rule's ttl count as gone.
+    assert await ch.read_after(app, "chat/api", Position(top.epoch, 4), None,
+                               now + 61) == (False, [])
+
+
+async def test_channels_without_a_rule_keep_nothing_in_redis(hcluster: Cluster) -> None:
+    pub = await conn(hcluster[0].key_url())
+    sub = await conn(hcluster[1].key_url())
+    await sub.subscribe("lobby")
+    await pub.ok({"type": "publish", "channel": "lobby", "data": 1})
+    assert await sub.recv() == {"type": "message", "channel": "lobby", "from": pub.peer_id,
+                                "data": 1}
+    r = await redis_client()
+    try:
+        kept = [k async for k in r.scan_iter(match=hcluster.prefix + "h[sm]:*", count=500)]
+    finally:
+        await r.aclose()
+    assert kept == []
+
+
+# -- Redis restarted without persistence --------------------------------------------------------
+
+
+class _Redis:
+    """A redis-server of this test's own (no persistence), to restart."""
+
+    def __init__(self, tmp: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.tmp = tmp
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail("redis-server is not installed; run scripts/setup-services.sh")
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.tmp)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", self.port), 0.2):
+                return
+            time.sleep(0.02)
+        raise AssertionError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[_Redis]:
+    r = _Redis(tmp_path)
+    r.start()
+    try:
+        yield r
+    finally:
+        r.kill()
+
+
+async def test_a_redis_restart_without_persistence_gives_a_new_epoch(
+        tmp_path: Path, own_redis: _Redis) -> None:
+    c = Cluster(tmp_path, "rw:", **FAST)
+    c.settings["redis_url"] = f"redis://127.0.0.1:{own_redis.port}/0"
+    try:
+        for _ in range(2):
+            await c.add(history=RULES)
+        pub = await conn(c[0].key_url())
+        sub = await conn(c[1].key_url())
+        epoch = (await opt_in(sub, "chat/r", history=True))["history"]["epoch"]
+        await publish_many(pub, "chat/r", range(3))
+        assert len(await sub.messages(3)) == 3
+        own_redis.kill()
+        await wait_equal(lambda: [n.node.accepting for n in c.nodes], [False, False], 5,
+                         "both nodes stop accepting without Redis (accepting per node)")
+        own_redis.start()
+        await wait_equal(lambda: [n.node.accepting for n in c.nodes], [True, True], 10,
+                         "both nodes accept again once Redis is back (accepting per node)")
+        back = await conn(c[0].key_url())
+        ack = await opt_in(back, "chat/r", recover={"epoch": epoch, "offset": 3})
+        assert ack["recovered"] is False, ack
+        assert ack["history"]["epoch"] != epoch and ack["history"]["offset"] == 0, ack
+    finally:
+        await c.stop()
