@@ -55,6 +55,16 @@ def test_what_a_return_gets(since: Position, current: Position | None, missed: l
     assert (plan.outcome, [e.offset for e in plan.replay]) == (outcome, offsets)
 
 
+def test_a_read_from_redis_stopped_at_its_bound_or_with_expired_entries_replays_nothing(
+        ) -> None:
+    since, now = Position("e", 5), Position("e", 8)
+    kept = [Entry(o, float(o), b"1", b'"s"', None, 10) for o in (6, 7, 8)]
+    assert judge(since, now, kept[:2], more=True).outcome == TOO_LARGE
+    assert judge(since, now, kept, horizon=6.0).outcome == GAP
+    assert judge(since, now, kept, horizon=5.9).outcome == REPLAYED
+    assert judge(since, Position("e", 5), [], more=True).outcome == REPLAYED
+
+
 def test_a_drop_is_owed_once_within_its_window() -> None:
     ledger = Ledger()
     key = ("app", "bob", "chat/a")

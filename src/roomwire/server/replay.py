@@ -199,18 +199,24 @@ class Plan(NamedTuple):
 
 
 def judge(since: Position, current: Position | None, missed: Sequence[Entry],
-          max_bytes: int | None = None) -> Plan:
+          max_bytes: int | None = None, *, more: bool = False,
+          horizon: float | None = None) -> Plan:
     """What a return gets, from the mark's position ``since``, the channel's position now
     (None: it keeps no history any more) and the kept entries after ``since.offset``, oldest
     first (as a history read of "entries after" gives them, from any store). Everything
     missed, or nothing: an official SDK cannot be told that a part is missing, so a partial
-    replay would pass for a complete one."""
+    replay would pass for a complete one. ``more``: the read stopped at its byte bound
+    (Redis); ``horizon``: entries published at or before it have expired (a store that
+    returns them anyway; the nodes' clocks may differ a little, so each one is judged)."""
     if current is None or current.epoch != since.epoch or since.offset > current.offset:
         return Plan(EPOCH, ())
     expected = current.offset - since.offset
     if expected == 0:
         return Plan(REPLAYED, ())
-    if len(missed) != expected or missed[0].offset != since.offset + 1:
+    if more:
+        return Plan(TOO_LARGE, ())
+    if (len(missed) != expected or missed[0].offset != since.offset + 1
+            or (horizon is not None and any(e.time <= horizon for e in missed))):
         return Plan(GAP, ())
     if max_bytes is not None and sum(e.size for e in missed) > max_bytes:
         return Plan(TOO_LARGE, ())
