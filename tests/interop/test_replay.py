@@ -6,22 +6,32 @@ away; it reconnects and resubscribes by itself, and its message handler gets exa
 in order, then the live ones, none twice. A direct sent meanwhile is not replayed, a channel
 without replay behaves as before, and past the window nothing is replayed.
 
-History (which replay needs) is refused in a cluster, so these tests start a node of their own
-whatever ``ROOMWIRE_TEST_CLUSTER`` says."""
+The same in a cluster of 3 nodes sharing Redis: the client's reconnect reaches another node
+than the one it dropped from (a proxy stands for the load balancer), which takes its mark
+from Redis. The tests start the nodes they need whatever ``ROOMWIRE_TEST_CLUSTER`` says."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import secrets
 import shutil
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 
-from conftest import RawClient, RunningServer, start_node
+from conftest import (
+    CLUSTER_SETTINGS,
+    REDIS_URL,
+    RawClient,
+    RunningServer,
+    _delete_redis_prefix,
+    start_node,
+)
 
 from .conftest import Launch
 from .official import OfficialClient
@@ -119,24 +129,22 @@ class JsClient:
         self._pump.cancel()
 
 
-Start = Callable[[RunningServer, str], Any]
-
-
 @pytest.fixture
 async def start_client(official: Launch) -> AsyncIterator[Callable[..., Any]]:
-    """``await start_client(kind, srv)``: the official client of ``kind`` ("python" or
-    "js"), connected with a JWT for "bob" and subscribed to CHANNEL and LOBBY."""
+    """``await start_client(kind, setup)``: the official client of ``kind`` ("python" or
+    "js"), connected through ``setup.url`` with a JWT for "bob" and subscribed to CHANNEL
+    and LOBBY."""
     js: list[JsClient] = []
 
-    async def start(kind: str, srv: RunningServer) -> Client:
+    async def start(kind: str, setup: Setup) -> Client:
+        token = setup.entry.token("bob")
         if kind == "python":
-            py: OfficialClient = await official(srv.url, tokens=[srv.token("bob")],
-                                                name="python")
+            py: OfficialClient = await official(setup.url, tokens=[token], name="python")
             await py.connected()
             await py.subscribe(CHANNEL)
             await py.subscribe(LOBBY)
             return py
-        client = await JsClient.launch(srv.url, srv.token("bob"), [CHANNEL, LOBBY])
+        client = await JsClient.launch(setup.url, token, [CHANNEL, LOBBY])
         js.append(client)
         await client.next("ready", timeout=15)
         return client
@@ -155,8 +163,8 @@ async def _wait_for(cond: Callable[[], bool], what: str, timeout: float = 5.0) -
         await asyncio.sleep(0.01)
 
 
-def _bob_subscribed(srv: RunningServer, channel: str) -> bool:
-    t = srv.node.hub.tenants.get(srv.app_id)
+def _bob_subscribed(hub: Any, app_id: str, channel: str) -> bool:
+    t = hub.tenants.get(app_id)
     room = t.rooms.get(channel) if t is not None else None
     return room is not None and any(link.peer_id == "bob" for link in room.subscribers())
 
@@ -186,35 +194,72 @@ async def _publish_fast(pub: RawClient, channel: str, values: list[Any]) -> None
         acked.add(frame["requestId"])
 
 
-async def _scenario(kind: str, srv: RunningServer, start: Callable[..., Any], *,
+@dataclass
+class Setup:
+    """Where each party of a scenario connects. One node: all the same server. A cluster:
+    bob through ``entry`` (a proxy) to ``first``, then back to ``back``; the publisher and
+    the watcher on ``other``."""
+
+    entry: RunningServer
+    first: RunningServer
+    back: RunningServer
+    other: RunningServer
+    switch: Callable[[], None] = lambda: None
+    """Called once bob is cut: where ``entry`` leads from then on."""
+    url: str = ""
+
+    @classmethod
+    def one(cls, srv: RunningServer) -> Setup:
+        return cls(srv, srv, srv, srv, url=srv.url)
+
+
+async def _scenario(kind: str, setup: Setup, start: Callable[..., Any], *,
                     skew: float = 0.0) -> tuple[Client, list[Event], list[int], list[bytes],
                                                 list[str]]:
     """Cut bob, publish MISSED messages (and one on LOBBY, and a direct) while he is away,
     let him come back, publish one live message on each channel. Returns the client, its
-    message events from the cut on, the sizes of the replays the hub gave, the message
-    frames written to his new socket for CHANNEL, and those a watcher that stayed got."""
-    hub = srv.node.hub
-    real_clock = hub.clock
+    message events from the cut on, the sizes of the replays the returning node gave, the
+    message frames written to his new socket for CHANNEL, and those a watcher that stayed
+    got."""
+    first, back = setup.first.node.hub, setup.back.node.hub
+    app_id = setup.first.app_id
+    real_clock = back.clock
     replays: list[int] = []
-    replay_missed = hub.replay_missed
-
-    def counting(link: Any, channel: str, include: bool) -> list[bytes]:
-        out = replay_missed(link, channel, include)
-        replays.append(len(out))
-        return out
-
+    clustered = back.cluster_ledger is not None
     written: list[bytes] = []
-    attach = hub.attach
+
+    def tap(link: Any) -> None:
+        tap_writes(link, lambda p: written.append(p) if (
+            p.startswith(b'{"type":"message","channel":"' + CHANNEL.encode())) else None)
+
+    if clustered:
+        finish_missed = back.finish_missed
+
+        def counting_finish(link: Any, channel: str, mark: Any, read: Any) -> Any:
+            snapshot, out = finish_missed(link, channel, mark, read)
+            if mark is not None:
+                replays.append(len(out))
+            return snapshot, out
+
+        back.finish_missed = counting_finish  # type: ignore[method-assign]
+    else:
+        replay_missed = back.replay_missed
+
+        def counting(link: Any, channel: str, include: bool) -> list[bytes]:
+            out = replay_missed(link, channel, include)
+            replays.append(len(out))
+            return out
+
+    attach = back.attach
 
     def tapping_attach(link: Any) -> Any:
         if link.peer_id == "bob":
-            tap_writes(link, lambda p: written.append(p) if (
-                p.startswith(b'{"type":"message","channel":"' + CHANNEL.encode())) else None)
+            tap(link)
         return attach(link)
 
-    client = await start(kind, srv)
-    pub = await RawClient.connect(srv.token_url("pub"))
-    watcher = await RawClient.connect(srv.key_url())
+    client = await start(kind, setup)
+    pub = await RawClient.connect(setup.other.token_url("pub"))
+    watcher = await RawClient.connect(setup.other.key_url())
     await watcher.subscribe(CHANNEL)
     reply = await pub.request({"type": "publish", "channel": CHANNEL, "data": "before"})
     assert reply["type"] == "ack", reply
@@ -222,22 +267,25 @@ async def _scenario(kind: str, srv: RunningServer, start: Callable[..., Any], *,
     await _raw_texts(watcher, 1)
     mark = len(client.history)
 
-    hub.attach = tapping_attach  # type: ignore[method-assign]
-    hub.replay_missed = counting  # type: ignore[method-assign]
-    for link in hub.peer_links(srv.app_id, "bob"):
+    back.attach = tapping_attach  # type: ignore[method-assign]
+    if not clustered:
+        back.replay_missed = counting  # type: ignore[method-assign]
+    setup.switch()
+    for link in first.peer_links(app_id, "bob"):
         link.drop()  # type: ignore[attr-defined]
-    await _wait_for(lambda: not hub.peer_links(srv.app_id, "bob"), "bob detached")
+    await _wait_for(lambda: not first.peer_links(app_id, "bob"), "bob detached")
     if skew:
-        hub.clock = lambda: real_clock() + skew
+        back.clock = lambda: real_clock() + skew
     err = await pub.request({"type": "send", "to": "bob", "data": {"sdp": "stale"}})
     assert (err["type"], err.get("code")) == ("error", "peer_not_found"), err
     await _publish_fast(pub, CHANNEL, [{"n": n} for n in range(MISSED)])
     await _publish_fast(pub, LOBBY, ["lobby missed"])
     live = [t.encode() for t in await _raw_texts(watcher, MISSED)]
 
-    back = await client.next("connected", is_reconnect=True, timeout=15)
-    assert back["event"] == "connected"
-    await _wait_for(lambda: _bob_subscribed(srv, CHANNEL) and _bob_subscribed(srv, LOBBY),
+    came = await client.next("connected", is_reconnect=True, timeout=15)
+    assert came["event"] == "connected"
+    await _wait_for(lambda: _bob_subscribed(back, app_id, CHANNEL)
+                    and _bob_subscribed(back, app_id, LOBBY),
                     "bob subscribed again by himself", timeout=10)
     await _publish_fast(pub, CHANNEL, ["live"])
     await _publish_fast(pub, LOBBY, ["lobby live"])
@@ -252,20 +300,15 @@ async def _scenario(kind: str, srv: RunningServer, start: Callable[..., Any], *,
     return client, events, replays, written, [x.decode() for x in live]
 
 
-@pytest.mark.parametrize("kind", ["python", "js"])
-async def test_an_official_client_gets_the_50_it_missed_in_order_then_live_ones(
-        tmp_path: Path, start_client: Callable[..., Any], kind: str) -> None:
-    srv = await start_node(tmp_path, history=HISTORY, replay=REPLAY)
-    try:
-        client, events, replays, written, live = await _scenario(kind, srv, start_client)
-    finally:
-        await srv.stop()
+def _check_the_50(client: Client, events: list[Event], replays: list[int],
+                  written: list[bytes], live: list[str], clustered: bool) -> None:
     on_channel = [e["data"] for e in events if e["event"] == "message"
                   and e["channel"] == CHANNEL]
     assert on_channel == [{"n": n} for n in range(MISSED)] + ["live"], client.describe(80)
     assert all(e["from"] == "pub" for e in events if e["event"] == "message")
-    # The 50 came as the replay of the resubscribe (not live: he was away), once.
-    assert sorted(replays) == [0, MISSED], replays  # LOBBY's subscribe is owed nothing
+    # The 50 came as the replay of the resubscribe (not live: he was away), once; LOBBY's
+    # subscribe is owed nothing (one node: asked and empty; a cluster: never asked).
+    assert sorted(replays) == ([MISSED] if clustered else [0, MISSED]), replays
     # Byte for byte what a subscriber that never left got.
     assert [w.decode() for w in written] == live
     # The direct sent while he was away is gone; LOBBY (no replay) only has the live one.
@@ -275,11 +318,22 @@ async def test_an_official_client_gets_the_50_it_missed_in_order_then_live_ones(
 
 
 @pytest.mark.parametrize("kind", ["python", "js"])
+async def test_an_official_client_gets_the_50_it_missed_in_order_then_live_ones(
+        tmp_path: Path, start_client: Callable[..., Any], kind: str) -> None:
+    srv = await start_node(tmp_path, history=HISTORY, replay=REPLAY)
+    try:
+        got = await _scenario(kind, Setup.one(srv), start_client)
+    finally:
+        await srv.stop()
+    _check_the_50(*got, clustered=False)
+
+
+@pytest.mark.parametrize("kind", ["python", "js"])
 async def test_past_the_window_an_official_client_gets_nothing_replayed(
         tmp_path: Path, start_client: Callable[..., Any], kind: str) -> None:
     srv = await start_node(tmp_path, history=HISTORY, replay=REPLAY)
     try:
-        client, events, replays, _, _ = await _scenario(kind, srv, start_client,
+        client, events, replays, _, _ = await _scenario(kind, Setup.one(srv), start_client,
                                                         skew=WINDOW + 1)
         assert srv.node.hub.replay is not None
         assert srv.node.hub.replay.outcomes["expired"] == 1
@@ -288,6 +342,84 @@ async def test_past_the_window_an_official_client_gets_nothing_replayed(
     assert [(e["channel"], e["data"]) for e in events if e["event"] == "message"] == [
         (CHANNEL, "live"), (LOBBY, "lobby live")], client.describe(80)
     assert replays == [0, 0]
+
+
+class Switch:
+    """A TCP proxy to one node or another: what the official clients' one URL leads to (a
+    load balancer that sends the reconnect elsewhere)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     ) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.port)
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                w.close()
+
+        for task in (asyncio.create_task(pipe(reader, up_w)),
+                     asyncio.create_task(pipe(up_r, writer))):
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in list(self._pipes):
+            task.cancel()
+        if self.server is not None:
+            await self.server.wait_closed()
+
+
+async def _start_cluster(tmp_path: Path) -> tuple[list[RunningServer], str]:
+    prefix = f"rwtest:{secrets.token_hex(4)}:"
+    settings = {"redis_url": REDIS_URL, "redis_prefix": prefix, **CLUSTER_SETTINGS,
+                "history": HISTORY, "replay": REPLAY}
+    nodes: list[RunningServer] = []
+    for i in range(3):
+        nodes.append(await start_node(tmp_path, node_id=f"n{i}", **settings))
+    await _wait_for(lambda: all(len(s.node.broker.nodes()) >= 2  # type: ignore[attr-defined]
+                                for s in nodes), "every node knows the other two")
+    return nodes, prefix
+
+
+@pytest.mark.parametrize("kind", ["python", "js"])
+async def test_in_a_cluster_the_client_returning_to_another_node_gets_the_50(
+        tmp_path: Path, start_client: Callable[..., Any], kind: str) -> None:
+    """3 nodes: bob on node 0 (through a proxy), the publisher on node 2; bob's socket is
+    cut and his SDK's reconnect reaches node 1, which takes his mark from Redis."""
+    nodes, prefix = await _start_cluster(tmp_path)
+    switch = Switch(nodes[0].node.port)
+    try:
+        url = await switch.start()
+
+        def to_node_1() -> None:
+            switch.port = nodes[1].node.port
+
+        setup = Setup(nodes[0], nodes[0], nodes[1], nodes[2], to_node_1, url)
+        got = await _scenario(kind, setup, start_client)
+    finally:
+        await switch.stop()
+        for srv in nodes:
+            await srv.node.stop()
+        await _delete_redis_prefix(prefix)
+    _check_the_50(*got, clustered=True)
+    assert nodes[1].node.hub.replay is not None
+    assert nodes[1].node.hub.replay.outcomes["replayed"] == 1
 
 
 async def _ordering_server(frames_sent: list[str]) -> Any:

@@ -20,6 +20,7 @@ from .auth import AuthFailure, Keyring, Principal, authenticate
 from .broker import Broker
 from .broker.memory import MemoryBroker
 from .broker.redis_history import ClusterHistory, HistoryRunner
+from .broker.redis_replay import ClusterLedger, LedgerRunner
 from .config import ServerConfig, check_admin_token
 from .drain import PRESENCE_LINGER, close_batches
 from .gateway.front import ConnectionCaps, FrontProtocol
@@ -74,9 +75,12 @@ class Node:
             self.hub.replay_max_bytes = config.outbound_queue_bytes // 2
         if config.replay:
             # parse_replay_rules refuses rules without history on their channels.
-            history_rules = self.hub.history.rules if self.hub.history is not None else []
-            self.hub.replay = Replay(parse_replay_rules(config.replay, history_rules),
-                                     max_marks=config.replay_max_marks)
+            self.hub.replay = Replay(
+                parse_replay_rules(config.replay, parse_rules(config.history)),
+                max_marks=config.replay_max_marks)
+            if isinstance(self.broker, LedgerRunner):
+                # The marks in Redis: a client may come back to any node.
+                self.hub.cluster_ledger = ClusterLedger(self.broker)
         self.broker.health_listener = self._backplane_health
         self.ice = IceProvider(config.ice_servers, config.turn_urls, config.turn_secret,
                                config.turn_ttl)

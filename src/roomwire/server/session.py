@@ -517,6 +517,14 @@ class Session(ABC):
                 reading.add_done_callback(
                     lambda f: self._recorded(f, channel, rid, recover))
                 return False
+        if (want is False and fresh and self.principal.via_token
+                and hub.replays_in_redis(self, channel)):
+            missing = hub.follow_missed(self, channel)
+            if missing is not None:
+                if self._held is None:
+                    self._held = []
+                missing.add_done_callback(lambda f: self._missed(f, channel, rid))
+                return False
         if want is False:
             if opted and channel in opted:
                 opted.discard(channel)
@@ -573,6 +581,25 @@ class Session(ABC):
         elif opted:
             opted.discard(channel)
         ack = encode_subscribe_ack(rid, position, recovered) if rid is not None else None
+        self._send_subscribed(ack, snapshot, frames_out)
+        self._release()
+
+    def _missed(self, f: asyncio.Future[tuple[Position | None, HistoryRead]], channel: str,
+                rid: str | None) -> None:
+        """Cluster: the ledger and the history answered the subscribe of a token identity
+        on a channel with replay: ack, snapshot, what it missed and what came meanwhile."""
+        if self.closed:
+            return
+        hub = self.services.hub
+        if f.cancelled() or f.exception() is not None:
+            self.subscriptions.pop(channel, None)
+            hub.unsubscribe(self, channel)
+            self._error(ErrorCode.INTERNAL_ERROR, "the cluster did not answer; retry", rid)
+            self._release()
+            return
+        mark, read = f.result()
+        snapshot, frames_out = hub.finish_missed(self, channel, mark, read)
+        ack = frames.encode_ack(rid) if rid is not None else None
         self._send_subscribed(ack, snapshot, frames_out)
         self._release()
 
