@@ -165,3 +165,26 @@ async def _redis() -> Any:
     from .conftest import redis_client
 
     return await redis_client()
+
+
+async def test_a_rolling_restart_hands_the_mark_over_before_presence_lingers_out(
+        rcluster: Cluster) -> None:
+    """A graceful shutdown closes the sockets (1001) but keeps their peers in their channels
+    for a moment, so a client back on another node never appears to leave: the mark is
+    written at the close, not when the node lets go of the presence, so the client that is
+    back first already finds it."""
+    pub = await conn(rcluster[2].token_url("pub"))
+    bob = await conn(rcluster[0].token_url("bob"))
+    await plain_subscribe(bob, "chat/roll")
+    stopping = asyncio.create_task(rcluster[0].node.shutdown())
+    try:
+        code, _ = await bob.closed(timeout=10)
+        assert code == 1001, code
+        for n in range(5):
+            await pub.ok({"type": "publish", "channel": "chat/roll", "data": n})
+        back = await conn(rcluster[1].token_url("bob"))
+        await plain_subscribe(back, "chat/roll")
+        assert not stopping.done(), "node 0 stopped before bob was back: no overlap tested"
+        assert await back.messages(5) == [0, 1, 2, 3, 4]
+    finally:
+        await stopping

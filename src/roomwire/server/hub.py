@@ -993,9 +993,11 @@ class Hub:
         meanwhile that are newer than the read (no gap, no duplicate)."""
         room = self._room(link.app_id, channel, create=False)
         ch, replay = self.cluster_history, self.replay
-        if room is None or ch is None or replay is None or link not in room.recovering:
+        if (room is None or ch is None or replay is None or link not in room.recovering
+                or link.close_code is not None):
             if mark is not None and self.cluster_ledger is not None and replay is not None:
-                # The link left while Redis answered: the return is still owed.
+                # The link left (or is closing) while Redis answered: the return is still
+                # owed to the next connection of the sub.
                 owed = replay.rule(link.app_id, channel)
                 if owed is not None:
                     self.cluster_ledger.dropped(link.app_id, link.peer_id, channel, mark,

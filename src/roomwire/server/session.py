@@ -72,7 +72,7 @@ class Services(Protocol):
 
 #: The attributes ``Session.__init__`` sets, for a subclass's ``__slots__``.
 SESSION_SLOTS = (
-    "_held", "_history_channels", "_scope", "_subscribing", "_usage", "_usage_clock",
+    "_drop_noted", "_held", "_history_channels", "_scope", "_subscribing", "_usage", "_usage_clock",
     "app_id", "attached", "bucket", "close_code", "close_reason", "closed", "counters",
     "may_send", "peer_id", "peer_json", "peer_metadata", "ping_bucket", "presence_entry",
     "principal", "quota_limit", "receives_presence", "services", "subscriptions",
@@ -124,6 +124,8 @@ class Session(ABC):
         self.close_reason = ""
         self.attached = False
         """True once ``opened`` registered the session with the hub."""
+        self._drop_noted = False
+        """Whether ``note_drop`` ran (once per connection)."""
         self._held: list[bytes | str] | None = None
         """Cluster: frames that arrived while a subscribe waits for Redis (handled after it,
         so the client's requests keep their order)."""
@@ -195,14 +197,24 @@ class Session(ABC):
             return
         self.closed = True
         if self.attached:
-            if self.principal.via_token and self.subscriptions:
-                self.services.hub.note_drop(self, list(self.subscriptions))
+            self.note_drop()
             channels = list(self.subscriptions)
             if self._subscribing is not None and self._subscribing not in self.subscriptions:
                 channels.append(self._subscribing)
             self.services.hub.detach(self, channels)
         self.subscriptions.clear()
         self._held = None
+
+    def note_drop(self) -> None:
+        """The socket gets no more frames (it is closing or gone): a token identity's place
+        on the channels the ``replay`` setting covers is noted now, once, also when leaving
+        the channels waits (a shutdown's presence linger: the client may be back on another
+        node before that)."""
+        if self._drop_noted or not self.attached:
+            return
+        self._drop_noted = True
+        if self.principal.via_token and self.subscriptions:
+            self.services.hub.note_drop(self, list(self.subscriptions))
 
     def rescope(self, principal: Principal) -> bool:
         """Adopt a changed scope (the key was edited). False when a subscribed channel is no
@@ -588,17 +600,20 @@ class Session(ABC):
                 rid: str | None) -> None:
         """Cluster: the ledger and the history answered the subscribe of a token identity
         on a channel with replay: ack, snapshot, what it missed and what came meanwhile."""
-        if self.closed:
-            return
         hub = self.services.hub
         if f.cancelled() or f.exception() is not None:
+            if self.closed:
+                return
             self.subscriptions.pop(channel, None)
             hub.unsubscribe(self, channel)
             self._error(ErrorCode.INTERNAL_ERROR, "the cluster did not answer; retry", rid)
             self._release()
             return
         mark, read = f.result()
+        # Also for a socket closed meanwhile: the hub writes a taken mark back.
         snapshot, frames_out = hub.finish_missed(self, channel, mark, read)
+        if self.closed:
+            return
         ack = frames.encode_ack(rid) if rid is not None else None
         self._send_subscribed(ack, snapshot, frames_out)
         self._release()
