@@ -18,7 +18,7 @@ import json
 import secrets
 import shutil
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,7 +35,7 @@ from conftest import (
 
 from .conftest import Launch
 from .official import OfficialClient
-from .test_history import tap_writes
+from .test_history import _RID, tap_writes
 
 WINDOW = 30.0
 HISTORY = [{"channels": "chat/**", "size": 200, "ttl": 60}]
@@ -207,6 +207,9 @@ class Setup:
     switch: Callable[[], None] = lambda: None
     """Called once bob is cut: where ``entry`` leads from then on."""
     url: str = ""
+    others: list[bytes] = field(default_factory=list)
+    """The frames written to bob's new socket that are not about CHANNEL (welcome left out,
+    request ids blanked)."""
 
     @classmethod
     def one(cls, srv: RunningServer) -> Setup:
@@ -227,10 +230,17 @@ async def _scenario(kind: str, setup: Setup, start: Callable[..., Any], *,
     replays: list[int] = []
     clustered = back.cluster_ledger is not None
     written: list[bytes] = []
+    others = setup.others
+
+    def on_payload(p: bytes) -> None:
+        if p.startswith(b'{"type":"message","channel":"' + CHANNEL.encode()):
+            written.append(p)
+        elif b'"channel":"' + CHANNEL.encode() not in p and not p.startswith(
+                b'{"type":"welcome"'):
+            others.append(_RID.sub(b'"requestId":"-"', p))
 
     def tap(link: Any) -> None:
-        tap_writes(link, lambda p: written.append(p) if (
-            p.startswith(b'{"type":"message","channel":"' + CHANNEL.encode())) else None)
+        tap_writes(link, on_payload)
 
     if clustered:
         finish_missed = back.finish_missed
@@ -320,12 +330,24 @@ def _check_the_50(client: Client, events: list[Event], replays: list[int],
 @pytest.mark.parametrize("kind", ["python", "js"])
 async def test_an_official_client_gets_the_50_it_missed_in_order_then_live_ones(
         tmp_path: Path, start_client: Callable[..., Any], kind: str) -> None:
-    srv = await start_node(tmp_path, history=HISTORY, replay=REPLAY)
+    srv = await start_node(tmp_path / "on", history=HISTORY, replay=REPLAY)
     try:
-        got = await _scenario(kind, Setup.one(srv), start_client)
+        setup = Setup.one(srv)
+        got = await _scenario(kind, setup, start_client)
     finally:
         await srv.stop()
     _check_the_50(*got, clustered=False)
+    # LOBBY, which no rule covers, got the frames a server without replay sends.
+    srv = await start_node(tmp_path / "off", history=HISTORY)
+    try:
+        before = Setup.one(srv)
+        _, events, _, _, _ = await _scenario(kind, before, start_client)
+    finally:
+        await srv.stop()
+    assert [e["data"] for e in events if e["event"] == "message"] == ["live", "lobby live"]
+    kinds = [json.loads(f)["type"] for f in before.others]
+    assert kinds.count("message") == 1 and "presence" in kinds, before.others
+    assert setup.others == before.others
 
 
 @pytest.mark.parametrize("kind", ["python", "js"])
