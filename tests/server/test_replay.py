@@ -1,8 +1,8 @@
 """The operator's replay for clients that cannot ask (docs/protocol.md, "Replay for the
 official SDKs"), with bare protocol clients that behave as the official SDKs do: a token
 identity that drops and subscribes again gets what it missed as plain ``message`` frames.
-History (which replay needs) is refused in a cluster, so these tests start a node of their
-own whatever ``ROOMWIRE_TEST_CLUSTER`` says."""
+These tests start one node of their own whatever ``ROOMWIRE_TEST_CLUSTER`` says: they look
+at its in-memory ledger (across nodes: tests/cluster/test_cluster_replay.py)."""
 
 from __future__ import annotations
 
