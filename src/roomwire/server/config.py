@@ -108,6 +108,14 @@ class ServerConfig:
     extension: history and recovery"): rules ``{app?, channels?, size, ttl}``, the first
     matching (app, channel) wins; empty (the default): no channel keeps history. One node
     keeps it in memory; a cluster (``redis_url``) in Redis (docs/cluster.md)."""
+    replay: list[dict[str, Any]] = field(default_factory=list)
+    """Replay of missed broadcasts to connections authenticated by a JWT ``sub`` that drop
+    and subscribe again (the official SDKs included, docs/protocol.md, "Replay for the
+    official SDKs"): rules ``{app?, channels, window}``, the first matching wins; each needs
+    a ``history`` rule covering its channels with a ``ttl`` of at least ``window``."""
+    replay_max_marks: int = 100_000
+    """Drops remembered for ``replay`` at once, one per (app, sub, channel); past it the
+    oldest is forgotten (its return gets nothing, counted as ``evicted``)."""
     history_max_bytes: int = 64 * 2**20
     """Memory all channel histories of a node may hold together (payloads plus about 120
     bytes per message); past it the channels published to least recently lose their oldest
@@ -246,6 +254,13 @@ class ServerConfig:
             parse_rules(self.history)
             if self.history_max_bytes < 2**20:
                 raise ValueError("history_max_bytes must be at least 1048576 (1 MiB)")
+        if self.replay:
+            from .history import parse_rules as parse_history
+            from .replay import parse_rules as parse_replay
+
+            parse_replay(self.replay, parse_history(self.history))
+            if self.replay_max_marks < 1:
+                raise ValueError("replay_max_marks must be at least 1")
         if self.demo not in DEMO_MODES:
             raise ValueError(f"demo must be one of auto, on, off, not {self.demo!r}")
         self._validate_webhooks()

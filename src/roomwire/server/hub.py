@@ -16,6 +16,7 @@ come back through ``remote_presence``. The single-node paths do not change.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,11 +28,14 @@ from ..protocol.history import Position, encode_position_suffix
 from ..protocol.patterns import is_pattern
 from .broker import Broker, PresenceObserver
 from .broker.redis_history import ClusterHistory
+from .broker.redis_replay import ClusterLedger
 from .history import Entry, History, HistoryRead, HistoryRule, Stream, decide, decide_read
+from .replay import LOST, Replay, judge
 from .wildcards import Wildcards
 
 _perf = time.perf_counter
 _SKIPS_MAX = 4096
+log = logging.getLogger("roomwire.replay")
 
 
 class HubCounters(Protocol):
@@ -148,6 +152,12 @@ class Room:
     floor: dict[Link, tuple[str, int]] = field(default_factory=dict)
     """Cluster: a recovered link got everything up to this position already: a message at
     or below it still on its way from Redis is not delivered twice."""
+    bare: dict[Link, None] = field(default_factory=dict)
+    """Cluster: links of ``positioned`` that get today's frames, without the position:
+    token identities on a channel the ``replay`` setting covers. Their messages come in
+    Redis's order, so the position of the last one is known when they drop (``seen``)."""
+    seen: dict[Link, tuple[str, int]] = field(default_factory=dict)
+    """Cluster: the position of the last message a ``bare`` link got."""
 
     def __len__(self) -> int:
         return len(self.plain) + len(self.with_meta)
@@ -190,6 +200,9 @@ class Hub:
         self.clock: Callable[[], float] = time.time
         self.replay_max_bytes: int | None = None
         """A recovery that would replay more than this is refused (``recovered`` false)."""
+        self.replay: Replay | None = None
+        """Replay of missed broadcasts to token identities (the ``replay`` setting); None:
+        no channel has it. Needs ``history``."""
         self.last_stream: Stream | None = None
         """The history stream the latest ``publish`` was recorded in (None: not recorded);
         the session reads it right after publishing, to put the position in its ack."""
@@ -204,6 +217,8 @@ class Hub:
         """Cluster: token -> the opted-in socket that published a message still on its way
         back from Redis (it must not get its own message)."""
         self._skip_ids = 0
+        self.cluster_ledger: ClusterLedger | None = None
+        """Cluster: the ``replay`` setting's marks, in Redis (``replay.ledger`` is unused)."""
         self._epochs: dict[str, bytes] = {}
         """Epoch -> its JSON, for the positioned messages from Redis."""
 
@@ -417,6 +432,9 @@ class Hub:
         if room.recovering or room.floor:
             room.recovering.pop(link, None)
             room.floor.pop(link, None)
+        if room.bare:
+            room.bare.pop(link, None)
+            room.seen.pop(link, None)
         peer = link.peer_id
         held = room.held.get(peer, 0) - 1
         if held > 0:
@@ -614,7 +632,8 @@ class Hub:
             epoch_json = self._epoch_json(epoch)
             suffix = encode_position_suffix(offset, epoch_json)
             floor = room.floor
-            at = at_meta = b""
+            bare = room.bare
+            at = at_meta = plain = plain_meta = b""
             for sub in room.positioned:
                 if sub is skip:
                     continue
@@ -624,7 +643,19 @@ class Hub:
                         if seen[0] == epoch and offset <= seen[1]:
                             continue  # replayed or buffered already
                         del floor[sub]
-                if sub in room.with_meta:
+                if bare and sub in bare:
+                    room.seen[sub] = (epoch, offset)
+                    if sub in room.with_meta:
+                        if not plain_meta:
+                            plain_meta = self._wire(frames.encode_message(
+                                room.name_json, sender_json, data, sender_metadata))
+                        sub.send_wire(plain_meta)
+                    else:
+                        if not plain:
+                            plain = self._wire(frames.encode_message(
+                                room.name_json, sender_json, data))
+                        sub.send_wire(plain)
+                elif sub in room.with_meta:
                     if not at_meta:
                         at_meta = self._wire(frames.encode_message_at(
                             room.name_json, sender_json, data, sender_metadata, suffix))
@@ -842,6 +873,207 @@ class Hub:
             room.name_json, entry.sender_json, entry.data,
             entry.sender_metadata if metadata else None,
             encode_position_suffix(entry.offset, stream.epoch_json))
+
+    # -- replay to the official SDKs (roomwire's setting, server/replay.py) -------------------
+
+    def note_drop(self, link: Link, channels: list[str]) -> None:
+        """``link``, a connection authenticated by a JWT ``sub`` (its peer id), is ending
+        while subscribed to ``channels``: mark where it stood on those the ``replay`` setting
+        covers. Runs before the hub forgets the link, so no publish falls between its last
+        live message and the mark."""
+        replay, history = self.replay, self.history
+        if replay is not None and self.cluster_ledger is not None:
+            self._note_drop_clustered(replay, self.cluster_ledger, link, channels)
+            return
+        if replay is None or history is None:
+            return
+        now = self.clock()
+        for channel in channels:
+            if "*" in channel and is_pattern(channel):
+                continue  # patterns keep no history
+            rule = replay.rule(link.app_id, channel)
+            if rule is None:
+                continue
+            stream = history.stream(link.app_id, channel, now)
+            if stream is None:
+                continue
+            # A quiet channel must not be forgotten (a new epoch) while the mark is owed.
+            stream.touched = max(stream.touched, now)
+            replay.dropped((link.app_id, link.peer_id, channel), stream.position, now,
+                           rule.window)
+
+    def _note_drop_clustered(self, replay: Replay, ledger: ClusterLedger, link: Link,
+                             channels: list[str]) -> None:
+        """``note_drop`` in a cluster: the mark goes to Redis, at the position of the last
+        message the link got (its messages came in Redis's order)."""
+        t = self.tenants.get(link.app_id)
+        if t is None:
+            return
+        for channel in channels:
+            room = t.rooms.get(channel)
+            if room is None or not room.seen:
+                continue
+            seen = room.seen.get(link)
+            rule = replay.rule(link.app_id, channel)
+            if seen is not None and rule is not None:
+                ledger.dropped(link.app_id, link.peer_id, channel, Position(*seen),
+                               rule.window)
+
+    def replays_in_redis(self, link: Link, channel: str) -> bool:
+        """Cluster: whether a fresh subscribe of ``link`` (a token identity) to ``channel``
+        completes with ``follow_missed``: the ``replay`` setting covers it."""
+        ch, replay = self.cluster_history, self.replay
+        return (ch is not None and replay is not None and self.cluster_ledger is not None
+                and replay.rule(link.app_id, channel) is not None
+                and ch.rules.lookup((link.app_id, channel)) is not None)
+
+    def follow_missed(self, link: Link, channel: str,
+                      ) -> asyncio.Future[tuple[Position | None, HistoryRead]] | None:
+        """Cluster: ``replay_missed`` in steps. ``link`` (subscribed just now) is held back
+        from the room, with the messages of the channel buffered, while Redis gives the mark
+        its sub is owed (if any) and then the history after it (or, without a mark, the
+        channel's position: where the link starts, for its own mark if it drops). Then
+        ``finish_missed`` with both. None: nothing to follow."""
+        ch, ledger, replay = self.cluster_history, self.cluster_ledger, self.replay
+        room = self._room(link.app_id, channel, create=False)
+        if ch is None or ledger is None or replay is None or room is None:
+            return None
+        rule = ch.rules.lookup((link.app_id, channel))
+        owed = replay.rule(link.app_id, channel)
+        if rule is None or owed is None:
+            return None
+        if room.has(link):
+            room.pending[link] = link in room.with_meta
+            room.plain.pop(link, None)
+            room.with_meta.pop(link, None)
+        elif link not in room.pending:
+            return None
+        room.positioned.pop(link, None)
+        room.floor.pop(link, None)
+        room.recovering[link] = []
+        out: asyncio.Future[tuple[Position | None, HistoryRead]] = (
+            asyncio.get_running_loop().create_future())
+        taking = ledger.take(link.app_id, link.peer_id, channel)
+
+        def taken(f: asyncio.Future[Position | None]) -> None:
+            if out.done():
+                return
+            if f.cancelled() or f.exception() is not None:
+                out.set_exception(RuntimeError("the cluster's ledger did not answer"))
+                return
+            mark = f.result()
+            if mark is None:
+                reading = ch.read(link.app_id, channel, rule, 0, start=True, count=0)
+            else:
+                reading = ch.read(link.app_id, channel, rule, mark.offset, start=True,
+                                  max_bytes=self.replay_max_bytes)
+
+            def read(r: asyncio.Future[HistoryRead]) -> None:
+                if out.done():
+                    return
+                if r.cancelled() or r.exception() is not None:
+                    if mark is not None:  # owed still: put it back for the next try
+                        ledger.dropped(link.app_id, link.peer_id, channel, mark,
+                                       owed.window)
+                    out.set_exception(RuntimeError("the cluster's history did not answer"))
+                else:
+                    out.set_result((mark, r.result()))
+
+            reading.add_done_callback(read)
+
+        taking.add_done_callback(taken)
+        return out
+
+    def finish_missed(self, link: Link, channel: str, mark: Position | None,
+                      read: HistoryRead) -> tuple[bytes | None, list[bytes]]:
+        """Cluster: what ``follow_missed`` started is back. The link becomes a subscriber
+        now, getting its messages in Redis's order as today's frames. Returns the snapshot
+        (for after the ack) and the frames for after it: the replay (all missed messages
+        or, if the gap is gone, none: logged and counted), then the messages buffered
+        meanwhile that are newer than the read (no gap, no duplicate)."""
+        room = self._room(link.app_id, channel, create=False)
+        ch, replay = self.cluster_history, self.replay
+        if (room is None or ch is None or replay is None or link not in room.recovering
+                or link.close_code is not None):
+            if mark is not None and self.cluster_ledger is not None and replay is not None:
+                # The link left (or is closing) while Redis answered: the return is still
+                # owed to the next connection of the sub.
+                owed = replay.rule(link.app_id, channel)
+                if owed is not None:
+                    self.cluster_ledger.dropped(link.app_id, link.peer_id, channel, mark,
+                                                owed.window)
+            return None, []
+        buffered = room.recovering.pop(link)
+        snapshot = self.finish_subscribe(link, channel)
+        rule = ch.rules.lookup((link.app_id, channel))
+        out: list[bytes] = []
+        if not room.has(link) or read.epoch is None or rule is None:
+            return snapshot, out
+        metadata = link in room.with_meta
+        if mark is not None:
+            now = self.clock()
+            plan = judge(mark, Position(read.epoch, read.top), read.entries,
+                         self.replay_max_bytes, more=read.more, horizon=now - rule.ttl)
+            replay.outcomes[plan.outcome] += 1
+            if plan.outcome in LOST:
+                log.info("replay: nothing replayed to a returning subscriber of %r (app %s): "
+                         "%s (it had missed %s messages)", channel, link.app_id, plan.outcome,
+                         read.top - mark.offset if read.epoch == mark.epoch else "?")
+            out.extend(frames.encode_message(room.name_json, e.sender_json, e.data,
+                                             e.sender_metadata if metadata else None)
+                       for e in plan.replay)
+        epoch, last = read.epoch, read.top
+        for live in buffered:
+            if live.epoch == epoch:
+                if live.offset <= last:
+                    continue
+                last = live.offset
+            else:
+                epoch, last = live.epoch, live.offset
+            out.append(frames.encode_message(room.name_json, live.sender_json, live.data,
+                                             live.sender_metadata if metadata else None))
+        room.positioned[link] = None
+        room.bare[link] = None
+        room.floor[link] = room.seen[link] = (epoch, last)
+        self.counters.frames_sent["message"] += len(out)
+        return snapshot, out
+
+    def replay_missed(self, link: Link, channel: str, include_sender_metadata: bool,
+                      ) -> list[bytes]:
+        """``link`` (a token identity) subscribed to ``channel`` afresh just now: the
+        broadcasts its sub missed since a connection of it dropped off the channel, as the
+        ``message`` frames live delivery would have sent it, oldest first; [] when nothing
+        is owed or the gap is no longer in history (logged and counted). Runs in the same
+        turn as the subscribe, so the first live message follows the last replayed one."""
+        replay, history = self.replay, self.history
+        if replay is None or history is None or replay.rule(link.app_id, channel) is None:
+            return []
+        now = self.clock()
+        mark = replay.take((link.app_id, link.peer_id, channel), now)
+        if mark is None:
+            return []
+        stream = history.stream(link.app_id, channel, now, create=False)
+        missed: list[Entry] = []
+        if stream is not None:
+            stream.trim(now)
+            if stream.epoch == mark.position.epoch:
+                missed = stream.after(mark.position.offset)
+        plan = judge(mark.position, None if stream is None else stream.position, missed,
+                     self.replay_max_bytes)
+        replay.outcomes[plan.outcome] += 1
+        if plan.outcome in LOST:
+            log.info("replay: nothing replayed to a returning subscriber of %r (app %s): %s "
+                     "(it had missed %s messages)", channel, link.app_id, plan.outcome,
+                     "?" if stream is None or stream.epoch != mark.position.epoch
+                     else stream.top - mark.position.offset)
+            return []
+        room = self._room(link.app_id, channel, create=False)
+        name_json = room.name_json if room is not None else frames.encode_json(channel)
+        out = [frames.encode_message(name_json, e.sender_json, e.data,
+                                     e.sender_metadata if include_sender_metadata else None)
+               for e in plan.replay]
+        self.counters.frames_sent["message"] += len(out)
+        return out
 
     def direct(
         self, app_id: str, peer_id: str, data: bytes, sender_json: bytes,

@@ -105,8 +105,11 @@ class Metrics:
         self,
         gauges: Mapping[str, float],
         per_app: Mapping[str, Mapping[str, float]] | None = None,
+        replays: Mapping[str, int] | None = None,
     ) -> str:
-        """``gauges``: name -> value; ``per_app``: gauge name -> {app id -> value}."""
+        """``gauges``: name -> value; ``per_app``: gauge name -> {app id -> value};
+        ``replays``: returns of token identities the ``replay`` setting covers, by outcome
+        (``server/replay.py``; None: the setting is off, no series)."""
         lines: list[str] = []
 
         def metric(name: str, kind: str, help_: str, samples: Iterable[tuple[str, float]],
@@ -161,6 +164,12 @@ class Metrics:
                "REST control-plane requests, by endpoint and HTTP status.",
                [(_labels(endpoint=e, status=s), v)
                 for (e, s), v in sorted(self.rest_requests.items())])
+        if replays is not None:
+            metric("roomwire_replays_total", "counter",
+                   "Returns of token identities to a channel the replay setting covers, by "
+                   "outcome (replayed, or why nothing was: epoch_changed, gap_lost, too_large, "
+                   "expired; evicted counts drops forgotten to bound the ledger).",
+                   [(_labels(outcome=k), v) for k, v in sorted(replays.items())])
         hist: list[tuple[str, float]] = []
         cumulative = 0
         for bound, n in zip(FANOUT_BUCKETS, self.fanout_buckets, strict=False):
@@ -210,4 +219,5 @@ def render_node(metrics: Metrics, hub: Hub, usage: UsageMeter, sessions: Collect
         per_app["roomwire_app_peers"][app_id] = stats["peers"]
     for app_id, u in list(usage.apps.items()):
         per_app["roomwire_app_messages_period"][app_id] = u.messages
-    return metrics.render(gauges, per_app)
+    replay = hub.replay
+    return metrics.render(gauges, per_app, None if replay is None else replay.outcomes)

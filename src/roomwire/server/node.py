@@ -20,6 +20,7 @@ from .auth import AuthFailure, Keyring, Principal, authenticate
 from .broker import Broker
 from .broker.memory import MemoryBroker
 from .broker.redis_history import ClusterHistory, HistoryRunner
+from .broker.redis_replay import ClusterLedger, LedgerRunner
 from .config import ServerConfig, check_admin_token
 from .drain import PRESENCE_LINGER, close_batches
 from .gateway.front import ConnectionCaps, FrontProtocol
@@ -34,6 +35,8 @@ from .hub import Hub
 from .ice import IceProvider
 from .limits import ConnectLimiter, UsageMeter
 from .metrics import Metrics, render_node
+from .replay import Replay
+from .replay import parse_rules as parse_replay_rules
 from .store import App, Store, open_store
 from .store.usage import flush as flush_usage_rows
 from .store.usage import restore as restore_usage
@@ -70,6 +73,14 @@ class Node:
                                            max_bytes=config.history_max_bytes)
             # Half the outbound bound: the replay and what follows it must fit.
             self.hub.replay_max_bytes = config.outbound_queue_bytes // 2
+        if config.replay:
+            # parse_replay_rules refuses rules without history on their channels.
+            self.hub.replay = Replay(
+                parse_replay_rules(config.replay, parse_rules(config.history)),
+                max_marks=config.replay_max_marks)
+            if isinstance(self.broker, LedgerRunner):
+                # The marks in Redis: a client may come back to any node.
+                self.hub.cluster_ledger = ClusterLedger(self.broker)
         self.broker.health_listener = self._backplane_health
         self.ice = IceProvider(config.ice_servers, config.turn_urls, config.turn_secret,
                                config.turn_ttl)
@@ -190,6 +201,8 @@ class Node:
         while True:
             await asyncio.sleep(HISTORY_SWEEP_INTERVAL)
             history.sweep(self.hub.clock())
+            if self.hub.replay is not None:
+                self.hub.replay.ledger.sweep(self.hub.clock())
 
     async def _flush_usage_loop(self) -> None:
         while True:

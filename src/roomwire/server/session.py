@@ -72,7 +72,7 @@ class Services(Protocol):
 
 #: The attributes ``Session.__init__`` sets, for a subclass's ``__slots__``.
 SESSION_SLOTS = (
-    "_held", "_history_channels", "_scope", "_subscribing", "_usage", "_usage_clock",
+    "_drop_noted", "_held", "_history_channels", "_scope", "_subscribing", "_usage", "_usage_clock",
     "app_id", "attached", "bucket", "close_code", "close_reason", "closed", "counters",
     "may_send", "peer_id", "peer_json", "peer_metadata", "ping_bucket", "presence_entry",
     "principal", "quota_limit", "receives_presence", "services", "subscriptions",
@@ -124,6 +124,8 @@ class Session(ABC):
         self.close_reason = ""
         self.attached = False
         """True once ``opened`` registered the session with the hub."""
+        self._drop_noted = False
+        """Whether ``note_drop`` ran (once per connection)."""
         self._held: list[bytes | str] | None = None
         """Cluster: frames that arrived while a subscribe waits for Redis (handled after it,
         so the client's requests keep their order)."""
@@ -195,12 +197,24 @@ class Session(ABC):
             return
         self.closed = True
         if self.attached:
+            self.note_drop()
             channels = list(self.subscriptions)
             if self._subscribing is not None and self._subscribing not in self.subscriptions:
                 channels.append(self._subscribing)
             self.services.hub.detach(self, channels)
         self.subscriptions.clear()
         self._held = None
+
+    def note_drop(self) -> None:
+        """The socket gets no more frames (it is closing or gone): a token identity's place
+        on the channels the ``replay`` setting covers is noted now, once, also when leaving
+        the channels waits (a shutdown's presence linger: the client may be back on another
+        node before that)."""
+        if self._drop_noted or not self.attached:
+            return
+        self._drop_noted = True
+        if self.principal.via_token and self.subscriptions:
+            self.services.hub.note_drop(self, list(self.subscriptions))
 
     def rescope(self, principal: Principal) -> bool:
         """Adopt a changed scope (the key was edited). False when a subscribed channel is no
@@ -483,22 +497,25 @@ class Session(ABC):
             want = parsed
         elif not pattern and req.history is True:
             want = True
+        fresh = not pattern and channel not in self.subscriptions
         snapshot = (hub.subscribe_pattern(self, channel, include) if pattern
                     else hub.subscribe(self, channel, include))
         if isinstance(snapshot, asyncio.Future):
             self._held = []
             self._subscribing = channel
             snapshot.add_done_callback(
-                lambda f: self._subscribed(f, channel, include, rid, want))
+                lambda f: self._subscribed(f, channel, include, rid, want, fresh))
             return
         self.subscriptions[channel] = include
-        self._answer_subscribe(channel, rid, snapshot, want)
+        self._answer_subscribe(channel, rid, snapshot, want, fresh)
 
     def _answer_subscribe(self, channel: str, rid: str | None, snapshot: bytes | None,
-                          want: Position | bool) -> bool:
+                          want: Position | bool, fresh: bool = False) -> bool:
         """Ack, snapshot, and for an opted-in subscribe the replay (docs/protocol.md,
         "roomwire extension: history and recovery"), all in this turn; or, for a channel
-        with history in a cluster, once Redis was read (False: later requests wait)."""
+        with history in a cluster, once Redis was read (False: later requests wait).
+        ``fresh``: the socket did not hold the channel before (a token identity may be owed
+        a replay then)."""
         replay: list[bytes] = []
         opted = self._history_channels
         hub = self.services.hub
@@ -512,10 +529,23 @@ class Session(ABC):
                 reading.add_done_callback(
                     lambda f: self._recorded(f, channel, rid, recover))
                 return False
+        if (want is False and fresh and self.principal.via_token
+                and hub.replays_in_redis(self, channel)):
+            missing = hub.follow_missed(self, channel)
+            if missing is not None:
+                if self._held is None:
+                    self._held = []
+                missing.add_done_callback(lambda f: self._missed(f, channel, rid))
+                return False
         if want is False:
             if opted and channel in opted:
                 opted.discard(channel)
                 self.services.hub.unfollow_history(self, channel)
+            elif fresh and self.principal.via_token and self.services.hub.replay is not None:
+                # The operator's replay for SDKs that cannot ask: after the snapshot, as an
+                # opted-in replay (Presence ordering: nothing between ack and snapshot).
+                replay = self.services.hub.replay_missed(self, channel,
+                                                         self.subscriptions[channel])
             ack = frames.encode_ack(rid) if rid is not None else None
         else:
             recover = want if isinstance(want, Position) else None
@@ -566,8 +596,31 @@ class Session(ABC):
         self._send_subscribed(ack, snapshot, frames_out)
         self._release()
 
+    def _missed(self, f: asyncio.Future[tuple[Position | None, HistoryRead]], channel: str,
+                rid: str | None) -> None:
+        """Cluster: the ledger and the history answered the subscribe of a token identity
+        on a channel with replay: ack, snapshot, what it missed and what came meanwhile."""
+        hub = self.services.hub
+        if f.cancelled() or f.exception() is not None:
+            if self.closed:
+                return
+            self.subscriptions.pop(channel, None)
+            hub.unsubscribe(self, channel)
+            self._error(ErrorCode.INTERNAL_ERROR, "the cluster did not answer; retry", rid)
+            self._release()
+            return
+        mark, read = f.result()
+        # Also for a socket closed meanwhile: the hub writes a taken mark back.
+        snapshot, frames_out = hub.finish_missed(self, channel, mark, read)
+        if self.closed:
+            return
+        ack = frames.encode_ack(rid) if rid is not None else None
+        self._send_subscribed(ack, snapshot, frames_out)
+        self._release()
+
     def _subscribed(self, f: asyncio.Future[None], channel: str, include: bool,
-                    rid: str | None, want: Position | bool = False) -> None:
+                    rid: str | None, want: Position | bool = False, fresh: bool = False,
+                    ) -> None:
         """A cluster subscribe completed: ack, snapshot, then the frames held meanwhile."""
         self._subscribing = None
         if self.closed:
@@ -578,7 +631,7 @@ class Session(ABC):
             return
         snapshot = self.services.hub.finish_subscribe(self, channel)
         self.subscriptions[channel] = include
-        if self._answer_subscribe(channel, rid, snapshot, want):
+        if self._answer_subscribe(channel, rid, snapshot, want, fresh):
             self._release()
 
     def _release(self) -> None:

@@ -51,6 +51,7 @@ except ImportError as exc:  # --redis-url without the optional Redis client
 from ..limits import UsageMeter
 from . import Broker, ClusterSink
 from .redis_history import APPEND, READ
+from .redis_replay import MARK, TAKE
 from .routing import (
     Changes,
     ChannelView,
@@ -191,6 +192,7 @@ class _Shard:
     join_sha: str = ""
     leave_sha: str = ""
     history_shas: dict[str, str] = field(default_factory=dict)
+    replay_shas: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -342,6 +344,8 @@ class RedisBroker(Broker):
             shard.leave_sha = await shard.redis.script_load(_LEAVE)
             shard.history_shas = {"append": await shard.redis.script_load(APPEND),
                                   "read": await shard.redis.script_load(READ)}
+            shard.replay_shas = {"mark": await shard.redis.script_load(MARK),
+                                 "take": await shard.redis.script_load(TAKE)}
             # Every subscriber connection holds the node channel, so it always has one
             # subscription to read from (replies come on shard 0's).
             shard.pubsub = shard.redis.pubsub()
@@ -606,6 +610,17 @@ class RedisBroker(Broker):
         shard = self._shard(app_id, channel)
         stream, meta = self.keys.history(app_id, channel)
         self._send(shard, ("EVALSHA", shard.history_shas[script], 2, stream, meta, *args), then)
+
+    def run_replay(self, app_id: str, channel: str, sub: str, script: str,
+                   args: tuple[Any, ...], then: Callable[[_Result], None] | None) -> None:
+        """``redis_replay.LedgerRunner``: one ledger script on the channel's shard."""
+        if not self._live:
+            if then is not None:
+                then(_Lost("the cluster backplane is down"))
+            return
+        shard = self._shard(app_id, channel)
+        self._send(shard, ("EVALSHA", shard.replay_shas[script], 1,
+                           self.keys.replay_mark(app_id, channel, sub), *args), then)
 
     def direct(self, app_id: str, peer_id: str, data: bytes, sender_json: bytes,
                sender_metadata: bytes | None, local: int,

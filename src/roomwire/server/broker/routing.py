@@ -196,6 +196,11 @@ class Keys:
         base = f"{app_id}{SEP}{channel}"
         return f"{self.prefix}hs:{base}", f"{self.prefix}hm:{base}"
 
+    def replay_mark(self, app_id: str, channel: str, sub: str) -> str:
+        """Where ``sub`` stood on a channel when it dropped (the ``replay`` setting), on
+        the channel's shard."""
+        return f"{self.prefix}rp:{app_id}{SEP}{channel}{SEP}{sub}"
+
     def memberships(self, inst: str) -> str:
         return f"{self.prefix}nm:{inst}"
 

@@ -283,6 +283,7 @@ class WsSession(Session, picows.WSListener):
                 self.handle_text(payload)
 
     def on_ws_disconnected(self, transport: Any) -> None:
+        self.note_drop()
         self._closing = True
         if self.close_code is None:
             self.close_code = 1006
@@ -339,6 +340,7 @@ class WsSession(Session, picows.WSListener):
             return
         self.flush()
         self._closing = True
+        self.note_drop()
         self.close_code = code
         self.close_reason = reason[:120]
         self.node.metrics.count_close(code)
