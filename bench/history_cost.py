@@ -16,6 +16,26 @@ Reports CPU ns per publish and per delivery (median over rounds, [min-max]) and 
 
     .venv/bin/python bench/history_cost.py                 # N = 1, 10, 100, 1000
     .venv/bin/python bench/history_cost.py --rounds 9 --publishes 20000
+
+In a cluster (``--mode``; the cluster part is in ``history_cluster.py``):
+
+* ``cluster-hub``: the same in process for a clustered hub (its broker only collects the
+  commands): the publishing node's ``Hub.publish`` (history off: a PUBLISH; on: the append
+  script's arguments, local subscribers that did not opt in served at once) and a receiving
+  node's delivery of one message to N subscribers (``deliver_publish`` vs
+  ``deliver_posted``), none / all opted in.
+* ``redis``: redis-server's own CPU per publish (INFO cpu and /proc schedstat of a private
+  redis-server, one subscribed connection as one receiving node), PUBLISH vs the append
+  script, the commands exactly as the broker builds them, rounds interleaved.
+* ``recovery``: 3 nodes (subprocesses) over a private Redis; 1,000 clients opted in on node
+  A across 100 channels; node A is killed (-9) and restarted, 5 messages per channel are
+  published meanwhile from node B, and the clients come back to nodes B and C with
+  ``recover``: time until all have their missed messages; then the same storm resubscribing
+  plainly (no recovery) as the baseline.
+
+    .venv/bin/python bench/history_cost.py --mode cluster-hub --rounds 5
+    .venv/bin/python bench/history_cost.py --mode redis --rounds 5 --publishes 20000
+    .venv/bin/python bench/history_cost.py --mode recovery --clients 1000
 """
 
 from __future__ import annotations
@@ -24,7 +44,9 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 from roomwire.protocol import frames
 from roomwire.server.broker.memory import MemoryBroker
@@ -38,6 +60,7 @@ except ImportError:  # a tree before history (PYTHONPATH=<old>/src): the baselin
 else:
     VARIANTS = ("off", "other", "record", "opted", "half")
 CHANNEL = "chat/room"
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 class FakeLink:
@@ -91,7 +114,16 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--publishes", type=int, default=0,
                    help="per variant and round (default: 200,000 deliveries' worth)")
+    p.add_argument("--mode", default="hub", choices=("hub", "cluster-hub", "redis", "recovery"))
+    p.add_argument("--clients", type=int, default=1000, help="recovery: clients")
+    p.add_argument("--channels", type=int, default=100, help="recovery: channels")
+    p.add_argument("--missed", type=int, default=5, help="recovery: messages per channel")
     args = p.parse_args()
+    if args.mode != "hub":
+        import history_cluster
+
+        history_cluster.main(args)
+        return
     print(f"- machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
           f"Python {platform.python_version()}, load average at start "
           f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")

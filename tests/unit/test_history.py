@@ -313,8 +313,8 @@ def test_complete_read(since: int, anchor: float | None, complete: bool) -> None
 
 
 def test_parse_read_of_a_script_reply() -> None:
-    reply = [b"e1", 7, [[b"6-0", [b"t", b"99.5", b"d", b"1", b"s", b'"p"']],
-                        [b"7-0", [b"t", b"99.75", b"d", b"2", b"s", b'"p"', b"m", b"{}"]]],
+    reply = [b"e1", 7, [[b"0-6", [b"t", b"99.5", b"d", b"1", b"s", b'"p"']],
+                        [b"0-7", [b"t", b"99.75", b"d", b"2", b"s", b'"p"', b"m", b"{}"]]],
              0, b"99.5"]
     read = parse_read(reply)
     assert (read.epoch, read.top, read.anchor_time, read.more) == ("e1", 7, 99.5, False)

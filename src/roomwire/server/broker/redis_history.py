@@ -2,9 +2,9 @@
 "History in Redis").
 
 Per channel two keys live on the shard that holds the channel: the stream ``hs:`` (one
-entry per publication, its ID ``<offset>-0``, trimmed to the rule's size by ``XADD MAXLEN``)
-and the meta hash ``hm:`` (the epoch ``e`` and the last offset ``o``). Both expire ``ttl``
-after the last publication (or opted-in subscribe), as a node's idle history is forgotten.
+entry per publication, its ID ``0-<offset>``, trimmed to the rule's size by ``XADD MAXLEN``)
+and the meta string ``hm:`` (the epoch). Both expire ``ttl`` after the last publication (or
+opted-in subscribe), as a node's idle history is forgotten. Needs Redis 7 (``XADD 0-*``).
 
 * **Append.** One script allocates the offset, adds the entry, renews the expiry and
   PUBLISHes the message with its offset on the channel's Redis channel (a ``wire.Posted``):
@@ -14,10 +14,10 @@ after the last publication (or opted-in subscribe), as a node's idle history is 
 * **Read.** One script returns the position and the entries after an offset, bounded in
   count and bytes. A read that may start a history (an opted-in subscribe) creates the epoch
   when there is none.
-* **Lost history.** A meta hash that is gone (expired, deleted, FLUSHALL, a Redis restarted
-  without persistence), or a stream gone while the meta says offsets were given, starts a
-  new epoch with offsets from 1: clients that recover from the old one get
-  ``recovered: false``.
+* **Lost history.** A meta key that is gone (expired, deleted, FLUSHALL, a Redis restarted
+  without persistence) while the stream is not, or a stream gone while the meta says it had
+  publications, starts a new epoch with offsets from 1: clients that recover from the old
+  one get ``recovered: false``.
 
 The decisions (complete or not, what to replay) are ``server/history.py``'s, pure; this module
 builds the commands and reads their replies. ``RedisBroker`` runs them (``run_history``).
@@ -44,64 +44,87 @@ from .wire import posted_prefix
 
 __all__ = ["APPEND", "READ", "ClusterHistory", "HistoryRunner", "parse_read"]
 
+# The meta key is a string: the epoch, with a "+" once the stream holds a publication of it
+# (without: started by an opted-in subscribe, nothing published yet). Offsets are the
+# sequence part of the stream IDs ("0-<offset>", XADD "0-*" counts them), so the append
+# costs four Redis calls: XADD, GETEX (the epoch, its expiry renewed), PEXPIRE, PUBLISH.
+
 # KEYS: stream, meta. ARGV: epoch to start with, size, ttl in ms, time, data, sender,
 # sender metadata ('' for none), pub/sub channel, Posted frame without offset and epoch.
 # Returns {offset, epoch}.
 APPEND = """
-local epoch = redis.call('HGET', KEYS[2], 'e')
-if epoch and redis.call('EXISTS', KEYS[1]) == 0
-   and tonumber(redis.call('HGET', KEYS[2], 'o') or '0') > 0 then
-  epoch = false
+local function add()
+  local id
+  if ARGV[7] == '' then
+    id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '0-*',
+                    't', ARGV[4], 'd', ARGV[5], 's', ARGV[6])
+  else
+    id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '0-*',
+                    't', ARGV[4], 'd', ARGV[5], 's', ARGV[6], 'm', ARGV[7])
+  end
+  return tonumber(string.sub(id, 3))
 end
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0)
-end
-local offset = redis.call('HINCRBY', KEYS[2], 'o', 1)
-if ARGV[7] == '' then
-  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-0',
-             't', ARGV[4], 'd', ARGV[5], 's', ARGV[6])
+local offset = add()
+local meta = redis.call('GETEX', KEYS[2], 'PX', ARGV[3])
+local epoch
+if meta and offset > 1 and string.sub(meta, -1) == '+' then
+  epoch = string.sub(meta, 1, -2)
+elseif meta and offset == 1 and string.sub(meta, -1) ~= '+' then
+  -- The history an opted-in subscribe started: its first publication.
+  epoch = meta
+  redis.call('SET', KEYS[2], epoch .. '+', 'PX', ARGV[3])
 else
-  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-0',
-             't', ARGV[4], 'd', ARGV[5], 's', ARGV[6], 'm', ARGV[7])
+  -- The first publication ever, or lost: a stream without its epoch (start again), or an
+  -- epoch whose stream is gone. A new epoch, offsets from 1.
+  if offset > 1 then
+    redis.call('DEL', KEYS[1])
+    offset = add()
+  end
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[2], epoch .. '+', 'PX', ARGV[3])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('PUBLISH', ARGV[8], ARGV[9] .. cmsgpack.pack(offset) .. cmsgpack.pack(epoch))
 return {offset, epoch}
 """
 
 # KEYS: stream, meta. ARGV: epoch to start with ('' = read only, start nothing), ttl in ms,
-# the ID of the first offset wanted ("<after + 1>-0", formatted by the node: Lua's numbers
+# the ID of the first offset wanted ("0-<after + 1>", formatted by the node: Lua's numbers
 # would print large ones in exponent form), count (0: the position only), max bytes (0: no
 # bound), '1' newest first.
 # Returns {epoch or false, top, entries, more, time of entry after+1 or false}.
 READ = """
-local epoch = redis.call('HGET', KEYS[2], 'e')
+local meta = redis.call('GET', KEYS[2])
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local top = 0
-if epoch then
-  top = tonumber(redis.call('HGET', KEYS[2], 'o') or '0')
-  if top > 0 and redis.call('EXISTS', KEYS[1]) == 0 then
-    epoch = false
+if last[1] then
+  top = tonumber(string.sub(last[1][1], 3))
+end
+local epoch = false
+if meta then
+  if string.sub(meta, -1) == '+' then
+    if top > 0 then
+      epoch = string.sub(meta, 1, -2)
+    end
+  elseif top == 0 then
+    epoch = meta
   end
 end
 if not epoch then
   if ARGV[1] == '' then
     return {false, 0, {}, 0, false}
   end
-  epoch = ARGV[1]
-  top = 0
   redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0)
-end
-if ARGV[1] ~= '' then
+  top = 0
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[2], epoch, 'PX', ARGV[2])
+elseif ARGV[1] ~= '' then
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 local first = ARGV[3]
 local found = {}
-if tonumber(ARGV[4]) > 0 then
+if tonumber(ARGV[4]) > 0 and top > 0 then
   if ARGV[6] == '1' then
     found = redis.call('XREVRANGE', KEYS[1], '+', first, 'COUNT', ARGV[4])
   else
@@ -134,13 +157,15 @@ if bound > 0 then
     end
   end
 end
-local anchor = redis.call('XRANGE', KEYS[1], first, first)
 local anchor_time = false
-if anchor[1] then
-  local fields = anchor[1][2]
-  for j = 1, #fields, 2 do
-    if fields[j] == 't' then
-      anchor_time = fields[j + 1]
+if top > 0 then
+  local anchor = redis.call('XRANGE', KEYS[1], first, first)
+  if anchor[1] then
+    local fields = anchor[1][2]
+    for j = 1, #fields, 2 do
+      if fields[j] == 't' then
+        anchor_time = fields[j + 1]
+      end
     end
   end
 end
@@ -157,7 +182,7 @@ def _entry(raw: Any) -> Entry:
     metadata = bytes(md) if md is not None else None
     size = (len(data) + len(sender) + (len(metadata) if metadata is not None else 0)
             + ENTRY_OVERHEAD)
-    return Entry(int(bytes(ident).split(b"-", 1)[0]), float(fields[b"t"]), data, sender,
+    return Entry(int(bytes(ident).split(b"-", 1)[1]), float(fields[b"t"]), data, sender,
                  metadata, size)
 
 
@@ -201,15 +226,30 @@ def _position(res: Any) -> Position:
     return Position(bytes(epoch).decode(), int(offset))
 
 
+class _EpochSource:
+    """Epochs for the scripts to start a history with, should they have to: every append
+    and read carries one. A random prefix per node run and a counter, not a random string
+    per call: reading the system's randomness on every publish costs more than the rest of
+    the command."""
+
+    def __init__(self) -> None:
+        self._prefix = new_epoch()[:6]
+        self._n = 0
+
+    def __call__(self) -> str:
+        self._n += 1
+        return f"{self._prefix}{self._n:x}"
+
+
 class ClusterHistory:
     """Every channel history of a cluster, in Redis. The node's hub appends and reads
     through it; ``read_after`` serves whoever needs "what channel C kept after P"."""
 
     def __init__(self, runner: HistoryRunner, rules: RuleBook,
-                 epochs: Callable[[], str] = new_epoch) -> None:
+                 epochs: Callable[[], str] | None = None) -> None:
         self.runner = runner
         self.rules = rules
-        self._epochs = epochs
+        self._epochs = epochs or _EpochSource()
 
     def rule(self, app_id: str, channel: str) -> HistoryRule | None:
         return self.rules.lookup((app_id, channel))
@@ -245,7 +285,7 @@ class ClusterHistory:
         channel's history when there is none (a new epoch) and keeps it from expiring."""
         fut: asyncio.Future[HistoryRead] = asyncio.get_running_loop().create_future()
         self.runner.run_history(app_id, channel, "read", (
-            self._epochs() if start else "", int(rule.ttl * 1000), f"{after + 1}-0",
+            self._epochs() if start else "", int(rule.ttl * 1000), f"0-{after + 1}",
             count if count is not None else rule.size, max_bytes or 0,
             "1" if newest_first else "0"), _resolve(fut, parse_read))
         return fut

@@ -191,8 +191,8 @@ class Keys:
                 f"{self.prefix}ps:{base}")
 
     def history(self, app_id: str, channel: str) -> tuple[str, str]:
-        """A channel's history: the stream of its entries, and its meta hash (epoch ``e``,
-        last offset ``o``). Both on the channel's shard."""
+        """A channel's history: the stream of its entries, and its meta string (the epoch;
+        ``redis_history.py``). Both on the channel's shard."""
         base = f"{app_id}{SEP}{channel}"
         return f"{self.prefix}hs:{base}", f"{self.prefix}hm:{base}"
 
