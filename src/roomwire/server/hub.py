@@ -574,12 +574,25 @@ class Hub:
     def _fan_out_bare(self, room: Room, data: bytes, sender_json: bytes,
                       sender_metadata: bytes | None, skip: Link | None,
                       besides: dict[Link, None]) -> int:
-        """The room's subscribers not in ``besides`` get the message as today's frames."""
+        """The room's subscribers not in ``besides`` (a subset of them) get the message as
+        today's frames."""
         n = 0
+        if besides and len(besides) >= len(room):
+            return 0  # everyone opted in
         for group, metadata in ((room.plain, None), (room.with_meta, sender_metadata)):
             if not group:
                 continue
             wire = b""
+            if not besides:
+                # No lookup per subscriber: the room of official SDKs costs what it did.
+                for sub in group:
+                    if sub is not skip:
+                        if not wire:
+                            wire = self._wire(frames.encode_message(
+                                room.name_json, sender_json, data, metadata))
+                        sub.send_wire(wire)
+                        n += 1
+                continue
             for sub in group:
                 if sub is skip or sub in besides:
                     continue
@@ -610,12 +623,26 @@ class Hub:
             live = _Live(offset, epoch, data, sender_json, sender_metadata)
             for buffered in room.recovering.values():
                 buffered.append(live)
-        if room.positioned:
+        positioned = room.positioned
+        if positioned:
             epoch_json = self._epoch_json(epoch)
             suffix = encode_position_suffix(offset, epoch_json)
             floor = room.floor
+            if not floor and len(positioned) == len(room):
+                # Everyone opted in (a room of roomwire SDKs): one variant per group, no
+                # lookups per subscriber.
+                for group, metadata in ((room.plain, None), (room.with_meta, sender_metadata)):
+                    if group:
+                        wire = self._wire(frames.encode_message_at(
+                            room.name_json, sender_json, data, metadata, suffix))
+                        for sub in group:
+                            if sub is not skip:
+                                sub.send_wire(wire)
+                                n += 1
+                self.counters.frames_sent["message"] += n
+                return n
             at = at_meta = b""
-            for sub in room.positioned:
+            for sub in positioned:
                 if sub is skip:
                     continue
                 if floor:
