@@ -145,6 +145,9 @@ class Room:
     recovering: dict[Link, list[_Live]] = field(default_factory=dict)
     """Cluster: opted-in subscribes (in ``pending``) whose history read is out; the
     positioned messages that arrive meanwhile wait here for the seam."""
+    unpositioned: dict[Link, None] = field(default_factory=dict)
+    """Cluster: links of ``positioned`` that turned positions off (a plain re-subscribe):
+    still served from Redis, with the frames of a channel without history."""
     floor: dict[Link, tuple[str, int]] = field(default_factory=dict)
     """Cluster: a recovered link got everything up to this position already: a message at
     or below it still on its way from Redis is not delivered twice."""
@@ -414,9 +417,10 @@ class Hub:
             room.plain.pop(link, None)
             room.with_meta.pop(link, None)
         room.positioned.pop(link, None)
-        if room.recovering or room.floor:
+        if room.recovering or room.floor or room.unpositioned:
             room.recovering.pop(link, None)
             room.floor.pop(link, None)
+            room.unpositioned.pop(link, None)
         peer = link.peer_id
         held = room.held.get(peer, 0) - 1
         if held > 0:
@@ -628,7 +632,8 @@ class Hub:
             epoch_json = self._epoch_json(epoch)
             suffix = encode_position_suffix(offset, epoch_json)
             floor = room.floor
-            if not floor and len(positioned) == len(room):
+            unpositioned = room.unpositioned
+            if not floor and not unpositioned and len(positioned) == len(room):
                 # Everyone opted in (a room of roomwire SDKs): one variant per group, no
                 # lookups per subscriber.
                 for group, metadata in ((room.plain, None), (room.with_meta, sender_metadata)):
@@ -641,7 +646,7 @@ class Hub:
                                 n += 1
                 self.counters.frames_sent["message"] += n
                 return n
-            at = at_meta = b""
+            at = at_meta = bare = bare_meta = b""
             for sub in positioned:
                 if sub is skip:
                     continue
@@ -651,6 +656,19 @@ class Hub:
                         if seen[0] == epoch and offset <= seen[1]:
                             continue  # replayed or buffered already
                         del floor[sub]
+                if unpositioned and sub in unpositioned:
+                    if sub in room.with_meta:
+                        if not bare_meta:
+                            bare_meta = self._wire(frames.encode_message(
+                                room.name_json, sender_json, data, sender_metadata))
+                        sub.send_wire(bare_meta)
+                    else:
+                        if not bare:
+                            bare = self._wire(frames.encode_message(
+                                room.name_json, sender_json, data))
+                        sub.send_wire(bare)
+                    n += 1
+                    continue
                 if sub in room.with_meta:
                     if not at_meta:
                         at_meta = self._wire(frames.encode_message_at(
@@ -808,6 +826,7 @@ class Hub:
         elif link not in room.pending:
             return None
         room.positioned.pop(link, None)
+        room.unpositioned.pop(link, None)
         room.floor.pop(link, None)
         room.recovering[link] = []
         if recover is None:
@@ -860,8 +879,14 @@ class Hub:
     def unfollow_history(self, link: Link, channel: str) -> None:
         """A repeated subscribe without the extension: plain messages from now on."""
         room = self._room(link.app_id, channel, create=False)
-        if room is not None:
-            room.positioned.pop(link, None)
+        if room is None:
+            return
+        if self.cluster_history is not None and link in room.positioned:
+            # Cluster: it stays on the Redis path (a message of this node's on its way back
+            # would otherwise reach it by neither path), without positions.
+            room.unpositioned[link] = None
+            return
+        room.positioned.pop(link, None)
 
     @staticmethod
     def _replay_frame(room: Room, entry: Entry, stream: Stream, metadata: bool) -> bytes:
