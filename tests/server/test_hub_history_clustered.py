@@ -98,7 +98,7 @@ async def test_the_seam_replay_then_buffered_newer_ones_and_no_late_duplicate() 
                            -1)
     assert sub.sent == []  # held back until the replay went out
     read = HistoryRead("e1", 4, [_entry(2), _entry(3), _entry(4)], NOW - 1)
-    snapshot, position, recovered, out = hub.finish_recorded(
+    _, position, recovered, out = hub.finish_recorded(
         sub, "chat/a", read, Position("e1", 1))  # type: ignore[arg-type]
     assert (position, recovered) == (Position("e1", 4), True)
     sub.sent.extend(out)
