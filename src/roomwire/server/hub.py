@@ -553,12 +553,15 @@ class Hub:
         room = t.rooms.get(channel) if t is not None else None
         delivered = 0
         if t is not None:
+            start = _perf() if counters.sample_fanout() else None
             if t.wildcards:
                 delivered = self._fan_out_wildcards(t, channel, room, data, sender_json,
                                                     sender_metadata, skip)
             if room is not None:
                 delivered += self._fan_out_bare(room, data, sender_json, sender_metadata,
                                                 skip, room.positioned)
+            if start is not None:
+                counters.observe_fanout(_perf() - start)
         counters.frames_sent["message"] += delivered
         token = 0
         if skip is not None and room is not None and skip in room.positioned:
