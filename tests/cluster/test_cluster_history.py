@@ -5,23 +5,21 @@ racing the recovery from two nodes, history lost in Redis, and ``read_after``.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
-import socket
-import subprocess
-import time
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from srvkit import Conn, conn
 
 from roomwire.protocol.history import Position
-from roomwire.server.broker.routing import Keys
+from roomwire.server.broker.routing import Keys, shard_of
 from waiting import wait_equal
 
-from .conftest import FAST, Cluster, redis_client
+from .conftest import FAST, REDIS_URL, Cluster, delete_prefix, redis_client
+from .test_cluster_failures import PrivateRedis
 
 RULES = [{"channels": "small/**", "size": 5, "ttl": 60},
          {"channels": "chat/**", "size": 500, "ttl": 60}]
@@ -211,44 +209,12 @@ async def test_channels_without_a_rule_keep_nothing_in_redis(hcluster: Cluster) 
     assert kept == []
 
 
-# -- Redis restarted without persistence --------------------------------------------------------
-
-
-class _Redis:
-    """A redis-server of this test's own (no persistence), to restart."""
-
-    def __init__(self, tmp: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.tmp = tmp
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            pytest.fail("redis-server is not installed; run scripts/setup-services.sh")
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.tmp)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), 0.2):
-                return
-            time.sleep(0.02)
-        raise AssertionError("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
+# -- Redis restarted without persistence; two Redis servers -----------------------------------
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[_Redis]:
-    r = _Redis(tmp_path)
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    r = PrivateRedis(tmp_path)
     r.start()
     try:
         yield r
@@ -257,9 +223,10 @@ def own_redis(tmp_path: Path) -> Iterator[_Redis]:
 
 
 async def test_a_redis_restart_without_persistence_gives_a_new_epoch(
-        tmp_path: Path, own_redis: _Redis) -> None:
+        tmp_path: Path, private_redis: PrivateRedis) -> None:
+    own_redis = private_redis
     c = Cluster(tmp_path, "rw:", **FAST)
-    c.settings["redis_url"] = f"redis://127.0.0.1:{own_redis.port}/0"
+    c.settings["redis_url"] = own_redis.url
     try:
         for _ in range(2):
             await c.add(history=RULES)
@@ -280,3 +247,39 @@ async def test_a_redis_restart_without_persistence_gives_a_new_epoch(
         assert ack["history"]["epoch"] != epoch and ack["history"]["offset"] == 0, ack
     finally:
         await c.stop()
+
+
+async def test_histories_live_on_their_channels_shard(tmp_path: Path,
+                                                     private_redis: PrivateRedis) -> None:
+    """Two Redis servers: each channel's history is on the shard of its channel, and a
+    subscriber recovers on another node whichever shard that is."""
+    prefix = f"rwtest:{secrets.token_hex(4)}:"
+    c = Cluster(tmp_path, prefix, redis_url=f"{REDIS_URL},{private_redis.url}")
+    try:
+        for _ in range(3):
+            await c.add(history=RULES)
+        app = c[0].app_id
+        channels = [f"chat/s{i}" for i in range(6)]
+        assert {shard_of(app, ch, 2) for ch in channels} == {0, 1}, "both shards in use"
+        for n, ch in enumerate(channels):
+            pub = await publisher(c[n % 3].key_url(), ch)
+            sub = await conn(c[(n + 1) % 3].key_url())
+            epoch = (await opt_in(sub, ch, history=True))["history"]["epoch"]
+            await sub.ws.close()
+            await publish_many(pub, ch, range(4))
+            back = await conn(c[(n + 2) % 3].key_url())
+            ack = await opt_in(back, ch, recover={"epoch": epoch, "offset": 1})
+            assert ack["recovered"] is True, (ch, ack)
+            assert await back.messages(3) == [1, 2, 3], ch
+            stream, _ = Keys(prefix).history(app, ch)
+            urls = [REDIS_URL, private_redis.url]
+            r = aioredis.Redis.from_url(urls[shard_of(app, ch, 2)])
+            other = aioredis.Redis.from_url(urls[1 - shard_of(app, ch, 2)])
+            try:
+                assert (await r.exists(stream), await other.exists(stream)) == (1, 0), ch
+            finally:
+                await r.aclose()
+                await other.aclose()
+    finally:
+        await c.stop()
+        await delete_prefix(prefix)

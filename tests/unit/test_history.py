@@ -10,7 +10,7 @@ import pytest
 from roomwire.protocol import frames
 from roomwire.protocol.history import Position, parse_position, recover_problem
 from roomwire.server.broker.redis_history import parse_read
-from roomwire.server.broker.wire import Posted, decode, posted_prefix
+from roomwire.server.broker.wire import Posted, decode, posted_head
 from roomwire.server.history import (
     Entry,
     History,
@@ -323,8 +323,11 @@ def test_parse_read_of_a_script_reply() -> None:
     assert parse_read([None, 0, [], 0, None]) == HistoryRead(None, 0, [], None, False)
 
 
-def test_posted_prefix_plus_what_the_script_appends_decodes() -> None:
-    """The append script completes the node's prefix with cmsgpack's offset and epoch."""
-    prefix = posted_prefix("n1.ab", 3, b'{"x":1}', b'"p"', None)
-    frame = decode(prefix + msgspec.msgpack.encode(42) + msgspec.msgpack.encode("e1"))
+def test_posted_head_as_the_script_completes_it_decodes() -> None:
+    """The append script turns the node's 6-array into the frame: an 8-array header, then
+    cmsgpack's offset and epoch appended."""
+    head = posted_head("n1.ab", 3, b'{"x":1}', b'"p"', None)
+    assert msgspec.msgpack.decode(head) == ["mh", "n1.ab", 3, b'{"x":1}', b'"p"', None]
+    frame = decode(b"\x98" + head[1:] + msgspec.msgpack.encode(42)
+                   + msgspec.msgpack.encode("e1"))
     assert frame == Posted("n1.ab", 3, b'{"x":1}', b'"p"', None, 42, "e1")

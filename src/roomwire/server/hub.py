@@ -153,9 +153,11 @@ class Room:
     """Cluster: a recovered link got everything up to this position already: a message at
     or below it still on its way from Redis is not delivered twice."""
     bare: dict[Link, None] = field(default_factory=dict)
-    """Cluster: links of ``positioned`` that get today's frames, without the position:
-    token identities on a channel the ``replay`` setting covers. Their messages come in
-    Redis's order, so the position of the last one is known when they drop (``seen``)."""
+    """Cluster: links of ``positioned`` that get today's frames, without the position, yet
+    in Redis's order: token identities on a channel the ``replay`` setting covers (so the
+    position of the last one is known when they drop, ``seen``), and links that turned
+    positions off with a plain re-subscribe (a message of their own node on its way back
+    from Redis would otherwise reach them by neither path)."""
     seen: dict[Link, tuple[str, int]] = field(default_factory=dict)
     """Cluster: the position of the last message a ``bare`` link got."""
 
@@ -567,12 +569,15 @@ class Hub:
         room = t.rooms.get(channel) if t is not None else None
         delivered = 0
         if t is not None:
+            start = _perf() if counters.sample_fanout() else None
             if t.wildcards:
                 delivered = self._fan_out_wildcards(t, channel, room, data, sender_json,
                                                     sender_metadata, skip)
             if room is not None:
                 delivered += self._fan_out_bare(room, data, sender_json, sender_metadata,
                                                 skip, room.positioned)
+            if start is not None:
+                counters.observe_fanout(_perf() - start)
         counters.frames_sent["message"] += delivered
         token = 0
         if skip is not None and room is not None and skip in room.positioned:
@@ -592,12 +597,25 @@ class Hub:
     def _fan_out_bare(self, room: Room, data: bytes, sender_json: bytes,
                       sender_metadata: bytes | None, skip: Link | None,
                       besides: dict[Link, None]) -> int:
-        """The room's subscribers not in ``besides`` get the message as today's frames."""
+        """The room's subscribers not in ``besides`` (a subset of them) get the message as
+        today's frames."""
         n = 0
+        if besides and len(besides) >= len(room):
+            return 0  # everyone opted in
         for group, metadata in ((room.plain, None), (room.with_meta, sender_metadata)):
             if not group:
                 continue
             wire = b""
+            if not besides:
+                # No lookup per subscriber: the room of official SDKs costs what it did.
+                for sub in group:
+                    if sub is not skip:
+                        if not wire:
+                            wire = self._wire(frames.encode_message(
+                                room.name_json, sender_json, data, metadata))
+                        sub.send_wire(wire)
+                        n += 1
+                continue
             for sub in group:
                 if sub is skip or sub in besides:
                     continue
@@ -628,13 +646,27 @@ class Hub:
             live = _Live(offset, epoch, data, sender_json, sender_metadata)
             for buffered in room.recovering.values():
                 buffered.append(live)
-        if room.positioned:
+        positioned = room.positioned
+        if positioned:
             epoch_json = self._epoch_json(epoch)
             suffix = encode_position_suffix(offset, epoch_json)
             floor = room.floor
             bare = room.bare
+            if not floor and not bare and len(positioned) == len(room):
+                # Everyone opted in (a room of roomwire SDKs): one variant per group, no
+                # lookups per subscriber.
+                for group, metadata in ((room.plain, None), (room.with_meta, sender_metadata)):
+                    if group:
+                        wire = self._wire(frames.encode_message_at(
+                            room.name_json, sender_json, data, metadata, suffix))
+                        for sub in group:
+                            if sub is not skip:
+                                sub.send_wire(wire)
+                                n += 1
+                self.counters.frames_sent["message"] += n
+                return n
             at = at_meta = plain = plain_meta = b""
-            for sub in room.positioned:
+            for sub in positioned:
                 if sub is skip:
                     continue
                 if floor:
@@ -812,6 +844,8 @@ class Hub:
         elif link not in room.pending:
             return None
         room.positioned.pop(link, None)
+        room.bare.pop(link, None)
+        room.seen.pop(link, None)
         room.floor.pop(link, None)
         room.recovering[link] = []
         if recover is None:
@@ -864,8 +898,14 @@ class Hub:
     def unfollow_history(self, link: Link, channel: str) -> None:
         """A repeated subscribe without the extension: plain messages from now on."""
         room = self._room(link.app_id, channel, create=False)
-        if room is not None:
-            room.positioned.pop(link, None)
+        if room is None:
+            return
+        if self.cluster_history is not None and link in room.positioned:
+            # Cluster: it stays on the Redis path (a message of this node's on its way back
+            # would otherwise reach it by neither path), without positions.
+            room.bare[link] = None
+            return
+        room.positioned.pop(link, None)
 
     @staticmethod
     def _replay_frame(room: Room, entry: Entry, stream: Stream, metadata: bool) -> bytes:

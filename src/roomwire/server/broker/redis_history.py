@@ -40,39 +40,43 @@ from ..history import (
     new_epoch,
 )
 from .routing import Keys
-from .wire import posted_prefix
+from .wire import posted_head
 
 __all__ = ["APPEND", "READ", "ClusterHistory", "HistoryRunner", "parse_read"]
 
 # The meta key is a string: the epoch, with a "+" once the stream holds a publication of it
 # (without: started by an opted-in subscribe, nothing published yet). Offsets are the
 # sequence part of the stream IDs ("0-<offset>", XADD "0-*" counts them), so the append
-# costs four Redis calls: XADD, GETEX (the epoch, its expiry renewed), PEXPIRE, PUBLISH.
+# costs four Redis calls: XADD, GETEX (the epoch, its expiry renewed), PEXPIRE, PUBLISH. Its
+# arguments are few on purpose: each one costs Redis about as much as a small command.
 
-# KEYS: stream, meta. ARGV: epoch to start with, size, ttl in ms, time, data, sender,
-# sender metadata ('' for none), pub/sub channel, Posted frame without offset and epoch.
-# Returns {offset, epoch}.
+# KEYS: stream, meta. ARGV: "<size> <ttl in ms> <epoch to start with> <time>", the pub/sub
+# channel, the Posted frame's first six fields as a msgpack array (``wire.posted_head``),
+# data, sender, sender metadata ('' for none; Redis's cmsgpack cannot read the head's
+# binary fields, so they come again). Returns {offset, epoch}.
 APPEND = """
+local size, ttl, fresh, now = string.match(ARGV[1], '^(%d+) (%d+) (%S+) (%S+)$')
+local head = ARGV[3]
 local function add()
   local id
-  if ARGV[7] == '' then
-    id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '0-*',
-                    't', ARGV[4], 'd', ARGV[5], 's', ARGV[6])
+  if ARGV[6] == '' then
+    id = redis.call('XADD', KEYS[1], 'MAXLEN', size, '0-*',
+                    't', now, 'd', ARGV[4], 's', ARGV[5])
   else
-    id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '0-*',
-                    't', ARGV[4], 'd', ARGV[5], 's', ARGV[6], 'm', ARGV[7])
+    id = redis.call('XADD', KEYS[1], 'MAXLEN', size, '0-*',
+                    't', now, 'd', ARGV[4], 's', ARGV[5], 'm', ARGV[6])
   end
   return tonumber(string.sub(id, 3))
 end
 local offset = add()
-local meta = redis.call('GETEX', KEYS[2], 'PX', ARGV[3])
+local meta = redis.call('GETEX', KEYS[2], 'PX', ttl)
 local epoch
 if meta and offset > 1 and string.sub(meta, -1) == '+' then
   epoch = string.sub(meta, 1, -2)
 elseif meta and offset == 1 and string.sub(meta, -1) ~= '+' then
   -- The history an opted-in subscribe started: its first publication.
   epoch = meta
-  redis.call('SET', KEYS[2], epoch .. '+', 'PX', ARGV[3])
+  redis.call('SET', KEYS[2], epoch .. '+', 'PX', ttl)
 else
   -- The first publication ever, or lost: a stream without its epoch (start again), or an
   -- epoch whose stream is gone. A new epoch, offsets from 1.
@@ -80,11 +84,13 @@ else
     redis.call('DEL', KEYS[1])
     offset = add()
   end
-  epoch = ARGV[1]
-  redis.call('SET', KEYS[2], epoch .. '+', 'PX', ARGV[3])
+  epoch = fresh
+  redis.call('SET', KEYS[2], epoch .. '+', 'PX', ttl)
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', ARGV[8], ARGV[9] .. cmsgpack.pack(offset) .. cmsgpack.pack(epoch))
+redis.call('PEXPIRE', KEYS[1], ttl)
+-- 0x98: an array of 8, the six of the head then offset and epoch.
+redis.call('PUBLISH', ARGV[2], '\\152' .. string.sub(head, 2) .. cmsgpack.pack(offset)
+           .. cmsgpack.pack(epoch))
 return {offset, epoch}
 """
 
@@ -270,11 +276,11 @@ class ClusterHistory:
         if want_position:
             fut = asyncio.get_running_loop().create_future()
             then = _resolve(fut, _position)
-        md = sender_metadata if sender_metadata is not None else b""
         runner.run_history(app_id, channel, "append", (
-            self._epochs(), rule.size, int(rule.ttl * 1000), repr(now), data, sender_json, md,
+            f"{rule.size} {int(rule.ttl * 1000)} {self._epochs()} {now!r}",
             runner.keys.channel(app_id, channel),
-            posted_prefix(runner.inst, skip, data, sender_json, sender_metadata)), then)
+            posted_head(runner.inst, skip, data, sender_json, sender_metadata), data,
+            sender_json, sender_metadata if sender_metadata is not None else b""), then)
         return fut
 
     def read(self, app_id: str, channel: str, rule: HistoryRule, after: int, *,

@@ -37,7 +37,7 @@ class Message(msgspec.Struct, tag="m", array_like=True):
 class Posted(msgspec.Struct, tag="mh", array_like=True):
     """A publish on a channel with history, on the channel's Redis channel: written by the
     history's append script (``redis_history.py``), which adds ``offset`` and ``epoch`` to
-    the ``posted_prefix`` the node built, so every node sees offsets in Redis's order."""
+    the ``posted_head`` the node built, so every node sees offsets in Redis's order."""
 
     origin: str
     skip: int
@@ -49,13 +49,14 @@ class Posted(msgspec.Struct, tag="mh", array_like=True):
     epoch: str
 
 
-def posted_prefix(origin: str, skip: int, data: bytes, sender: bytes,
-                  sender_metadata: bytes | None) -> bytes:
-    """A ``Posted`` frame without its last two fields (the script appends them): the array
-    header says 8 elements, 6 follow."""
+def posted_head(origin: str, skip: int, data: bytes, sender: bytes,
+                sender_metadata: bytes | None) -> bytes:
+    """The first six fields of a ``Posted`` frame as a msgpack array of their own: the
+    append script makes it the frame (an 8-element header, then offset and epoch
+    appended)."""
     head = encode(("mh", origin, skip, data, sender, sender_metadata))
-    assert head[0] == 0x96  # a fixarray of 6
-    return b"\x98" + head[1:]
+    assert head[0] == 0x96  # a fixarray of 6: the script replaces this byte
+    return head
 
 
 class Direct(msgspec.Struct, tag="d", array_like=True):
