@@ -49,21 +49,23 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+from roomwire.protocol.limits import (
+    ACK_TIMEOUT,
+    RECONNECT_INITIAL_DELAY,
+    RECONNECT_JITTER,
+    RECONNECT_MAX_DELAY,
+    RECONNECT_MULTIPLIER,
+    WELCOME_TIMEOUT,
+)
 
 ROOM = 10
-INITIAL_DELAY = 0.5
-MULTIPLIER = 2.0
-MAX_DELAY = 30.0
-JITTER = 0.2
-WELCOME_TIMEOUT = 10.0
-ACK_TIMEOUT = 15.0
 
 
 def backoff(attempt: int, rng: random.Random) -> float:
     """The delay before reconnect attempt ``attempt`` (1-based), as the official SDKs wait."""
-    base = min(INITIAL_DELAY * MULTIPLIER ** (attempt - 1), MAX_DELAY)
-    return base * rng.uniform(1.0 - JITTER, 1.0 + JITTER)
+    base = min(RECONNECT_INITIAL_DELAY * RECONNECT_MULTIPLIER ** (attempt - 1),
+               RECONNECT_MAX_DELAY)
+    return base * rng.uniform(1.0 - RECONNECT_JITTER, 1.0 + RECONNECT_JITTER)
 
 
 # --------------------------------------------------------------------------- child
