@@ -35,6 +35,7 @@ from typing import Any
 from roomwire.client.media import AudioSource, VideoSource
 from roomwire.client.rtc.events import MediaStream
 from roomwire.client.rtc.loopback import enable_loopback_candidates
+from roomwire.client.rtc.negotiation import NegotiationTimings
 from roomwire.client.rtc.peer import MeteredPeer
 from roomwire.server.auth import mint_token
 from roomwire.server.config import ServerConfig
@@ -120,11 +121,15 @@ def av_stream(w: int = 320, h: int = 240) -> MediaStream:
     return MediaStream([AudioSource(), VideoSource(w, h)])
 
 
-async def bench_join(srv: Server, runs: int) -> dict[str, Any]:
+async def bench_join(srv: Server, runs: int, impolite_delay: float | None = None,
+                     ) -> dict[str, Any]:
     times = []
+    kw: dict[str, Any] = {}
+    if impolite_delay is not None:
+        kw["timings"] = NegotiationTimings(impolite_offer_delay=impolite_delay)
     for i in range(runs):
         room = f"bench/join/{i}"
-        first, second = peer(srv, f"first{i}"), peer(srv, f"second{i}")
+        first, second = peer(srv, f"first{i}", **kw), peer(srv, f"second{i}", **kw)
         for p in (first, second):
             stream = av_stream()
             _SOURCES[id(p)] = stream.get_tracks()
@@ -283,7 +288,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     out["cpu_640x480_stream"] = await bench_cpu(srv, args.cpu_seconds)
                     print(json.dumps(out["cpu_640x480_stream"]), flush=True)
                 if args.only in (None, "join"):
-                    out["join_to_first_video_frame"] = await bench_join(srv, args.runs)
+                    out["join_to_first_video_frame"] = await bench_join(
+                        srv, args.runs, args.impolite_offer_delay)
                     print(json.dumps(out["join_to_first_video_frame"]), flush=True)
             finally:
                 await srv.node.stop()
@@ -303,6 +309,9 @@ if __name__ == "__main__":
     ap.add_argument("--restarts", type=int, default=5)
     ap.add_argument("--cpu-seconds", type=float, default=8.0)
     ap.add_argument("--only", choices=["join", "restart", "cpu"])
+    ap.add_argument("--impolite-offer-delay", type=float, default=None,
+                    help="join: the engine's impolite_offer_delay in seconds (default: the "
+                    "engine's own, a quarter of polite_offer_delay, at most 0.5 s)")
     ap.add_argument("--json-out")
     a = ap.parse_args()
     result = asyncio.run(main(a))

@@ -49,21 +49,23 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+from roomwire.protocol.limits import (
+    ACK_TIMEOUT,
+    RECONNECT_INITIAL_DELAY,
+    RECONNECT_JITTER,
+    RECONNECT_MAX_DELAY,
+    RECONNECT_MULTIPLIER,
+    WELCOME_TIMEOUT,
+)
 
 ROOM = 10
-INITIAL_DELAY = 0.5
-MULTIPLIER = 2.0
-MAX_DELAY = 30.0
-JITTER = 0.2
-WELCOME_TIMEOUT = 10.0
-ACK_TIMEOUT = 15.0
 
 
 def backoff(attempt: int, rng: random.Random) -> float:
     """The delay before reconnect attempt ``attempt`` (1-based), as the official SDKs wait."""
-    base = min(INITIAL_DELAY * MULTIPLIER ** (attempt - 1), MAX_DELAY)
-    return base * rng.uniform(1.0 - JITTER, 1.0 + JITTER)
+    base = min(RECONNECT_INITIAL_DELAY * RECONNECT_MULTIPLIER ** (attempt - 1),
+               RECONNECT_MAX_DELAY)
+    return base * rng.uniform(1.0 - RECONNECT_JITTER, 1.0 + RECONNECT_JITTER)
 
 
 # --------------------------------------------------------------------------- child
@@ -254,6 +256,7 @@ def child(opts: argparse.Namespace) -> int:
             c.attempts = 0
         st.ready = True
         print(json.dumps(setup), flush=True)
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
         marks: dict[str, float | None] = {"welcomed": None, "acked": None, "complete": None}
         samples = []
         end = None
@@ -275,11 +278,13 @@ def child(opts: argparse.Namespace) -> int:
             if marks["complete"] is not None or now > end:
                 break
         st.stopping = True
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        own_cpu = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
         per_client = sorted(c.attempts for c in st.clients)
         print(json.dumps({
             "storm_at": st.storm_at, "marks": marks, "final": st.status(),
             "close_codes": st.close_codes, "failures": st.failures, "timeouts": st.timeouts,
-            "attempts": st.attempts,
+            "attempts": st.attempts, "loadgen_cpu_s": round(own_cpu, 2),
             "attempts_per_client": {"median": per_client[len(per_client) // 2],
                                     "max": per_client[-1]},
             "samples": samples[::4]}), flush=True)
@@ -374,12 +379,18 @@ def publishable_key(data_dir: Path) -> str:
     return str(keys[0]["id"])
 
 
-def server_env(defaults: bool) -> dict[str, str]:
+def server_env(defaults: bool, connect_rate: int) -> dict[str, str]:
+    """``connect_rate`` > 0: at most that many upgrades per second from one address (all of
+    them here, as behind a load balancer), answered 429 past it; 0: no connect limit."""
     env = dict(os.environ)
-    for name in ("ROOMWIRE_CONNECT_RATE_LIMIT", "ROOMWIRE_HTTP_MAX_CONNECTIONS_PER_IP"):
+    for name in ("ROOMWIRE_CONNECT_RATE_LIMIT", "ROOMWIRE_CONNECT_RATE_WINDOW",
+                 "ROOMWIRE_HTTP_MAX_CONNECTIONS_PER_IP"):
         env.pop(name, None)
     if not defaults:
-        env.update(ROOMWIRE_CONNECT_RATE_LIMIT="0", ROOMWIRE_HTTP_MAX_CONNECTIONS_PER_IP="0")
+        env.update(ROOMWIRE_CONNECT_RATE_LIMIT=str(connect_rate),
+                   ROOMWIRE_HTTP_MAX_CONNECTIONS_PER_IP="0")
+        if connect_rate:
+            env["ROOMWIRE_CONNECT_RATE_WINDOW"] = "1"
     return env
 
 
@@ -389,7 +400,7 @@ def parent(opts: argparse.Namespace) -> int:
     kid: subprocess.Popen[str] | None = None
     started = time.time()
     try:
-        server.start(server_env(False))
+        server.start(server_env(False, opts.connect_rate))
         url = f"ws://127.0.0.1:{server.port}/v1?key={publishable_key(server.data_dir)}"
         cpu = opts.loadgen_cpu
 
@@ -413,7 +424,7 @@ def parent(opts: argparse.Namespace) -> int:
         t_kill = time.time()
         server.stop(signal.SIGKILL if opts.signal == "kill" else signal.SIGTERM)
         t_down = time.time()
-        server.start(server_env(opts.defaults))
+        server.start(server_env(opts.defaults, opts.connect_rate))
         t_up = time.time()
         assert server.proc is not None
         pid = server.proc.pid
@@ -433,7 +444,8 @@ def parent(opts: argparse.Namespace) -> int:
     result = {
         "clients": opts.clients, "rooms": opts.clients // ROOM, "signal": opts.signal,
         "limits_after_restart": "shipped" if opts.defaults else
-        "connect_rate_limit=0, http_max_connections_per_ip=0",
+        (f"connect_rate_limit={opts.connect_rate}/s" if opts.connect_rate else
+         "connect_rate_limit=0") + ", http_max_connections_per_ip=0",
         "concurrency": opts.concurrency or "unbounded",
         "setup_s": setup.get("setup_s"), "down_s": round(t_down - t_kill, 2),
         "back_s": round(t_up - t_kill, 2),
@@ -445,6 +457,7 @@ def parent(opts: argparse.Namespace) -> int:
         "failed_attempts": report.get("failures"), "attempts": report.get("attempts"),
         "attempts_per_client": report.get("attempts_per_client"),
         "server_cpu_s_after_restart": round(storm_cpu, 2),
+        "loadgen_cpu_s_after_kill": report.get("loadgen_cpu_s"),
         "loadavg_before": load_before, "loadavg_after": loadavg(),
         "total_s": round(time.time() - started, 1),
         "samples": report.get("samples"),
@@ -474,6 +487,9 @@ def main() -> int:
                    help="restart the server with the shipped connect limits")
     p.add_argument("--bound", type=float, default=180.0,
                    help="seconds after the kill (and for the setup) before giving up")
+    p.add_argument("--connect-rate", type=int, default=0,
+                   help="the server's connect limit, upgrades per second from one address "
+                   "(0: off); past it 429, and the clients back off")
     p.add_argument("--concurrency", type=int, default=0,
                    help="handshakes in flight at once (0: no bound)")
     p.add_argument("--server-cpu", type=int, default=0)
