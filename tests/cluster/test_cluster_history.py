@@ -194,6 +194,31 @@ async def test_read_after_is_what_a_recovering_subscriber_would_get(hcluster: Cl
                                now + 61) == (False, [])
 
 
+async def test_reads_longer_than_a_chunk_come_whole_and_in_order(
+        empty_cluster: Cluster) -> None:
+    """The read script pages through the stream 100 entries at a time."""
+    hcluster = empty_cluster
+    for _ in range(2):
+        await hcluster.add(history=RULES, rate_limit=0)  # 250 publishes at once
+    pub = await publisher(hcluster[0].key_url(), "chat/many")
+    for n in range(250):
+        await pub.send({"type": "publish", "channel": "chat/many", "data": n,
+                        "requestId": f"p{n}"})
+    frames = await pub.frames_until(lambda fs: sum(f.get("requestId") == "p249" for f in fs),
+                                    what="the 250 publish acks")
+    assert [f["offset"] for f in frames if f["type"] == "ack"] == list(range(1, 251))
+    epoch = frames[-1]["epoch"]
+    ch = hcluster[1].node.hub.cluster_history
+    assert ch is not None
+    app = hcluster[0].app_id
+    ok, entries = await ch.read_after(app, "chat/many", Position(epoch, 0), None,
+                                      hcluster[1].node.hub.clock())
+    assert ok is True and [e.offset for e in entries] == list(range(1, 251))
+    newest = await ch.read(app, "chat/many", ch.rule(app, "chat/many"), 0, start=False,
+                           count=150, newest_first=True)
+    assert [e.offset for e in newest.entries] == list(range(250, 100, -1))
+
+
 async def test_channels_without_a_rule_keep_nothing_in_redis(hcluster: Cluster) -> None:
     pub = await conn(hcluster[0].key_url())
     sub = await conn(hcluster[1].key_url())

@@ -119,7 +119,7 @@ class ServerConfig:
     history_max_bytes: int = 64 * 2**20
     """Memory all channel histories of a node may hold together (payloads plus about 120
     bytes per message); past it the channels published to least recently lose their oldest
-    messages first."""
+    messages first. One node only (a cluster's history is in Redis)."""
 
     # -- cluster (docs/cluster.md) --------------------------------------------------------------
     redis_url: str | None = None

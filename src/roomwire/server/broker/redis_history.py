@@ -129,38 +129,50 @@ elseif ARGV[1] ~= '' then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 local first = ARGV[3]
-local found = {}
-if tonumber(ARGV[4]) > 0 and top > 0 then
-  if ARGV[6] == '1' then
-    found = redis.call('XREVRANGE', KEYS[1], '+', first, 'COUNT', ARGV[4])
-  else
-    found = redis.call('XRANGE', KEYS[1], first, '+', 'COUNT', ARGV[4])
-  end
-end
+local want = tonumber(ARGV[4])
 local bound = tonumber(ARGV[5])
+local found = {}
 local more = 0
-if bound > 0 then
-  local used = 0
-  for i, entry in ipairs(found) do
-    local fields = entry[2]
-    for j = 2, #fields, 2 do
-      if fields[j - 1] ~= 't' then
-        used = used + #fields[j]
+-- In chunks, so that a read bounded in bytes never loads more of a large history.
+local lo, hi = first, '+'
+local used = 0
+local stop = top == 0
+while not stop and #found < want do
+  local n = math.min(CHUNK, want - #found)
+  local chunk
+  if ARGV[6] == '1' then
+    chunk = redis.call('XREVRANGE', KEYS[1], hi, lo, 'COUNT', n)
+  else
+    chunk = redis.call('XRANGE', KEYS[1], lo, hi, 'COUNT', n)
+  end
+  for _, entry in ipairs(chunk) do
+    if bound > 0 then
+      local fields = entry[2]
+      for j = 2, #fields, 2 do
+        if fields[j - 1] ~= 't' then
+          used = used + #fields[j]
+        end
+      end
+      used = used + OVERHEAD
+      if used > bound then
+        -- Over the bound: "more" (a recovery is refused); a page keeps one entry at least.
+        more = 1
+        if #found == 0 then
+          found[1] = entry
+        end
+        stop = true
+        break
       end
     end
-    used = used + OVERHEAD
-    if used > bound then
-      -- Over the bound: "more" (a recovery is refused); a page keeps one entry at least.
-      more = 1
-      local from = i
-      if i == 1 then
-        from = 2
-      end
-      for k = #found, from, -1 do
-        found[k] = nil
-      end
-      break
-    end
+    found[#found + 1] = entry
+  end
+  if stop or #chunk < n then
+    break
+  end
+  if ARGV[6] == '1' then
+    hi = '(' .. chunk[#chunk][1]
+  else
+    lo = '(' .. chunk[#chunk][1]
   end
 end
 local anchor_time = false
@@ -176,7 +188,7 @@ if top > 0 then
   end
 end
 return {epoch, top, found, more, anchor_time}
-""".replace("OVERHEAD", str(ENTRY_OVERHEAD))
+""".replace("OVERHEAD", str(ENTRY_OVERHEAD)).replace("CHUNK", "100")
 
 
 def _entry(raw: Any) -> Entry:
