@@ -219,6 +219,43 @@ async def test_reads_longer_than_a_chunk_come_whole_and_in_order(
     assert [e.offset for e in newest.entries] == list(range(250, 100, -1))
 
 
+async def test_reads_serve_exactly_the_size_newest_of_an_approximately_trimmed_stream(
+        empty_cluster: Cluster) -> None:
+    """The append trims by whole stream nodes (MAXLEN ~): Redis keeps more than the rule's
+    size, yet a recovery, a page and a byte bound see exactly the 5 newest."""
+    hcluster = empty_cluster
+    await hcluster.add(history=RULES, rate_limit=0)
+    pub = await publisher(hcluster[0].key_url(), "small/trim")
+    await publish_many(pub, "small/trim", range(40))
+    stream, _ = Keys(hcluster.prefix).history(hcluster[0].app_id, "small/trim")
+    r = await redis_client()
+    try:
+        assert await r.xlen(stream) > 5
+    finally:
+        await r.aclose()
+    ch = hcluster[0].node.hub.cluster_history
+    assert ch is not None
+    app, now = hcluster[0].app_id, hcluster[0].node.hub.clock()
+    rule = ch.rule(app, "small/trim")
+    assert rule is not None
+    oldest = await ch.read(app, "small/trim", rule, 0, start=False, count=50)
+    assert oldest.top == 40 and [e.offset for e in oldest.entries] == [36, 37, 38, 39, 40]
+    assert oldest.epoch is not None and oldest.anchor_time is None  # offset 1: trimmed
+    newest = await ch.read(app, "small/trim", rule, 0, start=False, count=50,
+                           newest_first=True)
+    assert [e.offset for e in newest.entries] == [40, 39, 38, 37, 36]
+    epoch = oldest.epoch
+    assert await ch.read_after(app, "small/trim", Position(epoch, 34), None, now) == (False,
+                                                                                      [])
+    ok, entries = await ch.read_after(app, "small/trim", Position(epoch, 35), None, now)
+    assert ok is True and [e.data for e in entries] == [b"35", b"36", b"37", b"38", b"39"]
+    # The script counts an entry's bytes as the node does (Entry.size).
+    weight = sum(e.size for e in entries)
+    assert (await ch.read_after(app, "small/trim", Position(epoch, 35), weight, now))[0] is True
+    assert await ch.read_after(app, "small/trim", Position(epoch, 35), weight - 1,
+                               now) == (False, [])
+
+
 async def test_channels_without_a_rule_keep_nothing_in_redis(hcluster: Cluster) -> None:
     pub = await conn(hcluster[0].key_url())
     sub = await conn(hcluster[1].key_url())

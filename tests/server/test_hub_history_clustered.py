@@ -13,6 +13,7 @@ from roomwire.protocol.history import Position
 from roomwire.server.broker import Broker, ClusterSink
 from roomwire.server.broker.redis_history import ClusterHistory
 from roomwire.server.broker.routing import Keys
+from roomwire.server.broker.wire import parse_entry
 from roomwire.server.history import Entry, HistoryRead, HistoryRule, RuleBook
 from roomwire.server.hub import Hub
 
@@ -138,8 +139,9 @@ async def test_who_gets_a_local_publish_now_and_who_from_redis() -> None:
     assert broker.published == []  # the append script publishes instead
     script, channel, args = broker.scripts[-1]
     assert (script, channel) == ("append", "chat/a")
-    header = args[0]  # "<size> <ttl ms> <epoch to start with> <time>"
-    assert header.split() == ["100", "60000", "fresh", repr(NOW)]
+    header = args[0]  # "<size> <ttl ms> <epoch to start with>"
+    assert header.split() == ["100", "60000", "fresh"]
+    assert parse_entry(args[3]) == (NOW, b"1", b'"pub"', None)  # the entry, as stored
     assert hub.last_position is not None  # the opted-in publisher's ack waits for Redis
     skip = next(iter(hub._skips))
     hub.deliver_posted("app", "chat/a", b"1", b'"pub"', None, 1, "e1", skip)

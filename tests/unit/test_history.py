@@ -10,8 +10,9 @@ import pytest
 from roomwire.protocol import frames
 from roomwire.protocol.history import Position, parse_position, recover_problem
 from roomwire.server.broker.redis_history import parse_read
-from roomwire.server.broker.wire import Posted, decode, posted_head
+from roomwire.server.broker.wire import Posted, decode, history_entry, parse_entry, posted_head
 from roomwire.server.history import (
+    ENTRY_OVERHEAD,
     Entry,
     History,
     HistoryRead,
@@ -313,21 +314,25 @@ def test_complete_read(since: int, anchor: float | None, complete: bool) -> None
 
 
 def test_parse_read_of_a_script_reply() -> None:
-    reply = [b"e1", 7, [[b"0-6", [b"t", b"99.5", b"d", b"1", b"s", b'"p"']],
-                        [b"0-7", [b"t", b"99.75", b"d", b"2", b"s", b'"p"', b"m", b"{}"]]],
-             0, b"99.5"]
+    reply = [b"e1", 7, [[b"0-6", [b"p", history_entry(99.5, b"1", b'"p"', None)]],
+                        [b"0-7", [b"p", history_entry(99.75, b"2", b'"p"', b"{}")]]],
+             0, history_entry(99.5, b"1", b'"p"', None)]
     read = parse_read(reply)
     assert (read.epoch, read.top, read.anchor_time, read.more) == ("e1", 7, 99.5, False)
-    assert [(e.offset, e.time, e.data, e.sender_metadata) for e in read.entries] == [
-        (6, 99.5, b"1", None), (7, 99.75, b"2", b"{}")]
+    assert [(e.offset, e.time, e.data, e.sender_metadata, e.size) for e in read.entries] == [
+        (6, 99.5, b"1", None, 4 + ENTRY_OVERHEAD), (7, 99.75, b"2", b"{}", 6 + ENTRY_OVERHEAD)]
     assert parse_read([None, 0, [], 0, None]) == HistoryRead(None, 0, [], None, False)
 
 
-def test_posted_head_as_the_script_completes_it_decodes() -> None:
-    """The append script turns the node's 6-array into the frame: an 8-array header, then
-    cmsgpack's offset and epoch appended."""
-    head = posted_head("n1.ab", 3, b'{"x":1}', b'"p"', None)
-    assert msgspec.msgpack.decode(head) == ["mh", "n1.ab", 3, b'{"x":1}', b'"p"', None]
-    frame = decode(b"\x98" + head[1:] + msgspec.msgpack.encode(42)
+@pytest.mark.parametrize("metadata", [None, b'{"a":1}', b"m" * 300, b"m" * 70_000])
+def test_posted_head_and_entry_as_the_script_joins_them_decode(metadata: bytes | None) -> None:
+    """The append script's PUBLISH is the head, the stored entry, then cmsgpack's offset and
+    epoch: a whole frame. The entry's time takes 9 bytes whatever it is (the read script
+    counts the payload bytes from there)."""
+    entry = history_entry(12, b'{"x":1}', b'"p"', metadata)
+    assert entry[0] == 0xcb and len(entry) == 9 + sum(
+        len(msgspec.msgpack.encode(v)) for v in (b'{"x":1}', b'"p"', metadata))
+    frame = decode(posted_head("n1.ab", 3) + entry + msgspec.msgpack.encode(42)
                    + msgspec.msgpack.encode("e1"))
-    assert frame == Posted("n1.ab", 3, b'{"x":1}', b'"p"', None, 42, "e1")
+    assert frame == Posted("n1.ab", 3, 12.0, b'{"x":1}', b'"p"', metadata, 42, "e1")
+    assert parse_entry(entry) == (12.0, b'{"x":1}', b'"p"', metadata)

@@ -2,9 +2,10 @@
 "History in Redis").
 
 Per channel two keys live on the shard that holds the channel: the stream ``hs:`` (one
-entry per publication, its ID ``0-<offset>``, trimmed to the rule's size by ``XADD MAXLEN``)
-and the meta string ``hm:`` (the epoch). Both expire ``ttl`` after the last publication (or
-opted-in subscribe), as a node's idle history is forgotten. Needs Redis 7 (``XADD 0-*``).
+entry per publication, its ID ``0-<offset>``, one field packed by the node; trimmed by
+``XADD MAXLEN ~``, reads serve the rule's ``size`` newest) and the meta string ``hm:`` (the
+epoch). Both expire ``ttl`` after the last publication (or opted-in subscribe), as a node's
+idle history is forgotten. Needs Redis 7 (``XADD 0-*``).
 
 * **Append.** One script allocates the offset, adds the entry, renews the expiry and
   PUBLISHes the message with its offset on the channel's Redis channel (a ``wire.Posted``):
@@ -40,32 +41,28 @@ from ..history import (
     new_epoch,
 )
 from .routing import Keys
-from .wire import posted_head
+from .wire import history_entry, parse_entry, posted_head
 
 __all__ = ["APPEND", "READ", "ClusterHistory", "HistoryRunner", "parse_read"]
 
 # The meta key is a string: the epoch, with a "+" once the stream holds a publication of it
 # (without: started by an opted-in subscribe, nothing published yet). Offsets are the
 # sequence part of the stream IDs ("0-<offset>", XADD "0-*" counts them), so the append
-# costs four Redis calls: XADD, GETEX (the epoch, its expiry renewed), PEXPIRE, PUBLISH. Its
-# arguments are few on purpose: each one costs Redis about as much as a small command.
+# costs four Redis calls: XADD, GETEX (the epoch, its expiry renewed), PEXPIRE, PUBLISH.
+# What costs Redis is mostly per call and per argument (docs/benchmarks.md, issue 16), so
+# an entry is one field (``wire.history_entry``: time, data, sender, sender metadata,
+# packed by the node) which is also the middle of the Posted frame, and the trimming is
+# approximate (``MAXLEN ~``: whole radix-tree nodes, no rewrite of a partly trimmed one),
+# so a stream keeps a little more than ``size`` entries; READ serves only the ``size``
+# newest, as an exact trim would have kept.
 
-# KEYS: stream, meta. ARGV: "<size> <ttl in ms> <epoch to start with> <time>", the pub/sub
-# channel, the Posted frame's first six fields as a msgpack array (``wire.posted_head``),
-# data, sender, sender metadata ('' for none; Redis's cmsgpack cannot read the head's
-# binary fields, so they come again). Returns {offset, epoch}.
+# KEYS: stream, meta. ARGV: "<size> <ttl in ms> <epoch to start with>", the pub/sub
+# channel, the Posted frame's start (``wire.posted_head``), the entry
+# (``wire.history_entry``). Returns {offset, epoch}.
 APPEND = """
-local size, ttl, fresh, now = string.match(ARGV[1], '^(%d+) (%d+) (%S+) (%S+)$')
-local head = ARGV[3]
+local size, ttl, fresh = string.match(ARGV[1], '^(%d+) (%d+) (%S+)$')
 local function add()
-  local id
-  if ARGV[6] == '' then
-    id = redis.call('XADD', KEYS[1], 'MAXLEN', size, '0-*',
-                    't', now, 'd', ARGV[4], 's', ARGV[5])
-  else
-    id = redis.call('XADD', KEYS[1], 'MAXLEN', size, '0-*',
-                    't', now, 'd', ARGV[4], 's', ARGV[5], 'm', ARGV[6])
-  end
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', size, '0-*', 'p', ARGV[4])
   return tonumber(string.sub(id, 3))
 end
 local offset = add()
@@ -88,8 +85,7 @@ else
   redis.call('SET', KEYS[2], epoch .. '+', 'PX', ttl)
 end
 redis.call('PEXPIRE', KEYS[1], ttl)
--- 0x98: an array of 8, the six of the head then offset and epoch.
-redis.call('PUBLISH', ARGV[2], '\\152' .. string.sub(head, 2) .. cmsgpack.pack(offset)
+redis.call('PUBLISH', ARGV[2], ARGV[3] .. ARGV[4] .. cmsgpack.pack(offset)
            .. cmsgpack.pack(epoch))
 return {offset, epoch}
 """
@@ -97,8 +93,9 @@ return {offset, epoch}
 # KEYS: stream, meta. ARGV: epoch to start with ('' = read only, start nothing), ttl in ms,
 # the ID of the first offset wanted ("0-<after + 1>", formatted by the node: Lua's numbers
 # would print large ones in exponent form), count (0: the position only), max bytes (0: no
-# bound), '1' newest first.
-# Returns {epoch or false, top, entries, more, time of entry after+1 or false}.
+# bound), '1' newest first, the rule's size (entries older than the size newest count as
+# trimmed).
+# Returns {epoch or false, top, entries, more, entry after+1 (for its time) or false}.
 READ = """
 local meta = redis.call('GET', KEYS[2])
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
@@ -129,8 +126,37 @@ elseif ARGV[1] ~= '' then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 local first = ARGV[3]
+-- XADD's approximate trimming keeps some entries older than the size newest: they count as
+-- trimmed, so what a reader sees is what an exact trim would have kept.
+local oldest = top - tonumber(ARGV[7]) + 1
+local kept = tonumber(string.sub(first, 3)) >= oldest
+if not kept then
+  first = string.format('0-%d', oldest)
+end
 local want = tonumber(ARGV[4])
 local bound = tonumber(ARGV[5])
+-- An entry's payload bytes (data, sender, metadata: Entry.size less the overhead): its
+-- length less the time (a float64, 9 bytes) and the three msgpack headers.
+local function payload(v)
+  local n = #v - 9
+  local pos = 10
+  for _ = 1, 3 do
+    local b = string.byte(v, pos)
+    local h, len = 1, 0
+    if b == 196 then
+      h, len = 2, string.byte(v, pos + 1)
+    elseif b == 197 then
+      local b1, b2 = string.byte(v, pos + 1, pos + 2)
+      h, len = 3, b1 * 256 + b2
+    elseif b == 198 then
+      local b1, b2, b3, b4 = string.byte(v, pos + 1, pos + 4)
+      h, len = 5, ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+    end
+    n = n - h
+    pos = pos + h + len
+  end
+  return n
+end
 local found = {}
 local more = 0
 -- In chunks, so that a read bounded in bytes never loads more of a large history.
@@ -147,13 +173,7 @@ while not stop and #found < want do
   end
   for _, entry in ipairs(chunk) do
     if bound > 0 then
-      local fields = entry[2]
-      for j = 2, #fields, 2 do
-        if fields[j - 1] ~= 't' then
-          used = used + #fields[j]
-        end
-      end
-      used = used + OVERHEAD
+      used = used + payload(entry[2][2]) + OVERHEAD
       if used > bound then
         -- Over the bound: "more" (a recovery is refused); a page keeps one entry at least.
         more = 1
@@ -175,33 +195,23 @@ while not stop and #found < want do
     lo = '(' .. chunk[#chunk][1]
   end
 end
-local anchor_time = false
-if top > 0 then
-  local anchor = redis.call('XRANGE', KEYS[1], first, first)
-  if anchor[1] then
-    local fields = anchor[1][2]
-    for j = 1, #fields, 2 do
-      if fields[j] == 't' then
-        anchor_time = fields[j + 1]
-      end
-    end
+local anchor = false
+if top > 0 and kept then
+  local at = redis.call('XRANGE', KEYS[1], first, first)
+  if at[1] then
+    anchor = at[1][2][2]
   end
 end
-return {epoch, top, found, more, anchor_time}
+return {epoch, top, found, more, anchor}
 """.replace("OVERHEAD", str(ENTRY_OVERHEAD)).replace("CHUNK", "100")
 
 
 def _entry(raw: Any) -> Entry:
-    ident, flat = raw
-    fields = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
-    data = bytes(fields[b"d"])
-    sender = bytes(fields[b"s"])
-    md = fields.get(b"m")
-    metadata = bytes(md) if md is not None else None
+    ident, (_, value) = raw
+    time, data, sender, metadata = parse_entry(bytes(value))
     size = (len(data) + len(sender) + (len(metadata) if metadata is not None else 0)
             + ENTRY_OVERHEAD)
-    return Entry(int(bytes(ident).split(b"-", 1)[1]), float(fields[b"t"]), data, sender,
-                 metadata, size)
+    return Entry(int(bytes(ident).split(b"-", 1)[1]), time, data, sender, metadata, size)
 
 
 def parse_read(reply: Any) -> HistoryRead:
@@ -209,8 +219,8 @@ def parse_read(reply: Any) -> HistoryRead:
     epoch, top, found, more, anchor = reply
     return HistoryRead(
         None if epoch is None else bytes(epoch).decode(), int(top),
-        [_entry(raw) for raw in found], None if anchor is None else float(anchor),
-        bool(int(more)))
+        [_entry(raw) for raw in found],
+        None if anchor is None else parse_entry(bytes(anchor))[0], bool(int(more)))
 
 
 @runtime_checkable
@@ -289,10 +299,9 @@ class ClusterHistory:
             fut = asyncio.get_running_loop().create_future()
             then = _resolve(fut, _position)
         runner.run_history(app_id, channel, "append", (
-            f"{rule.size} {int(rule.ttl * 1000)} {self._epochs()} {now!r}",
-            runner.keys.channel(app_id, channel),
-            posted_head(runner.inst, skip, data, sender_json, sender_metadata), data,
-            sender_json, sender_metadata if sender_metadata is not None else b""), then)
+            f"{rule.size} {int(rule.ttl * 1000)} {self._epochs()}",
+            runner.keys.channel(app_id, channel), posted_head(runner.inst, skip),
+            history_entry(now, data, sender_json, sender_metadata)), then)
         return fut
 
     def read(self, app_id: str, channel: str, rule: HistoryRule, after: int, *,
@@ -305,7 +314,7 @@ class ClusterHistory:
         self.runner.run_history(app_id, channel, "read", (
             self._epochs() if start else "", int(rule.ttl * 1000), f"0-{after + 1}",
             count if count is not None else rule.size, max_bytes or 0,
-            "1" if newest_first else "0"), _resolve(fut, parse_read))
+            "1" if newest_first else "0", rule.size), _resolve(fut, parse_read))
         return fut
 
     async def read_after(self, app_id: str, channel: str, position: Position,

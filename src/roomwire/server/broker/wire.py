@@ -36,12 +36,15 @@ class Message(msgspec.Struct, tag="m", array_like=True):
 
 class Posted(msgspec.Struct, tag="mh", array_like=True):
     """A publish on a channel with history, on the channel's Redis channel: written by the
-    history's append script (``redis_history.py``), which adds ``offset`` and ``epoch`` to
-    the ``posted_head`` the node built, so every node sees offsets in Redis's order."""
+    history's append script (``redis_history.py``), which joins the node's ``posted_head``,
+    the stream entry as stored (``history_entry``: time to sender metadata) and the
+    ``offset`` and ``epoch``, so every node sees offsets in Redis's order."""
 
     origin: str
     skip: int
     """The origin's token for the publishing socket (0: none), which must not get it back."""
+    time: float
+    """The publishing node's clock when it published (the entry's time in the stream)."""
     data: bytes
     sender: bytes
     sender_metadata: bytes | None
@@ -49,14 +52,27 @@ class Posted(msgspec.Struct, tag="mh", array_like=True):
     epoch: str
 
 
-def posted_head(origin: str, skip: int, data: bytes, sender: bytes,
-                sender_metadata: bytes | None) -> bytes:
-    """The first six fields of a ``Posted`` frame as a msgpack array of their own: the
-    append script makes it the frame (an 8-element header, then offset and epoch
-    appended)."""
-    head = encode(("mh", origin, skip, data, sender, sender_metadata))
-    assert head[0] == 0x96  # a fixarray of 6: the script replaces this byte
-    return head
+POSTED_ARRAY = 0x99
+"""A fixarray of 9: the tag and the eight fields of ``Posted``."""
+
+
+def posted_head(origin: str, skip: int) -> bytes:
+    """The start of a ``Posted`` frame: the array header of the whole frame, the tag, origin
+    and skip. The append script appends ``history_entry``'s bytes, then offset and epoch."""
+    return bytes((POSTED_ARRAY,)) + encode(("mh", origin, skip))[1:]
+
+
+def history_entry(time: float, data: bytes, sender: bytes,
+                  sender_metadata: bytes | None) -> bytes:
+    """A stream entry's one field: time, data, sender and sender metadata as four msgpack
+    values with no array header, the middle of the ``Posted`` frame that carries it (the
+    script joins the parts without cutting any). The time is always a float64: 9 bytes."""
+    return encode((float(time), data, sender, sender_metadata))[1:]
+
+
+def parse_entry(value: bytes) -> tuple[float, bytes, bytes, bytes | None]:
+    """``history_entry`` read back."""
+    return _decode_entry(b"\x94" + value)
 
 
 class Direct(msgspec.Struct, tag="d", array_like=True):
@@ -89,3 +105,4 @@ Frame = Join | Leave | Message | Posted | Direct | Kick | KickReply
 
 encode = msgspec.msgpack.Encoder().encode
 decode = msgspec.msgpack.Decoder(Frame).decode
+_decode_entry = msgspec.msgpack.Decoder(tuple[float, bytes, bytes, bytes | None]).decode
