@@ -256,6 +256,24 @@ async def test_reads_serve_exactly_the_size_newest_of_an_approximately_trimmed_s
                                now) == (False, [])
 
 
+async def test_keys_expire_a_ttl_after_the_last_publication_renewed_or_not(
+        hcluster: Cluster) -> None:
+    """A node renews a channel's expiry once a second (to ttl + 1 s); the appends between
+    leave it, except one that had to create the stream again."""
+    pub = await publisher(hcluster[0].key_url(), "chat/ttl")
+    stream, meta = Keys(hcluster.prefix).history(hcluster[0].app_id, "chat/ttl")
+    r = await redis_client()
+    try:
+        await publish_many(pub, "chat/ttl", range(3))
+        ttls = [await r.pttl(stream), await r.pttl(meta)]
+        assert all(60_000 - 2_000 < t <= 61_000 for t in ttls), ttls
+        assert await r.delete(stream) == 1
+        await publish_many(pub, "chat/ttl", range(3, 5))
+        assert 60_000 - 2_000 < await r.pttl(stream) <= 61_000
+    finally:
+        await r.aclose()
+
+
 async def test_channels_without_a_rule_keep_nothing_in_redis(hcluster: Cluster) -> None:
     pub = await conn(hcluster[0].key_url())
     sub = await conn(hcluster[1].key_url())

@@ -9,7 +9,7 @@ import pytest
 
 from roomwire.protocol import frames
 from roomwire.protocol.history import Position, parse_position, recover_problem
-from roomwire.server.broker.redis_history import parse_read
+from roomwire.server.broker.redis_history import Renewals, parse_read, renew_every
 from roomwire.server.broker.wire import Posted, decode, history_entry, parse_entry, posted_head
 from roomwire.server.history import (
     ENTRY_OVERHEAD,
@@ -336,3 +336,29 @@ def test_posted_head_and_entry_as_the_script_joins_them_decode(metadata: bytes |
                    + msgspec.msgpack.encode("e1"))
     assert frame == Posted("n1.ab", 3, 12.0, b'{"x":1}', b'"p"', metadata, 42, "e1")
     assert parse_entry(entry) == (12.0, b'{"x":1}', b'"p"', metadata)
+
+
+@pytest.mark.parametrize(("times", "renewed"), [
+    ([0.0], [True]),                                   # a channel's first append renews
+    ([0.0, 0.5, 0.99], [True, False, False]),          # then none within the interval
+    ([0.0, 0.5, 1.0, 1.5, 2.1], [True, False, True, False, True]),
+    ([10.0, 9.0, 9.5], [True, True, False]),           # a clock gone back renews
+])
+def test_renewals_renew_once_per_interval(times: list[float], renewed: list[bool]) -> None:
+    r = Renewals()
+    assert [r.due(("app", "chat/a"), t, 1.0) for t in times] == renewed
+    assert r.due(("app", "chat/b"), times[-1], 1.0) is True  # per channel
+
+
+def test_renewals_forget_past_their_limit_and_renew_again() -> None:
+    r = Renewals(limit=2)
+    assert [r.due(("app", c), 0.0, 1.0) for c in "ab"] == [True, True]
+    assert r.due(("app", "a"), 0.1, 1.0) is False
+    assert r.due(("app", "c"), 0.2, 1.0) is True  # the third channel: forget a and b
+    assert r.due(("app", "a"), 0.3, 1.0) is True
+
+
+@pytest.mark.parametrize(("ttl", "every"), [(300.0, 1.0), (10.0, 1.0), (2.0, 0.2)])
+def test_the_renewal_interval_is_a_second_or_a_tenth_of_a_short_ttl(ttl: float,
+                                                                   every: float) -> None:
+    assert renew_every(ttl) == pytest.approx(every)

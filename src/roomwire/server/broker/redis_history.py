@@ -4,8 +4,9 @@
 Per channel two keys live on the shard that holds the channel: the stream ``hs:`` (one
 entry per publication, its ID ``0-<offset>``, one field packed by the node; trimmed by
 ``XADD MAXLEN ~``, reads serve the rule's ``size`` newest) and the meta string ``hm:`` (the
-epoch). Both expire ``ttl`` after the last publication (or opted-in subscribe), as a node's
-idle history is forgotten. Needs Redis 7 (``XADD 0-*``).
+epoch). Both expire ``ttl`` (to ``ttl`` + ``renew_every(ttl)``: ``Renewals``) after the last
+publication or opted-in subscribe, as a node's idle history is forgotten. Needs Redis 7
+(``XADD 0-*``).
 
 * **Append.** One script allocates the offset, adds the entry, renews the expiry and
   PUBLISHes the message with its offset on the channel's Redis channel (a ``wire.Posted``):
@@ -43,12 +44,15 @@ from ..history import (
 from .routing import Keys
 from .wire import history_entry, parse_entry, posted_head
 
-__all__ = ["APPEND", "READ", "ClusterHistory", "HistoryRunner", "parse_read"]
+__all__ = ["APPEND", "READ", "ClusterHistory", "HistoryRunner", "Renewals", "parse_read",
+           "renew_every"]
 
 # The meta key is a string: the epoch, with a "+" once the stream holds a publication of it
 # (without: started by an opted-in subscribe, nothing published yet). Offsets are the
 # sequence part of the stream IDs ("0-<offset>", XADD "0-*" counts them), so the append
-# costs four Redis calls: XADD, GETEX (the epoch, its expiry renewed), PEXPIRE, PUBLISH.
+# costs four Redis calls when it renews the keys' expiry: XADD, GETEX (the epoch, its
+# expiry renewed), PEXPIRE, PUBLISH; two in three when it does not (``Renewals``): XADD, GET,
+# PUBLISH.
 # What costs Redis is mostly per call and per argument (docs/benchmarks.md, issue 16), so
 # an entry is one field (``wire.history_entry``: time, data, sender, sender metadata,
 # packed by the node) which is also the middle of the Posted frame, and the trimming is
@@ -56,17 +60,23 @@ __all__ = ["APPEND", "READ", "ClusterHistory", "HistoryRunner", "parse_read"]
 # so a stream keeps a little more than ``size`` entries; READ serves only the ``size``
 # newest, as an exact trim would have kept.
 
-# KEYS: stream, meta. ARGV: "<size> <ttl in ms> <epoch to start with>", the pub/sub
-# channel, the Posted frame's start (``wire.posted_head``), the entry
-# (``wire.history_entry``). Returns {offset, epoch}.
+# KEYS: stream, meta. ARGV: "<size> <expiry in ms> <epoch to start with> <renew: 1 or 0>",
+# the pub/sub channel, the Posted frame's start (``wire.posted_head``), the entry
+# (``wire.history_entry``). Returns {offset, epoch}. Without "renew" the keys' expiry is
+# left as it is (``Renewals``), but a stream this append created gets one.
 APPEND = """
-local size, ttl, fresh = string.match(ARGV[1], '^(%d+) (%d+) (%S+)$')
+local size, ttl, fresh, renew = string.match(ARGV[1], '^(%d+) (%d+) (%S+) ([01])$')
 local function add()
   local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', size, '0-*', 'p', ARGV[4])
   return tonumber(string.sub(id, 3))
 end
 local offset = add()
-local meta = redis.call('GETEX', KEYS[2], 'PX', ttl)
+local meta
+if renew == '1' then
+  meta = redis.call('GETEX', KEYS[2], 'PX', ttl)
+else
+  meta = redis.call('GET', KEYS[2])
+end
 local epoch
 if meta and offset > 1 and string.sub(meta, -1) == '+' then
   epoch = string.sub(meta, 1, -2)
@@ -84,7 +94,9 @@ else
   epoch = fresh
   redis.call('SET', KEYS[2], epoch .. '+', 'PX', ttl)
 end
-redis.call('PEXPIRE', KEYS[1], ttl)
+if renew == '1' or offset == 1 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
 redis.call('PUBLISH', ARGV[2], ARGV[3] .. ARGV[4] .. cmsgpack.pack(offset)
            .. cmsgpack.pack(epoch))
 return {offset, epoch}
@@ -254,6 +266,41 @@ def _position(res: Any) -> Position:
     return Position(bytes(epoch).decode(), int(offset))
 
 
+RENEW_EVERY = 1.0
+"""Seconds between two renewals of a channel's keys' expiry by one node, at most (a tenth of
+the ttl when that is shorter): the keys live ``ttl`` to ``ttl`` + this after the last
+publication."""
+_RENEWALS_MAX = 4096
+
+
+def renew_every(ttl: float) -> float:
+    """The renewal interval for histories of ``ttl`` seconds (``Renewals``)."""
+    return min(RENEW_EVERY, ttl / 10)
+
+
+class Renewals:
+    """Which of a node's appends renew the expiry of the channel's keys: a channel's first,
+    then one per ``renew_every(ttl)`` seconds (the node's clock), each renewal setting
+    ``ttl`` plus that interval, so the keys outlive every publication by ``ttl`` at least.
+    The others skip two of the script's four Redis calls. Pure: the caller gives the time."""
+
+    def __init__(self, limit: int = _RENEWALS_MAX) -> None:
+        self.limit = limit
+        self._last: dict[tuple[str, str], float] = {}
+
+    def due(self, key: tuple[str, str], now: float, every: float) -> bool:
+        last = self._last.get(key)
+        # A clock that went back renews too: the interval is not known then.
+        if last is not None and last <= now < last + every:
+            return False
+        if last is None and len(self._last) >= self.limit:
+            # Forgetting costs a renewal per channel, once; keeping all would grow with
+            # every channel ever published to.
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+
 class _EpochSource:
     """Epochs for the scripts to start a history with, should they have to: every append
     and read carries one. A random prefix per node run and a counter, not a random string
@@ -278,6 +325,7 @@ class ClusterHistory:
         self.runner = runner
         self.rules = rules
         self._epochs = epochs or _EpochSource()
+        self.renewals = Renewals()
 
     def rule(self, app_id: str, channel: str) -> HistoryRule | None:
         return self.rules.lookup((app_id, channel))
@@ -295,11 +343,13 @@ class ClusterHistory:
             data = bytes(data)
         fut: asyncio.Future[Position] | None = None
         then = None
+        every = renew_every(rule.ttl)
         if want_position:
             fut = asyncio.get_running_loop().create_future()
             then = _resolve(fut, _position)
         runner.run_history(app_id, channel, "append", (
-            f"{rule.size} {int(rule.ttl * 1000)} {self._epochs()}",
+            f"{rule.size} {int((rule.ttl + every) * 1000)} {self._epochs()} "
+            f"{'1' if self.renewals.due((app_id, channel), now, every) else '0'}",
             runner.keys.channel(app_id, channel), posted_head(runner.inst, skip),
             history_entry(now, data, sender_json, sender_metadata)), then)
         return fut
@@ -312,7 +362,9 @@ class ClusterHistory:
         channel's history when there is none (a new epoch) and keeps it from expiring."""
         fut: asyncio.Future[HistoryRead] = asyncio.get_running_loop().create_future()
         self.runner.run_history(app_id, channel, "read", (
-            self._epochs() if start else "", int(rule.ttl * 1000), f"0-{after + 1}",
+            self._epochs() if start else "",
+            # As the appends' expiry: a read must not shorten what an append set.
+            int((rule.ttl + renew_every(rule.ttl)) * 1000), f"0-{after + 1}",
             count if count is not None else rule.size, max_bytes or 0,
             "1" if newest_first else "0", rule.size), _resolve(fut, parse_read))
         return fut
