@@ -139,8 +139,8 @@ async def test_who_gets_a_local_publish_now_and_who_from_redis() -> None:
     assert broker.published == []  # the append script publishes instead
     script, channel, args = broker.scripts[-1]
     assert (script, channel) == ("append", "chat/a")
-    header = args[0]  # "<size> <expiry ms> <epoch to start with> <renew>"
-    assert header.split() == ["100", "61000", "fresh", "1"]  # ttl + 1 s: Renewals
+    header = args[0]  # "<size> <expiry ms> <epoch to start with> <renew> <reply>"
+    assert header.split() == ["100", "61000", "fresh", "1", "1"]  # ttl + 1 s: Renewals
     assert parse_entry(args[3]) == (NOW, b"1", b'"pub"', None)  # the entry, as stored
     assert hub.last_position is not None  # the opted-in publisher's ack waits for Redis
     skip = next(iter(hub._skips))

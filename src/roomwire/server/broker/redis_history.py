@@ -60,12 +60,15 @@ __all__ = ["APPEND", "READ", "ClusterHistory", "HistoryRunner", "Renewals", "par
 # so a stream keeps a little more than ``size`` entries; READ serves only the ``size``
 # newest, as an exact trim would have kept.
 
-# KEYS: stream, meta. ARGV: "<size> <expiry in ms> <epoch to start with> <renew: 1 or 0>",
-# the pub/sub channel, the Posted frame's start (``wire.posted_head``), the entry
-# (``wire.history_entry``). Returns {offset, epoch}. Without "renew" the keys' expiry is
-# left as it is (``Renewals``), but a stream this append created gets one.
+# KEYS: stream, meta. ARGV: "<size> <expiry in ms> <epoch to start with> <renew> <reply>"
+# (the last two 1 or 0), the pub/sub channel, the Posted frame's start
+# (``wire.posted_head``), the entry (``wire.history_entry``). Without "renew" the keys'
+# expiry is left as it is (``Renewals``), but a stream this append created gets one.
+# Returns {offset, epoch} with "reply" (a publisher's ack waits for them), else the offset
+# alone: turning a table into a reply costs Redis more than one of the calls above.
 APPEND = """
-local size, ttl, fresh, renew = string.match(ARGV[1], '^(%d+) (%d+) (%S+) ([01])$')
+local size, ttl, fresh, renew, reply = string.match(ARGV[1],
+                                                    '^(%d+) (%d+) (%S+) ([01]) ([01])$')
 local function add()
   local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', size, '0-*', 'p', ARGV[4])
   return tonumber(string.sub(id, 3))
@@ -99,7 +102,10 @@ if renew == '1' or offset == 1 then
 end
 redis.call('PUBLISH', ARGV[2], ARGV[3] .. ARGV[4] .. cmsgpack.pack(offset)
            .. cmsgpack.pack(epoch))
-return {offset, epoch}
+if reply == '1' then
+  return {offset, epoch}
+end
+return offset
 """
 
 # KEYS: stream, meta. ARGV: epoch to start with ('' = read only, start nothing), ttl in ms,
@@ -349,7 +355,8 @@ class ClusterHistory:
             then = _resolve(fut, _position)
         runner.run_history(app_id, channel, "append", (
             f"{rule.size} {int((rule.ttl + every) * 1000)} {self._epochs()} "
-            f"{'1' if self.renewals.due((app_id, channel), now, every) else '0'}",
+            f"{'1' if self.renewals.due((app_id, channel), now, every) else '0'} "
+            f"{'1' if want_position else '0'}",
             runner.keys.channel(app_id, channel), posted_head(runner.inst, skip),
             history_entry(now, data, sender_json, sender_metadata)), then)
         return fut
