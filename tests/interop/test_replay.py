@@ -9,7 +9,6 @@ without replay behaves as before, and past the window nothing is replayed.
 The same in a cluster of 3 nodes sharing Redis: the client's reconnect reaches another node
 than the one it dropped from (a proxy stands for the load balancer), which takes its mark
 from Redis. The tests start the nodes they need whatever ``ROOMWIRE_TEST_CLUSTER`` says."""
-
 from __future__ import annotations
 
 import asyncio
@@ -32,6 +31,7 @@ from conftest import (
     _delete_redis_prefix,
     start_node,
 )
+from waiting import wait_for as _bounded
 
 from .conftest import Launch
 from .official import OfficialClient
@@ -155,12 +155,7 @@ async def start_client(official: Launch) -> AsyncIterator[Callable[..., Any]]:
 
 
 async def _wait_for(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.01)
+    await _bounded(cond, timeout, what)
 
 
 def _bob_subscribed(hub: Any, app_id: str, channel: str) -> bool:
