@@ -246,3 +246,27 @@ async def test_a_remote_description_round_trip_still_works_after_the_workarounds
     finally:
         await a.close()
         await b.close()
+
+
+async def test_create_offer_resets_header_extension_ids_and_the_fix_sets_ours() -> None:
+    """What set_header_extension_ids repairs: createOffer puts aiortc's own id table on every
+    transceiver (mid 1, audio level 2), the table live receivers are re-registered with."""
+    pc = new_pc()
+    try:
+        t = pc.addTransceiver("audio", direction="sendrecv")
+        await pc.createOffer()
+        assert {(e.uri, e.id) for e in t._headerExtensions} == {
+            ("urn:ietf:params:rtp-hdrext:sdes:mid", 1),
+            ("urn:ietf:params:rtp-hdrext:ssrc-audio-level", 2)}
+        compat.set_header_extension_ids(pc, {"urn:ietf:params:rtp-hdrext:sdes:mid": 4,
+                                             "urn:ietf:params:rtp-hdrext:ssrc-audio-level": 1})
+        assert {(e.uri, e.id) for e in t._headerExtensions} == {
+            ("urn:ietf:params:rtp-hdrext:sdes:mid", 4),
+            ("urn:ietf:params:rtp-hdrext:ssrc-audio-level", 1)}
+        # The parameters aiortc hands a sender (and a receiver) are built from it.
+        local_rtp = pc._RTCPeerConnection__localRtp(t)  # type: ignore[attr-defined]
+        assert {(e.uri, e.id) for e in local_rtp.headerExtensions} == {
+            ("urn:ietf:params:rtp-hdrext:sdes:mid", 4),
+            ("urn:ietf:params:rtp-hdrext:ssrc-audio-level", 1)}
+    finally:
+        await pc.close()

@@ -20,8 +20,10 @@ from roomwire.client.rtc.perfect_negotiation import (
     first_offer_wait,
     impolite_wait,
     is_polite,
+    local_track_may_use,
     needs_offer,
     outbound_still_current,
+    transceiver_direction,
 )
 
 
@@ -244,3 +246,41 @@ def test_a_zero_delay_never_waits() -> None:
     assert first_offer_wait(polite=False, polite_delay=2.0, impolite_delay=0.0,
                             force_offer=False, offers_sent=0, remote_offer_seen=False,
                             has_something=True) == 0.0
+
+
+# What a browser does with the m-lines of an offer it receives (Chromium, JSEP 5.10): its own
+# addTrack transceivers are matched only to m-lines that let it send, and a receiver knows the
+# sender's track id only on a transceiver the offer created. Our tracks must therefore never
+# ride the remote's m-lines and must be offered sendonly while the remote does not send there.
+@pytest.mark.parametrize(("case", "by_remote", "local", "remote", "direction"), [
+    ("the remote's m-line, it sends", True, False, True, "recvonly"),
+    ("the remote's m-line, it stopped sending", True, False, False, "recvonly"),
+    ("the remote's m-line never carries our track", True, True, True, "recvonly"),
+    ("ours, only we send: not matchable by a browser's addTrack", False, True, False,
+     "sendonly"),
+    ("ours, and the remote reused it for a track of its own", False, True, True, "sendrecv"),
+    ("ours, track removed, the remote still sends on it", False, False, True, "recvonly"),
+    ("ours, track removed, nobody sends", False, False, False, "inactive"),
+])
+def test_transceiver_direction(case: str, by_remote: bool, local: bool, remote: bool,
+                               direction: str) -> None:
+    assert transceiver_direction(created_by_remote=by_remote, local_sends=local,
+                                 remote_sends=remote) == direction, case
+
+
+@pytest.mark.parametrize(("case", "by_remote", "carried", "stopped", "allowed"), [
+    ("created by the remote's offer", True, False, False, False),
+    ("ours, fresh", False, False, False, True),
+    ("ours, carried another track (the remote knows that id)", False, True, False, False),
+    ("ours, stopped", False, False, True, False),
+])
+def test_local_track_may_use(case: str, by_remote: bool, carried: bool, stopped: bool,
+                             allowed: bool) -> None:
+    assert local_track_may_use(created_by_remote=by_remote, has_carried_a_track=carried,
+                               stopped=stopped) is allowed, case
+
+
+def test_an_unattached_local_track_needs_an_offer() -> None:
+    negotiated = [TransceiverView(False, "0", "recvonly", "recvonly")]
+    assert not needs_offer(negotiated, has_sctp=False, sctp_mid=None)
+    assert needs_offer(negotiated, has_sctp=False, sctp_mid=None, unattached_tracks=1)

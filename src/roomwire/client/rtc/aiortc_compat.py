@@ -14,6 +14,9 @@ What each helper relies on:
   direction from it and fails on ``None`` for a transceiver the remote's offer did not include).
 * ``label_sender``: ``RTCRtpSender._track_id`` / ``_stream_id``, which aiortc writes into the
   ``a=msid`` line of every description.
+* ``set_header_extension_ids``: ``RTCRtpTransceiver._headerExtensions`` (the ids aiortc
+  configures its RTP header-extension maps with; ``createOffer`` resets them to aiortc's own
+  table, mid 1, audio level 2, abs-send-time 3, for every transceiver, negotiated or not).
 * ``reset_encoder``: the name-mangled ``RTCRtpSender.__encoder`` (``None`` makes the sender build
   a fresh encoder on the next frame).
 * ``move_pending_channel``: ``RTCPeerConnection.__createSctpTransport``,
@@ -38,7 +41,13 @@ from ...extras import missing_extra
 
 try:
     import aioice.ice
-    from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCRtpTransceiver
+    from aiortc import (
+        MediaStreamTrack,
+        RTCDataChannel,
+        RTCPeerConnection,
+        RTCRtpHeaderExtensionParameters,
+        RTCRtpTransceiver,
+    )
     from aiortc.contrib.media import MediaRelay, RelayStreamTrack
     from aiortc.mediastreams import MediaStreamError
     from av.frame import Frame
@@ -57,6 +66,7 @@ __all__ = [
     "repoint_proxy",
     "reset_encoder",
     "retire_proxy",
+    "set_header_extension_ids",
     "set_host_address_lookup",
     "set_track_id",
 ]
@@ -108,6 +118,22 @@ def label_sender(transceiver: RTCRtpTransceiver, track_id: str, stream_id: str) 
     sender: Any = transceiver.sender
     sender._track_id = track_id
     sender._stream_id = stream_id
+
+
+def set_header_extension_ids(pc: RTCPeerConnection, ids: dict[str, int]) -> None:
+    """After ``createOffer`` and before ``setLocalDescription``: give every transceiver the
+    header-extension ids of the offer we send (``{uri: id}``; extensions it has no id for are
+    dropped). aiortc's ``createOffer`` put its own id table back on every transceiver, and
+    ``setLocalDescription`` re-registers the live receivers and senders with it: until the
+    answer comes, a packet whose extension id means another extension in the negotiated
+    table (a browser's abs-send-time, id 2, read as aiortc's audio level) raises in the
+    DTLS transport's receive loop and closes the connection."""
+    for t in pc.getTransceivers():
+        current: list[Any] = t._headerExtensions
+        t._headerExtensions = [
+            RTCRtpHeaderExtensionParameters(id=ids[e.uri], uri=e.uri)
+            for e in current if e.uri in ids
+        ]
 
 
 def reset_encoder(transceiver: RTCRtpTransceiver, proxy: MediaStreamTrack | None) -> None:

@@ -32,8 +32,10 @@ __all__ = [
     "first_offer_wait",
     "impolite_wait",
     "is_polite",
+    "local_track_may_use",
     "needs_offer",
     "outbound_still_current",
+    "transceiver_direction",
 ]
 
 
@@ -217,11 +219,12 @@ class TransceiverView:
 
 
 def needs_offer(transceivers: Iterable[TransceiverView], *, has_sctp: bool,
-                sctp_mid: str | None) -> bool:
-    """Whether the current connection has something the remote has not agreed to yet: a data
-    channel transport or a transceiver never negotiated (no mid), or a negotiated transceiver
-    whose wish to send differs from what was agreed."""
-    if has_sctp and sctp_mid is None:
+                sctp_mid: str | None, unattached_tracks: int = 0) -> bool:
+    """Whether the current connection has something the remote has not agreed to yet: a local
+    track not on a transceiver yet (it gets one in our next offer), a data channel transport
+    or a transceiver never negotiated (no mid), or a negotiated transceiver whose wish to
+    send differs from what was agreed."""
+    if unattached_tracks or (has_sctp and sctp_mid is None):
         return True
     for t in transceivers:
         if t.stopped:
@@ -259,3 +262,43 @@ def first_offer_wait(*, polite: bool, polite_delay: float, impolite_delay: float
     if wait <= 0 or force_offer or offers_sent or remote_offer_seen or not has_something:
         return 0.0
     return wait
+
+
+# -- which m-line carries what ----------------------------------------------------------------
+#
+# A receiver learns a track's id from the msid of its m-section only when the receiving side
+# creates that transceiver from the remote's offer: Chromium gives such a receiver track the
+# msid track id, but a transceiver it created itself (``addTrack`` before joining) and matched
+# to a remote m-line keeps a receiver track id of its own. The official JS SDK looks track
+# metadata up by the receiver's ``track.id``, so a label reaches it only for tracks that
+# arrive on an m-line the receiver did not create. Hence: our tracks travel only on m-lines
+# we offer, and we offer them ``sendonly`` (a browser associates its own ``addTrack``
+# transceivers only with a remote m-section that would let it send: sendrecv or recvonly).
+
+
+def local_track_may_use(*, created_by_remote: bool, has_carried_a_track: bool,
+                        stopped: bool) -> bool:
+    """Whether a local track may be attached to an existing transceiver. Only to one we
+    created for it and that never carried another track: a transceiver the remote created
+    (its m-line is the remote's own addTrack slot, whose receiver id the remote app does not
+    know) never; one of ours reused for another track keeps the first track's receiver id on
+    the remote side, so the new track's label would not be found either."""
+    return not created_by_remote and not has_carried_a_track and not stopped
+
+
+def transceiver_direction(*, created_by_remote: bool, local_sends: bool,
+                          remote_sends: bool) -> str:
+    """The direction to give a transceiver before an offer or an answer.
+
+    * one the remote created: ``recvonly`` (we never send on the remote's m-lines; an answer
+      narrows it to ``inactive`` when the remote stops sending);
+    * one of ours: ``sendonly`` while only we send (so a browser cannot match its own
+      transceiver to it), ``sendrecv`` once the remote sends on it too (a browser's
+      ``addTrack`` may reuse our m-line for a later track: receive it); without a local
+      track ``recvonly`` or ``inactive`` likewise.
+    """
+    if created_by_remote:
+        return "recvonly"
+    if local_sends:
+        return "sendrecv" if remote_sends else "sendonly"
+    return "recvonly" if remote_sends else "inactive"

@@ -1,0 +1,57 @@
+"""Track metadata labels of a roomwire Python peer, as a plain app on the official JS SDK sees
+them: ``web/test-pages/sdk-app.html`` (``addStream`` of its camera with metadata before
+``join()``, nothing roomwire-specific) and the Python ``MeteredPeer`` of ``pypeer.py`` with a
+labelled camera (video and audio). Asserted in the SDK's own ``track`` and ``stream-added``
+events: both join orders, the browser's camera on from the start, and again after the Python
+peer's socket is cut and it rejoins (a new connection on both sides).
+
+Why it needs care (docs/sdk-peer.md, "Labels in a browser"): the JS SDK looks a track's
+metadata up by the receiver's ``track.id``, and Chromium gives a receiver the sender's msid
+track id only on a transceiver created by the remote's offer. The browser's own camera
+transceivers (``addTrack`` before ``join``) are matched to any remote m-line that lets them
+send; a roomwire peer therefore sends only on m-lines of its own offers, ``sendonly``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+PY_CAM = {"role": "camera", "label": "Py cam", "name": "Py"}
+BROWSER_CAM = {"role": "camera", "label": "Browser cam"}
+SCENARIO = {"browser": "sdk-app-browser-first", "python": "sdk-app-python-first"}
+
+
+def labels(events: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """``{"audio": [metadata, ...], "video": [...], "stream-added": [...]}``."""
+    out: dict[str, list[Any]] = {"audio": [], "video": [], "stream-added": []}
+    for e in events:
+        out[e["kind"] if e["ev"] == "track" else e["ev"]].append(e["metadata"])
+    return out
+
+
+@pytest.mark.parametrize("first", ["browser", "python"])
+def test_sdk_events_carry_the_python_peers_labels(scenario_once: Any, first: str) -> None:
+    r = scenario_once(SCENARIO[first])
+    assert r["browserId"] == ("alice" if first == "browser" else "zoe")
+    for when in ("initial", "again"):
+        got = labels(r[when])
+        # Every track and stream event the SDK fired for the Python peer has its label.
+        assert got["audio"] and got["video"] and got["stream-added"], (when, r[when])
+        assert all(m == PY_CAM for ms in got.values() for m in ms), (when, r[when])
+    # No negotiation error in the page; the user sees moving video, before and after.
+    errors = [e for e in r["appEvents"] if e["ev"] in ("negotiation-error", "error")]
+    assert not errors, (errors, r["appEvents"])
+    assert r["framesB"] > 0 and r["framesAgain"] > 0
+
+
+@pytest.mark.parametrize("first", ["browser", "python"])
+def test_python_peer_labels_the_browser_camera(scenario_once: Any, first: str) -> None:
+    r = scenario_once(SCENARIO[first])
+    assert r["pyVideo"]["frames"] >= 10 and r["pyVideo"]["metadata"] == BROWSER_CAM
+    assert r["pyAudio"]["frames"] >= 10 and r["pyAudio"]["metadata"] == BROWSER_CAM
+    assert r["pyVideoAgain"]["frames"] >= 10
+    assert r["pyVideoAgain"]["metadata"] == BROWSER_CAM
