@@ -13,6 +13,7 @@ from roomwire.client.rtc.perfect_negotiation import (
     OfferAction,
     OfferView,
     TransceiverView,
+    answer_forces_remote_rebuild,
     candidate_in_generation,
     decide_answer,
     decide_candidate,
@@ -23,6 +24,7 @@ from roomwire.client.rtc.perfect_negotiation import (
     local_track_may_use,
     needs_offer,
     outbound_still_current,
+    remote_rebuild_hold,
     transceiver_direction,
 )
 
@@ -284,3 +286,76 @@ def test_an_unattached_local_track_needs_an_offer() -> None:
     negotiated = [TransceiverView(False, "0", "recvonly", "recvonly")]
     assert not needs_offer(negotiated, has_sctp=False, sctp_mid=None)
     assert needs_offer(negotiated, has_sctp=False, sctp_mid=None, unattached_tracks=1)
+
+
+# After answering from a rebuilt connection, does the remote discard our answer (it knew our old
+# ICE credentials), so that an offer of ours must wait for its fresh one?
+REMOTE_REBUILD_TABLE = [
+    # (case, rebuilt, our old connection's remote ufrag, the offer's ufrag, expected)
+    ("glare on a live connection: the offer is from the connection we talked to", True,
+     "u1", "u1", True),
+    ("our connection had failed, the remote renegotiated on its old one", True, "u1", "u1",
+     True),
+    ("glare on a first connection: the remote knows nothing of ours", True, None, "u1",
+     False),
+    ("the remote rebuilt first (new ufrag): its new connection takes our answer", True, "u1",
+     "u2", False),
+    ("an offer without a ufrag", True, "u1", None, False),
+    ("answered on the current connection (no rebuild)", False, "u1", "u1", False),
+]
+
+
+@pytest.mark.parametrize(("case", "rebuilt", "old", "seen", "expected"), REMOTE_REBUILD_TABLE,
+                         ids=[row[0] for row in REMOTE_REBUILD_TABLE])
+def test_answer_forces_remote_rebuild(case: str, rebuilt: bool, old: str | None,
+                                      seen: str | None, expected: bool) -> None:
+    assert answer_forces_remote_rebuild(rebuilt=rebuilt, old_remote_ufrag=old,
+                                        offered_ufrag=seen) is expected, case
+
+
+HOLD_TABLE = [
+    # (case, remote rebuild expected, connected, offers sent, wait)
+    ("the remote will rebuild: wait for its fresh offer", True, False, 0, 4.0),
+    ("the connection connected: the remote took our answer", True, True, 0, 0.0),
+    ("already offered on this connection", True, False, 1, 0.0),
+    ("an ordinary connection", False, False, 0, 0.0),
+]
+
+
+@pytest.mark.parametrize(("case", "expected", "connected", "sent", "wait"), HOLD_TABLE,
+                         ids=[row[0] for row in HOLD_TABLE])
+def test_remote_rebuild_hold(case: str, expected: bool, connected: bool, sent: int,
+                             wait: float) -> None:
+    got = remote_rebuild_hold(remote_rebuild_expected=expected, connected=connected,
+                              offers_sent=sent, hold=4.0)
+    assert got == pytest.approx(wait), case
+
+
+def test_glare_on_a_live_connection_walked_through_the_rules() -> None:
+    """Both sides of a live connection (a polite, b impolite, ICE ufrags a1/b1) renegotiate
+    at once. Each step is what the rules tell one side to do; the walk ends with one
+    connection on each side and no step where both replace theirs again."""
+    # b ignores a's offer; a (polite) rebuilds (a2) and answers b's offer from it.
+    assert decide_offer(offer(polite=False, sig="have-local-offer", conn="connected",
+                              making=False, known="a1", seen="a1")).action is OfferAction.IGNORE
+    glare = decide_offer(offer(polite=True, sig="have-local-offer", conn="connected",
+                               known="b1", seen="b1"))
+    assert (glare.action, glare.reason) == (OfferAction.REBUILD, "glare")
+    # b's connection knew a1, so a's answer (a2) will not be taken: a holds its own offer.
+    assert answer_forces_remote_rebuild(rebuilt=True, old_remote_ufrag="b1",
+                                        offered_ufrag="b1")
+    assert remote_rebuild_hold(remote_rebuild_expected=True, connected=False, offers_sent=0,
+                               hold=4.0) > 0
+    # b gets an answer with a2: it rebuilds (b2) and offers at once.
+    assert decide_answer("have-local-offer", "a1", "a2").action is AnswerAction.REBUILD_AND_OFFER
+    # a, still holding on a2 (stable, knows b1), gets b2's offer: rebuild (a3) and answer...
+    restart = decide_offer(offer(polite=True, sig="stable", conn="new", known="b1", seen="b2"))
+    assert (restart.action, restart.reason) == (OfferAction.REBUILD, "remote-restart")
+    # ...and this answer is taken (b2 knows nothing of a yet), so a offers right after it.
+    assert not answer_forces_remote_rebuild(rebuilt=True, old_remote_ufrag="b1",
+                                            offered_ufrag="b2")
+    assert decide_answer("have-local-offer", None, "a3").action is AnswerAction.ACCEPT
+    # b2, stable and knowing a3, accepts a's offer; a accepts b2's answer: converged.
+    assert decide_offer(offer(polite=False, sig="stable", conn="connected", known="a3",
+                              seen="a3")).action is OfferAction.ACCEPT
+    assert decide_answer("have-local-offer", "b2", "b2").action is AnswerAction.ACCEPT

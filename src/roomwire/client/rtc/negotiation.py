@@ -16,6 +16,9 @@ What it does (docs/protocol.md, Peer-to-peer signalling; docs/webrtc-notes.md):
   back) rebuilds its connection and answers from the fresh one. An offer at ``stable`` carrying
   a different remote ICE ufrag (the remote rebuilt) is answered from a rebuilt connection too;
   so is an answer whose ufrag changed (then a fresh offer is made). Rebuilds are rate-limited.
+  After answering from a connection rebuilt for an offer whose sender knew our old ICE
+  credentials, our own offer waits for the remote's fresh one (it will rebuild on our
+  answer): offering at once kept both sides replacing each other's connection.
 * Non-trickle outbound (full SDP, then ``rtc-ice null``); trickled inbound candidates accepted
   with the caps of docs/protocol.md (Signal envelopes); stale answers dropped.
 * Our tracks travel only on m-lines of our own offers (``sendonly`` until the remote sends
@@ -87,6 +90,7 @@ from .perfect_negotiation import (
     OfferAction,
     OfferView,
     TransceiverView,
+    answer_forces_remote_rebuild,
     candidate_in_generation,
     decide_answer,
     decide_candidate,
@@ -97,6 +101,7 @@ from .perfect_negotiation import (
     local_track_may_use,
     needs_offer,
     outbound_still_current,
+    remote_rebuild_hold,
     transceiver_direction,
 )
 from .remote_events import (
@@ -410,6 +415,10 @@ class _Generation:
     ignoring_offer: bool = False
     answer_timer: asyncio.TimerHandle | None = None
     connected: bool = False
+    remote_rebuild_expected: bool = False
+    """Our answer on this connection went to a remote connection that knew our previous ICE
+    credentials: the remote will rebuild and offer afresh (``answer_forces_remote_rebuild``),
+    so our own offer waits for that (``remote_rebuild_hold``)."""
 
 
 # -- the engine --------------------------------------------------------------------------------
@@ -706,12 +715,15 @@ class PeerNegotiator:
             gen.ignoring_offer = True
             return
         if decision.action is OfferAction.REBUILD:
+            old_remote_ufrag = gen.remote_ufrag
             await self._limiter.acquire()
             if self._closed:
                 return
             await self._rebuild(decision.reason or "remote-offer", negotiate=False)
             gen = self._gen
             pc = gen.pc
+            gen.remote_rebuild_expected = answer_forces_remote_rebuild(
+                rebuilt=True, old_remote_ufrag=old_remote_ufrag, offered_ufrag=ufrag)
         gen.ignoring_offer = False
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         self._remote_description_applied(gen, ufrag)
@@ -825,6 +837,14 @@ class PeerNegotiator:
         await asyncio.sleep(self.timings.debounce)
         while self._dirty and not self._closed:
             gen = self._gen
+            hold = remote_rebuild_hold(
+                remote_rebuild_expected=gen.remote_rebuild_expected, connected=gen.connected,
+                offers_sent=gen.offers_sent, hold=self.timings.answer_timeout)
+            if hold > 0:
+                await self._hold_for_remote_rebuild(gen, hold)
+                if gen is not self._gen:
+                    continue  # the remote's fresh offer replaced it: offer on the new one
+                gen.remote_rebuild_expected = False  # waited once; offer after all
             wait = first_offer_wait(
                 polite=self.polite, polite_delay=self.timings.polite_offer_delay,
                 impolite_delay=self.timings.impolite_wait, force_offer=self._force_offer,
@@ -852,6 +872,18 @@ class PeerNegotiator:
                 self._force_offer = False
                 if self._needs_offer(gen):
                     await self._make_offer(gen)
+
+    async def _hold_for_remote_rebuild(self, gen: _Generation, timeout: float) -> None:
+        """Wait until ``gen`` is replaced or connected, or ``timeout`` passes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while gen is self._gen and not self._closed and not gen.connected:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            gen.state_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(gen.state_changed.wait(), remaining)
 
     def _has_something_to_negotiate(self, gen: _Generation) -> bool:
         return (bool(self._local) or bool(gen.pc.getTransceivers())
@@ -1043,6 +1075,7 @@ class PeerNegotiator:
         self._cancel_answer_timer(old)
         new = _Generation(old.number + 1, self._new_pc())
         self._gen = new
+        old.state_changed.set()  # wakes a wait on the old connection (it is replaced)
         self.last_rebuild_at = time.monotonic()
         # Remote tracks of the old connection end; no stream-removed for them.
         self._end_generation(old)

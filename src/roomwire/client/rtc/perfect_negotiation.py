@@ -25,6 +25,7 @@ __all__ = [
     "OfferDecision",
     "OfferView",
     "TransceiverView",
+    "answer_forces_remote_rebuild",
     "candidate_in_generation",
     "decide_answer",
     "decide_candidate",
@@ -35,6 +36,7 @@ __all__ = [
     "local_track_may_use",
     "needs_offer",
     "outbound_still_current",
+    "remote_rebuild_hold",
     "transceiver_direction",
 ]
 
@@ -107,6 +109,20 @@ def decide_offer(view: OfferView) -> OfferDecision:
 
 def _ufrag_changed(known: str | None, seen: str | None) -> bool:
     return known is not None and seen is not None and seen != known
+
+
+def answer_forces_remote_rebuild(*, rebuilt: bool, old_remote_ufrag: str | None,
+                                 offered_ufrag: str | None) -> bool:
+    """Whether our answer to a remote offer will make the remote rebuild its connection.
+
+    It does when we answer from a connection rebuilt for that offer (``glare``, or a dead
+    connection) and the offer came from the remote connection our old one had negotiated
+    with (its ICE ufrag is the one our old connection knew): that remote connection knows our
+    old ICE credentials, and an aiortc remote cannot follow the new ones our answer carries,
+    so it discards the answer, rebuilds and offers afresh (``decide_answer``). An offer with
+    another ufrag (the remote rebuilt first) comes from a connection that knows nothing of
+    ours yet, and takes our answer."""
+    return rebuilt and old_remote_ufrag is not None and offered_ufrag == old_remote_ufrag
 
 
 # -- a remote answer --------------------------------------------------------------------------
@@ -262,6 +278,24 @@ def first_offer_wait(*, polite: bool, polite_delay: float, impolite_delay: float
     if wait <= 0 or force_offer or offers_sent or remote_offer_seen or not has_something:
         return 0.0
     return wait
+
+
+def remote_rebuild_hold(*, remote_rebuild_expected: bool, connected: bool,
+                        offers_sent: int, hold: float) -> float:
+    """How long an offer of ours waits on a connection whose answer the remote is expected
+    to discard (``answer_forces_remote_rebuild``); 0: offer now.
+
+    Our tracks never ride the remote's m-lines, so answering is followed by an offer of our
+    own. Made on such a connection it would reach the remote's rebuilt connection, which
+    answers it with ICE credentials of its own: new ones to us, so we would rebuild, offer
+    again, and the two sides would keep replacing each other's connection. So the offer
+    waits, up to ``hold``, for the remote's fresh offer (which replaces this connection; the
+    offer is then made on the next one) or for this connection to connect (a remote that
+    does follow new credentials, as a browser may, took the answer after all). Once it has
+    offered on the connection, nothing waits."""
+    if not remote_rebuild_expected or connected or offers_sent:
+        return 0.0
+    return max(0.0, hold)
 
 
 # -- which m-line carries what ----------------------------------------------------------------
