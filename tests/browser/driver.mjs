@@ -858,15 +858,18 @@ async function appVideoGrowing(page, peer, what, timeoutMs = 20_000) {
   }
 }
 
-// The SDK's track (audio and video) and stream-added events for the Python peer after `since`.
-async function sdkLabels(page, since, what) {
-  const mine = (l) => l.filter((e) => e.peer === "py" && e.t >= since);
+// The SDK's track and stream-added events for the Python peer after `since`, once every stream
+// of `want` ({streamId: [kinds]}) had a track event per kind and a stream-added event.
+async function sdkLabels(page, since, what, want) {
+  const mine = (l) => l.filter((e) => e.peer === "py" && e.t >= since
+                                      && (e.ev === "track" || e.ev === "stream-added"));
   const l = await until(page, what, appEvents, (evs) => {
     const m = mine(evs);
-    return ["audio", "video"].every((k) => m.some((e) => e.ev === "track" && e.kind === k))
-      && m.some((e) => e.ev === "stream-added");
+    return Object.entries(want).every(([sid, kinds]) =>
+      kinds.every((k) => m.some((e) => e.ev === "track" && e.kind === k && e.streams.includes(sid)))
+      && m.some((e) => e.ev === "stream-added" && e.streamId === sid));
   }, 30_000);
-  return mine(l).filter((e) => e.ev === "track" || e.ev === "stream-added");
+  return mine(l);
 }
 
 async function sdkAppScenario(ctx, first) {
@@ -886,8 +889,9 @@ async function sdkAppScenario(ctx, first) {
 async function sdkAppRun(ctx, first) {
   const room = `sdkapp-${first}-${Math.random().toString(36).slice(2, 8)}`;
   const token = first === "browser" ? env.tokens.alice : env.tokens.zoe;
-  await py("start", { width: 320, height: 240, fps: 30,
-                      metadata: { role: "camera", label: "Py cam", name: "Py" } });
+  const started = await py("start", { width: 320, height: 240, fps: 30,
+                                      metadata: { role: "camera", label: "Py cam", name: "Py" } });
+  const camWant = { [started.streams.camera]: ["audio", "video"] };
   const page = await openSdkApp(ctx, "S", { room, token });
   let browserId;
   const t0 = Date.now();
@@ -899,22 +903,32 @@ async function sdkAppRun(ctx, first) {
     browserId = await page.evaluate(() => window.app.join());
   }
   mark("both_joined");
-  const initial = await sdkLabels(page, t0, "the SDK's track and stream-added events for the Python peer");
+  const initial = await sdkLabels(page, t0, "the SDK's track and stream-added events for the Python peer", camWant);
   const framesB = await appVideoGrowing(page, "py", "the page decodes the Python peer's video");
   const pyVideo = await pyFrames("decode the browser's camera video", { remote: browserId, kind: "video", role: "camera" });
   const pyAudio = await pyFrames("decode the browser's microphone", { remote: browserId, kind: "audio" });
   mark("media_both");
 
+  // A second stream of the Python peer, added on the live connection: its events carry its
+  // own label.
+  const screenAt = Date.now();
+  const screen = await py("add_stream", { name: "screen", metadata: { role: "screen", label: "Py screen" } });
+  const screenWant = { [screen.streamId]: ["video"] };
+  const screenEvents = await sdkLabels(page, screenAt, "the SDK's events for the Python peer's screen", screenWant);
+  mark("screen");
+
   // A reconnect of the Python peer: its socket is cut; it rejoins, the page sees it leave and
   // join again (a new RemotePeer, a new connection) and gets fresh track events.
   const dropped = await py("drop");
   await py("wait_state", { state: "joined", remoteState: "connected", timeout: 30 });
-  const again = await sdkLabels(page, dropped.droppedAt, "the SDK's events for the Python peer after its reconnect");
+  const again = await sdkLabels(page, dropped.droppedAt, "the SDK's events for the Python peer after its reconnect",
+                                { ...camWant, ...screenWant });
   const framesAgain = await appVideoGrowing(page, "py", "the page decodes the Python peer's video after its reconnect");
   const pyVideoAgain = await pyFrames("decode the browser's camera after the reconnect", { remote: browserId, kind: "video", role: "camera", fresh: true });
   mark("reconnected");
   return {
-    first, browserId, initial, again, framesB, framesAgain, pyVideo, pyAudio, pyVideoAgain,
+    first, browserId, streams: { camera: started.streams.camera, screen: screen.streamId },
+    initial, screenEvents, again, framesB, framesAgain, pyVideo, pyAudio, pyVideoAgain,
     appEvents: await page.evaluate(appEvents), pyEvents: await py("events"), consoleErrors,
   };
 }

@@ -1,9 +1,10 @@
 """Track metadata labels of a roomwire Python peer, as a plain app on the official JS SDK sees
 them: ``web/test-pages/sdk-app.html`` (``addStream`` of its camera with metadata before
 ``join()``, nothing roomwire-specific) and the Python ``MeteredPeer`` of ``pypeer.py`` with a
-labelled camera (video and audio). Asserted in the SDK's own ``track`` and ``stream-added``
-events: both join orders, the browser's camera on from the start, and again after the Python
-peer's socket is cut and it rejoins (a new connection on both sides).
+labelled camera (video and audio), then a labelled screen added on the live connection.
+Asserted in the SDK's own ``track`` and ``stream-added`` events: both join orders, the
+browser's camera on from the start, and again after the Python peer's socket is cut and it
+rejoins (a new connection on both sides).
 
 Why it needs care (docs/sdk-peer.md, "Labels in a browser"): the JS SDK looks a track's
 metadata up by the receiver's ``track.id``, and Chromium gives a receiver the sender's msid
@@ -14,6 +15,7 @@ send; a roomwire peer therefore sends only on m-lines of its own offers, ``sendo
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -21,15 +23,19 @@ import pytest
 pytestmark = pytest.mark.slow
 
 PY_CAM = {"role": "camera", "label": "Py cam", "name": "Py"}
+PY_SCREEN = {"role": "screen", "label": "Py screen"}
 BROWSER_CAM = {"role": "camera", "label": "Browser cam"}
 SCENARIO = {"browser": "sdk-app-browser-first", "python": "sdk-app-python-first"}
 
 
-def labels(events: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """``{"audio": [metadata, ...], "video": [...], "stream-added": [...]}``."""
-    out: dict[str, list[Any]] = {"audio": [], "video": [], "stream-added": []}
+def labels(events: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    """``{(stream id, "audio" | "video" | "stream-added"): {metadata as JSON, ...}}``."""
+    out: dict[tuple[str, str], set[str]] = {}
     for e in events:
-        out[e["kind"] if e["ev"] == "track" else e["ev"]].append(e["metadata"])
+        keys = ([(sid, e["kind"]) for sid in e["streams"]] if e["ev"] == "track"
+                else [(e["streamId"], "stream-added")])
+        for key in keys:
+            out.setdefault(key, set()).add(json.dumps(e["metadata"], sort_keys=True))
     return out
 
 
@@ -37,11 +43,19 @@ def labels(events: list[dict[str, Any]]) -> dict[str, list[Any]]:
 def test_sdk_events_carry_the_python_peers_labels(scenario_once: Any, first: str) -> None:
     r = scenario_once(SCENARIO[first])
     assert r["browserId"] == ("alice" if first == "browser" else "zoe")
-    for when in ("initial", "again"):
-        got = labels(r[when])
-        # Every track and stream event the SDK fired for the Python peer has its label.
-        assert got["audio"] and got["video"] and got["stream-added"], (when, r[when])
-        assert all(m == PY_CAM for ms in got.values() for m in ms), (when, r[when])
+    cam, screen = r["streams"]["camera"], r["streams"]["screen"]
+    cam_label, screen_label = json.dumps(PY_CAM, sort_keys=True), json.dumps(PY_SCREEN,
+                                                                             sort_keys=True)
+    camera_events = {(cam, "audio"): {cam_label}, (cam, "video"): {cam_label},
+                     (cam, "stream-added"): {cam_label}}
+    screen_events = {(screen, "video"): {screen_label}, (screen, "stream-added"): {screen_label}}
+    # Every track and stream event the SDK fired for the Python peer carries the label of its
+    # stream (one label per stream and event kind, never none): the camera at the start, the
+    # screen added on the live connection, and both on the connection after the Python peer's
+    # reconnect.
+    for when, want in (("initial", camera_events), ("screenEvents", screen_events),
+                       ("again", camera_events | screen_events)):
+        assert labels(r[when]) == want, (when, r[when])
     # No negotiation error in the page; the user sees moving video, before and after.
     errors = [e for e in r["appEvents"] if e["ev"] in ("negotiation-error", "error")]
     assert not errors, (errors, r["appEvents"])
