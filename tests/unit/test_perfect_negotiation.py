@@ -23,6 +23,7 @@ from roomwire.client.rtc.perfect_negotiation import (
     is_polite,
     local_track_may_use,
     needs_offer,
+    new_mlines_this_offer,
     outbound_still_current,
     remote_rebuild_hold,
     transceiver_direction,
@@ -359,3 +360,30 @@ def test_glare_on_a_live_connection_walked_through_the_rules() -> None:
     assert decide_offer(offer(polite=False, sig="stable", conn="connected", known="a3",
                               seen="a3")).action is OfferAction.ACCEPT
     assert decide_answer("have-local-offer", "b2", "b2").action is AnswerAction.ACCEPT
+
+
+# Which waiting local tracks get an m-line in the next offer, and in which order (an aiortc
+# remote loses a second new m-line of a kind unless the first of that kind is BUNDLE's primary
+# m-line or the kind is negotiated already).
+NEW_MLINES_TABLE = [
+    # (case, pending kinds, negotiated kinds, first m-lines of the connection, order)
+    ("camera and screen first: video leads, all in one offer",
+     ["audio", "video", "video"], set(), True, [1, 2, 0]),
+    ("a camera alone keeps its order", ["audio", "video"], set(), True, [0, 1]),
+    ("two cameras with microphones (a tie: the first kind leads): the second camera waits",
+     ["audio", "video", "audio", "video"], set(), True, [0, 2, 1]),
+    ("after the remote's offer (both kinds negotiated): everything",
+     ["audio", "video", "video"], {"audio", "video"}, False, [0, 1, 2]),
+    ("only video negotiated: one new audio m-line", ["audio", "audio", "video"], {"video"},
+     False, [0, 2]),
+    ("nothing negotiated, not the first m-lines: one per kind",
+     ["video", "video", "audio"], set(), False, [0, 2]),
+    ("nothing waiting", [], set(), True, []),
+]
+
+
+@pytest.mark.parametrize(("case", "pending", "negotiated", "first", "order"), NEW_MLINES_TABLE,
+                         ids=[row[0] for row in NEW_MLINES_TABLE])
+def test_new_mlines_this_offer(case: str, pending: list[str], negotiated: set[str],
+                               first: bool, order: list[int]) -> None:
+    assert new_mlines_this_offer(pending, negotiated, first_mlines=first) == order, case

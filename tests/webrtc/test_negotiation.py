@@ -150,6 +150,61 @@ async def test_second_stream_alongside_the_first(mesh_factory: Any) -> None:
     stop_all(*cam, screen)
 
 
+async def test_a_camera_and_a_screen_from_the_start_and_after_a_reset(
+        mesh_factory: Any) -> None:
+    """Audio, video and a second video in one offer (a camera with its microphone and a
+    screen, attached before connecting, or all re-attached after a reconnect): every track's
+    media arrives. With aiortc's default bundle policy the second video m-line shared the
+    first video m-line's transport, which BUNDLE then discarded: that track never sent."""
+    mesh: Mesh = mesh_factory(["a", "b"])
+    a, b = mesh["a", "b"], mesh["b", "a"]
+    mic, cam, screen = AudioSource(48_000, "stereo"), VideoSource(W, H, fps=20), VideoSource(
+        W, H, fps=20)
+    mic.push_nowait(bytes(48_000 * 4))  # a second of (silent) audio
+    # Audio first, as a MediaStream([microphone, camera]) is attached: the first video m-line
+    # is then not BUNDLE's primary one.
+    a.neg.add_track(mic, "cam", {"role": "mic"})
+    a.neg.add_track(cam, "cam", {"role": "camera"})
+    a.neg.add_track(screen, "screen", {"role": "screen"})
+    src = [mic, cam]
+    await connected(a, b)
+    for round_ in ("first connection", "after a reset"):
+        events = await b.log.wait_for(TrackEvent, on_current(b), count=3)
+        by_stream = sorted((s.id, e.kind) for e in events for s in e.streams)
+        assert by_stream == [("cam", "audio"), ("cam", "video"), ("screen", "video")], round_
+        counts = await asyncio.gather(*(count_frames(e.track, 5) for e in events))
+        assert counts == [5, 5, 5], (round_, by_stream, counts)
+        if round_ == "first connection":
+            await a.neg.reset()
+            await b.log.wait_for(RemoteConnectionResetEvent)
+            await connected(a, b)
+    stop_all(*src, screen)
+
+
+async def test_two_cameras_with_microphones_from_the_start(mesh_factory: Any) -> None:
+    """Two audio and two video tracks before connecting: one kind's second m-line waits for
+    the next offer (an aiortc remote would lose it in the first), and every track arrives."""
+    mesh: Mesh = mesh_factory(["a", "b"])
+    a, b = mesh["a", "b"], mesh["b", "a"]
+    tracks: list[Any] = []
+    for stream in ("one", "two"):
+        mic, cam = AudioSource(48_000, "stereo"), VideoSource(W, H, fps=20)
+        mic.push_nowait(bytes(48_000 * 4))
+        a.neg.add_track(mic, stream, {"role": "mic"})
+        a.neg.add_track(cam, stream, {"role": "camera"})
+        tracks += [mic, cam]
+    await connected(a, b)
+    events = await b.log.wait_for(TrackEvent, on_current(b), count=4)
+    got = sorted((s.id, e.kind, (e.metadata or {}).get("role")) for e in events for s in e.streams)
+    assert got == [("one", "audio", "mic"), ("one", "video", "camera"),
+                   ("two", "audio", "mic"), ("two", "video", "camera")]
+    counts = await asyncio.gather(*(count_frames(e.track, 5) for e in events))
+    assert counts == [5, 5, 5, 5], (got, counts)
+    assert mesh.wires["a", "b"].kinds("a", "b").count("offer") == 2
+    assert not a.log.of(RemoteConnectionResetEvent)
+    stop_all(*tracks)
+
+
 async def test_replace_track_without_renegotiation(mesh_factory: Any) -> None:
     mesh: Mesh = mesh_factory(["a", "b"])
     a, b = mesh["a", "b"], mesh["b", "a"]

@@ -12,6 +12,9 @@ What each helper relies on:
 * ``set_track_id``: ``MediaStreamTrack._id``, the value behind its read-only ``id``.
 * ``mark_unoffered_inactive``: ``RTCRtpTransceiver._offerDirection`` (aiortc computes the answer
   direction from it and fails on ``None`` for a transceiver the remote's offer did not include).
+* ``rebundle``: public ``setTransport`` of senders and receivers only, but it repairs what
+  aiortc's BUNDLE handling leaves (a transceiver on a transport it closed), so it is checked
+  here too.
 * ``label_sender``: ``RTCRtpSender._track_id`` / ``_stream_id``, which aiortc writes into the
   ``a=msid`` line of every description.
 * ``set_header_extension_ids``: ``RTCRtpTransceiver._headerExtensions`` (the ids aiortc
@@ -34,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...extras import missing_extra
@@ -110,6 +113,34 @@ def mark_unoffered_inactive(pc: RTCPeerConnection) -> None:
     for t in pc.getTransceivers():
         if t._offerDirection is None:
             t._offerDirection = "inactive"
+
+
+def rebundle(pc: RTCPeerConnection, bundle: Sequence[str]) -> int:
+    """Right after ``setRemoteDescription`` (before the connect task it schedules runs): put
+    every transceiver of the BUNDLE group ``bundle`` (mids, primary first) on the primary
+    m-line's transport. Returns how many were moved.
+
+    aiortc's default bundle policy lets a second m-line of a kind share the first one's
+    transport before BUNDLE is negotiated, and marks it bundled already. When that first one
+    is not the primary m-line (audio, video, video), the description moves it to the primary
+    transport, closes the transport it leaves, and skips the second one as bundled: that
+    m-line is left on a closed transport and never sends or receives."""
+    if len(bundle) < 2:
+        return 0
+    transceivers = pc.getTransceivers()
+    primary = next((t.receiver.transport for t in transceivers if t.mid == bundle[0]), None)
+    if primary is None and pc.sctp is not None and pc.sctp.mid == bundle[0]:
+        primary = pc.sctp.transport
+    if primary is None:
+        return 0
+    moved = 0
+    others = set(bundle[1:])
+    for t in transceivers:
+        if t.mid in others and t.receiver.transport is not primary:
+            t.receiver.setTransport(primary)
+            t.sender.setTransport(primary)
+            moved += 1
+    return moved
 
 
 def label_sender(transceiver: RTCRtpTransceiver, track_id: str, stream_id: str) -> None:

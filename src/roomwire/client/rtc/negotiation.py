@@ -24,7 +24,9 @@ What it does (docs/protocol.md, Peer-to-peer signalling; docs/webrtc-notes.md):
 * Our tracks travel only on m-lines of our own offers (``sendonly`` until the remote sends
   there too), attached when the offer is made: a browser's receiver knows a track's id (and
   its SDK finds the label) only on a transceiver our offer created.
-* aiortc gaps: answers reject the m-lines the offer rejected (and our offers keep them
+* aiortc gaps: every m-line of the BUNDLE group ends up on the primary transport (aiortc
+  could leave a second video m-line on a transport it closed); answers reject the m-lines
+  the offer rejected (and our offers keep them
   rejected); offers keep negotiated extmap ids (a browser's own ids at first); remote
   tracks are identified by the msid of their m-section (by mid); one relay proxy per peer
   for a shared local track, with the original track id and stream id on the wire;
@@ -76,6 +78,7 @@ from .aiortc_compat import (
     label_sender,
     mark_unoffered_inactive,
     move_pending_channel,
+    rebundle,
     repoint_proxy,
     reset_encoder,
     retire_proxy,
@@ -100,6 +103,7 @@ from .perfect_negotiation import (
     is_polite,
     local_track_may_use,
     needs_offer,
+    new_mlines_this_offer,
     outbound_still_current,
     remote_rebuild_hold,
     transceiver_direction,
@@ -726,6 +730,7 @@ class PeerNegotiator:
                 rebuilt=True, old_remote_ufrag=old_remote_ufrag, offered_ufrag=ufrag)
         gen.ignoring_offer = False
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        rebundle(pc, parse_sdp(sdp).bundle)
         self._remote_description_applied(gen, ufrag)
         await self._flush_pending_candidates(gen)
         gen.remote_offer.set()
@@ -765,10 +770,12 @@ class PeerNegotiator:
         # for every answer).
         gen.ignoring_offer = False
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        rebundle(pc, parse_sdp(sdp).bundle)
         self._remote_description_applied(gen, ufrag)
         await self._flush_pending_candidates(gen)
-        if self._dirty:
-            self._request_negotiation()
+        if self._dirty or any(e.transceiver is None for e in self._local.values()):
+            # (tracks left for this next offer: new_mlines_this_offer)
+            self._request_negotiation(offer_now=True)
 
     def _remote_description_applied(self, gen: _Generation, ufrag: str | None) -> None:
         if ufrag != gen.remote_ufrag:
@@ -945,9 +952,13 @@ class PeerNegotiator:
             # Our tracks get their transceivers now, in our own offer: never earlier, or
             # a remote offer arriving first would have aiortc put them on the remote's
             # m-lines.
-            for entry in self._local.values():
-                if entry.transceiver is None:
-                    self._attach(entry)
+            pending = [e for e in self._local.values() if e.transceiver is None]
+            negotiated_kinds = {t.kind for t in pc.getTransceivers()
+                                if t.currentDirection is not None and not t.stopped}
+            first_mlines = not pc.getTransceivers()
+            for i in new_mlines_this_offer([e.kind for e in pending], negotiated_kinds,
+                                           first_mlines=first_mlines):
+                self._attach(pending[i])
             self._set_directions(gen)
             offer = await pc.createOffer()
             # Negotiated ids stay; new ones are a browser's own (sdp.BROWSER_EXTMAP_IDS).

@@ -12,7 +12,7 @@ States are the W3C strings aiortc reports: ``signalingState`` (``stable``,
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -35,6 +35,7 @@ __all__ = [
     "is_polite",
     "local_track_may_use",
     "needs_offer",
+    "new_mlines_this_offer",
     "outbound_still_current",
     "remote_rebuild_hold",
     "transceiver_direction",
@@ -336,3 +337,41 @@ def transceiver_direction(*, created_by_remote: bool, local_sends: bool,
     if local_sends:
         return "sendrecv" if remote_sends else "sendonly"
     return "recvonly" if remote_sends else "inactive"
+
+
+def new_mlines_this_offer(pending_kinds: Sequence[str], negotiated_kinds: Set[str], *,
+                          first_mlines: bool) -> list[int]:
+    """Which local tracks waiting for an m-line (their kinds, in order) get one in the next
+    offer, and in which order: indexes into ``pending_kinds``.
+
+    An aiortc receiver (the official Python SDK, an older roomwire peer) with the default
+    bundle policy puts a second new m-line of a kind on the first one's pre-BUNDLE transport;
+    when that first one is not BUNDLE's primary m-line (the first of the description), BUNDLE
+    closes that transport and the second m-line's track never arrives (audio, video, video).
+    So:
+
+    * ``first_mlines`` (the connection has no m-line yet, our offer's first m-line becomes the
+      primary one): the kind with the most tracks waiting (the first such in a tie) goes
+      first, all its tracks; they share the primary transport on the remote;
+    * a kind the connection has negotiated already: every track (the remote's new m-lines
+      share its negotiated, bundled one);
+    * any other kind: one track per offer; the others follow in the next offer, after the
+      answer (a camera and a screen with one microphone fit in one offer; two microphones and
+      two cameras take two)."""
+    order: list[int] = []
+    counts: dict[str, int] = {}
+    for kind in pending_kinds:
+        counts[kind] = counts.get(kind, 0) + 1
+    primary = max(counts, key=lambda k: counts[k]) if first_mlines and counts else None
+    if primary is not None:
+        order = [i for i, kind in enumerate(pending_kinds) if kind == primary]
+    started: set[str] = set()
+    for i, kind in enumerate(pending_kinds):
+        if kind == primary:
+            continue
+        if kind in negotiated_kinds:
+            order.append(i)
+        elif kind not in started:
+            started.add(kind)
+            order.append(i)
+    return order
