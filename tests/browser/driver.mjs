@@ -858,6 +858,15 @@ async function appVideoGrowing(page, peer, what, timeoutMs = 20_000) {
   }
 }
 
+// Every video track of `events` (SDK track events) decoded on the page (inbound-rtp stats by
+// track id): each stream the user should see moves, not only one of them.
+async function appDecodesEach(page, peer, events, what, timeoutMs = 20_000) {
+  const ids = events.filter((e) => e.ev === "track" && e.kind === "video").map((e) => e.trackId);
+  await until(page, what, appStats, (st) => ids.every((id) => (st[peer] || []).some(
+    (i) => i.trackIdentifier === id && i.framesDecoded > 0)), timeoutMs);
+  return ids;
+}
+
 // The SDK's track and stream-added events for the Python peer after `since`, once every stream
 // of `want` ({streamId: [kinds]}) had a track event per kind and a stream-added event.
 async function sdkLabels(page, since, what, want) {
@@ -915,6 +924,7 @@ async function sdkAppRun(ctx, first) {
   const screen = await py("add_stream", { name: "screen", metadata: { role: "screen", label: "Py screen" } });
   const screenWant = { [screen.streamId]: ["video"] };
   const screenEvents = await sdkLabels(page, screenAt, "the SDK's events for the Python peer's screen", screenWant);
+  const screenDecoded = await appDecodesEach(page, "py", screenEvents, "the page decodes the Python peer's screen");
   mark("screen");
 
   // A reconnect of the Python peer: its socket is cut; it rejoins, the page sees it leave and
@@ -924,11 +934,12 @@ async function sdkAppRun(ctx, first) {
   const again = await sdkLabels(page, dropped.droppedAt, "the SDK's events for the Python peer after its reconnect",
                                 { ...camWant, ...screenWant });
   const framesAgain = await appVideoGrowing(page, "py", "the page decodes the Python peer's video after its reconnect");
+  const decodedAgain = await appDecodesEach(page, "py", again, "the page decodes each video of the Python peer after its reconnect");
   const pyVideoAgain = await pyFrames("decode the browser's camera after the reconnect", { remote: browserId, kind: "video", role: "camera", fresh: true });
   mark("reconnected");
   return {
     first, browserId, streams: { camera: started.streams.camera, screen: screen.streamId },
-    initial, screenEvents, again, framesB, framesAgain, pyVideo, pyAudio, pyVideoAgain,
+    initial, screenEvents, again, framesB, screenDecoded, decodedAgain, framesAgain, pyVideo, pyAudio, pyVideoAgain,
     appEvents: await page.evaluate(appEvents), pyEvents: await py("events"), consoleErrors,
   };
 }

@@ -60,6 +60,8 @@ def test_sdk_events_carry_the_python_peers_labels(scenario_once: Any, first: str
     errors = [e for e in r["appEvents"] if e["ev"] in ("negotiation-error", "error")]
     assert not errors, (errors, r["appEvents"])
     assert r["framesB"] > 0 and r["framesAgain"] > 0
+    # The page decoded the screen, and after the reconnect both videos, each by its track.
+    assert len(r["screenDecoded"]) == 1 and len(r["decodedAgain"]) == 2, r["decodedAgain"]
 
 
 @pytest.mark.parametrize("first", ["browser", "python"])
