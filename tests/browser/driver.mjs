@@ -2,7 +2,8 @@
 // Started by harness.py inside an empty network namespace, next to a roomwire node.
 //
 //   node driver.mjs <scenario>        scenario: call | restart | stuck | pubsub | py-browser-first |
-//                                     py-python-first | py-restart | py-screen-stop | bench
+//                                     py-python-first | py-restart | py-screen-stop | bench |
+//                                     sdk-app-browser-first | sdk-app-python-first
 //
 // Input: ROOMWIRE_BROWSER_ENV (JSON: base, ws, pk, tokens, keys, webDir, screenshot, chromium,
 // offerWait: the demo page's ?offerwait= for the bench's tabs, null for the page's default).
@@ -783,6 +784,166 @@ async function scenarioBench(ctx) {
   return out;
 }
 
+// -- a plain app on the official JS SDK and a roomwire Python peer ---------------------------
+// web/test-pages/sdk-app.html: no demo-page workaround; what its SDK events carry is what any
+// app on @metered-ca/realtime gets.
+
+// The app's own origin (as a real app is served apart from the signalling server): a static
+// server on 127.0.0.1 with the page and the SDK's ESM bundle from web/node_modules.
+let appOrigin = null;
+async function appServer() {
+  if (appOrigin) return appOrigin;
+  const http = await import("node:http");
+  const files = {
+    "/sdk-app.html": [new URL("../../web/test-pages/sdk-app.html", import.meta.url), "text/html"],
+    "/sdk.js": [path.join(env.webDir, "node_modules", "@metered-ca", "realtime", "dist", "index.mjs"), "text/javascript"],
+  };
+  const srv = http.createServer((req, res) => {
+    const f = files[new URL(req.url, "http://x").pathname];
+    if (!f) { res.writeHead(404); res.end(); return; }
+    res.writeHead(200, { "content-type": f[1], "cache-control": "no-store" });
+    res.end(fs.readFileSync(f[0]));
+  });
+  await new Promise((r) => srv.listen(0, "127.0.0.1", r));
+  srv.unref();
+  appOrigin = `http://127.0.0.1:${srv.address().port}`;
+  return appOrigin;
+}
+
+// Installed before the app loads (test instrumentation, not part of the app): the SDP and
+// track metadata it sends and receives, in order, in window.__wire.
+function wireLog() {
+  const wire = window.__wire = [];
+  const W = window.WebSocket;
+  const brief = (sdp) => sdp.split("\r\n").filter((l) => /^(m=|a=mid|a=msid|a=sendrecv|a=sendonly|a=recvonly|a=inactive|a=ice-ufrag|a=extmap)/.test(l));
+  const look = (raw, dir) => {
+    let f; try { f = JSON.parse(raw); } catch { return; }
+    const x = f && f.data;
+    if (!x || typeof x !== "object") return;
+    if (x.__meteredTrackMeta) wire.push({ t: Date.now(), dir, meta: x.__meteredTrackMeta });
+    else if (x.type === "rtc-description") wire.push({ t: Date.now(), dir, sdpType: x.description?.type, lines: brief(x.description?.sdp || "") });
+  };
+  window.WebSocket = class extends W {
+    constructor(...a) { super(...a); this.addEventListener("message", (e) => look(e.data, "in")); }
+    send(d) { look(d, "out"); return super.send(d); }
+  };
+}
+
+async function openSdkApp(ctx, tag, { room, token, cam = true }) {
+  const page = await ctx.newPage();
+  watchConsole(page, tag);
+  page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(`${tag}: ${m.text()}`); });
+  await page.addInitScript(wireLog);
+  const q = new URLSearchParams({ room, cam: cam ? "1" : "0", server: env.ws });
+  await page.goto(`${await appServer()}/sdk-app.html?${q}#token=${encodeURIComponent(token)}`,
+    { waitUntil: "load", timeout: 30_000 });
+  await until(page, `${tag} ready`, () => window.app?.ready, (v) => v === true, 20_000);
+  return page;
+}
+
+const appEvents = () => window.app.events;
+const appStats = () => window.app.stats();
+
+// Decoded video frames from `peer` growing over ~1 s on the page (what the user sees moves).
+async function appVideoGrowing(page, peer, what, timeoutMs = 20_000) {
+  const frames = (st) => (st[peer] || []).filter((i) => i.kind === "video").reduce((n, i) => n + i.framesDecoded, 0);
+  const first = await until(page, what, appStats, (st) => frames(st) > 0, timeoutMs);
+  const deadline = Date.now() + timeoutMs;
+  for (let before = frames(first); ;) {
+    await sleep(1000);
+    const now = frames(await page.evaluate(appStats));
+    if (now > before) return now;
+    if (Date.now() > deadline) throw new Error(`${what}: decoded video not growing (${before} -> ${now})`);
+    before = now;
+  }
+}
+
+// Every video track of `events` (SDK track events) decoded on the page (inbound-rtp stats by
+// track id): each stream the user should see moves, not only one of them.
+async function appDecodesEach(page, peer, events, what, timeoutMs = 20_000) {
+  const ids = events.filter((e) => e.ev === "track" && e.kind === "video").map((e) => e.trackId);
+  await until(page, what, appStats, (st) => ids.every((id) => (st[peer] || []).some(
+    (i) => i.trackIdentifier === id && i.framesDecoded > 0)), timeoutMs);
+  return ids;
+}
+
+// The SDK's track and stream-added events for the Python peer after `since`, once every stream
+// of `want` ({streamId: [kinds]}) had a track event per kind and a stream-added event.
+async function sdkLabels(page, since, what, want) {
+  const mine = (l) => l.filter((e) => e.peer === "py" && e.t >= since
+                                      && (e.ev === "track" || e.ev === "stream-added"));
+  const l = await until(page, what, appEvents, (evs) => {
+    const m = mine(evs);
+    return Object.entries(want).every(([sid, kinds]) =>
+      kinds.every((k) => m.some((e) => e.ev === "track" && e.kind === k && e.streams.includes(sid)))
+      && m.some((e) => e.ev === "stream-added" && e.streamId === sid));
+  }, 30_000);
+  return mine(l);
+}
+
+async function sdkAppScenario(ctx, first) {
+  try {
+    return await sdkAppRun(ctx, first);
+  } catch (err) {
+    // The whole record, for a human (the RESULT's diag is cut short).
+    const file = path.join(process.env.ROOMWIRE_BROWSER_DIAG_DIR || env.workdir || os.tmpdir(), `${first}-first-sdk-app-diag.json`);
+    const pages = [];
+    for (const p of ctx.pages()) pages.push(await p.evaluate(() => window.app ? { events: window.app.events, wire: window.__wire } : null).catch(String));
+    fs.writeFileSync(file, JSON.stringify({ pages, py: await py("events").catch(String) }, null, 1));
+    log(`sdk-app diagnostics in ${file}`);
+    throw err;
+  }
+}
+
+async function sdkAppRun(ctx, first) {
+  const room = `sdkapp-${first}-${Math.random().toString(36).slice(2, 8)}`;
+  const token = first === "browser" ? env.tokens.alice : env.tokens.zoe;
+  const started = await py("start", { width: 320, height: 240, fps: 30,
+                                      metadata: { role: "camera", label: "Py cam", name: "Py" } });
+  const camWant = { [started.streams.camera]: ["audio", "video"] };
+  const page = await openSdkApp(ctx, "S", { room, token });
+  let browserId;
+  const t0 = Date.now();
+  if (first === "browser") {
+    browserId = await page.evaluate(() => window.app.join());
+    await py("join", { room });
+  } else {
+    await py("join", { room });
+    browserId = await page.evaluate(() => window.app.join());
+  }
+  mark("both_joined");
+  const initial = await sdkLabels(page, t0, "the SDK's track and stream-added events for the Python peer", camWant);
+  const framesB = await appVideoGrowing(page, "py", "the page decodes the Python peer's video");
+  const pyVideo = await pyFrames("decode the browser's camera video", { remote: browserId, kind: "video", role: "camera" });
+  const pyAudio = await pyFrames("decode the browser's microphone", { remote: browserId, kind: "audio" });
+  mark("media_both");
+
+  // A second stream of the Python peer, added on the live connection: its events carry its
+  // own label.
+  const screenAt = Date.now();
+  const screen = await py("add_stream", { name: "screen", metadata: { role: "screen", label: "Py screen" } });
+  const screenWant = { [screen.streamId]: ["video"] };
+  const screenEvents = await sdkLabels(page, screenAt, "the SDK's events for the Python peer's screen", screenWant);
+  const screenDecoded = await appDecodesEach(page, "py", screenEvents, "the page decodes the Python peer's screen");
+  mark("screen");
+
+  // A reconnect of the Python peer: its socket is cut; it rejoins, the page sees it leave and
+  // join again (a new RemotePeer, a new connection) and gets fresh track events.
+  const dropped = await py("drop");
+  await py("wait_state", { state: "joined", remoteState: "connected", timeout: 30 });
+  const again = await sdkLabels(page, dropped.droppedAt, "the SDK's events for the Python peer after its reconnect",
+                                { ...camWant, ...screenWant });
+  const framesAgain = await appVideoGrowing(page, "py", "the page decodes the Python peer's video after its reconnect");
+  const decodedAgain = await appDecodesEach(page, "py", again, "the page decodes each video of the Python peer after its reconnect");
+  const pyVideoAgain = await pyFrames("decode the browser's camera after the reconnect", { remote: browserId, kind: "video", role: "camera", fresh: true });
+  mark("reconnected");
+  return {
+    first, browserId, streams: { camera: started.streams.camera, screen: screen.streamId },
+    initial, screenEvents, again, framesB, screenDecoded, decodedAgain, framesAgain, pyVideo, pyAudio, pyVideoAgain,
+    appEvents: await page.evaluate(appEvents), pyEvents: await py("events"), consoleErrors,
+  };
+}
+
 // Recording (issue 15): "py" records the room with a RoomRecorder while two Python peers and
 // the browser tab (camera and microphone) send; the browser leaves mid-recording.
 async function scenarioPyRecord(ctx) {
@@ -808,6 +969,8 @@ const scenarios = {
   call: scenarioCall, restart: scenarioRestart, stuck: scenarioStuck, pubsub: scenarioPubsub,
   "py-browser-first": scenarioPyBrowserFirst, "py-python-first": scenarioPyPythonFirst,
   "py-restart": scenarioPyRestart, "py-screen-stop": scenarioPyScreenStop, bench: scenarioBench,
+  "sdk-app-browser-first": (ctx) => sdkAppScenario(ctx, "browser"),
+  "sdk-app-python-first": (ctx) => sdkAppScenario(ctx, "python"),
   "py-record": scenarioPyRecord,
 };
 
@@ -833,6 +996,8 @@ async function main() {
     for (const [i, p] of ctx.pages().entries()) {
       try {
         diag[`page${i}`] = await p.evaluate(() => window.demo ? { summary: window.demo.summary(), events: window.demo.events.slice(-40) } : null);
+        const app = await p.evaluate(() => window.app ? { events: window.app.events, wire: window.__wire } : null);
+        if (app) diag[`page${i}app`] = app;
         const r = await p.evaluate(() => window.__rw ? { sdk: window.__rw.sdk, wire: window.__rw.wire.map((w) => w.sdp
           ? { dir: w.dir, sdpType: w.sdpType, lines: w.sdp.split("\r\n").filter((l) => /^(m=|a=mid|a=msid|a=group|a=sendrecv|a=sendonly|a=recvonly|a=inactive)/.test(l)) }
           : w) } : null);

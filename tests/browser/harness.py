@@ -113,6 +113,7 @@ async def run(scenario: str, workdir: Path) -> dict[str, Any]:
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "ROOMWIRE_BROWSER_ENV": json.dumps(env),
              "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"},
+        limit=1 << 24,  # the RESULT line carries whole SDP logs: past asyncio's 64 KiB default
     )
     assert proc.stdin is not None and proc.stdout is not None
     result: dict[str, Any] = {"ok": False, "error": "the driver printed no RESULT line"}

@@ -315,6 +315,16 @@ class PyPeer:
             await asyncio.sleep(0.005)
         return self.first_frame[key]
 
+    async def op_drop(self, req: dict[str, Any]) -> Any:
+        """Cut the Python peer's WebSocket without a close handshake (a network blip): the
+        SDK reconnects and rejoins by itself."""
+        peer, _ = self._need()
+        link = peer.signalling._link
+        if link is None:
+            raise RuntimeError("no signalling link to drop")
+        link.conn.transport.abort()
+        return {"droppedAt": time.time() * 1000}
+
     # -- recording (scenario py-record): "py" records, two more Python peers send --------
 
     async def op_record_start(self, req: dict[str, Any]) -> Any:

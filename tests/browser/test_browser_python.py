@@ -103,16 +103,12 @@ def test_track_metadata_labels_both_sides(scenario_once: Any, first: str) -> Non
       tracks, with its metadata, keyed by the msid track id of its m-section, and before the
       SDP that carries that track.
 
-    What the official JS SDK 1.2.0 makes of it (its limitation, not roomwire's): it looks
-    metadata up by the receiver's ``track.id``. Chromium gives a receiver the msid track id
-    only when the transceiver is created by the remote offer; the browser's own camera
-    transceivers (created by ``addTrack`` before joining, then matched to the Python peer's
-    m-lines) keep receiver tracks with ids of Chromium's own. So for the Python peer's
-    **first** (camera) stream the SDK's ``track``/``stream-added`` events carry metadata
-    exactly when the receiver track id equals the msid track id (in practice never: the
-    browser always sends its camera from the start), and the demo page falls back to asking
-    the peer (``card?``). For the Python peer's **second** stream (added after connecting, a
-    new m-line in the Python peer's offer) the SDK delivers the metadata: asserted.
+    What the official JS SDK 1.2.0 makes of it: it looks metadata up by the receiver's
+    ``track.id``, which Chromium sets to the msid track id only on a transceiver created by
+    the remote's offer. A roomwire peer sends only on m-lines of its own offers (sendonly,
+    so Chromium cannot match its own ``addTrack`` transceivers to them; docs/sdk-peer.md,
+    "Labels in a browser"), so every ``track`` event of the Python peer's camera and screen
+    carries its metadata: asserted (the demo page's ``card?`` exchange is not needed for it).
     """
     r = scenario_once(FIRST[first])
     evs = python_events(r)
@@ -144,13 +140,17 @@ def test_track_metadata_labels_both_sides(scenario_once: Any, first: str) -> Non
     # What the JS SDK delivered in the browser.
     sdk = r["recB"]["sdk"]
     msid_track_ids = {t for _, sdp in sdp_in for _, t in msids(sdp).values()}
-    for e in (e for e in sdk if e["ev"] == "track"):
+    py_tracks = [e for e in sdk if e["ev"] == "track" and e["peer"] == "py"]
+    assert sorted(e["kind"] for e in py_tracks) == ["audio", "video", "video"], py_tracks
+    for e in py_tracks:
+        assert e["trackId"] in msid_track_ids, e  # the receiver knows the sender's id
         if e["streams"] == [r["pyScreen"]["streamId"]]:
-            assert e["metadata"] == PY_SCREEN, e  # the second stream: labelled
-        elif e["trackId"] in msid_track_ids:
-            assert e["metadata"] == PY_CAM, e
+            assert e["metadata"] == PY_SCREEN, e
         else:
-            assert e["metadata"] is None, e  # the SDK limitation (docstring)
+            assert e["metadata"] == PY_CAM, e
+    cam_added = [e for e in sdk if e["ev"] == "stream-added" and e["peer"] == "py"
+                 and e["streamId"] != r["pyScreen"]["streamId"]]
+    assert [e["metadata"] for e in cam_added] == [PY_CAM], cam_added
     screen_added = r["screenAdded"]
     assert [e["metadata"] for e in screen_added] == [PY_SCREEN]
     # The demo page's tiles: the screen labelled from SDK metadata; the camera tile named

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from srvkit import Conn, conn
 
+from waiting import wait_for as _bounded
+
 from .conftest import Cluster, delete_prefix
 
 HISTORY = [{"channels": "small/**", "size": 5, "ttl": 60},
@@ -35,12 +37,7 @@ async def rcluster(tmp_path: Path) -> AsyncIterator[Cluster]:
 
 
 async def wait_for(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.01)
+    await _bounded(cond, timeout, what)
 
 
 async def cut(c: Cluster, i: int, sub: str) -> None:

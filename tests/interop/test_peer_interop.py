@@ -174,3 +174,65 @@ async def test_roomwire_and_official_peers_share_a_room(
         await off.next("peer_left", peer_id=rw_id)
     finally:
         await rw.close()
+
+
+RW_SCREEN = {"role": "screen", "label": "roomwire screen"}
+
+
+async def official_sees_labels(off: OfficialPeer, rw_id: str,
+                               want: dict[str, tuple[dict[str, Any], set[str]]],
+                               timeout: float = 15.0) -> None:
+    """The official peer's next ``track`` events for ``rw_id`` of every stream in ``want``
+    (``{stream id: (label, kinds)}``) and its ``stream_added`` carry the stream's label, and
+    the tracks' frames decode. Events are taken in order, so an unlabelled one is seen."""
+    for sid, (label, kinds) in want.items():
+        for kind in sorted(kinds):
+            def match(e: dict[str, Any], s: str = sid, k: str = kind) -> bool:
+                return bool(e["stream_id"] == s and e["kind"] == k)
+
+            tr = await off.next("track", peer_id=rw_id, timeout=timeout, where=match)
+            assert tr["metadata"] == label, tr
+            await off.next("frames", peer_id=rw_id, timeout=timeout, track_id=tr["track_id"])
+        added = await off.next("stream_added", peer_id=rw_id, timeout=timeout,
+                               where=lambda e, s=sid: bool(e["stream_id"] == s))
+        assert added["metadata"] == label, added
+
+
+@pytest.mark.parametrize("first", ["roomwire", "official"])
+async def test_every_roomwire_stream_is_labelled_for_the_official_peer_also_after_a_reconnect(
+        server: RunningServer, official_peer: Start, first: str) -> None:
+    """Issue 15, part 1, with the official Python SDK as the remote peer: its camera on from
+    the start, a roomwire camera (audio and video), a screen added on the live connection,
+    then the roomwire peer's socket cut (it reconnects and rejoins by itself): every track
+    and stream event the official SDK fires carries the label of its stream."""
+    rw_id, off_id = ("z-rw", "a-off") if first == "roomwire" else ("a-rw", "z-off")
+    rw = MeteredPeer(token_provider=lambda: server.token(rw_id, peer_metadata={"name": rw_id}),
+                     url=server.url)
+    cam = MediaStream([AudioSource(), VideoSource(320, 240)])
+    rw.add_stream(cam, RW_META)
+    off = await official_peer(off_id)
+    await off.ok("add_stream", metadata=OFF_META)
+    screen_video = VideoSource(320, 240, fps=15)
+    try:
+        if first == "roomwire":
+            await rw.join(ROOM, include_sender_metadata=True)
+            await off.ok("join", channel=ROOM, include_sender_metadata=True, timeout=10)
+        else:
+            await off.ok("join", channel=ROOM, include_sender_metadata=True, timeout=10)
+            await rw.join(ROOM, include_sender_metadata=True)
+        camera = {cam.id: (RW_META, {"audio", "video"})}
+        await official_sees_labels(off, rw_id, camera)
+
+        screen = MediaStream([screen_video])
+        rw.add_stream(screen, RW_SCREEN)
+        await official_sees_labels(off, rw_id, {screen.id: (RW_SCREEN, {"video"})})
+
+        # A network blip: the socket is cut without a close handshake.
+        link = rw.signalling._link
+        assert link is not None
+        link.conn.transport.abort()
+        await official_sees_labels(off, rw_id, camera | {screen.id: (RW_SCREEN, {"video"})},
+                                   timeout=30.0)
+    finally:
+        screen_video.stop()
+        await rw.close()

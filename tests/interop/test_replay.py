@@ -9,7 +9,6 @@ without replay behaves as before, and past the window nothing is replayed.
 The same in a cluster of 3 nodes sharing Redis: the client's reconnect reaches another node
 than the one it dropped from (a proxy stands for the load balancer), which takes its mark
 from Redis. The tests start the nodes they need whatever ``ROOMWIRE_TEST_CLUSTER`` says."""
-
 from __future__ import annotations
 
 import asyncio
@@ -32,6 +31,7 @@ from conftest import (
     _delete_redis_prefix,
     start_node,
 )
+from waiting import wait_for as _bounded
 
 from .conftest import Launch
 from .official import OfficialClient
@@ -155,12 +155,7 @@ async def start_client(official: Launch) -> AsyncIterator[Callable[..., Any]]:
 
 
 async def _wait_for(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.01)
+    await _bounded(cond, timeout, what)
 
 
 def _bob_subscribed(hub: Any, app_id: str, channel: str) -> bool:
@@ -302,9 +297,15 @@ async def _scenario(kind: str, setup: Setup, start: Callable[..., Any], *,
     live += [t.encode() for t in await _raw_texts(watcher, 1)]
     await client.next("message", channel=CHANNEL, where=lambda e: e["data"] == "live")
     await client.next("message", channel=LOBBY, where=lambda e: e["data"] == "lobby live")
-    # Anything late (a duplicate, a stray replay) would come within this.
-    await asyncio.sleep(0.5)
-    events = [e for e in client.history[mark:] if e["event"] in ("message", "direct")]
+    # A duplicate or a stray replay would reach the handler before a later publication on
+    # the same channel (one socket, one order): a last marker on each bounds what came.
+    await _publish_fast(pub, CHANNEL, ["end"])
+    await _publish_fast(pub, LOBBY, ["lobby end"])
+    await client.next("message", channel=CHANNEL, where=lambda e: e["data"] == "end")
+    await client.next("message", channel=LOBBY, where=lambda e: e["data"] == "lobby end")
+    live += [t.encode() for t in await _raw_texts(watcher, 1)]
+    events = [e for e in client.history[mark:] if e["event"] in ("message", "direct")
+              and e.get("data") not in ("end", "lobby end")]
     await pub.close()
     await watcher.close()
     return client, events, replays, written, [x.decode() for x in live]
@@ -346,7 +347,7 @@ async def test_an_official_client_gets_the_50_it_missed_in_order_then_live_ones(
         await srv.stop()
     assert [e["data"] for e in events if e["event"] == "message"] == ["live", "lobby live"]
     kinds = [json.loads(f)["type"] for f in before.others]
-    assert kinds.count("message") == 1 and "presence" in kinds, before.others
+    assert kinds.count("message") == 2 and "presence" in kinds, before.others  # live, end
     assert setup.others == before.others
 
 

@@ -17,6 +17,7 @@ from srvkit import Conn, conn
 
 from conftest import RunningServer, start_node
 from roomwire.server.config import ServerConfig
+from waiting import wait_for as _bounded
 
 HISTORY = [{"channels": "small/**", "size": 5, "ttl": 60},
            {"channels": "chat/**", "size": 200, "ttl": 60},
@@ -36,12 +37,7 @@ async def rsrv(tmp_path: Path) -> AsyncIterator[RunningServer]:
 
 
 async def wait_for(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.01)
+    await _bounded(cond, timeout, what)
 
 
 async def cut(srv: RunningServer, sub: str) -> None:

@@ -246,3 +246,53 @@ async def test_a_remote_description_round_trip_still_works_after_the_workarounds
     finally:
         await a.close()
         await b.close()
+
+
+async def test_create_offer_resets_header_extension_ids_and_the_fix_sets_ours() -> None:
+    """What set_header_extension_ids repairs: createOffer puts aiortc's own id table on every
+    transceiver (mid 1, audio level 2), the table live receivers are re-registered with."""
+    pc = new_pc()
+    try:
+        t = pc.addTransceiver("audio", direction="sendrecv")
+        await pc.createOffer()
+        assert {(e.uri, e.id) for e in t._headerExtensions} == {
+            ("urn:ietf:params:rtp-hdrext:sdes:mid", 1),
+            ("urn:ietf:params:rtp-hdrext:ssrc-audio-level", 2)}
+        compat.set_header_extension_ids(pc, {"urn:ietf:params:rtp-hdrext:sdes:mid": 4,
+                                             "urn:ietf:params:rtp-hdrext:ssrc-audio-level": 1})
+        assert {(e.uri, e.id) for e in t._headerExtensions} == {
+            ("urn:ietf:params:rtp-hdrext:sdes:mid", 4),
+            ("urn:ietf:params:rtp-hdrext:ssrc-audio-level", 1)}
+        # The parameters aiortc hands a sender (and a receiver) are built from it.
+        local_rtp = pc._RTCPeerConnection__localRtp(t)  # type: ignore[attr-defined]
+        assert {(e.uri, e.id) for e in local_rtp.headerExtensions} == {
+            ("urn:ietf:params:rtp-hdrext:sdes:mid", 4),
+            ("urn:ietf:params:rtp-hdrext:ssrc-audio-level", 1)}
+    finally:
+        await pc.close()
+
+
+async def test_rebundle_moves_a_second_video_off_the_transport_aiortc_closed() -> None:
+    offerer, answerer = new_pc(), new_pc()
+    try:
+        for kind in ("audio", "video", "video"):
+            offerer.addTransceiver(kind, direction="sendrecv")
+        await offerer.setLocalDescription(await offerer.createOffer())
+        await answerer.setRemoteDescription(offerer.localDescription)
+        await answerer.setLocalDescription(await answerer.createAnswer())
+        await offerer.setRemoteDescription(answerer.localDescription)
+        for pc in (offerer, answerer):
+            ts = pc.getTransceivers()
+            assert [t.mid for t in ts] == ["0", "1", "2"]
+            primary = ts[0].receiver.transport
+            # The gap (both sides): the second video m-line stays on the transport the first
+            # one had before BUNDLE, which aiortc closed.
+            assert ts[2].receiver.transport is not primary
+            assert ts[2].receiver.transport.transport.state == "closed"
+            assert compat.rebundle(pc, ("0", "1", "2")) == 1
+            assert all(t.receiver.transport is primary and t.sender.transport is primary
+                       for t in ts)
+            assert compat.rebundle(pc, ("0", "1", "2")) == 0
+    finally:
+        await offerer.close()
+        await answerer.close()

@@ -13,6 +13,7 @@ from roomwire.client.rtc.perfect_negotiation import (
     OfferAction,
     OfferView,
     TransceiverView,
+    answer_forces_remote_rebuild,
     candidate_in_generation,
     decide_answer,
     decide_candidate,
@@ -20,8 +21,12 @@ from roomwire.client.rtc.perfect_negotiation import (
     first_offer_wait,
     impolite_wait,
     is_polite,
+    local_track_may_use,
     needs_offer,
+    new_mlines_this_offer,
     outbound_still_current,
+    remote_rebuild_hold,
+    transceiver_direction,
 )
 
 
@@ -244,3 +249,141 @@ def test_a_zero_delay_never_waits() -> None:
     assert first_offer_wait(polite=False, polite_delay=2.0, impolite_delay=0.0,
                             force_offer=False, offers_sent=0, remote_offer_seen=False,
                             has_something=True) == 0.0
+
+
+# What a browser does with the m-lines of an offer it receives (Chromium, JSEP 5.10): its own
+# addTrack transceivers are matched only to m-lines that let it send, and a receiver knows the
+# sender's track id only on a transceiver the offer created. Our tracks must therefore never
+# ride the remote's m-lines and must be offered sendonly while the remote does not send there.
+@pytest.mark.parametrize(("case", "by_remote", "local", "remote", "direction"), [
+    ("the remote's m-line, it sends", True, False, True, "recvonly"),
+    ("the remote's m-line, it stopped sending", True, False, False, "recvonly"),
+    ("the remote's m-line never carries our track", True, True, True, "recvonly"),
+    ("ours, only we send: not matchable by a browser's addTrack", False, True, False,
+     "sendonly"),
+    ("ours, and the remote reused it for a track of its own", False, True, True, "sendrecv"),
+    ("ours, track removed, the remote still sends on it", False, False, True, "recvonly"),
+    ("ours, track removed, nobody sends", False, False, False, "inactive"),
+])
+def test_transceiver_direction(case: str, by_remote: bool, local: bool, remote: bool,
+                               direction: str) -> None:
+    assert transceiver_direction(created_by_remote=by_remote, local_sends=local,
+                                 remote_sends=remote) == direction, case
+
+
+@pytest.mark.parametrize(("case", "by_remote", "carried", "stopped", "allowed"), [
+    ("created by the remote's offer", True, False, False, False),
+    ("ours, fresh", False, False, False, True),
+    ("ours, carried another track (the remote knows that id)", False, True, False, False),
+    ("ours, stopped", False, False, True, False),
+])
+def test_local_track_may_use(case: str, by_remote: bool, carried: bool, stopped: bool,
+                             allowed: bool) -> None:
+    assert local_track_may_use(created_by_remote=by_remote, has_carried_a_track=carried,
+                               stopped=stopped) is allowed, case
+
+
+def test_an_unattached_local_track_needs_an_offer() -> None:
+    negotiated = [TransceiverView(False, "0", "recvonly", "recvonly")]
+    assert not needs_offer(negotiated, has_sctp=False, sctp_mid=None)
+    assert needs_offer(negotiated, has_sctp=False, sctp_mid=None, unattached_tracks=1)
+
+
+# After answering from a rebuilt connection, does the remote discard our answer (it knew our old
+# ICE credentials), so that an offer of ours must wait for its fresh one?
+REMOTE_REBUILD_TABLE = [
+    # (case, rebuilt, our old connection's remote ufrag, the offer's ufrag, expected)
+    ("glare on a live connection: the offer is from the connection we talked to", True,
+     "u1", "u1", True),
+    ("our connection had failed, the remote renegotiated on its old one", True, "u1", "u1",
+     True),
+    ("glare on a first connection: the remote knows nothing of ours", True, None, "u1",
+     False),
+    ("the remote rebuilt first (new ufrag): its new connection takes our answer", True, "u1",
+     "u2", False),
+    ("an offer without a ufrag", True, "u1", None, False),
+    ("answered on the current connection (no rebuild)", False, "u1", "u1", False),
+]
+
+
+@pytest.mark.parametrize(("case", "rebuilt", "old", "seen", "expected"), REMOTE_REBUILD_TABLE,
+                         ids=[row[0] for row in REMOTE_REBUILD_TABLE])
+def test_answer_forces_remote_rebuild(case: str, rebuilt: bool, old: str | None,
+                                      seen: str | None, expected: bool) -> None:
+    assert answer_forces_remote_rebuild(rebuilt=rebuilt, old_remote_ufrag=old,
+                                        offered_ufrag=seen) is expected, case
+
+
+HOLD_TABLE = [
+    # (case, remote rebuild expected, connected, offers sent, wait)
+    ("the remote will rebuild: wait for its fresh offer", True, False, 0, 4.0),
+    ("the connection connected: the remote took our answer", True, True, 0, 0.0),
+    ("already offered on this connection", True, False, 1, 0.0),
+    ("an ordinary connection", False, False, 0, 0.0),
+]
+
+
+@pytest.mark.parametrize(("case", "expected", "connected", "sent", "wait"), HOLD_TABLE,
+                         ids=[row[0] for row in HOLD_TABLE])
+def test_remote_rebuild_hold(case: str, expected: bool, connected: bool, sent: int,
+                             wait: float) -> None:
+    got = remote_rebuild_hold(remote_rebuild_expected=expected, connected=connected,
+                              offers_sent=sent, hold=4.0)
+    assert got == pytest.approx(wait), case
+
+
+def test_glare_on_a_live_connection_walked_through_the_rules() -> None:
+    """Both sides of a live connection (a polite, b impolite, ICE ufrags a1/b1) renegotiate
+    at once. Each step is what the rules tell one side to do; the walk ends with one
+    connection on each side and no step where both replace theirs again."""
+    # b ignores a's offer; a (polite) rebuilds (a2) and answers b's offer from it.
+    assert decide_offer(offer(polite=False, sig="have-local-offer", conn="connected",
+                              making=False, known="a1", seen="a1")).action is OfferAction.IGNORE
+    glare = decide_offer(offer(polite=True, sig="have-local-offer", conn="connected",
+                               known="b1", seen="b1"))
+    assert (glare.action, glare.reason) == (OfferAction.REBUILD, "glare")
+    # b's connection knew a1, so a's answer (a2) will not be taken: a holds its own offer.
+    assert answer_forces_remote_rebuild(rebuilt=True, old_remote_ufrag="b1",
+                                        offered_ufrag="b1")
+    assert remote_rebuild_hold(remote_rebuild_expected=True, connected=False, offers_sent=0,
+                               hold=4.0) > 0
+    # b gets an answer with a2: it rebuilds (b2) and offers at once.
+    assert decide_answer("have-local-offer", "a1", "a2").action is AnswerAction.REBUILD_AND_OFFER
+    # a, still holding on a2 (stable, knows b1), gets b2's offer: rebuild (a3) and answer...
+    restart = decide_offer(offer(polite=True, sig="stable", conn="new", known="b1", seen="b2"))
+    assert (restart.action, restart.reason) == (OfferAction.REBUILD, "remote-restart")
+    # ...and this answer is taken (b2 knows nothing of a yet), so a offers right after it.
+    assert not answer_forces_remote_rebuild(rebuilt=True, old_remote_ufrag="b1",
+                                            offered_ufrag="b2")
+    assert decide_answer("have-local-offer", None, "a3").action is AnswerAction.ACCEPT
+    # b2, stable and knowing a3, accepts a's offer; a accepts b2's answer: converged.
+    assert decide_offer(offer(polite=False, sig="stable", conn="connected", known="a3",
+                              seen="a3")).action is OfferAction.ACCEPT
+    assert decide_answer("have-local-offer", "b2", "b2").action is AnswerAction.ACCEPT
+
+
+# Which waiting local tracks get an m-line in the next offer, and in which order (an aiortc
+# remote loses a second new m-line of a kind unless the first of that kind is BUNDLE's primary
+# m-line or the kind is negotiated already).
+NEW_MLINES_TABLE = [
+    # (case, pending kinds, negotiated kinds, first m-lines of the connection, order)
+    ("camera and screen first: video leads, all in one offer",
+     ["audio", "video", "video"], set(), True, [1, 2, 0]),
+    ("a camera alone keeps its order", ["audio", "video"], set(), True, [0, 1]),
+    ("two cameras with microphones (a tie: the first kind leads): the second camera waits",
+     ["audio", "video", "audio", "video"], set(), True, [0, 2, 1]),
+    ("after the remote's offer (both kinds negotiated): everything",
+     ["audio", "video", "video"], {"audio", "video"}, False, [0, 1, 2]),
+    ("only video negotiated: one new audio m-line", ["audio", "audio", "video"], {"video"},
+     False, [0, 2]),
+    ("nothing negotiated, not the first m-lines: one per kind",
+     ["video", "video", "audio"], set(), False, [0, 2]),
+    ("nothing waiting", [], set(), True, []),
+]
+
+
+@pytest.mark.parametrize(("case", "pending", "negotiated", "first", "order"), NEW_MLINES_TABLE,
+                         ids=[row[0] for row in NEW_MLINES_TABLE])
+def test_new_mlines_this_offer(case: str, pending: list[str], negotiated: set[str],
+                               first: bool, order: list[int]) -> None:
+    assert new_mlines_this_offer(pending, negotiated, first_mlines=first) == order, case

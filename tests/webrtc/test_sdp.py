@@ -13,6 +13,7 @@ from roomwire.client.rtc.sdp import (
     parse_sdp,
     pin_extmap_ids,
     reject_answer_mlines,
+    reject_mlines,
     sending_mids,
     track_ids_by_mid,
 )
@@ -202,3 +203,40 @@ def test_pin_allocates_free_ids_for_new_uris() -> None:
     assert "a=extmap:1 urn:other" in pinned
     assert "a=extmap:3/sendonly urn:new" in pinned  # 2 was taken: lowest free id
     assert pin_extmap_ids(offer, {}) is offer
+
+
+def test_a_first_offer_uses_a_browsers_own_extmap_ids() -> None:
+    """Nothing negotiated yet: the browser's default ids, so a transceiver the browser made
+    before joining (with those ids) can later join the BUNDLE group of our m-lines."""
+    offer = "\r\n".join([
+        "v=0", "m=audio 9 X 111",
+        "a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid",
+        "a=extmap:2 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+        "m=video 9 X 96",
+        "a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid",
+        "a=extmap:3 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+        "a=extmap:5 urn:x-unknown", "",
+    ])
+    pinned = pin_extmap_ids(offer, [])
+    ids = {(sec.mid, e.uri): e.id for sec in parse_sdp(pinned).sections for e in sec.extmaps}
+    assert set(re.findall(r"a=extmap:(\d+) (\S+)", pinned)) == {
+        ("4", "urn:ietf:params:rtp-hdrext:sdes:mid"),
+        ("1", "urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
+        ("2", "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"),
+        ("5", "urn:x-unknown"),  # no browser default: keeps its own free id
+    }, ids
+    # A negotiated id wins over the browser's default.
+    again = pin_extmap_ids(offer, {"urn:ietf:params:rtp-hdrext:sdes:mid": 1})
+    assert "a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid" in again
+    assert "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level" not in again
+
+
+def test_an_mline_the_remote_rejected_stays_rejected_in_our_offer() -> None:
+    offer = "\r\n".join([
+        "v=0", "a=group:BUNDLE 0 1 2", "m=audio 9 X 111", "a=mid:0", "m=video 5000 X 96",
+        "a=mid:1", "a=sendonly", "m=video 9 X 96", "a=mid:2", "",
+    ])
+    fixed = reject_mlines(offer, {"1"})
+    assert [s.rejected for s in parse_sdp(fixed).sections] == [False, True, False]
+    assert "a=group:BUNDLE 0 2\r\n" in fixed and "m=video 0 X 96" in fixed
+    assert reject_mlines(offer, set()) is offer and reject_mlines(offer, {"7"}) is offer

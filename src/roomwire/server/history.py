@@ -15,7 +15,7 @@ import secrets
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from ..protocol.frames import encode_json
 from ..protocol.history import Position
@@ -216,18 +216,32 @@ def new_epoch() -> str:
     return secrets.token_urlsafe(6)
 
 
-class RuleBook:
-    """Which rule covers an (app, channel), cached: publishes repeat the same few. A node's
-    ``History`` and the cluster's history (``broker/redis_history.py``) both ask it."""
+class ChannelRule(Protocol):
+    """What a per-channel setting's rule has: an app (None: every app) and a pattern."""
 
-    def __init__(self, rules: list[HistoryRule]) -> None:
+    @property
+    def app(self) -> str | None: ...
+
+    @property
+    def channels(self) -> str: ...
+
+
+R = TypeVar("R", bound=ChannelRule)
+
+
+class RuleBook(Generic[R]):
+    """Which rule covers an (app, channel), the first that matches, cached: publishes repeat
+    the same few. A node's ``History``, the cluster's history (``broker/redis_history.py``)
+    and the ``replay`` setting (``server/replay.py``) each keep one."""
+
+    def __init__(self, rules: list[R]) -> None:
         self.rules = rules
-        self._cache: dict[tuple[str, str], HistoryRule | None] = {}
+        self._cache: dict[tuple[str, str], R | None] = {}
 
-    def rule(self, app_id: str, channel: str) -> HistoryRule | None:
+    def rule(self, app_id: str, channel: str) -> R | None:
         return self.lookup((app_id, channel))
 
-    def lookup(self, key: tuple[str, str]) -> HistoryRule | None:
+    def lookup(self, key: tuple[str, str]) -> R | None:
         cache = self._cache
         if key in cache:
             return cache[key]

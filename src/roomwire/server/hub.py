@@ -701,6 +701,25 @@ class Hub:
         self.counters.frames_sent["message"] += n
         return n
 
+    @staticmethod
+    def _hold_for_read(room: Room, link: Link) -> bool:
+        """Take ``link`` (subscribed or subscribing) out of the room's delivery while Redis is
+        read for it: the channel's messages that reach the node meanwhile are buffered for it
+        (``recovering``) and go out after what the read gives. False: the link is neither
+        subscribed nor subscribing (it left)."""
+        if room.has(link):
+            room.pending[link] = link in room.with_meta
+            room.plain.pop(link, None)
+            room.with_meta.pop(link, None)
+        elif link not in room.pending:
+            return False
+        room.positioned.pop(link, None)
+        room.bare.pop(link, None)
+        room.seen.pop(link, None)
+        room.floor.pop(link, None)
+        room.recovering[link] = []
+        return True
+
     def _epoch_json(self, epoch: str) -> bytes:
         known = self._epochs.get(epoch)
         if known is None:
@@ -837,17 +856,8 @@ class Hub:
         rule = ch.rules.lookup((link.app_id, channel))
         if rule is None:
             return None
-        if room.has(link):
-            room.pending[link] = link in room.with_meta
-            room.plain.pop(link, None)
-            room.with_meta.pop(link, None)
-        elif link not in room.pending:
+        if not self._hold_for_read(room, link):
             return None
-        room.positioned.pop(link, None)
-        room.bare.pop(link, None)
-        room.seen.pop(link, None)
-        room.floor.pop(link, None)
-        room.recovering[link] = []
         if recover is None:
             return ch.read(link.app_id, channel, rule, 0, start=True, count=0)
         return ch.read(link.app_id, channel, rule, recover.offset, start=True,
@@ -982,15 +992,8 @@ class Hub:
         owed = replay.rule(link.app_id, channel)
         if rule is None or owed is None:
             return None
-        if room.has(link):
-            room.pending[link] = link in room.with_meta
-            room.plain.pop(link, None)
-            room.with_meta.pop(link, None)
-        elif link not in room.pending:
+        if not self._hold_for_read(room, link):
             return None
-        room.positioned.pop(link, None)
-        room.floor.pop(link, None)
-        room.recovering[link] = []
         out: asyncio.Future[tuple[Position | None, HistoryRead]] = (
             asyncio.get_running_loop().create_future())
         taking = ledger.take(link.app_id, link.peer_id, channel)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ..protocol.history import Position
-from ..protocol.patterns import PatternError, compile_pattern, covers, matches
-from .history import Entry, HistoryRule
+from ..protocol.patterns import PatternError, compile_pattern, covers
+from .history import Entry, HistoryRule, RuleBook
 
 __all__ = [
     "DEFAULT_MAX_MARKS",
@@ -37,7 +37,6 @@ __all__ = [
 
 MAX_REPLAY_WINDOW = 86_400
 DEFAULT_MAX_MARKS = 100_000
-_RULE_CACHE_MAX = 4096
 _RULE_KEYS = {"app", "channels", "window"}
 
 REPLAYED = "replayed"
@@ -232,23 +231,11 @@ class Replay:
         self.outcomes: Counter[str] = Counter(dict.fromkeys(OUTCOMES, 0))
         """Every outcome from the start, at 0: a rate over a series that appears late
         misses its first increments."""
-        self._rule_cache: dict[tuple[str, str], ReplayRule | None] = {}
+        self._book = RuleBook(rules)
 
     def rule(self, app_id: str, channel: str) -> ReplayRule | None:
         """The first rule covering (app, channel), cached: the same few come back."""
-        key = (app_id, channel)
-        cache = self._rule_cache
-        if key in cache:
-            return cache[key]
-        found = None
-        for rule in self.rules:
-            if (rule.app is None or rule.app == app_id) and matches(rule.channels, channel):
-                found = rule
-                break
-        if len(cache) >= _RULE_CACHE_MAX:
-            cache.clear()
-        cache[key] = found
-        return found
+        return self._book.lookup((app_id, channel))
 
     def dropped(self, key: Key, position: Position, now: float, window: float) -> None:
         evicted = self.ledger.dropped(key, position, now, window)

@@ -114,7 +114,7 @@ async def count_frames(peer_id: str, track: MediaStreamTrack) -> None:
             size = {}
             if isinstance(frame, av.VideoFrame):
                 size = {"width": frame.width, "height": frame.height}
-            emit("frames", peer_id=peer_id, kind=track.kind, count=n, **size)
+            emit("frames", peer_id=peer_id, kind=track.kind, count=n, track_id=track.id, **size)
 
 
 def wire(peer: mr.MeteredPeer, tasks: set[asyncio.Task[None]]) -> None:

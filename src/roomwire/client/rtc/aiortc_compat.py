@@ -12,8 +12,14 @@ What each helper relies on:
 * ``set_track_id``: ``MediaStreamTrack._id``, the value behind its read-only ``id``.
 * ``mark_unoffered_inactive``: ``RTCRtpTransceiver._offerDirection`` (aiortc computes the answer
   direction from it and fails on ``None`` for a transceiver the remote's offer did not include).
+* ``rebundle``: public ``setTransport`` of senders and receivers only, but it repairs what
+  aiortc's BUNDLE handling leaves (a transceiver on a transport it closed), so it is checked
+  here too.
 * ``label_sender``: ``RTCRtpSender._track_id`` / ``_stream_id``, which aiortc writes into the
   ``a=msid`` line of every description.
+* ``set_header_extension_ids``: ``RTCRtpTransceiver._headerExtensions`` (the ids aiortc
+  configures its RTP header-extension maps with; ``createOffer`` resets them to aiortc's own
+  table, mid 1, audio level 2, abs-send-time 3, for every transceiver, negotiated or not).
 * ``reset_encoder``: the name-mangled ``RTCRtpSender.__encoder`` (``None`` makes the sender build
   a fresh encoder on the next frame).
 * ``move_pending_channel``: ``RTCPeerConnection.__createSctpTransport``,
@@ -31,14 +37,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...extras import missing_extra
 
 try:
     import aioice.ice
-    from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCRtpTransceiver
+    from aiortc import (
+        MediaStreamTrack,
+        RTCDataChannel,
+        RTCPeerConnection,
+        RTCRtpHeaderExtensionParameters,
+        RTCRtpTransceiver,
+    )
     from aiortc.contrib.media import MediaRelay, RelayStreamTrack
     from aiortc.mediastreams import MediaStreamError
     from av.frame import Frame
@@ -57,6 +69,7 @@ __all__ = [
     "repoint_proxy",
     "reset_encoder",
     "retire_proxy",
+    "set_header_extension_ids",
     "set_host_address_lookup",
     "set_track_id",
 ]
@@ -102,12 +115,56 @@ def mark_unoffered_inactive(pc: RTCPeerConnection) -> None:
             t._offerDirection = "inactive"
 
 
+def rebundle(pc: RTCPeerConnection, bundle: Sequence[str]) -> int:
+    """Right after ``setRemoteDescription`` (before the connect task it schedules runs): put
+    every transceiver of the BUNDLE group ``bundle`` (mids, primary first) on the primary
+    m-line's transport. Returns how many were moved.
+
+    aiortc's default bundle policy lets a second m-line of a kind share the first one's
+    transport before BUNDLE is negotiated, and marks it bundled already. When that first one
+    is not the primary m-line (audio, video, video), the description moves it to the primary
+    transport, closes the transport it leaves, and skips the second one as bundled: that
+    m-line is left on a closed transport and never sends or receives."""
+    if len(bundle) < 2:
+        return 0
+    transceivers = pc.getTransceivers()
+    primary = next((t.receiver.transport for t in transceivers if t.mid == bundle[0]), None)
+    if primary is None and pc.sctp is not None and pc.sctp.mid == bundle[0]:
+        primary = pc.sctp.transport
+    if primary is None:
+        return 0
+    moved = 0
+    others = set(bundle[1:])
+    for t in transceivers:
+        if t.mid in others and t.receiver.transport is not primary:
+            t.receiver.setTransport(primary)
+            t.sender.setTransport(primary)
+            moved += 1
+    return moved
+
+
 def label_sender(transceiver: RTCRtpTransceiver, track_id: str, stream_id: str) -> None:
     """Make the msid of the sender's m-section announce ``stream_id`` and ``track_id`` (aiortc
     otherwise announces its relay proxy's own ids)."""
     sender: Any = transceiver.sender
     sender._track_id = track_id
     sender._stream_id = stream_id
+
+
+def set_header_extension_ids(pc: RTCPeerConnection, ids: dict[str, int]) -> None:
+    """After ``createOffer`` and before ``setLocalDescription``: give every transceiver the
+    header-extension ids of the offer we send (``{uri: id}``; extensions it has no id for are
+    dropped). aiortc's ``createOffer`` put its own id table back on every transceiver, and
+    ``setLocalDescription`` re-registers the live receivers and senders with it: until the
+    answer comes, a packet whose extension id means another extension in the negotiated
+    table (a browser's abs-send-time, id 2, read as aiortc's audio level) raises in the
+    DTLS transport's receive loop and closes the connection."""
+    for t in pc.getTransceivers():
+        current: list[Any] = t._headerExtensions
+        t._headerExtensions = [
+            RTCRtpHeaderExtensionParameters(id=ids[e.uri], uri=e.uri)
+            for e in current if e.uri in ids
+        ]
 
 
 def reset_encoder(transceiver: RTCRtpTransceiver, proxy: MediaStreamTrack | None) -> None:

@@ -16,11 +16,20 @@ What it does (docs/protocol.md, Peer-to-peer signalling; docs/webrtc-notes.md):
   back) rebuilds its connection and answers from the fresh one. An offer at ``stable`` carrying
   a different remote ICE ufrag (the remote rebuilt) is answered from a rebuilt connection too;
   so is an answer whose ufrag changed (then a fresh offer is made). Rebuilds are rate-limited.
+  After answering from a connection rebuilt for an offer whose sender knew our old ICE
+  credentials, our own offer waits for the remote's fresh one (it will rebuild on our
+  answer): offering at once kept both sides replacing each other's connection.
 * Non-trickle outbound (full SDP, then ``rtc-ice null``); trickled inbound candidates accepted
   with the caps of docs/protocol.md (Signal envelopes); stale answers dropped.
-* aiortc gaps: answers reject the m-lines the offer rejected; re-offers keep negotiated extmap
-  ids; remote tracks are identified by the msid of their m-section (by mid); one relay proxy
-  per peer for a shared local track, with the original track id and stream id on the wire;
+* Our tracks travel only on m-lines of our own offers (``sendonly`` until the remote sends
+  there too), attached when the offer is made: a browser's receiver knows a track's id (and
+  its SDK finds the label) only on a transceiver our offer created.
+* aiortc gaps: every m-line of the BUNDLE group ends up on the primary transport (aiortc
+  could leave a second video m-line on a transport it closed); answers reject the m-lines
+  the offer rejected (and our offers keep them
+  rejected); offers keep negotiated extmap ids (a browser's own ids at first); remote
+  tracks are identified by the msid of their m-section (by mid); one relay proxy per peer
+  for a shared local track, with the original track id and stream id on the wire;
   "remove" is ``replaceTrack(None)`` + a direction without send + renegotiation.
 * ICE failure: the connection is rebuilt on a ladder (immediate, 1, 2, 4, 8, 16, 30, 30, 30 s),
   each attempt probing for "connected"; then one fatal ``RemoteNegotiationErrorEvent``.
@@ -69,9 +78,11 @@ from .aiortc_compat import (
     label_sender,
     mark_unoffered_inactive,
     move_pending_channel,
+    rebundle,
     repoint_proxy,
     reset_encoder,
     retire_proxy,
+    set_header_extension_ids,
     set_track_id,
 )
 from .loopback import IceTransportPolicy, make_configuration
@@ -82,6 +93,7 @@ from .perfect_negotiation import (
     OfferAction,
     OfferView,
     TransceiverView,
+    answer_forces_remote_rebuild,
     candidate_in_generation,
     decide_answer,
     decide_candidate,
@@ -89,8 +101,12 @@ from .perfect_negotiation import (
     first_offer_wait,
     impolite_wait,
     is_polite,
+    local_track_may_use,
     needs_offer,
+    new_mlines_this_offer,
     outbound_still_current,
+    remote_rebuild_hold,
+    transceiver_direction,
 )
 from .remote_events import (
     MediaStream,
@@ -103,7 +119,15 @@ from .remote_events import (
     RemoteTrackMetadataEvent,
     TrackEvent,
 )
-from .sdp import NO_STREAM, ice_ufrag, parse_sdp, pin_extmap_ids, reject_answer_mlines
+from .sdp import (
+    NO_STREAM,
+    ice_ufrag,
+    negotiated_extmap_ids,
+    parse_sdp,
+    pin_extmap_ids,
+    reject_answer_mlines,
+    reject_mlines,
+)
 from .signals import (
     CandidateBudget,
     DescriptionSignal,
@@ -379,7 +403,13 @@ class _Generation:
     state_changed: asyncio.Event = field(default_factory=asyncio.Event)
     budget: CandidateBudget = field(default_factory=CandidateBudget)
     pending_candidates: list[IceCandidateInit] = field(default_factory=list)
-    used_for_send: set[RTCRtpTransceiver] = field(default_factory=set)
+    own: set[RTCRtpTransceiver] = field(default_factory=set)
+    """Transceivers we created (each for one local track); the others the remote's offers
+    created, and we only receive on those."""
+    rejected_mids: set[str] = field(default_factory=set)
+    """m-lines the remote rejected (port 0): dead for good, rejected in our offers too."""
+    silenced: set[RTCRtpTransceiver] = field(default_factory=set)
+    """Ours whose track ``replace_track(old, None)`` forgot: still sending (silence)."""
     remote: dict[RTCRtpTransceiver, _RemoteTrack] = field(default_factory=dict)
     pumps: dict[RTCRtpTransceiver, asyncio.Task[None]] = field(default_factory=dict)
     streams: dict[str, set[_RemoteTrack]] = field(default_factory=dict)
@@ -389,6 +419,10 @@ class _Generation:
     ignoring_offer: bool = False
     answer_timer: asyncio.TimerHandle | None = None
     connected: bool = False
+    remote_rebuild_expected: bool = False
+    """Our answer on this connection went to a remote connection that knew our previous ICE
+    credentials: the remote will rebuild and offer afresh (``answer_forces_remote_rebuild``),
+    so our own offer waits for that (``remote_rebuild_hold``)."""
 
 
 # -- the engine --------------------------------------------------------------------------------
@@ -685,17 +719,23 @@ class PeerNegotiator:
             gen.ignoring_offer = True
             return
         if decision.action is OfferAction.REBUILD:
+            old_remote_ufrag = gen.remote_ufrag
             await self._limiter.acquire()
             if self._closed:
                 return
             await self._rebuild(decision.reason or "remote-offer", negotiate=False)
             gen = self._gen
             pc = gen.pc
+            gen.remote_rebuild_expected = answer_forces_remote_rebuild(
+                rebuilt=True, old_remote_ufrag=old_remote_ufrag, offered_ufrag=ufrag)
         gen.ignoring_offer = False
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        rebundle(pc, parse_sdp(sdp).bundle)
         self._remote_description_applied(gen, ufrag)
         await self._flush_pending_candidates(gen)
         gen.remote_offer.set()
+        self._forget_rejected(gen, sdp)
+        self._set_directions(gen, sdp)
         answer = await pc.createAnswer()
         mark_unoffered_inactive(pc)
         await pc.setLocalDescription(answer)
@@ -707,7 +747,8 @@ class PeerNegotiator:
         if self._state is PeerState.IDLE:
             self._set_state(PeerState.CONNECTING)
         if self._needs_offer(gen):
-            # Local media that did not fit the remote's offer: one follow-up offer.
+            # Our media goes on m-lines of our own offer, never on the remote's: one
+            # follow-up offer.
             self._request_negotiation(offer_now=True)
 
     async def _handle_answer(self, sdp: str) -> None:
@@ -729,10 +770,12 @@ class PeerNegotiator:
         # for every answer).
         gen.ignoring_offer = False
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        rebundle(pc, parse_sdp(sdp).bundle)
         self._remote_description_applied(gen, ufrag)
         await self._flush_pending_candidates(gen)
-        if self._dirty:
-            self._request_negotiation()
+        if self._dirty or any(e.transceiver is None for e in self._local.values()):
+            # (tracks left for this next offer: new_mlines_this_offer)
+            self._request_negotiation(offer_now=True)
 
     def _remote_description_applied(self, gen: _Generation, ufrag: str | None) -> None:
         if ufrag != gen.remote_ufrag:
@@ -801,6 +844,14 @@ class PeerNegotiator:
         await asyncio.sleep(self.timings.debounce)
         while self._dirty and not self._closed:
             gen = self._gen
+            hold = remote_rebuild_hold(
+                remote_rebuild_expected=gen.remote_rebuild_expected, connected=gen.connected,
+                offers_sent=gen.offers_sent, hold=self.timings.answer_timeout)
+            if hold > 0:
+                await self._hold_for_remote_rebuild(gen, hold)
+                if gen is not self._gen:
+                    continue  # the remote's fresh offer replaced it: offer on the new one
+                gen.remote_rebuild_expected = False  # waited once; offer after all
             wait = first_offer_wait(
                 polite=self.polite, polite_delay=self.timings.polite_offer_delay,
                 impolite_delay=self.timings.impolite_wait, force_offer=self._force_offer,
@@ -818,33 +869,108 @@ class PeerNegotiator:
                     continue
                 if gen.pc.signalingState != "stable":
                     return  # an exchange is in flight; its answer re-runs the loop
+                if self._held:
+                    # Signalling is down: no offer now. One made now would go out the moment
+                    # the link is back, right when a browser that saw us leave and come back
+                    # makes its own: a collision its SDK reports as an error. resync_state()
+                    # runs this loop again, with the usual wait for the remote's offer.
+                    return
                 self._dirty = False
                 self._force_offer = False
                 if self._needs_offer(gen):
                     await self._make_offer(gen)
 
+    async def _hold_for_remote_rebuild(self, gen: _Generation, timeout: float) -> None:
+        """Wait until ``gen`` is replaced or connected, or ``timeout`` passes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while gen is self._gen and not self._closed and not gen.connected:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            gen.state_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(gen.state_changed.wait(), remaining)
+
     def _has_something_to_negotiate(self, gen: _Generation) -> bool:
-        return bool(gen.pc.getTransceivers()) or gen.pc.sctp is not None
+        return (bool(self._local) or bool(gen.pc.getTransceivers())
+                or gen.pc.sctp is not None)
 
     def _needs_offer(self, gen: _Generation) -> bool:
         pc = gen.pc
         sctp = pc.sctp
+        self._set_directions(gen)
         views = (TransceiverView(t.stopped, t.mid, t.direction, t.currentDirection)
                  for t in pc.getTransceivers())
+        unattached = sum(1 for e in self._local.values() if e.transceiver is None)
         return needs_offer(views, has_sctp=sctp is not None,
-                           sctp_mid=sctp.mid if sctp is not None else None)
+                           sctp_mid=sctp.mid if sctp is not None else None,
+                           unattached_tracks=unattached)
+
+    def _forget_rejected(self, gen: _Generation, offer_sdp: str) -> None:
+        """The remote rejected m-lines (a browser's ``transceiver.stop()``; Chromium may have
+        put its own track on one of ours): a local track that was on one moves to a fresh
+        m-line in our next offer."""
+        rejected = {s.mid for s in parse_sdp(offer_sdp).sections
+                    if s.rejected and s.mid is not None}
+        if not rejected - gen.rejected_mids:
+            return
+        gen.rejected_mids |= rejected
+        for entry in self._local.values():
+            t = entry.transceiver
+            if t is not None and t.mid in rejected:
+                t.sender.replaceTrack(None)
+                retire_proxy(entry.proxy)
+                entry.proxy = None
+                entry.transceiver = None
+        gen.silenced = {t for t in gen.silenced if t.mid not in rejected}
+
+    def _set_directions(self, gen: _Generation, remote_offer: str | None = None) -> None:
+        """Give every transceiver the direction of ``transceiver_direction``; what the remote
+        sends is read from ``remote_offer`` (being answered) or its last description."""
+        remote = remote_offer
+        if remote is None and gen.pc.remoteDescription is not None:
+            remote = gen.pc.remoteDescription.sdp
+        info = parse_sdp(remote) if remote is not None else None
+        carrying = {e.transceiver for e in self._local.values()} | gen.silenced
+        for t in gen.pc.getTransceivers():
+            if t.stopped:
+                continue
+            if t.mid is not None and t.mid in gen.rejected_mids:
+                t.direction = "inactive"
+                continue
+            section = info.section(t.mid) if info is not None and t.mid is not None else None
+            t.direction = transceiver_direction(
+                created_by_remote=t not in gen.own,
+                local_sends=t in carrying,
+                remote_sends=section is not None and section.sends)
 
     async def _make_offer(self, gen: _Generation) -> None:
         pc = gen.pc
         self._making_offer = True
         try:
+            # Our tracks get their transceivers now, in our own offer: never earlier, or
+            # a remote offer arriving first would have aiortc put them on the remote's
+            # m-lines.
+            pending = [e for e in self._local.values() if e.transceiver is None]
+            negotiated_kinds = {t.kind for t in pc.getTransceivers()
+                                if t.currentDirection is not None and not t.stopped}
+            first_mlines = not pc.getTransceivers()
+            for i in new_mlines_this_offer([e.kind for e in pending], negotiated_kinds,
+                                           first_mlines=first_mlines):
+                self._attach(pending[i])
+            self._set_directions(gen)
             offer = await pc.createOffer()
+            # Negotiated ids stay; new ones are a browser's own (sdp.BROWSER_EXTMAP_IDS).
             negotiated = [d.sdp for d in (pc.remoteDescription, pc.localDescription) if d]
-            sdp = pin_extmap_ids(offer.sdp, negotiated) if negotiated else offer.sdp
+            sdp = reject_mlines(pin_extmap_ids(offer.sdp, negotiated), gen.rejected_mids)
+            set_header_extension_ids(pc, negotiated_extmap_ids([sdp]))
             await pc.setLocalDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             if self._closed or gen is not self._gen:
                 return
-            self._enqueue(build_description("offer", pc.localDescription.sdp),
+            # aiortc rewrites ports when it adds candidates: reject again what must stay so.
+            sent = reject_mlines(pc.localDescription.sdp, gen.rejected_mids)
+            self._enqueue(build_description("offer", sent),
                           generation=gen.number)
             self._enqueue(build_end_of_candidates(), generation=gen.number)
             gen.offers_sent += 1
@@ -951,20 +1077,25 @@ class PeerNegotiator:
     # -- rebuild -------------------------------------------------------------------------------
 
     async def _rebuild(self, reason: str, *, negotiate: bool = True,
-                       offer_now: bool = False) -> None:
-        """Swap in a fresh peer connection (caller holds the op lock)."""
+                       offer_now: bool = False, announce: bool = True) -> None:
+        """Swap in a fresh peer connection (caller holds the op lock). ``announce``: re-send
+        every local track's metadata first, ahead of the new connection's descriptions: the
+        remote may have lost it (a browser app whose SDK saw us leave and come back keeps
+        no metadata of ours, and looks a label up when the track arrives)."""
         old = self._gen
         self._cancel_answer_timer(old)
         new = _Generation(old.number + 1, self._new_pc())
         self._gen = new
+        old.state_changed.set()  # wakes a wait on the old connection (it is replaced)
         self.last_rebuild_at = time.monotonic()
         # Remote tracks of the old connection end; no stream-removed for them.
         self._end_generation(old)
         for entry in self._local.values():
             retire_proxy(entry.proxy)
             entry.proxy = None
-            entry.transceiver = None
-            self._attach(entry)
+            entry.transceiver = None  # attached again in the next offer
+        if announce:
+            self.announce_metadata()
         for channel in old.channels:
             if self._migrate_channel(channel, old.pc, new.pc):
                 new.channels.append(channel)
@@ -1030,9 +1161,7 @@ class PeerNegotiator:
         async with self._op_lock:
             if self._closed:
                 return
-            if resend_metadata:
-                self.announce_metadata()
-            await self._rebuild("reset", offer_now=bool(offer_now))
+            await self._rebuild("reset", offer_now=bool(offer_now), announce=resend_metadata)
             self.resume_signals()  # held signals of the old connection are dropped
 
     def hold_reconnecting(self) -> None:
@@ -1051,6 +1180,8 @@ class PeerNegotiator:
         self.resume_signals()
         if self._gen.pc.connectionState == "connected":
             self._set_state(PeerState.CONNECTED)
+        if self._dirty:
+            self._request_negotiation()
 
     # -- local media ---------------------------------------------------------------------------
 
@@ -1079,8 +1210,7 @@ class PeerNegotiator:
                             dict(metadata) if metadata is not None else None)
         self._local[track] = entry
         self._send_metadata(entry)
-        self._attach(entry)
-        self._request_negotiation()
+        self._request_negotiation()  # the next offer attaches it
 
     def _send_metadata(self, entry: _LocalTrack) -> None:
         if entry.metadata is not None:
@@ -1092,32 +1222,22 @@ class PeerNegotiator:
         for entry in self._local.values():
             self._send_metadata(entry)
 
-    def _reusable_transceiver(self, gen: _Generation, kind: str) -> RTCRtpTransceiver | None:
-        # Like a browser's addTrack: reuse a transceiver the remote opened that never sent.
-        for t in gen.pc.getTransceivers():
-            if (
-                t.kind == kind
-                and not t.stopped
-                and t.sender.track is None
-                and t not in gen.used_for_send
-                and t.mid is not None
-            ):
-                return t
-        return None
-
     def _attach(self, entry: _LocalTrack) -> None:
+        """Put a local track on a transceiver (caller: ``_make_offer``, under the op lock)."""
         gen = self._gen
         proxy = self._relay.subscribe(entry.source, buffered=False)
-        transceiver = self._reusable_transceiver(gen, entry.kind)
+        transceiver = next((
+            t for t in gen.pc.getTransceivers()
+            if t.kind == entry.kind and t.sender.track is None
+            and local_track_may_use(created_by_remote=t not in gen.own,
+                                    has_carried_a_track=t in gen.own, stopped=t.stopped)
+        ), None)
         if transceiver is not None:
             transceiver.sender.replaceTrack(proxy)
-            transceiver.direction = (
-                "sendrecv" if transceiver.direction in ("recvonly", "sendrecv") else "sendonly"
-            )
         else:
-            transceiver = gen.pc.addTransceiver(proxy, direction="sendrecv")
+            transceiver = gen.pc.addTransceiver(proxy, direction="sendonly")
+            gen.own.add(transceiver)
         self._label_sender(transceiver, entry)
-        gen.used_for_send.add(transceiver)
         entry.transceiver = transceiver
         entry.proxy = proxy
 
@@ -1137,9 +1257,7 @@ class PeerNegotiator:
             self._enqueue(build_track_meta_clear(entry.wire_id))
         transceiver = entry.transceiver
         if transceiver is not None:
-            transceiver.sender.replaceTrack(None)
-            current = transceiver.currentDirection
-            transceiver.direction = "inactive" if current == "sendonly" else "recvonly"
+            transceiver.sender.replaceTrack(None)  # the direction follows at the next offer
         retire_proxy(entry.proxy)
         entry.proxy = None
         self._request_negotiation()
@@ -1170,6 +1288,7 @@ class PeerNegotiator:
             if transceiver is not None:
                 transceiver.sender.replaceTrack(None)
                 self._label_sender(transceiver, entry)
+                self._gen.silenced.add(transceiver)
             retire_proxy(entry.proxy)
             entry.proxy = None
             return

@@ -12,7 +12,7 @@ States are the W3C strings aiortc reports: ``signalingState`` (``stable``,
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -25,6 +25,7 @@ __all__ = [
     "OfferDecision",
     "OfferView",
     "TransceiverView",
+    "answer_forces_remote_rebuild",
     "candidate_in_generation",
     "decide_answer",
     "decide_candidate",
@@ -32,8 +33,12 @@ __all__ = [
     "first_offer_wait",
     "impolite_wait",
     "is_polite",
+    "local_track_may_use",
     "needs_offer",
+    "new_mlines_this_offer",
     "outbound_still_current",
+    "remote_rebuild_hold",
+    "transceiver_direction",
 ]
 
 
@@ -105,6 +110,20 @@ def decide_offer(view: OfferView) -> OfferDecision:
 
 def _ufrag_changed(known: str | None, seen: str | None) -> bool:
     return known is not None and seen is not None and seen != known
+
+
+def answer_forces_remote_rebuild(*, rebuilt: bool, old_remote_ufrag: str | None,
+                                 offered_ufrag: str | None) -> bool:
+    """Whether our answer to a remote offer will make the remote rebuild its connection.
+
+    It does when we answer from a connection rebuilt for that offer (``glare``, or a dead
+    connection) and the offer came from the remote connection our old one had negotiated
+    with (its ICE ufrag is the one our old connection knew): that remote connection knows our
+    old ICE credentials, and an aiortc remote cannot follow the new ones our answer carries,
+    so it discards the answer, rebuilds and offers afresh (``decide_answer``). An offer with
+    another ufrag (the remote rebuilt first) comes from a connection that knows nothing of
+    ours yet, and takes our answer."""
+    return rebuilt and old_remote_ufrag is not None and offered_ufrag == old_remote_ufrag
 
 
 # -- a remote answer --------------------------------------------------------------------------
@@ -217,11 +236,12 @@ class TransceiverView:
 
 
 def needs_offer(transceivers: Iterable[TransceiverView], *, has_sctp: bool,
-                sctp_mid: str | None) -> bool:
-    """Whether the current connection has something the remote has not agreed to yet: a data
-    channel transport or a transceiver never negotiated (no mid), or a negotiated transceiver
-    whose wish to send differs from what was agreed."""
-    if has_sctp and sctp_mid is None:
+                sctp_mid: str | None, unattached_tracks: int = 0) -> bool:
+    """Whether the current connection has something the remote has not agreed to yet: a local
+    track not on a transceiver yet (it gets one in our next offer), a data channel transport
+    or a transceiver never negotiated (no mid), or a negotiated transceiver whose wish to
+    send differs from what was agreed."""
+    if unattached_tracks or (has_sctp and sctp_mid is None):
         return True
     for t in transceivers:
         if t.stopped:
@@ -259,3 +279,99 @@ def first_offer_wait(*, polite: bool, polite_delay: float, impolite_delay: float
     if wait <= 0 or force_offer or offers_sent or remote_offer_seen or not has_something:
         return 0.0
     return wait
+
+
+def remote_rebuild_hold(*, remote_rebuild_expected: bool, connected: bool,
+                        offers_sent: int, hold: float) -> float:
+    """How long an offer of ours waits on a connection whose answer the remote is expected
+    to discard (``answer_forces_remote_rebuild``); 0: offer now.
+
+    Our tracks never ride the remote's m-lines, so answering is followed by an offer of our
+    own. Made on such a connection it would reach the remote's rebuilt connection, which
+    answers it with ICE credentials of its own: new ones to us, so we would rebuild, offer
+    again, and the two sides would keep replacing each other's connection. So the offer
+    waits, up to ``hold``, for the remote's fresh offer (which replaces this connection; the
+    offer is then made on the next one) or for this connection to connect (a remote that
+    does follow new credentials, as a browser may, took the answer after all). Once it has
+    offered on the connection, nothing waits."""
+    if not remote_rebuild_expected or connected or offers_sent:
+        return 0.0
+    return max(0.0, hold)
+
+
+# -- which m-line carries what ----------------------------------------------------------------
+#
+# A receiver learns a track's id from the msid of its m-section only when the receiving side
+# creates that transceiver from the remote's offer: Chromium gives such a receiver track the
+# msid track id, but a transceiver it created itself (``addTrack`` before joining) and matched
+# to a remote m-line keeps a receiver track id of its own. The official JS SDK looks track
+# metadata up by the receiver's ``track.id``, so a label reaches it only for tracks that
+# arrive on an m-line the receiver did not create. Hence: our tracks travel only on m-lines
+# we offer, and we offer them ``sendonly`` (a browser associates its own ``addTrack``
+# transceivers only with a remote m-section that would let it send: sendrecv or recvonly).
+
+
+def local_track_may_use(*, created_by_remote: bool, has_carried_a_track: bool,
+                        stopped: bool) -> bool:
+    """Whether a local track may be attached to an existing transceiver. Only to one we
+    created for it and that never carried another track: a transceiver the remote created
+    (its m-line is the remote's own addTrack slot, whose receiver id the remote app does not
+    know) never; one of ours reused for another track keeps the first track's receiver id on
+    the remote side, so the new track's label would not be found either."""
+    return not created_by_remote and not has_carried_a_track and not stopped
+
+
+def transceiver_direction(*, created_by_remote: bool, local_sends: bool,
+                          remote_sends: bool) -> str:
+    """The direction to give a transceiver before an offer or an answer.
+
+    * one the remote created: ``recvonly`` (we never send on the remote's m-lines; an answer
+      narrows it to ``inactive`` when the remote stops sending);
+    * one of ours: ``sendonly`` while only we send (so a browser cannot match its own
+      transceiver to it), ``sendrecv`` once the remote sends on it too (a browser's
+      ``addTrack`` may reuse our m-line for a later track: receive it); without a local
+      track ``recvonly`` or ``inactive`` likewise.
+    """
+    if created_by_remote:
+        return "recvonly"
+    if local_sends:
+        return "sendrecv" if remote_sends else "sendonly"
+    return "recvonly" if remote_sends else "inactive"
+
+
+def new_mlines_this_offer(pending_kinds: Sequence[str], negotiated_kinds: Set[str], *,
+                          first_mlines: bool) -> list[int]:
+    """Which local tracks waiting for an m-line (their kinds, in order) get one in the next
+    offer, and in which order: indexes into ``pending_kinds``.
+
+    An aiortc receiver (the official Python SDK, an older roomwire peer) with the default
+    bundle policy puts a second new m-line of a kind on the first one's pre-BUNDLE transport;
+    when that first one is not BUNDLE's primary m-line (the first of the description), BUNDLE
+    closes that transport and the second m-line's track never arrives (audio, video, video).
+    So:
+
+    * ``first_mlines`` (the connection has no m-line yet, our offer's first m-line becomes the
+      primary one): the kind with the most tracks waiting (the first such in a tie) goes
+      first, all its tracks; they share the primary transport on the remote;
+    * a kind the connection has negotiated already: every track (the remote's new m-lines
+      share its negotiated, bundled one);
+    * any other kind: one track per offer; the others follow in the next offer, after the
+      answer (a camera and a screen with one microphone fit in one offer; two microphones and
+      two cameras take two)."""
+    order: list[int] = []
+    counts: dict[str, int] = {}
+    for kind in pending_kinds:
+        counts[kind] = counts.get(kind, 0) + 1
+    primary = max(counts, key=lambda k: counts[k]) if first_mlines and counts else None
+    if primary is not None:
+        order = [i for i, kind in enumerate(pending_kinds) if kind == primary]
+    started: set[str] = set()
+    for i, kind in enumerate(pending_kinds):
+        if kind == primary:
+            continue
+        if kind in negotiated_kinds:
+            order.append(i)
+        elif kind not in started:
+            started.add(kind)
+            order.append(i)
+    return order

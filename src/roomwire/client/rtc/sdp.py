@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
+    "BROWSER_EXTMAP_IDS",
     "DIRECTIONS",
     "MAX_EXTMAP_ID",
     "NO_STREAM",
@@ -29,6 +30,7 @@ __all__ = [
     "parse_sdp",
     "pin_extmap_ids",
     "reject_answer_mlines",
+    "reject_mlines",
     "sending_mids",
     "track_ids_by_mid",
 ]
@@ -38,6 +40,18 @@ NO_STREAM = "-"
 """The msid stream id meaning "this track belongs to no stream"."""
 MAX_EXTMAP_ID = 14
 """Largest one-byte header-extension id (RFC 8285); new ids are allocated below it."""
+BROWSER_EXTMAP_IDS: Mapping[str, int] = {
+    "urn:ietf:params:rtp-hdrext:ssrc-audio-level": 1,
+    "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time": 2,
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01": 3,
+    "urn:ietf:params:rtp-hdrext:sdes:mid": 4,
+}
+"""The ids Chromium gives these header extensions in its own offers. A transceiver a browser
+creates before any negotiation (``addTrack`` before joining) keeps them; when such a
+transceiver joins a BUNDLE group whose ids came from our offer, Chromium refuses its own
+offer if an id means another URI there ("A BUNDLE group contains a codec collision for
+header extension id=3"). aiortc's own ids (mid 1, audio level 2, abs-send-time 3) collide;
+offering these instead does not."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +238,20 @@ def sending_mids(sdp: str) -> set[str]:
     }
 
 
+def reject_mlines(sdp: str, mids: Iterable[str]) -> str:
+    """The description with the m-lines of ``mids`` rejected: port 0, out of BUNDLE (a group
+    left empty is dropped). For our offers after the remote rejected an m-line: aiortc would
+    offer it again as a live one, and a mid once rejected must stay so."""
+    gone = set(mids)
+    if not gone:
+        return sdp
+    info = parse_sdp(sdp)
+    indexes = {sec.index for sec in info.sections if sec.mid in gone}
+    if not indexes:
+        return sdp
+    return _reject(sdp, indexes, gone)
+
+
 def reject_answer_mlines(answer_sdp: str, offer_sdp: str) -> str:
     """The answer with every m-line the offer rejected (port 0) rejected too: port 0 on the
     m-line, and its mid taken out of ``a=group:BUNDLE`` (a group left empty is dropped).
@@ -236,7 +264,11 @@ def reject_answer_mlines(answer_sdp: str, offer_sdp: str) -> str:
     if not rejected_idx:
         return answer_sdp
     rejected_mids = {s.mid for s in offer.sections if s.rejected and s.mid is not None}
-    lines, eol = _lines(answer_sdp)
+    return _reject(answer_sdp, rejected_idx, rejected_mids)
+
+
+def _reject(sdp: str, rejected_idx: set[int], rejected_mids: set[str]) -> str:
+    lines, eol = _lines(sdp)
     out: list[str] = []
     index = -1
     for line in lines:
@@ -268,19 +300,19 @@ def negotiated_extmap_ids(sdps: Iterable[str | None]) -> dict[str, int]:
     return table
 
 
-def pin_extmap_ids(offer_sdp: str, negotiated: Mapping[str, int] | Iterable[str | None]) -> str:
+def pin_extmap_ids(offer_sdp: str, negotiated: Mapping[str, int] | Iterable[str | None],
+                   preferred: Mapping[str, int] = BROWSER_EXTMAP_IDS) -> str:
     """The offer with each ``a=extmap`` id replaced by the id already negotiated for its URI.
 
     ``negotiated`` is a ``{uri: id}`` table or the negotiated descriptions themselves (the
-    current remote and local SDP). A URI not negotiated yet keeps its id unless another URI
-    holds that id; then it gets the lowest free id (1-14). One URI gets one id across all
-    m-sections, as BUNDLE requires.
+    current remote and local SDP). A URI not negotiated yet gets its ``preferred`` id (by
+    default a browser's own, ``BROWSER_EXTMAP_IDS``) when that id is free, else keeps its id
+    when free, else the lowest free id (1-14). One URI gets one id across all m-sections, as
+    BUNDLE requires.
     """
     table = dict(negotiated) if isinstance(negotiated, Mapping) else (
         negotiated_extmap_ids(negotiated)
     )
-    if not table:
-        return offer_sdp
     lines, eol = _lines(offer_sdp)
     assigned: dict[str, int] = dict(table)
     taken: set[int] = set(table.values())
@@ -292,7 +324,11 @@ def pin_extmap_ids(offer_sdp: str, negotiated: Mapping[str, int] | Iterable[str 
             if ext is not None:
                 new_id = assigned.get(ext.uri)
                 if new_id is None:
-                    new_id = ext.id if ext.id not in taken else _free_id(taken)
+                    wish = preferred.get(ext.uri)
+                    if wish is not None and wish not in taken:
+                        new_id = wish
+                    else:
+                        new_id = ext.id if ext.id not in taken else _free_id(taken)
                     if new_id is not None:
                         assigned[ext.uri] = new_id
                         taken.add(new_id)

@@ -326,7 +326,7 @@ class ClusterHistory:
     """Every channel history of a cluster, in Redis. The node's hub appends and reads
     through it; ``read_after`` serves whoever needs "what channel C kept after P"."""
 
-    def __init__(self, runner: HistoryRunner, rules: RuleBook,
+    def __init__(self, runner: HistoryRunner, rules: RuleBook[HistoryRule],
                  epochs: Callable[[], str] | None = None) -> None:
         self.runner = runner
         self.rules = rules
