@@ -245,7 +245,8 @@ async def test_every_roomwire_stream_is_labelled_for_the_official_peer_also_afte
 async def test_what_a_polite_official_peer_sends_before_its_deferred_offer(
         server: RunningServer, official_peer: Start, label: dict[str, Any] | None) -> None:
     """What roomwire's impolite side relies on to skip its first-offer hold for a Python
-    remote (docs/webrtc-notes.md, "The first offer"): the official Python SDK, polite,
+    remote (docs/sdk-peer.md, "Negotiation with browsers and other SDKs"): the official
+    Python SDK, polite,
     defers its first offer, and before it sends ``__meteredTrackMeta`` with ``kind`` and
     ``streamId`` for each labelled track. Without a label it sends no metadata at all (the
     impolite side then holds its offer as for a browser). Seen by a bare signalling client
