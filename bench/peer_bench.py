@@ -1,12 +1,13 @@
 """MeteredPeer benchmarks: two or more Python peers on one machine, ICE on 127.0.0.1.
 
     .venv/bin/python bench/peer_bench.py [--runs 20] [--restarts 5] [--cpu-seconds 8]
-                                         [--only join|restart|cpu] [--json-out FILE]
+                                         [--only join|restart|cpu] [--unlabelled]
+                                         [--json-out FILE]
 
 * ``join``: from ``join()`` of the second peer to the first decoded remote video frame (both
   peers send 320x240 video and audio; the first peer is already in the room), p50/p95 over
   ``--runs`` runs, each with fresh peers. Default engine timings (the polite side waits for
-  the impolite side's offer).
+  the impolite side's offer). ``--unlabelled``: the streams carry no metadata.
 * ``restart``: a roomwire node is stopped and started again on the same port and data dir
   while two peers exchange video; time from the restart (and from the stop, which includes
   the client's first reconnect backoff of 0.5 s +-20 %) until a fresh frame is decoded on the
@@ -122,7 +123,7 @@ def av_stream(w: int = 320, h: int = 240) -> MediaStream:
 
 
 async def bench_join(srv: Server, runs: int, impolite_delay: float | None = None,
-                     ) -> dict[str, Any]:
+                     labelled: bool = True) -> dict[str, Any]:
     times = []
     kw: dict[str, Any] = {}
     if impolite_delay is not None:
@@ -133,7 +134,7 @@ async def bench_join(srv: Server, runs: int, impolite_delay: float | None = None
         for p in (first, second):
             stream = av_stream()
             _SOURCES[id(p)] = stream.get_tracks()
-            p.add_stream(stream, {"role": "camera"})
+            p.add_stream(stream, {"role": "camera"} if labelled else None)
         await first.join(room)
         fut = await first_frame(second, f"first{i}")
         t0 = time.perf_counter()
@@ -289,7 +290,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     print(json.dumps(out["cpu_640x480_stream"]), flush=True)
                 if args.only in (None, "join"):
                     out["join_to_first_video_frame"] = await bench_join(
-                        srv, args.runs, args.impolite_offer_delay)
+                        srv, args.runs, args.impolite_offer_delay, not args.unlabelled)
                     print(json.dumps(out["join_to_first_video_frame"]), flush=True)
             finally:
                 await srv.node.stop()
@@ -312,6 +313,9 @@ if __name__ == "__main__":
     ap.add_argument("--impolite-offer-delay", type=float, default=None,
                     help="join: the engine's impolite_offer_delay in seconds (default: the "
                     "engine's own, a quarter of polite_offer_delay, at most 0.5 s)")
+    ap.add_argument("--unlabelled", action="store_true",
+                    help="join: add the streams without metadata (a Python peer then sends no "
+                    "track metadata, so the impolite side keeps its first-offer hold)")
     ap.add_argument("--json-out")
     a = ap.parse_args()
     result = asyncio.run(main(a))

@@ -5,16 +5,19 @@ offering) first in turn."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
 from conftest import RunningServer
+from roomwire.client import SignallingClient
 from roomwire.client.media import AudioSource, VideoSource
 from roomwire.client.rtc.events import MediaStream
 from roomwire.client.rtc.loopback import loopback_candidates
 from roomwire.client.rtc.peer import MeteredPeer
+from roomwire.client.rtc.signals import TRACK_META_KEY
 
 from .official import DRIVERS, REPO, OfficialClient, _child_env, official_python
 
@@ -236,3 +239,53 @@ async def test_every_roomwire_stream_is_labelled_for_the_official_peer_also_afte
     finally:
         screen_video.stop()
         await rw.close()
+
+
+@pytest.mark.parametrize("label", [OFF_META, None], ids=["labelled", "unlabelled"])
+async def test_what_a_polite_official_peer_sends_before_its_deferred_offer(
+        server: RunningServer, official_peer: Start, label: dict[str, Any] | None) -> None:
+    """What roomwire's impolite side relies on to skip its first-offer hold for a Python
+    remote (docs/sdk-peer.md, "Negotiation with browsers and other SDKs"): the official
+    Python SDK, polite,
+    defers its first offer, and before it sends ``__meteredTrackMeta`` with ``kind`` and
+    ``streamId`` for each labelled track. Without a label it sends no metadata at all (the
+    impolite side then holds its offer as for a browser). Seen by a bare signalling client
+    that never offers, so the official peer's deferral runs out."""
+    off = await official_peer("a-off")
+    added = await off.ok("add_stream", metadata=label)
+    seen: list[tuple[float, Any]] = []
+    got = asyncio.Event()
+
+    def on_direct(ev: Any) -> None:
+        seen.append((time.monotonic(), ev.data))
+        got.set()
+
+    def offer_at() -> float | None:
+        return next((t for t, d in seen if isinstance(d, dict)
+                     and d.get("type") == "rtc-description"
+                     and d["description"]["type"] == "offer"), None)
+
+    raw = SignallingClient(url=server.url, token_provider=lambda: server.token("z-raw"))
+    raw.on("direct", on_direct)
+    async with raw:
+        await raw.subscribe(ROOM)
+        joining = time.monotonic()
+        await off.ok("join", channel=ROOM, timeout=10)
+        async with asyncio.timeout(15):
+            while offer_at() is None:
+                got.clear()
+                await got.wait()
+    offered = offer_at()
+    assert offered is not None
+    # It deferred its offer (the official SDK waits 2 s for the impolite side's).
+    assert offered - joining > 1.0, seen
+    metas = {d[TRACK_META_KEY]["trackId"]: d[TRACK_META_KEY] for t, d in seen
+             if t < offered and isinstance(d, dict) and TRACK_META_KEY in d}
+    if label is None:
+        assert metas == {}, seen
+        return
+    stream_id = added["value"]["stream_id"]
+    want = {tid: (kind, stream_id, label) for tid, kind in zip(
+        added["value"]["track_ids"], ("audio", "video"), strict=True)}
+    assert {tid: (m.get("kind"), m.get("streamId"), m.get("metadata"))
+            for tid, m in metas.items()} == want, seen

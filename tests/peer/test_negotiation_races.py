@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from roomwire.client.media import VideoSource
@@ -25,9 +26,13 @@ TIMINGS = NegotiationTimings(debounce=0.01, polite_offer_delay=0.3, rebuild_inte
 class Link:
     """Two negotiators on one in-memory signalling link that can go down."""
 
-    def __init__(self, timings: NegotiationTimings = TIMINGS) -> None:
+    def __init__(self, timings: NegotiationTimings = TIMINGS, *,
+                 browser_meta: bool = False) -> None:
         self.up = True
+        self.browser_meta = browser_meta
+        """Send a's track metadata as the official JS SDK does (trackId and metadata only)."""
         self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.sent_at: list[float] = []  # time.monotonic() of each entry of ``sent``
         self.a = PeerNegotiator("a", "b", self._sender("a"), timings=timings)  # polite
         self.b = PeerNegotiator("b", "a", self._sender("b"), timings=timings)  # impolite
         self.events: dict[str, list[Any]] = {"a": [], "b": []}
@@ -39,7 +44,12 @@ class Link:
             if not self.up:
                 raise SignallingUnavailableError("the client is not connected")
             payload = json.loads(json.dumps(data))
+            meta = payload.get("__meteredTrackMeta")
+            if src == "a" and self.browser_meta and meta is not None:
+                payload = {"__meteredTrackMeta": {
+                    k: v for k, v in meta.items() if k in ("trackId", "metadata")}}
             self.sent.append((src, payload))
+            self.sent_at.append(time.monotonic())
             await asyncio.sleep(0)
             (self.b if src == "a" else self.a).on_remote_signal(payload)
 
@@ -57,6 +67,11 @@ class Link:
             else:
                 out.append("ice")
         return out
+
+    def first_at(self, src: str, kind: str) -> float | None:
+        """When ``src`` first sent a signal of ``kind`` (meta/offer/answer/ice), or None."""
+        times = [t for (s, _), t in zip(self.sent, self.sent_at, strict=True) if s == src]
+        return next((t for k, t in zip(self.kinds(src), times, strict=True) if k == kind), None)
 
     async def close(self) -> None:
         await asyncio.gather(self.a.close(), self.b.close())
@@ -106,7 +121,7 @@ async def test_impolite_side_answers_an_offer_that_comes_right_after_it_is_ready
                                  rebuild_interval=0.2, answer_timeout=4.0,
                                  recovery_ladder=(0.0, 0.2), recovery_probe=4.0,
                                  close_timeout=1.0)
-    link = Link(timings)
+    link = Link(timings, browser_meta=True)  # a plays the browser
     cam_a, cam_b = VideoSource(160, 120, fps=15), VideoSource(160, 120, fps=15)
     try:
         link.b.add_track(cam_b, "sb", {"role": "camera"})
@@ -129,3 +144,85 @@ def test_impolite_wait_defaults_below_the_polite_wait() -> None:
     assert NegotiationTimings(polite_offer_delay=1.0).impolite_wait == 0.25
     assert NegotiationTimings(polite_offer_delay=0.0).impolite_wait == 0.0
     assert NegotiationTimings(impolite_offer_delay=0.0).impolite_wait == 0.0
+
+
+# The impolite side holds its first offer for ``impolite_offer_delay`` (for a browser's offer)
+# unless the remote is a Python peer, known by the ``kind``/``streamId`` of its track metadata:
+# a Python peer never offers first when polite, so the hold would only delay the call. The
+# hold here (3 s) is far above what an offer takes on a loaded machine (tens of ms).
+HOLD = NegotiationTimings(debounce=0.01, polite_offer_delay=6.0, impolite_offer_delay=3.0,
+                          rebuild_interval=0.2, answer_timeout=4.0, recovery_ladder=(0.0, 0.2),
+                          recovery_probe=4.0, close_timeout=1.0)
+
+
+async def test_python_metadata_cuts_the_impolite_hold_short() -> None:
+    """The impolite side starts holding its offer; the polite Python side's labelled track
+    arrives (metadata with kind and streamId first, before the polite side starts deferring):
+    the impolite side offers at once instead of after its hold, and the polite one answers
+    (no offer of its own crossed it)."""
+    link = Link(HOLD)
+    cam_a, cam_b = VideoSource(160, 120, fps=15), VideoSource(160, 120, fps=15)
+    try:
+        link.b.add_track(cam_b, "sb", {"role": "camera"})
+        await asyncio.sleep(0.2)  # b's hold is under way
+        link.a.add_track(cam_a, "sa", {"role": "camera"})
+        a_added = time.monotonic()
+        await wait_for(lambda: link.first_at("b", "offer"), 6.0, "b offers",
+                       until=lambda t: t is not None, step=0.01)
+        offered = link.first_at("b", "offer")
+        meta = link.first_at("a", "meta")
+        assert offered is not None and meta is not None
+        assert link.kinds("a")[0] == "meta" and meta >= a_added
+        assert offered - a_added < HOLD.impolite_wait / 2, (offered - a_added, link.kinds("b"))
+        await wait_connected(link.a, link.b)
+        a_sdp = [k for k in link.kinds("a") if k in ("offer", "answer")]
+        assert a_sdp[0] == "answer", link.kinds("a")
+        assert link.a.generation == 0 and link.b.generation == 0  # no glare rebuild
+    finally:
+        cam_a.stop()
+        cam_b.stop()
+        await link.close()
+
+
+async def test_a_remote_known_as_python_gets_our_first_offer_without_a_hold() -> None:
+    """The metadata came before the impolite side had anything to offer: its first offer goes
+    out without any hold."""
+    link = Link(HOLD)
+    cam_a, cam_b = VideoSource(160, 120, fps=15), VideoSource(160, 120, fps=15)
+    try:
+        link.a.add_track(cam_a, "sa", {"role": "camera"})
+        await wait_for(lambda: link.b.metadata_cache.entry(cam_a.id), 3.0,
+                       "b has applied a's metadata", step=0.01)
+        link.b.add_track(cam_b, "sb", {"role": "camera"})
+        b_added = time.monotonic()
+        await wait_for(lambda: link.first_at("b", "offer"), 6.0, "b offers",
+                       until=lambda t: t is not None, step=0.01)
+        offered = link.first_at("b", "offer")
+        assert offered is not None
+        assert offered - b_added < HOLD.impolite_wait / 2, (offered - b_added, link.kinds("b"))
+        await wait_connected(link.a, link.b)
+    finally:
+        cam_a.stop()
+        cam_b.stop()
+        await link.close()
+
+
+async def test_browser_metadata_keeps_the_impolite_hold() -> None:
+    """Track metadata as the official JS SDK sends it (trackId and metadata only) does not
+    end the hold: a browser offers at once even when polite, and answering its offer is what
+    keeps its connection from wedging in a collision."""
+    link = Link(HOLD)
+    cam_b = VideoSource(160, 120, fps=15)
+    try:
+        link.b.add_track(cam_b, "sb", {"role": "camera"})
+        b_added = time.monotonic()
+        assert link.b.on_remote_signal(
+            {"__meteredTrackMeta": {"trackId": "browser-cam", "metadata": {"role": "camera"}}})
+        await wait_for(lambda: link.first_at("b", "offer"), HOLD.impolite_wait + 6.0,
+                       "b offers after its hold", until=lambda t: t is not None, step=0.02)
+        offered = link.first_at("b", "offer")
+        assert offered is not None
+        assert offered - b_added >= HOLD.impolite_wait, (offered - b_added, link.kinds("b"))
+    finally:
+        cam_b.stop()
+        await link.close()

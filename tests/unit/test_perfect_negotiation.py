@@ -25,6 +25,7 @@ from roomwire.client.rtc.perfect_negotiation import (
     needs_offer,
     new_mlines_this_offer,
     outbound_still_current,
+    remote_defers_first_offer,
     remote_rebuild_hold,
     transceiver_direction,
 )
@@ -221,25 +222,46 @@ def test_impolite_wait(impolite_delay: float | None, polite_delay: float,
 
 
 FIRST_OFFER_TABLE = [
-    # (case, polite, force, offers_sent, remote_offer_seen, has_something, wait)
-    ("polite defers the first offer", True, False, 0, False, True, 2.0),
-    ("impolite waits a little for a browser", False, False, 0, False, True, 0.5),
-    ("asked to offer now", True, True, 0, False, True, 0.0),
-    ("not the first offer", True, False, 1, False, True, 0.0),
-    ("the remote offered already", True, False, 0, True, True, 0.0),
-    ("nothing to negotiate", True, False, 0, False, False, 0.0),
-    ("impolite asked to offer now", False, True, 0, False, True, 0.0),
+    # (case, polite, force, offers_sent, remote_offer_seen, has_something, remote_defers, wait)
+    ("polite defers the first offer", True, False, 0, False, True, False, 2.0),
+    ("impolite waits a little for a browser", False, False, 0, False, True, False, 0.5),
+    ("asked to offer now", True, True, 0, False, True, False, 0.0),
+    ("not the first offer", True, False, 1, False, True, False, 0.0),
+    ("the remote offered already", True, False, 0, True, True, False, 0.0),
+    ("nothing to negotiate", True, False, 0, False, False, False, 0.0),
+    ("impolite asked to offer now", False, True, 0, False, True, False, 0.0),
+    ("impolite, the remote is a Python peer: no offer to wait for", False, False, 0, False,
+     True, True, 0.0),
+    ("polite, the remote is a Python peer: still defers to its offer", True, False, 0, False,
+     True, True, 2.0),
+    ("polite, Python remote, asked to offer now", True, True, 0, False, True, True, 0.0),
+    ("impolite, Python remote, nothing to negotiate", False, False, 0, False, False, True, 0.0),
 ]
 
 
-@pytest.mark.parametrize(("case", "polite", "force", "sent", "seen", "something", "wait"),
+@pytest.mark.parametrize(("case", "polite", "force", "sent", "seen", "something", "defers",
+                          "wait"),
                          FIRST_OFFER_TABLE, ids=[row[0] for row in FIRST_OFFER_TABLE])
 def test_first_offer_wait(case: str, polite: bool, force: bool, sent: int, seen: bool,
-                          something: bool, wait: float) -> None:
+                          something: bool, defers: bool, wait: float) -> None:
     got = first_offer_wait(polite=polite, polite_delay=2.0, impolite_delay=0.5,
                            force_offer=force, offers_sent=sent, remote_offer_seen=seen,
-                           has_something=something)
+                           has_something=something, remote_defers=defers)
     assert got == pytest.approx(wait), case
+
+
+# Who sends ``kind``/``streamId`` in ``__meteredTrackMeta``: both Python SDKs (official and
+# ours), never the official JS SDK (tests/interop/test_peer_interop.py checks the official
+# Python one as a black box).
+@pytest.mark.parametrize(("case", "kind", "stream_id", "defers"), [
+    ("a Python SDK, track in a stream", "video", "s1", True),
+    ("a Python SDK, track without a stream", "audio", None, True),
+    ("only a stream id", None, "s1", True),
+    ("the JS SDK: trackId and metadata only (a browser offers at once)", None, None, False),
+])
+def test_remote_defers_first_offer(case: str, kind: str | None, stream_id: str | None,
+                                   defers: bool) -> None:
+    assert remote_defers_first_offer(meta_kind=kind, meta_stream_id=stream_id) is defers, case
 
 
 def test_a_zero_delay_never_waits() -> None:

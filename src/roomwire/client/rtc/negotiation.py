@@ -105,6 +105,7 @@ from .perfect_negotiation import (
     needs_offer,
     new_mlines_this_offer,
     outbound_still_current,
+    remote_defers_first_offer,
     remote_rebuild_hold,
     transceiver_direction,
 )
@@ -400,6 +401,9 @@ class _Generation:
     remote_ufrag: str | None = None
     offers_sent: int = 0
     remote_offer: asyncio.Event = field(default_factory=asyncio.Event)
+    hold_over: asyncio.Event = field(default_factory=asyncio.Event)
+    """Ends the first-offer wait: the remote offered, or (impolite side only) it turned out
+    to be a Python peer, which defers its own first offer (``remote_defers_first_offer``)."""
     state_changed: asyncio.Event = field(default_factory=asyncio.Event)
     budget: CandidateBudget = field(default_factory=CandidateBudget)
     pending_candidates: list[IceCandidateInit] = field(default_factory=list)
@@ -499,6 +503,7 @@ class PeerNegotiator:
         """``time.monotonic()`` of the latest connection swap, or None."""
         self._meta_seen: dict[str, None] = {}  # inbound metadata ids, in arrival order
         self._meta_bound: set[str] = set()  # metadata ids that ever labelled a track
+        self._remote_defers = False  # the remote is a Python peer (remote_defers_first_offer)
         self._gen = _Generation(0, self._new_pc())
 
     # -- read-only state ---------------------------------------------------------------------
@@ -695,6 +700,11 @@ class PeerNegotiator:
                 self._emit(RemoteNegotiationErrorEvent(exc, fatal=False))
 
     def _apply_track_meta(self, meta: TrackMeta) -> None:
+        if not self._remote_defers and remote_defers_first_offer(
+                meta_kind=meta.kind, meta_stream_id=meta.stream_id):
+            self._remote_defers = True
+            if not self.polite:  # an impolite first-offer wait in progress ends now
+                self._gen.hold_over.set()
         if not meta.is_clear:
             self._meta_seen.pop(meta.track_id, None)
             self._meta_seen[meta.track_id] = None
@@ -734,6 +744,7 @@ class PeerNegotiator:
         self._remote_description_applied(gen, ufrag)
         await self._flush_pending_candidates(gen)
         gen.remote_offer.set()
+        gen.hold_over.set()
         self._forget_rejected(gen, sdp)
         self._set_directions(gen, sdp)
         answer = await pc.createAnswer()
@@ -856,12 +867,13 @@ class PeerNegotiator:
                 polite=self.polite, polite_delay=self.timings.polite_offer_delay,
                 impolite_delay=self.timings.impolite_wait, force_offer=self._force_offer,
                 offers_sent=gen.offers_sent, remote_offer_seen=gen.remote_offer.is_set(),
-                has_something=self._has_something_to_negotiate(gen))
+                has_something=self._has_something_to_negotiate(gen),
+                remote_defers=self._remote_defers)
             if wait > 0:
                 # The first offer of a connection: give the remote's own offer (if it makes
                 # one) a head start, so the two do not collide.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(gen.remote_offer.wait(), wait)
+                    await asyncio.wait_for(gen.hold_over.wait(), wait)
                 if gen is not self._gen:
                     continue
             async with self._op_lock:

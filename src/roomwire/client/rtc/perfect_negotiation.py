@@ -37,6 +37,7 @@ __all__ = [
     "needs_offer",
     "new_mlines_this_offer",
     "outbound_still_current",
+    "remote_defers_first_offer",
     "remote_rebuild_hold",
     "transceiver_direction",
 ]
@@ -267,15 +268,29 @@ def impolite_wait(impolite_offer_delay: float | None, polite_offer_delay: float)
     return min(0.5, max(0.0, polite_offer_delay) / 4)
 
 
+def remote_defers_first_offer(*, meta_kind: str | None, meta_stream_id: str | None) -> bool:
+    """Whether a track-metadata message says its sender is a Python peer, which never offers
+    first when polite (it defers its first offer, ``polite_offer_delay`` for ours, 2 s for
+    the official Python SDK, waiting for the impolite side's).
+
+    Both Python SDKs (the official ``metered-realtime`` and ours) put ``kind`` and
+    ``streamId`` in ``__meteredTrackMeta``; the official JS SDK (a browser, which offers at
+    once even when polite) sends ``trackId`` and ``metadata`` only. Either field is enough."""
+    return meta_kind is not None or meta_stream_id is not None
+
+
 def first_offer_wait(*, polite: bool, polite_delay: float, impolite_delay: float,
                      force_offer: bool, offers_sent: int, remote_offer_seen: bool,
-                     has_something: bool) -> float:
+                     has_something: bool, remote_defers: bool = False) -> float:
     """How long to wait for the remote's offer before offering ourselves (0: offer now). Only
     the first offer of a connection waits, and only when there is something to negotiate and
     no one asked to offer at once: the polite side defers (``polite_delay``) so the two offers
     do not collide, and the impolite side waits a little (``impolite_delay``) for a browser's
-    offer."""
+    offer, unless the remote is known to defer its own (``remote_defers``: a Python peer,
+    ``remote_defers_first_offer``), when there is no offer to wait for."""
     wait = polite_delay if polite else impolite_delay
+    if not polite and remote_defers:
+        return 0.0
     if wait <= 0 or force_offer or offers_sent or remote_offer_seen or not has_something:
         return 0.0
     return wait
