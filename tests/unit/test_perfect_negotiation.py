@@ -275,34 +275,58 @@ def test_a_zero_delay_never_waits() -> None:
 
 # What a browser does with the m-lines of an offer it receives (Chromium, JSEP 5.10): its own
 # addTrack transceivers are matched only to m-lines that let it send, and a receiver knows the
-# sender's track id only on a transceiver the offer created. Our tracks must therefore never
-# ride the remote's m-lines and must be offered sendonly while the remote does not send there.
-@pytest.mark.parametrize(("case", "by_remote", "local", "remote", "direction"), [
-    ("the remote's m-line, it sends", True, False, True, "recvonly"),
-    ("the remote's m-line, it stopped sending", True, False, False, "recvonly"),
-    ("the remote's m-line never carries our track", True, True, True, "recvonly"),
-    ("ours, only we send: not matchable by a browser's addTrack", False, True, False,
+# sender's track id only on a transceiver the offer created. Toward a browser our tracks must
+# therefore never ride the remote's m-lines and must be offered sendonly while the remote does
+# not send there. A Python remote (aiortc) takes the msid track id from an answer as well: our
+# m-lines are offered sendrecv to it, and our answer to its offer carries our tracks.
+@pytest.mark.parametrize(("case", "by_remote", "local", "remote", "python", "direction"), [
+    ("the remote's m-line, it sends", True, False, True, False, "recvonly"),
+    ("the remote's m-line, it stopped sending", True, False, False, False, "recvonly"),
+    ("a Python remote's m-line, nothing of ours on it", True, False, True, True, "recvonly"),
+    ("a Python remote's m-line carrying our track, it sends too", True, True, True, True,
+     "sendrecv"),
+    ("a Python remote's m-line carrying our track, it stopped", True, True, False, True,
      "sendonly"),
-    ("ours, and the remote reused it for a track of its own", False, True, True, "sendrecv"),
-    ("ours, track removed, the remote still sends on it", False, False, True, "recvonly"),
-    ("ours, track removed, nobody sends", False, False, False, "inactive"),
+    ("ours, only we send: not matchable by a browser's addTrack", False, True, False, False,
+     "sendonly"),
+    ("ours, only we send, to a Python remote: its answer may carry its track", False, True,
+     False, True, "sendrecv"),
+    ("ours, and the remote reused it for a track of its own", False, True, True, False,
+     "sendrecv"),
+    ("ours, track removed, the remote still sends on it", False, False, True, False,
+     "recvonly"),
+    ("ours, track removed, nobody sends", False, False, False, False, "inactive"),
+    ("ours, track removed, nobody sends, Python remote", False, False, False, True,
+     "inactive"),
 ])
 def test_transceiver_direction(case: str, by_remote: bool, local: bool, remote: bool,
-                               direction: str) -> None:
+                               python: bool, direction: str) -> None:
     assert transceiver_direction(created_by_remote=by_remote, local_sends=local,
-                                 remote_sends=remote) == direction, case
+                                 remote_sends=remote, remote_is_python=python) == direction, case
 
 
-@pytest.mark.parametrize(("case", "by_remote", "carried", "stopped", "allowed"), [
-    ("created by the remote's offer", True, False, False, False),
-    ("ours, fresh", False, False, False, True),
-    ("ours, carried another track (the remote knows that id)", False, True, False, False),
-    ("ours, stopped", False, False, True, False),
-])
+@pytest.mark.parametrize(
+    ("case", "by_remote", "carried", "stopped", "answering_python", "receives", "allowed"), [
+        ("created by the remote's offer", True, False, False, False, False, False),
+        ("created by a browser's offer that would receive", True, False, False, False, True,
+         False),
+        ("a Python remote's offered m-line that receives, in our answer", True, False, False,
+         True, True, True),
+        ("a Python remote's sendonly m-line (an older roomwire peer)", True, False, False,
+         True, False, False),
+        ("a Python remote's m-line that carried a track of ours", True, True, False, True,
+         True, False),
+        ("a Python remote's m-line, stopped", True, False, True, True, True, False),
+        ("ours, fresh", False, False, False, False, False, True),
+        ("ours, carried another track (the remote knows that id)", False, True, False, False,
+         False, False),
+        ("ours, stopped", False, False, True, False, False, False),
+    ])
 def test_local_track_may_use(case: str, by_remote: bool, carried: bool, stopped: bool,
-                             allowed: bool) -> None:
+                             answering_python: bool, receives: bool, allowed: bool) -> None:
     assert local_track_may_use(created_by_remote=by_remote, has_carried_a_track=carried,
-                               stopped=stopped) is allowed, case
+                               stopped=stopped, answering_python=answering_python,
+                               remote_receives=receives) is allowed, case
 
 
 def test_an_unattached_local_track_needs_an_offer() -> None:

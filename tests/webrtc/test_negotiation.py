@@ -541,6 +541,38 @@ async def test_three_peers_share_one_source_through_relays(mesh_factory: Any) ->
     stop_all(*sources.values())
 
 
+async def test_two_python_peers_connect_in_one_offer_round(mesh_factory: Any) -> None:
+    """Both sides labelled, so each knows the other is a Python peer: the impolite side
+    offers at once with sendrecv m-lines and the polite side's answer carries its tracks on
+    them. One offer, one answer; every track arrives labelled, frames flow both ways."""
+    mesh: Mesh = mesh_factory(["a", "b"])
+    a, b = mesh["a", "b"], mesh["b", "a"]
+    src_a = media(a, "sa", "camera")
+    src_b = media(b, "sb", "camera")
+    await connected(a, b)
+    for peer, sources, stream in ((a, src_b, "sb"), (b, src_a, "sa")):
+        events = await peer.log.wait_for(TrackEvent, count=2)
+        by_kind = {e.kind: e for e in events}
+        owner = peer.neg.remote_id
+        assert (by_kind["video"].track.id, by_kind["video"].metadata) == (
+            sources[0].id, {"role": "camera", "owner": owner}), by_kind
+        assert (by_kind["audio"].track.id, by_kind["audio"].metadata) == (
+            sources[1].id, {"role": "mic", "owner": owner}), by_kind
+        assert {s.id for e in events for s in e.streams} == {stream}
+    for peer in (a, b):
+        directions = sorted((t.kind, t.currentDirection) for t in peer.neg.pc.getTransceivers())
+        assert directions == [("audio", "sendrecv"), ("video", "sendrecv")], directions
+    tracks = [e.track for p in (a, b) for e in p.tracks()]
+    counts = await asyncio.gather(*(
+        count_frames(t, 10 if t.kind == "video" else 20) for t in tracks))
+    assert counts == [10 if t.kind == "video" else 20 for t in tracks], counts
+    # Frames flowed for a while: a second round would have been offered by now.
+    assert mesh.wires["b", "a"].kinds("b", "a").count("offer") == 1
+    assert mesh.wires["a", "b"].kinds("a", "b").count("offer") == 0
+    assert not a.log.of(RemoteNegotiationErrorEvent) and not b.log.of(RemoteNegotiationErrorEvent)
+    stop_all(*src_a, *src_b)
+
+
 async def test_late_track_gets_an_mline_of_its_own(mesh_factory: Any) -> None:
     """A track is never put on an m-line the remote created (a browser's receiver would not
     know the track's id there, so the official JS SDK could not find its label): it goes on

@@ -105,6 +105,7 @@ def test_parse_chromium_offer() -> None:
         "0", "cam-stream", "mic-track", "Yx7b")
     assert audio.sends and not audio.rejected
     assert video.rejected and not video.sends and video.direction == "inactive"
+    assert audio.receives and not video.receives
     assert (video.extmaps[0].id, video.extmaps[0].uri) == (
         4, "urn:ietf:params:rtp-hdrext:sdes:mid")
     assert app.port == 9 and app.mid == "2"
@@ -124,10 +125,10 @@ def test_parse_msid_variants() -> None:
         "m=audio 0 UDP/TLS/RTP/SAVPF 111", "a=mid:b", "a=bundle-only", "a=msid:s t",
     ]) + "\n"
     v, a, b = parse_sdp(sdp).sections
-    assert (v.stream_id, v.track_id, v.direction, v.sends) == (
-        "legacy-stream", "legacy-track", "sendonly", True)
-    assert (a.stream_id, a.track_id, a.sends) == (None, "lone-track", False)
-    assert b.bundle_only and not b.rejected and b.sends
+    assert (v.stream_id, v.track_id, v.direction, v.sends, v.receives) == (
+        "legacy-stream", "legacy-track", "sendonly", True, False)
+    assert (a.stream_id, a.track_id, a.sends, a.receives) == (None, "lone-track", False, True)
+    assert b.bundle_only and not b.rejected and b.sends and b.receives
     assert ice_ufrag(sdp) == "sess"
     assert parse_sdp("v=0\r\n").sections == ()
 

@@ -409,7 +409,10 @@ class _Generation:
     pending_candidates: list[IceCandidateInit] = field(default_factory=list)
     own: set[RTCRtpTransceiver] = field(default_factory=set)
     """Transceivers we created (each for one local track); the others the remote's offers
-    created, and we only receive on those."""
+    created, and we only receive on those, except ``borrowed`` ones."""
+    borrowed: set[RTCRtpTransceiver] = field(default_factory=set)
+    """Transceivers a Python remote's offer created that carried a local track of ours (put
+    there by our answer, ``local_track_may_use``)."""
     rejected_mids: set[str] = field(default_factory=set)
     """m-lines the remote rejected (port 0): dead for good, rejected in our offers too."""
     silenced: set[RTCRtpTransceiver] = field(default_factory=set)
@@ -746,6 +749,8 @@ class PeerNegotiator:
         gen.remote_offer.set()
         gen.hold_over.set()
         self._forget_rejected(gen, sdp)
+        if self._remote_defers:
+            self._attach_to_offer(gen, sdp)
         self._set_directions(gen, sdp)
         answer = await pc.createAnswer()
         mark_unoffered_inactive(pc)
@@ -758,8 +763,8 @@ class PeerNegotiator:
         if self._state is PeerState.IDLE:
             self._set_state(PeerState.CONNECTING)
         if self._needs_offer(gen):
-            # Our media goes on m-lines of our own offer, never on the remote's: one
-            # follow-up offer.
+            # Our media left over (all of it toward a browser) goes on m-lines of our own
+            # offer: one follow-up offer.
             self._request_negotiation(offer_now=True)
 
     async def _handle_answer(self, sdp: str) -> None:
@@ -955,7 +960,8 @@ class PeerNegotiator:
             t.direction = transceiver_direction(
                 created_by_remote=t not in gen.own,
                 local_sends=t in carrying,
-                remote_sends=section is not None and section.sends)
+                remote_sends=section is not None and section.sends,
+                remote_is_python=self._remote_defers)
 
     async def _make_offer(self, gen: _Generation) -> None:
         pc = gen.pc
@@ -1105,7 +1111,7 @@ class PeerNegotiator:
         for entry in self._local.values():
             retire_proxy(entry.proxy)
             entry.proxy = None
-            entry.transceiver = None  # attached again in the next offer
+            entry.transceiver = None  # attached again in the next offer (or answer)
         if announce:
             self.announce_metadata()
         for channel in old.channels:
@@ -1242,7 +1248,8 @@ class PeerNegotiator:
             t for t in gen.pc.getTransceivers()
             if t.kind == entry.kind and t.sender.track is None
             and local_track_may_use(created_by_remote=t not in gen.own,
-                                    has_carried_a_track=t in gen.own, stopped=t.stopped)
+                                    has_carried_a_track=t in gen.own or t in gen.borrowed,
+                                    stopped=t.stopped)
         ), None)
         if transceiver is not None:
             transceiver.sender.replaceTrack(proxy)
@@ -1252,6 +1259,31 @@ class PeerNegotiator:
         self._label_sender(transceiver, entry)
         entry.transceiver = transceiver
         entry.proxy = proxy
+
+    def _attach_to_offer(self, gen: _Generation, offer_sdp: str) -> None:
+        """Put local tracks without a transceiver on the m-lines of a Python remote's offer
+        (caller: ``_handle_offer``, before the answer): one round carries both sides' media."""
+        info = parse_sdp(offer_sdp)
+        for entry in self._local.values():
+            if entry.transceiver is not None:
+                continue
+            for t in gen.pc.getTransceivers():
+                section = info.section(t.mid) if t.mid is not None else None
+                if (t.kind != entry.kind or t.sender.track is not None or section is None
+                        or t.mid in gen.rejected_mids):
+                    continue
+                if not local_track_may_use(
+                        created_by_remote=t not in gen.own,
+                        has_carried_a_track=t in gen.own or t in gen.borrowed,
+                        stopped=t.stopped, answering_python=True,
+                        remote_receives=section.receives):
+                    continue
+                entry.proxy = self._relay.subscribe(entry.source, buffered=False)
+                t.sender.replaceTrack(entry.proxy)
+                gen.borrowed.add(t)
+                self._label_sender(t, entry)
+                entry.transceiver = t
+                break
 
     @staticmethod
     def _label_sender(transceiver: RTCRtpTransceiver, entry: _LocalTrack) -> None:

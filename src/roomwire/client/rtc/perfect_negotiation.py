@@ -301,14 +301,14 @@ def remote_rebuild_hold(*, remote_rebuild_expected: bool, connected: bool,
     """How long an offer of ours waits on a connection whose answer the remote is expected
     to discard (``answer_forces_remote_rebuild``); 0: offer now.
 
-    Our tracks never ride the remote's m-lines, so answering is followed by an offer of our
-    own. Made on such a connection it would reach the remote's rebuilt connection, which
-    answers it with ICE credentials of its own: new ones to us, so we would rebuild, offer
-    again, and the two sides would keep replacing each other's connection. So the offer
-    waits, up to ``hold``, for the remote's fresh offer (which replaces this connection; the
-    offer is then made on the next one) or for this connection to connect (a remote that
-    does follow new credentials, as a browser may, took the answer after all). Once it has
-    offered on the connection, nothing waits."""
+    Our tracks ride the remote's m-lines only in an answer to a Python remote's offer, so
+    answering is usually followed by an offer of our own. Made on such a connection it would
+    reach the remote's rebuilt connection, which answers it with ICE credentials of its own:
+    new ones to us, so we would rebuild, offer again, and the two sides would keep replacing
+    each other's connection. So the offer waits, up to ``hold``, for the remote's fresh offer
+    (which replaces this connection; the offer is then made on the next one) or for this
+    connection to connect (a remote that does follow new credentials, as a browser may, took
+    the answer after all). Once it has offered on the connection, nothing waits."""
     if not remote_rebuild_expected or connected or offers_sent:
         return 0.0
     return max(0.0, hold)
@@ -321,36 +321,57 @@ def remote_rebuild_hold(*, remote_rebuild_expected: bool, connected: bool,
 # msid track id, but a transceiver it created itself (``addTrack`` before joining) and matched
 # to a remote m-line keeps a receiver track id of its own. The official JS SDK looks track
 # metadata up by the receiver's ``track.id``, so a label reaches it only for tracks that
-# arrive on an m-line the receiver did not create. Hence: our tracks travel only on m-lines
-# we offer, and we offer them ``sendonly`` (a browser associates its own ``addTrack``
-# transceivers only with a remote m-section that would let it send: sendrecv or recvonly).
+# arrive on an m-line the receiver did not create. Hence: toward a browser our tracks travel
+# only on m-lines we offer, and we offer them ``sendonly`` (a browser associates its own
+# ``addTrack`` transceivers only with a remote m-section that would let it send: sendrecv or
+# recvonly).
+#
+# A Python remote (``remote_defers_first_offer``) is aiortc: it gives every receiver track the
+# msid track id of the description that announces it, an answer as well as an offer. So toward
+# it our offer's m-lines are ``sendrecv`` and our answer puts our tracks on its offered m-lines
+# of the same kind: one offer/answer round carries both sides' media.
 
 
 def local_track_may_use(*, created_by_remote: bool, has_carried_a_track: bool,
-                        stopped: bool) -> bool:
-    """Whether a local track may be attached to an existing transceiver. Only to one we
-    created for it and that never carried another track: a transceiver the remote created
-    (its m-line is the remote's own addTrack slot, whose receiver id the remote app does not
-    know) never; one of ours reused for another track keeps the first track's receiver id on
-    the remote side, so the new track's label would not be found either."""
-    return not created_by_remote and not has_carried_a_track and not stopped
+                        stopped: bool, answering_python: bool = False,
+                        remote_receives: bool = False) -> bool:
+    """Whether a local track may be attached to an existing transceiver:
+
+    * one we created for it and that never carried another track (one reused for another
+      track keeps the first track's receiver id on the remote side, so the new track's label
+      would not be found);
+    * one the remote created only while answering an offer of a Python remote
+      (``answering_python``) whose m-line lets it receive (``remote_receives``: sendrecv or
+      recvonly) and that never carried a track of ours; never otherwise (toward a browser its
+      m-line is the remote's own addTrack slot, whose receiver id the remote app does not
+      know)."""
+    if stopped or has_carried_a_track:
+        return False
+    if not created_by_remote:
+        return True
+    return answering_python and remote_receives
 
 
 def transceiver_direction(*, created_by_remote: bool, local_sends: bool,
-                          remote_sends: bool) -> str:
+                          remote_sends: bool, remote_is_python: bool = False) -> str:
     """The direction to give a transceiver before an offer or an answer.
 
-    * one the remote created: ``recvonly`` (we never send on the remote's m-lines; an answer
-      narrows it to ``inactive`` when the remote stops sending);
+    * one the remote created: ``recvonly`` (we never send on a browser's m-lines; an answer
+      narrows it to ``inactive`` when the remote stops sending); carrying a local track (an
+      answer to a Python remote, ``local_track_may_use``): ``sendrecv`` while the remote sends
+      there too, else ``sendonly``;
     * one of ours: ``sendonly`` while only we send (so a browser cannot match its own
       transceiver to it), ``sendrecv`` once the remote sends on it too (a browser's
-      ``addTrack`` may reuse our m-line for a later track: receive it); without a local
-      track ``recvonly`` or ``inactive`` likewise.
+      ``addTrack`` may reuse our m-line for a later track: receive it) or when the remote is a
+      Python peer (its answer may carry its tracks on our m-line); without a local track
+      ``recvonly`` or ``inactive`` likewise.
     """
     if created_by_remote:
-        return "recvonly"
-    if local_sends:
+        if not local_sends:
+            return "recvonly"
         return "sendrecv" if remote_sends else "sendonly"
+    if local_sends:
+        return "sendrecv" if remote_sends or remote_is_python else "sendonly"
     return "recvonly" if remote_sends else "inactive"
 
 

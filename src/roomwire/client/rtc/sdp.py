@@ -87,6 +87,11 @@ class MediaSection:
         """Whether the SDP's author sends media on this m-section."""
         return not self.rejected and self.direction in ("sendrecv", "sendonly")
 
+    @property
+    def receives(self) -> bool:
+        """Whether the SDP's author would receive media on this m-section."""
+        return not self.rejected and self.direction in ("sendrecv", "recvonly")
+
 
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
