@@ -62,6 +62,15 @@ class _TypeOnly(msgspec.Struct):
 _type_decoder = msgspec.json.Decoder(_TypeOnly)
 
 
+
+def _close_or_drop(run: Run, transport: WSTransport, frame: WSFrame) -> None:
+    """A frame that is not text: a close is counted by code and answered; others dropped."""
+    if frame.msg_type is CLOSE:
+        code = str(frame.get_close_code())
+        run.close_codes[code] = run.close_codes.get(code, 0) + 1
+        transport.send_close(WSCloseCode.OK)
+        transport.disconnect()
+
 def frame_type(buf: bytes) -> bytes:
     """The frame's ``type``: a byte search when it comes first, a JSON decode otherwise."""
     if buf.startswith(_TYPE_PREFIX):
@@ -186,11 +195,7 @@ class Conn(WSListener):
         run = self.run
         run.frames += 1
         if frame.msg_type is not TEXT:
-            if frame.msg_type is CLOSE:
-                code = str(frame.get_close_code())
-                run.close_codes[code] = run.close_codes.get(code, 0) + 1
-                transport.send_close(WSCloseCode.OK)
-                transport.disconnect()
+            _close_or_drop(run, transport, frame)
             return
         buf = frame.get_payload_as_bytes()
         kind = frame_type(buf)
@@ -386,11 +391,7 @@ class PeerJsConn(Conn):
         run = self.run
         run.frames += 1
         if frame.msg_type is not TEXT:
-            if frame.msg_type is CLOSE:
-                code = str(frame.get_close_code())
-                run.close_codes[code] = run.close_codes.get(code, 0) + 1
-                transport.send_close(WSCloseCode.OK)
-                transport.disconnect()
+            _close_or_drop(run, transport, frame)
             return
         buf = frame.get_payload_as_bytes()
         kind = frame_type(buf)
