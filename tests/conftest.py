@@ -57,6 +57,23 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "single_node(reason): concerns one node only; skipped when ROOMWIRE_TEST_CLUSTER is set",
     )
+    _check_compiled(os.environ.get("ROOMWIRE_EXPECT_COMPILED"))
+
+
+def _check_compiled(expect: str | None) -> None:
+    """``ROOMWIRE_EXPECT_COMPILED=1``: every hot module must run compiled (`.ci/run`'s
+    compiled pass, after scripts/compile.sh); ``=0``: none may (the pure-Python pass). A
+    pass that silently ran the other build would test nothing new."""
+    if expect not in ("0", "1"):
+        return
+    from roomwire.compiled import HOT_MODULES, compiled_modules
+
+    got = compiled_modules()
+    want = list(HOT_MODULES) if expect == "1" else []
+    if got != want:
+        raise pytest.UsageError(
+            f"ROOMWIRE_EXPECT_COMPILED={expect}: expected compiled modules {want}, "
+            f"found {got} (scripts/compile.sh builds them, --clean removes them)")
 
 
 #: ``CI=true``: no test may skip quietly. A skip (the official SDK, a browser, coturn, espeak-ng

@@ -16,6 +16,7 @@ import pytest
 import websockets
 
 from conftest import RawClient
+from roomwire.compiled import compiled_modules
 
 PY = sys.executable
 
@@ -103,6 +104,9 @@ async def test_serve_creates_defaults_once_and_stops_gracefully(tmp_path: Path) 
     try:
         assert info["createdDefaultApp"] is True
         assert info["publishableKey"].startswith("pk_live_")
+        # The server says which build of its hot path it runs: the one this test process
+        # imports from the same tree (all of it after scripts/compile.sh, none before).
+        assert info["compiledModules"] == compiled_modules()
         assert info["url"] == f"ws://127.0.0.1:{info['port']}"
         client = await RawClient.connect(f"{info['url']}/v1?key={info['publishableKey']}")
         await client.subscribe("room")

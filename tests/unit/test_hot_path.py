@@ -217,6 +217,14 @@ REFUSED = [
      "send needs a 'data' field (null is allowed)"),
     (b'{"type":"send","to":"bob","data":"\xff","requestId":"q"}', "malformed_message",
      "'data' is not valid UTF-8"),
+    # UTF-8's other ways to be invalid: a surrogate, an overlong form, a truncated sequence
+    # (each past the ASCII fast path of the check)
+    (b'{"type":"send","to":"bob","data":"\xed\xa0\x80","requestId":"q"}', "malformed_message",
+     "'data' is not valid UTF-8"),
+    (b'{"type":"send","to":"bob","data":"\xc0\xaf","requestId":"q"}', "malformed_message",
+     "'data' is not valid UTF-8"),
+    (b'{"type":"send","to":"bob","data":"\xe2\x82","requestId":"q"}', "malformed_message",
+     "'data' is not valid UTF-8"),
     (b'{"type":"send","to":"nobody","data":1,"requestId":"q"}', "peer_not_found",
      "no peer with that id is connected"),
 ]

@@ -76,6 +76,8 @@ def _announce(node: Any, as_json: bool, log_json: bool = False) -> None:
     """What ``serve`` prints at start. The secret key's secret only on the start that created
     it, and never in a JSON mode: stdout of a service ends up in its journal, and a JSON line
     is made for programs that store what they read. ``keys show-secret`` prints it on demand."""
+    from ..compiled import compiled_modules
+
     url = node.config.connect_url
     http_url = url.replace("ws", "http", 1)
     pk = next((k for k in node.default_keys if k.kind == "publishable"), None)
@@ -90,6 +92,7 @@ def _announce(node: Any, as_json: bool, log_json: bool = False) -> None:
         "dataDir": str(node.config.data_dir),
         "createdDefaultApp": node.created_default,
         "demo": f"{http_url}/demo" if node.config.demo_enabled else None,
+        "compiledModules": compiled_modules(),
     }
     if as_json:
         print(json.dumps(info), flush=True)
@@ -112,6 +115,9 @@ def _announce(node: Any, as_json: bool, log_json: bool = False) -> None:
                   f"                   (shown once; later: {show})"]
     elif sk:
         lines.append(f"  secret key:      {sk.id}   (its secret: {show})")
+    compiled = info["compiledModules"]
+    lines.append(f"  hot path:        compiled with mypyc ({len(compiled)} modules)" if compiled
+                 else "  hot path:        pure Python (scripts/compile.sh compiles it)")
     if node.config.demo_enabled:
         lines.append(f"  demo page:       {http_url}/demo")
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import re
 
 from .codes import ErrorCode
@@ -114,3 +115,15 @@ def request_id_problem(request_id: object) -> str | None:
     if len(request_id) > MAX_REQUEST_ID_CHARS:
         return f"requestId is longer than {MAX_REQUEST_ID_CHARS} characters"
     return None
+
+
+def utf8_ok(data: bytes) -> bool:
+    """Whether ``data`` is valid UTF-8. ASCII, which nearly every SDP and ICE candidate is,
+    is answered without decoding."""
+    if data.isascii():
+        return True
+    try:
+        codecs.utf_8_decode(data, "strict", True)
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -8,13 +8,13 @@ error code, correlated by ``requestId`` whenever the request carried a valid one
 from __future__ import annotations
 
 import asyncio
-import codecs
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
+from mypy_extensions import mypyc_attr
 
 from ..protocol import Action, CloseCode, ErrorCode, frames
 from ..protocol.history import (
@@ -33,6 +33,7 @@ from ..protocol.validate import (
     peer_id_problem,
     request_id_ok,
     request_id_problem,
+    utf8_ok,
 )
 from .auth import Principal
 from .config import ServerConfig
@@ -82,6 +83,9 @@ SESSION_SLOTS = (
 _NO_LAYOUT: tuple[str, ...] = ()
 
 
+# A transport may be written in Python (the tests' capturing session is one) even where this
+# module is compiled (docs/operations.md, "Compiled modules").
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Session(ABC):
     """The protocol side of a connection. Subclasses supply the transport."""
 
@@ -362,32 +366,31 @@ class Session(ABC):
                     "the app's message quota for this period is used up", rid)
         return False
 
-    def _data_ok(self, req: frames.Request, verb: str, rid: str | None) -> bool:
-        """``data`` must be present (``null`` counts) and valid UTF-8. The decoder keeps it as
-        raw bytes without checking their encoding, and it is relayed verbatim inside text
-        frames: invalid UTF-8 there would make every receiver fail its connection (RFC 6455)."""
+    def _data_ok(self, req: frames.Request, verb: str, rid: str | None) -> bytes | None:
+        """The request's ``data``, or None after answering why it is refused: it must be
+        present (``null`` counts) and valid UTF-8. The decoder keeps it as raw bytes without
+        checking their encoding, and it is relayed verbatim inside text frames: invalid
+        UTF-8 there would make every receiver fail its connection (RFC 6455)."""
         if not req.has_data:
             self._error(ErrorCode.MISSING_DATA,
                         f"{verb} needs a 'data' field (null is allowed)", rid)
-            return False
-        try:
-            codecs.utf_8_decode(req.data, "strict", True)
-        except UnicodeDecodeError:
+            return None
+        data = bytes(req.data)
+        if not utf8_ok(data):
             self._error(ErrorCode.MALFORMED_MESSAGE, "'data' is not valid UTF-8", rid)
-            return False
-        return True
+            return None
+        return data
 
     def _publish(self, req: frames.Request, rid: str | None) -> None:
         bad = self._check_channel(req.channel, Action.PUBLISH)
         if bad is not None:
             self._error(bad[0], bad[1], rid)
             return
-        if not self._data_ok(req, "publish", rid):
-            return
-        if not self._quota_ok(rid):
+        data = self._data_ok(req, "publish", rid)
+        if data is None or not self._quota_ok(rid):
             return
         self.services.hub.publish(
-            self.app_id, req.channel, req.data, self.peer_json, self.peer_metadata, skip=self
+            self.app_id, req.channel, data, self.peer_json, self.peer_metadata, skip=self
         )
         if rid is not None:
             opted = self._history_channels
@@ -419,21 +422,17 @@ class Session(ABC):
 
     def _send(self, req: frames.Request, rid: str | None) -> None:
         to = req.to
-        data = req.data
+        data = bytes(req.data)
         # The common case is checked in one expression; any failure goes to
         # ``_refuse_send``, which runs the checks in their documented order for the error.
-        if not (peer_id_ok(to) and self.may_send and data):
-            self._refuse_send(req, rid)
-            return
-        try:
-            codecs.utf_8_decode(data, "strict", True)
-        except UnicodeDecodeError:
+        if not (peer_id_ok(to) and self.may_send and data
+                and (data.isascii() or utf8_ok(data))):
             self._refuse_send(req, rid)
             return
         if not self._quota_ok(rid):
             return
         delivered = self.services.hub.direct(
-            self.app_id, to, req.data, self.peer_json, self.peer_metadata
+            self.app_id, to, data, self.peer_json, self.peer_metadata
         )
         if isinstance(delivered, asyncio.Future):
             # Answered once Redis said whether a node holds the peer; later requests wait,
@@ -454,7 +453,7 @@ class Session(ABC):
             self._error(ErrorCode.INVALID_PEER_ID, f"'to': {problem}", rid)
         elif not self.principal.can(Action.SEND):
             self._error(ErrorCode.ACTION_NOT_PERMITTED, "this credential may not send", rid)
-        elif self._data_ok(req, "send", rid):
+        elif self._data_ok(req, "send", rid) is not None:
             # Unreachable while the quick checks in ``_send`` mean the same as these.
             self._error(ErrorCode.INTERNAL_ERROR, "the send could not be checked; retry", rid)
 

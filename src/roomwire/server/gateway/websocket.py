@@ -24,6 +24,7 @@ from ..auth import AuthFailure, Principal
 from ..limits import ConnectLimiter, TokenBucket
 from ..metrics import Metrics
 from ..session import SESSION_SLOTS, Services, Session
+from .listener import Refusal, SessionListener
 
 log = logging.getLogger("roomwire.gateway")
 
@@ -134,8 +135,13 @@ class Outbox:
             conn.flush()
 
 
-class WsSession(Session, picows.WSListener):
-    """A session on a picows WebSocket."""
+class WsSession(Session):
+    """A session on a picows WebSocket: picows calls it through a ``SessionListener``.
+
+    It holds its listener rather than deriving from ``picows.WSListener`` so that it can be
+    compiled (docs/performance.md, "Compiled modules"): a compiled class cannot also derive
+    from another extension type.
+    """
 
     __slots__ = (
         *SESSION_SLOTS, "_closing", "_control_bucket", "_expiry", "_fragment_binary",
@@ -371,24 +377,6 @@ class WsSession(Session, picows.WSListener):
             self._ws.disconnect(graceful=False)
 
 
-class _Refusal(picows.WSListener):
-    """Upgrade, then close with a code: what the SDKs need to see for auth failures."""
-
-    def __init__(self, node: GatewayContext, code: int, reason: str) -> None:
-        self._node = node
-        self._code = code
-        self._reason = reason
-
-    def on_ws_connected(self, transport: Any) -> None:
-        self._node.metrics.count_close(self._code)
-        transport.send_close(picows.WSCloseCode(self._code), self._reason.encode()[:120])
-        self._node.loop.call_later(1.0, transport.disconnect)
-
-    def on_ws_frame(self, transport: Any, frame: Any) -> None:
-        if frame.msg_type is _CLOSE:
-            transport.disconnect()
-
-
 def parse_upgrade_target(path: bytes) -> tuple[str, dict[str, str]] | None:
     """The path and query of an upgrade request; None when the target is unreadable."""
     try:
@@ -419,6 +407,6 @@ def upgrade_listener(node: GatewayContext, request: Any) -> Any:
                 result.http_status, result.message.encode()
             )
             return picows.WSUpgradeResponseWithListener(resp, None)
-        return _Refusal(node, result.close_code, result.message)
+        return Refusal(node.loop, node.metrics.count_close, result.close_code, result.message)
     assert isinstance(result, Principal)
-    return WsSession(node, result)
+    return SessionListener(WsSession(node, result))
