@@ -415,6 +415,91 @@ CONN_CLASSES: dict[str, type[Conn]] = {"v1": Conn, "nats": NatsConn, "peerjs": P
 conn_class: type[Conn] = Conn
 
 
+# --------------------------------------------------------------------------- storm clients
+# bench/restart_storm.py and bench/cluster_storm.py: clients that reconnect on their own and
+# keep their room's roster, counted across a whole storm.
+
+
+class Tally:
+    """What every client of a storm counts: close codes, and failed attempts by reason."""
+
+    def __init__(self) -> None:
+        self.close_codes: dict[str, int] = {}
+        self.failures: dict[str, int] = {}
+
+    def note(self, reason: str) -> None:
+        self.failures[reason] = self.failures.get(reason, 0) + 1
+
+    def note_failure(self, exc: Exception) -> None:
+        """A connect attempt that raised: refused while restarting, a 429/503 answer, resets.
+        The HTTP status is only in the text of picows' exception."""
+        text = str(exc)
+        reason = type(exc).__name__
+        for status in ("429", "503", "500"):
+            if status in text:
+                reason += f" {status}"
+        self.note(reason)
+
+
+class RosterClient(WSListener):
+    """A room member: subscribes to ``channel`` after every welcome and keeps its roster (the
+    snapshot, then ``joined`` minus ``left``). A reconnect gets a new peer id, so the roster
+    starts again at each welcome. ``on_welcome``/``on_ack`` are for the driver's waits."""
+
+    def __init__(self, tally: Tally, channel: str) -> None:
+        self.tally = tally
+        self.channel = channel
+        self.subscribe = msgspec.json.encode(
+            {"type": "subscribe", "channel": channel, "requestId": "s"})
+        self.transport: WSTransport | None = None
+        self.peer_id = ""
+        self.acked = False
+        self.roster: set[str] = set()
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        mt = frame.msg_type
+        if mt is CLOSE:
+            codes = self.tally.close_codes
+            code = str(frame.get_close_code())
+            codes[code] = codes.get(code, 0) + 1
+            transport.disconnect()
+            return
+        if mt is not TEXT:
+            return
+        obj = msgspec.json.decode(frame.get_payload_as_bytes())
+        kind = obj.get("type")
+        if kind == "presence":
+            if obj.get("channel") == self.channel:
+                for e in obj.get("joined") or ():
+                    self.roster.add(e["peerId"])
+                for e in obj.get("left") or ():
+                    self.roster.discard(e["peerId"])
+        elif kind == "welcome":
+            self.peer_id = obj["peerId"]
+            self.roster = set()
+            self.on_welcome()
+            transport.send(TEXT, self.subscribe)
+        elif kind == "ack":
+            self.acked = True
+            self.on_ack()
+        elif kind == "error":
+            self.tally.note(f"error frame {obj.get('code')}")
+
+    def on_welcome(self) -> None:
+        pass
+
+    def on_ack(self) -> None:
+        pass
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.transport = None
+        self.acked = False
+        self.peer_id = ""
+
+
 # --------------------------------------------------------------------------- setup helpers
 
 
