@@ -404,6 +404,8 @@ class _Generation:
     hold_over: asyncio.Event = field(default_factory=asyncio.Event)
     """Ends the first-offer wait: the remote offered, or (impolite side only) it turned out
     to be a Python peer, which defers its own first offer (``remote_defers_first_offer``)."""
+    holding_first_offer: bool = False
+    """Inside the first-offer wait (``first_offer_wait``), until ``hold_over`` or its end."""
     state_changed: asyncio.Event = field(default_factory=asyncio.Event)
     budget: CandidateBudget = field(default_factory=CandidateBudget)
     pending_candidates: list[IceCandidateInit] = field(default_factory=list)
@@ -533,6 +535,12 @@ class PeerNegotiator:
     @property
     def state(self) -> PeerState:
         return self._state
+
+    @property
+    def holding_first_offer(self) -> bool:
+        """The first offer of the current connection is held back, leaving the remote's own
+        offer a head start (``polite_offer_delay`` / ``impolite_wait``)."""
+        return self._gen.holding_first_offer
 
     @property
     def closed(self) -> bool:
@@ -877,8 +885,12 @@ class PeerNegotiator:
             if wait > 0:
                 # The first offer of a connection: give the remote's own offer (if it makes
                 # one) a head start, so the two do not collide.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(gen.hold_over.wait(), wait)
+                gen.holding_first_offer = True
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(gen.hold_over.wait(), wait)
+                finally:
+                    gen.holding_first_offer = False
                 if gen is not self._gen:
                     continue
             async with self._op_lock:
