@@ -115,6 +115,16 @@ async def decoded(track: Any, want: int = 5, timeout: float = 10.0) -> int:
     return n
 
 
+async def join_in_turn(rw: MeteredPeer, off: OfficialPeer, first: str) -> None:
+    """Both join ROOM, ``first`` ("roomwire" or "official") before the other."""
+    if first == "roomwire":
+        await rw.join(ROOM, include_sender_metadata=True)
+        await off.ok("join", channel=ROOM, include_sender_metadata=True, timeout=10)
+    else:
+        await off.ok("join", channel=ROOM, include_sender_metadata=True, timeout=10)
+        await rw.join(ROOM, include_sender_metadata=True)
+
+
 @pytest.mark.parametrize("first", ["roomwire", "official"])
 async def test_roomwire_and_official_peers_share_a_room(
         server: RunningServer, official_peer: Start, first: str) -> None:
@@ -129,12 +139,7 @@ async def test_roomwire_and_official_peers_share_a_room(
     off = await official_peer(off_id)
     await off.ok("add_stream", metadata=OFF_META)
     try:
-        if first == "roomwire":
-            await rw.join(ROOM, include_sender_metadata=True)
-            await off.ok("join", channel=ROOM, include_sender_metadata=True, timeout=10)
-        else:
-            await off.ok("join", channel=ROOM, include_sender_metadata=True, timeout=10)
-            await rw.join(ROOM, include_sender_metadata=True)
+        await join_in_turn(rw, off, first)
 
         # Official -> roomwire: tracks with their metadata label, frames decoded.
         await seen.until(lambda: {"audio", "video"} <= set(seen.tracks))
@@ -217,12 +222,7 @@ async def test_every_roomwire_stream_is_labelled_for_the_official_peer_also_afte
     await off.ok("add_stream", metadata=OFF_META)
     screen_video = VideoSource(320, 240, fps=15)
     try:
-        if first == "roomwire":
-            await rw.join(ROOM, include_sender_metadata=True)
-            await off.ok("join", channel=ROOM, include_sender_metadata=True, timeout=10)
-        else:
-            await off.ok("join", channel=ROOM, include_sender_metadata=True, timeout=10)
-            await rw.join(ROOM, include_sender_metadata=True)
+        await join_in_turn(rw, off, first)
         camera = {cam.id: (RW_META, {"audio", "video"})}
         await official_sees_labels(off, rw_id, camera)
 
