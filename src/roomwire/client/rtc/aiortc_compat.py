@@ -30,12 +30,21 @@ What each helper relies on:
   ``_source``, ``_queue`` (buffered), ``_new_frame_event`` and ``_frame`` (unbuffered).
 * ``set_host_address_lookup``: the module function ``aioice.ice.get_host_addresses(use_ipv4,
   use_ipv6)``, looked up by aioice at gather time.
+* ``end_idle_check_pacing``: ``RTCIceGatherer._connection`` (the aioice ``Connection``) and,
+  on it, ``_check_periodic`` (the pacing step ``connect()`` calls every 20 ms while it returns
+  True), ``_check_list`` (its pairs, with ``CandidatePair.State``) and
+  ``_remote_candidates_expected``.
+* ``SourceRelay``'s video proxies (``FirstFrameProxy``) follow the first frame they hand a
+  sender with a copy 1 ms later: aiortc's video jitter buffer releases a frame only when a
+  packet of the next frame arrives (``JitterBuffer._remove_frame``), which would hold every
+  call's first picture for a whole frame interval.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fractions
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -53,6 +62,7 @@ try:
     )
     from aiortc.contrib.media import MediaRelay, RelayStreamTrack
     from aiortc.mediastreams import MediaStreamError
+    from av import VideoFrame
     from av.frame import Frame
     from av.packet import Packet
 except ImportError as exc:  # the optional WebRTC stack is not installed
@@ -60,8 +70,11 @@ except ImportError as exc:  # the optional WebRTC stack is not installed
 
 __all__ = [
     "AIOICE_HOST_ADDRESSES",
+    "FirstFrameProxy",
     "HostAddressLookup",
     "SourceRelay",
+    "end_idle_check_pacing",
+    "follow_up_frame",
     "host_address_lookup",
     "label_sender",
     "mark_unoffered_inactive",
@@ -94,6 +107,60 @@ def set_host_address_lookup(lookup: HostAddressLookup | None) -> None:
     """Replace aioice's host-address lookup for every later gathering (``None``: aioice's
     own). aioice resolves the name at gather time, so connections created earlier follow."""
     aioice.ice.get_host_addresses = lookup if lookup is not None else AIOICE_HOST_ADDRESSES
+
+
+def _ice_connections(pc: RTCPeerConnection) -> list[Any]:
+    """The aioice connections of every transport ``pc`` has now (one per BUNDLE group)."""
+    dtls: list[Any] = [t.receiver.transport for t in pc.getTransceivers()]
+    if pc.sctp is not None:
+        dtls.append(pc.sctp.transport)
+    seen: dict[int, Any] = {}
+    for transport in dtls:
+        connection = getattr(transport.transport.iceGatherer, "_connection", None)
+        if connection is not None:
+            seen.setdefault(id(connection), connection)
+    return list(seen.values())
+
+
+def _left_to_start(pair: Any) -> bool:
+    # A waiting pair with a task is the check just started (it turns in-progress when the
+    # task runs); only a frozen pair, or a waiting one without a task, needs a pacing step.
+    state = pair.state
+    if state == aioice.ice.CandidatePair.State.FROZEN:
+        return True
+    return state == aioice.ice.CandidatePair.State.WAITING and pair.task is None
+
+
+def end_idle_check_pacing(pc: RTCPeerConnection) -> int:
+    """Make the ICE check pacing of ``pc``'s transports stop once it has nothing left to
+    start (call after each ``set*Description``, before the connect task runs; idempotent).
+    Returns how many connections were changed.
+
+    aioice's ``connect()`` starts one check per pacing step and sleeps 20 ms (RFC 8445's Ta)
+    after each, until a step starts nothing. With one candidate pair (every loopback call,
+    most calls with one host candidate a side) the check completes in a round trip, but
+    ``connect()`` returns only after the sleep behind it: 20 ms on both sides before DTLS can
+    start. The step is wrapped so that it reports "nothing left" as soon as the check it
+    started was the last one: no pair is frozen or waiting for a check to be started, and no
+    more remote candidates can come. aioice's own next step would then start nothing either:
+    every later way a pair becomes waiting (a triggered check, a peer-reflexive pair) starts
+    its check itself, and pairs only unfreeze from the frozen state. Checks are never started
+    faster than before; only the idle sleep after the last one goes."""
+    changed = 0
+    for connection in _ice_connections(pc):
+        if "_check_periodic" in vars(connection):
+            continue
+        step = connection._check_periodic
+
+        def paced(step: Callable[[], bool] = step, connection: Any = connection) -> bool:
+            if not step():
+                return False
+            return (any(_left_to_start(pair) for pair in connection._check_list)
+                    or bool(connection._remote_candidates_expected()))
+
+        connection._check_periodic = paced
+        changed += 1
+    return changed
 
 
 # -- tracks, transceivers and senders --------------------------------------------------------
@@ -211,6 +278,65 @@ def move_pending_channel(channel: RTCDataChannel, old_pc: RTCPeerConnection,
 # -- relay proxies ------------------------------------------------------------------------------
 
 
+FOLLOW_UP_DELAY = fractions.Fraction(1, 1000)
+"""How much later (seconds, in presentation time) the copy of a proxy's first video frame is
+stamped. It must survive the encoder's time base (libvpx's is 1/1000000 in aiortc) and stay
+below any real frame interval."""
+
+
+def follow_up_frame(frame: VideoFrame) -> VideoFrame | None:
+    """A copy of ``frame`` stamped ``FOLLOW_UP_DELAY`` later, or None when its timestamps
+    cannot express that without reaching a later frame's (no pts, or a time base coarser
+    than 1 ms).
+
+    Sent right behind the frame, it lets the receiver's jitter buffer release the frame at
+    once: aiortc's releases a frame only when a packet with another timestamp arrives. The
+    copy encodes to a few dozen bytes (nothing changed)."""
+    time_base = frame.time_base
+    if frame.pts is None or time_base is None or time_base <= 0:
+        return None
+    ticks = FOLLOW_UP_DELAY / fractions.Fraction(time_base)
+    if ticks < 1:
+        return None  # one tick is more than 1 ms: the copy could collide with the next frame
+    copy = VideoFrame(frame.width, frame.height, frame.format.name)
+    for src, dst in zip(frame.planes, copy.planes, strict=True):
+        if src.buffer_size != dst.buffer_size:
+            return None  # another layout (padding): not worth a conversion
+        dst.update(bytes(src))
+    copy.pts = frame.pts + int(ticks)
+    copy.time_base = time_base
+    return copy
+
+
+class FirstFrameProxy(RelayStreamTrack):
+    """A video relay proxy whose first frame is followed at once by ``follow_up_frame`` of
+    it: the first picture of a call (or of a connection rebuilt) is decoded one frame
+    interval earlier on an aiortc receiver. Every later frame is the source's."""
+
+    def __init__(self, relay: MediaRelay, source: MediaStreamTrack, buffered: bool) -> None:
+        super().__init__(relay, source, buffered)
+        self._first_done = False
+        self._follow_up: VideoFrame | None = None
+
+    async def recv(self) -> Frame | Packet[Any]:
+        follow_up, self._follow_up = self._follow_up, None
+        if follow_up is not None and self.readyState == "live":
+            return follow_up
+        frame = await super().recv()
+        if not self._first_done and self._source is not None:
+            self._first_done = True
+            if isinstance(frame, VideoFrame):
+                self._follow_up = follow_up_frame(frame)
+        return frame
+
+    def restart(self) -> None:
+        """The proxy reads another source now (``repoint_proxy``; the sender gets a fresh
+        encoder, so a keyframe): forget a follow-up of the old source, and follow the new
+        source's first frame."""
+        self._follow_up = None
+        self._first_done = False
+
+
 class SourceRelay(MediaRelay):
     """Fans one local source track out to one proxy per peer connection, like aiortc's
     ``MediaRelay``, but stops reading a source once its last proxy is retired. aiortc's relay
@@ -224,6 +350,8 @@ class SourceRelay(MediaRelay):
 
     def subscribe(self, track: MediaStreamTrack, buffered: bool = True) -> MediaStreamTrack:
         self._consumers.setdefault(track, set())
+        if track.kind == "video":
+            return FirstFrameProxy(self, track, buffered)
         return RelayStreamTrack(self, track, buffered)
 
     def _start(self, proxy: RelayStreamTrack) -> None:
@@ -289,5 +417,7 @@ def repoint_proxy(relay: MediaRelay, proxy: MediaStreamTrack, new: MediaStreamTr
     relay.subscribe(new, buffered=False)  # registers `new` with the relay (proxy unused)
     relay._stop(proxy)
     proxy._source = new
+    if isinstance(proxy, FirstFrameProxy):
+        proxy.restart()
     relay._start(proxy)
     return True
