@@ -34,17 +34,17 @@ What each helper relies on:
   on it, ``_check_periodic`` (the pacing step ``connect()`` calls every 20 ms while it returns
   True), ``_check_list`` (its pairs, with ``CandidatePair.State``) and
   ``_remote_candidates_expected``.
-* ``SourceRelay``'s video proxies (``FirstFrameProxy``) follow the first frame they hand a
-  sender with a copy 1 ms later: aiortc's video jitter buffer releases a frame only when a
-  packet of the next frame arrives (``JitterBuffer._remove_frame``), which would hold every
-  call's first picture for a whole frame interval.
+* ``release_complete_frames`` / ``MarkerJitterBuffer``: the name-mangled
+  ``RTCRtpReceiver.__jitter_buffer`` (replaced before any packet arrives), and, on aiortc's
+  ``JitterBuffer``, ``_remove_frame`` (called by ``add`` for every packet), ``_origin``,
+  ``_capacity``, ``_packets``, ``_prefetch``, ``_is_video`` and ``remove``, and the ``_data``
+  (depayloaded bytes) aiortc's receiver puts on each ``RtpPacket``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -61,8 +61,8 @@ try:
         RTCRtpTransceiver,
     )
     from aiortc.contrib.media import MediaRelay, RelayStreamTrack
+    from aiortc.jitterbuffer import JitterBuffer, JitterFrame
     from aiortc.mediastreams import MediaStreamError
-    from av import VideoFrame
     from av.frame import Frame
     from av.packet import Packet
 except ImportError as exc:  # the optional WebRTC stack is not installed
@@ -70,15 +70,15 @@ except ImportError as exc:  # the optional WebRTC stack is not installed
 
 __all__ = [
     "AIOICE_HOST_ADDRESSES",
-    "FirstFrameProxy",
     "HostAddressLookup",
+    "MarkerJitterBuffer",
     "SourceRelay",
     "end_idle_check_pacing",
-    "follow_up_frame",
     "host_address_lookup",
     "label_sender",
     "mark_unoffered_inactive",
     "move_pending_channel",
+    "release_complete_frames",
     "repoint_proxy",
     "reset_encoder",
     "retire_proxy",
@@ -161,6 +161,63 @@ def end_idle_check_pacing(pc: RTCPeerConnection) -> int:
         connection._check_periodic = paced
         changed += 1
     return changed
+
+
+# -- video receivers -----------------------------------------------------------------------------
+
+
+class MarkerJitterBuffer(JitterBuffer):
+    """aiortc's video jitter buffer, which also releases a frame as soon as it is complete.
+
+    aiortc's buffer releases a frame when the first packet of the next frame (another RTP
+    timestamp) arrives: every frame, the first one of a call included, waits one frame
+    interval (33 ms at 30 fps) for its successor. A video frame ends with the packet whose
+    marker bit is set (RFC 3550; VP8 RFC 7741, H.264 RFC 6184; aiortc and browsers set it),
+    so when the packets from the buffer's origin to a marker packet are all there and share
+    one timestamp, that frame is whole and goes to the decoder at once. Everything else
+    (misordering, losses, PLI, capacity) is aiortc's: a frame with a gap is still released
+    by aiortc's rule, exactly as before."""
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        frame = super()._remove_frame(sequence_number)
+        if frame is None and self._is_video:
+            frame = self._complete_frame_at_origin()
+        return frame
+
+    def _complete_frame_at_origin(self) -> JitterFrame | None:
+        if self._origin is None:
+            return None
+        timestamp: int | None = None
+        packets: list[Any] = []
+        for count in range(self._capacity):
+            packet = self._packets[(self._origin + count) % self._capacity]
+            if packet is None or (timestamp is not None and packet.timestamp != timestamp):
+                return None  # a gap, or the previous frame's marker was lost: aiortc's rule
+            timestamp = packet.timestamp
+            packets.append(packet)
+            if packet.marker:
+                self.remove(count + 1)
+                return JitterFrame(data=b"".join(p._data for p in packets),
+                                   timestamp=timestamp)
+        return None
+
+
+def release_complete_frames(pc: RTCPeerConnection) -> int:
+    """Give every video receiver of ``pc`` that has not received a packet yet a
+    ``MarkerJitterBuffer`` (call after each ``set*Description``, before the connect task
+    runs; idempotent). Returns how many were replaced. Changes only what this process
+    receives: nothing on the wire."""
+    replaced = 0
+    for transceiver in pc.getTransceivers():
+        receiver: Any = transceiver.receiver
+        buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+        if (type(buffer) is not JitterBuffer or not buffer._is_video
+                or buffer._origin is not None):
+            continue
+        receiver._RTCRtpReceiver__jitter_buffer = MarkerJitterBuffer(
+            capacity=buffer.capacity, prefetch=buffer._prefetch, is_video=True)
+        replaced += 1
+    return replaced
 
 
 # -- tracks, transceivers and senders --------------------------------------------------------
@@ -278,65 +335,6 @@ def move_pending_channel(channel: RTCDataChannel, old_pc: RTCPeerConnection,
 # -- relay proxies ------------------------------------------------------------------------------
 
 
-FOLLOW_UP_DELAY = fractions.Fraction(1, 1000)
-"""How much later (seconds, in presentation time) the copy of a proxy's first video frame is
-stamped. It must survive the encoder's time base (libvpx's is 1/1000000 in aiortc) and stay
-below any real frame interval."""
-
-
-def follow_up_frame(frame: VideoFrame) -> VideoFrame | None:
-    """A copy of ``frame`` stamped ``FOLLOW_UP_DELAY`` later, or None when its timestamps
-    cannot express that without reaching a later frame's (no pts, or a time base coarser
-    than 1 ms).
-
-    Sent right behind the frame, it lets the receiver's jitter buffer release the frame at
-    once: aiortc's releases a frame only when a packet with another timestamp arrives. The
-    copy encodes to a few dozen bytes (nothing changed)."""
-    time_base = frame.time_base
-    if frame.pts is None or time_base is None or time_base <= 0:
-        return None
-    ticks = FOLLOW_UP_DELAY / fractions.Fraction(time_base)
-    if ticks < 1:
-        return None  # one tick is more than 1 ms: the copy could collide with the next frame
-    copy = VideoFrame(frame.width, frame.height, frame.format.name)
-    for src, dst in zip(frame.planes, copy.planes, strict=True):
-        if src.buffer_size != dst.buffer_size:
-            return None  # another layout (padding): not worth a conversion
-        dst.update(bytes(src))
-    copy.pts = frame.pts + int(ticks)
-    copy.time_base = time_base
-    return copy
-
-
-class FirstFrameProxy(RelayStreamTrack):
-    """A video relay proxy whose first frame is followed at once by ``follow_up_frame`` of
-    it: the first picture of a call (or of a connection rebuilt) is decoded one frame
-    interval earlier on an aiortc receiver. Every later frame is the source's."""
-
-    def __init__(self, relay: MediaRelay, source: MediaStreamTrack, buffered: bool) -> None:
-        super().__init__(relay, source, buffered)
-        self._first_done = False
-        self._follow_up: VideoFrame | None = None
-
-    async def recv(self) -> Frame | Packet[Any]:
-        follow_up, self._follow_up = self._follow_up, None
-        if follow_up is not None and self.readyState == "live":
-            return follow_up
-        frame = await super().recv()
-        if not self._first_done and self._source is not None:
-            self._first_done = True
-            if isinstance(frame, VideoFrame):
-                self._follow_up = follow_up_frame(frame)
-        return frame
-
-    def restart(self) -> None:
-        """The proxy reads another source now (``repoint_proxy``; the sender gets a fresh
-        encoder, so a keyframe): forget a follow-up of the old source, and follow the new
-        source's first frame."""
-        self._follow_up = None
-        self._first_done = False
-
-
 class SourceRelay(MediaRelay):
     """Fans one local source track out to one proxy per peer connection, like aiortc's
     ``MediaRelay``, but stops reading a source once its last proxy is retired. aiortc's relay
@@ -350,8 +348,6 @@ class SourceRelay(MediaRelay):
 
     def subscribe(self, track: MediaStreamTrack, buffered: bool = True) -> MediaStreamTrack:
         self._consumers.setdefault(track, set())
-        if track.kind == "video":
-            return FirstFrameProxy(self, track, buffered)
         return RelayStreamTrack(self, track, buffered)
 
     def _start(self, proxy: RelayStreamTrack) -> None:
@@ -417,7 +413,5 @@ def repoint_proxy(relay: MediaRelay, proxy: MediaStreamTrack, new: MediaStreamTr
     relay.subscribe(new, buffered=False)  # registers `new` with the relay (proxy unused)
     relay._stop(proxy)
     proxy._source = new
-    if isinstance(proxy, FirstFrameProxy):
-        proxy.restart()
     relay._start(proxy)
     return True

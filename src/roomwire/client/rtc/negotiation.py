@@ -81,6 +81,7 @@ from .aiortc_compat import (
     mark_unoffered_inactive,
     move_pending_channel,
     rebundle,
+    release_complete_frames,
     repoint_proxy,
     reset_encoder,
     retire_proxy,
@@ -750,6 +751,7 @@ class PeerNegotiator:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         rebundle(pc, parse_sdp(sdp).bundle)
         end_idle_check_pacing(pc)
+        release_complete_frames(pc)
         self._remote_description_applied(gen, ufrag)
         await self._flush_pending_candidates(gen)
         gen.remote_offer.set()
@@ -794,6 +796,7 @@ class PeerNegotiator:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         rebundle(pc, parse_sdp(sdp).bundle)
         end_idle_check_pacing(pc)
+        release_complete_frames(pc)
         self._remote_description_applied(gen, ufrag)
         await self._flush_pending_candidates(gen)
         if self._dirty or any(e.transceiver is None for e in self._local.values()):
