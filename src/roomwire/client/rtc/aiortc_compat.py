@@ -78,6 +78,7 @@ __all__ = [
     "label_sender",
     "mark_unoffered_inactive",
     "move_pending_channel",
+    "pace_until_idle",
     "release_complete_frames",
     "repoint_proxy",
     "reset_encoder",
@@ -146,21 +147,25 @@ def end_idle_check_pacing(pc: RTCPeerConnection) -> int:
     every later way a pair becomes waiting (a triggered check, a peer-reflexive pair) starts
     its check itself, and pairs only unfreeze from the frozen state. Checks are never started
     faster than before; only the idle sleep after the last one goes."""
-    changed = 0
-    for connection in _ice_connections(pc):
-        if "_check_periodic" in vars(connection):
-            continue
-        step = connection._check_periodic
+    return sum(1 for connection in _ice_connections(pc) if pace_until_idle(connection))
 
-        def paced(step: Callable[[], bool] = step, connection: Any = connection) -> bool:
-            if not step():
-                return False
-            return (any(_left_to_start(pair) for pair in connection._check_list)
-                    or bool(connection._remote_candidates_expected()))
 
-        connection._check_periodic = paced
-        changed += 1
-    return changed
+def pace_until_idle(connection: Any) -> bool:
+    """``end_idle_check_pacing`` for one aioice ``Connection``; False when it was done
+    already."""
+    step = connection._check_periodic
+    if getattr(step, "_until_idle", False):
+        return False
+
+    def paced() -> bool:
+        if not step():
+            return False
+        return (any(_left_to_start(pair) for pair in connection._check_list)
+                or bool(connection._remote_candidates_expected()))
+
+    paced._until_idle = True  # type: ignore[attr-defined]
+    connection._check_periodic = paced
+    return True
 
 
 # -- video receivers -----------------------------------------------------------------------------
