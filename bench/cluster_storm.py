@@ -50,76 +50,36 @@ ROOM = 10
 
 
 def child(opts: argparse.Namespace) -> int:
-    import msgspec
+    import loadgen
     import uvloop
-    from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+    from picows import WSTransport, ws_connect
 
     urls = opts.urls.split(",")
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    class Client(WSListener):
+    class Client(loadgen.RosterClient):
         def __init__(self, st: State, index: int) -> None:
+            super().__init__(st, f"{opts.tag}-{index // ROOM}")
             self.st = st
-            self.index = index
             self.room = index // ROOM
             self.url = urls[(index % ROOM) % len(urls)]
-            self.channel = f"{opts.tag}-{self.room}"
-            self.transport: WSTransport | None = None
-            self.peer_id = ""
-            self.acked = False
-            self.roster: set[str] = set()
-            self.epoch = 0  # bumped at each (re)connect
-
-        def on_ws_connected(self, transport: WSTransport) -> None:
-            self.transport = transport
-
-        def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-            if frame.msg_type is WSMsgType.CLOSE:
-                code = str(frame.get_close_code())
-                self.st.close_codes[code] = self.st.close_codes.get(code, 0) + 1
-                transport.disconnect()
-                return
-            if frame.msg_type is not WSMsgType.TEXT:
-                return
-            obj = msgspec.json.decode(frame.get_payload_as_bytes())
-            kind = obj.get("type")
-            if kind == "welcome":
-                self.peer_id = obj["peerId"]
-                self.roster = set()
-                transport.send(WSMsgType.TEXT, msgspec.json.encode(
-                    {"type": "subscribe", "channel": self.channel, "requestId": "s"}))
-            elif kind == "ack":
-                self.acked = True
-            elif kind == "presence" and obj.get("channel") == self.channel:
-                for e in obj.get("joined") or ():
-                    self.roster.add(e["peerId"])
-                for e in obj.get("left") or ():
-                    self.roster.discard(e["peerId"])
-            elif kind == "error":
-                self.st.note(f"error {obj.get('code')}")
 
         def on_ws_disconnected(self, transport: WSTransport) -> None:
-            self.transport = None
-            self.acked = False
-            self.peer_id = ""
+            super().on_ws_disconnected(transport)
             if self.st.storm_at is None:
                 self.st.storm_at = time.time()
             if not self.st.stopping:
                 asyncio.get_running_loop().create_task(self.st.connect(self, first=False))
 
-    class State:
+    class State(loadgen.Tally):
         def __init__(self) -> None:
+            super().__init__()
             self.clients: list[Client] = []
-            self.close_codes: dict[str, int] = {}
-            self.failures: dict[str, int] = {}
             self.attempts = 0
             self.storm_at: float | None = None
             self.stopping = False
             self.sem = asyncio.Semaphore(opts.concurrency)
-
-        def note(self, reason: str) -> None:
-            self.failures[reason] = self.failures.get(reason, 0) + 1
 
         async def connect(self, c: Client, first: bool) -> None:
             delay = 0.0 if first else random.uniform(0.0, 0.5)
@@ -132,12 +92,7 @@ def child(opts: argparse.Namespace) -> int:
                         await ws_connect(lambda: c, c.url, websocket_handshake_timeout=10)
                         return
                     except Exception as exc:  # refused while restarting, 429, timeouts
-                        text = str(exc)
-                        reason = type(exc).__name__
-                        for status in ("429", "503", "500"):
-                            if status in text:
-                                reason += f" {status}"
-                        self.note(reason)
+                        self.note_failure(exc)
                 delay = min(5.0, max(0.2, delay * 2)) * random.uniform(0.8, 1.2)
 
         def status(self) -> dict[str, Any]:

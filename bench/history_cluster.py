@@ -17,9 +17,9 @@ from typing import Any
 
 import clusterkit
 from clusterkit import Node, RedisServer
+from hubkit import FakeLink
 from redis.connection import Connection
 
-from roomwire.protocol import frames
 from roomwire.server.broker import Broker, ClusterSink
 from roomwire.server.broker.redis_history import APPEND, ClusterHistory
 from roomwire.server.broker.routing import Keys
@@ -88,27 +88,6 @@ class CollectingBroker(Broker):
 
     def peer_connected(self, *args: Any) -> None:
         return None
-
-
-class FakeLink:
-    app_id = "app"
-    receives_presence = False
-    peer_metadata = None
-
-    def __init__(self, n: int) -> None:
-        self.peer_id = f"p{n}"
-        self.peer_json = frames.encode_json(self.peer_id)
-        self.presence_entry = frames.presence_entry(self.peer_json, None)
-        self.last: bytes = b""
-
-    def send(self, payload: bytes) -> None:
-        self.last = payload
-
-    def send_wire(self, wire: bytes) -> None:
-        self.last = wire
-
-    def close(self, code: int, reason: str) -> None:
-        pass
 
 
 def clustered_hub(history: bool, n: int, opted: bool) -> tuple[Hub, CollectingBroker]:

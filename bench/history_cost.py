@@ -48,7 +48,8 @@ import sys
 import time
 from pathlib import Path
 
-from roomwire.protocol import frames
+from hubkit import FakeLink
+
 from roomwire.server.broker.memory import MemoryBroker
 from roomwire.server.gateway.websocket import ws_text_frame
 from roomwire.server.hub import Hub
@@ -61,27 +62,6 @@ else:
     VARIANTS = ("off", "other", "record", "opted", "half")
 CHANNEL = "chat/room"
 sys.path.insert(0, str(Path(__file__).parent))
-
-
-class FakeLink:
-    app_id = "app"
-    receives_presence = False
-    peer_metadata = None
-
-    def __init__(self, n: int) -> None:
-        self.peer_id = f"p{n}"
-        self.peer_json = frames.encode_json(self.peer_id)
-        self.presence_entry = frames.presence_entry(self.peer_json, None)
-        self.last: bytes = b""
-
-    def send(self, payload: bytes) -> None:
-        self.last = payload
-
-    def send_wire(self, wire: bytes) -> None:
-        self.last = wire
-
-    def close(self, code: int, reason: str) -> None:
-        pass
 
 
 def build(variant: str, n: int) -> Hub:

@@ -62,7 +62,6 @@ class _TypeOnly(msgspec.Struct):
 _type_decoder = msgspec.json.Decoder(_TypeOnly)
 
 
-
 def _close_or_drop(run: Run, transport: WSTransport, frame: WSFrame) -> None:
     """A frame that is not text: a close is counted by code and answered; others dropped."""
     if frame.msg_type is CLOSE:
@@ -70,6 +69,7 @@ def _close_or_drop(run: Run, transport: WSTransport, frame: WSFrame) -> None:
         run.close_codes[code] = run.close_codes.get(code, 0) + 1
         transport.send_close(WSCloseCode.OK)
         transport.disconnect()
+
 
 def frame_type(buf: bytes) -> bytes:
     """The frame's ``type``: a byte search when it comes first, a JSON decode otherwise."""
@@ -179,6 +179,9 @@ class Run:
 class Conn(WSListener):
     """One client socket. Deliveries go to ``deliver``; control frames are handled here."""
 
+    #: The frame types that carry another client's payload (a dialect has its own).
+    relayed = DELIVERY_TYPES
+
     def __init__(self, run: Run, index: int) -> None:
         self.run = run
         self.index = index
@@ -199,12 +202,18 @@ class Conn(WSListener):
             return
         buf = frame.get_payload_as_bytes()
         kind = frame_type(buf)
-        if kind in DELIVERY_TYPES:
+        if kind in self.relayed:
             if self.deliver is not None:
                 self.deliver(buf)
             else:
                 run.stray += 1
-        elif kind == b"ack":
+        else:
+            self.on_other(kind, buf)
+
+    def on_other(self, kind: bytes, buf: bytes) -> None:
+        """A text frame that is not a delivery."""
+        run = self.run
+        if kind == b"ack":
             run.acks += 1
             if self.pending:
                 fut = self.pending.pop(msgspec.json.decode(buf).get("requestId"), None)
@@ -375,6 +384,8 @@ class PeerJsConn(Conn):
     is relayed to ``dst`` with ``src`` added. Nothing is acked, and there are no channels, so
     only the direct scenario runs on it, without request ids."""
 
+    relayed = PEERJS_RELAYED
+
     def __init__(self, run: Run, index: int) -> None:
         super().__init__(run, index)
         self.own_id = f"b{os.getpid()}-{index}"
@@ -387,25 +398,13 @@ class PeerJsConn(Conn):
         kind = b"ANSWER" if reply else b"OFFER"
         return b'{"type":"' + kind + b'","dst":' + msgspec.json.encode(to) + b',"payload":{"bt":'
 
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        run = self.run
-        run.frames += 1
-        if frame.msg_type is not TEXT:
-            _close_or_drop(run, transport, frame)
-            return
-        buf = frame.get_payload_as_bytes()
-        kind = frame_type(buf)
-        if kind in PEERJS_RELAYED:
-            if self.deliver is not None:
-                self.deliver(buf)
-            else:
-                run.stray += 1
-        elif kind == b"OPEN":
+    def on_other(self, kind: bytes, buf: bytes) -> None:
+        if kind == b"OPEN":
             if not self.welcomed.done():
                 self.peer_id = self.own_id
                 self.welcomed.set_result(self.peer_id)
         else:  # ERROR, ID-TAKEN, and EXPIRE / LEAVE for a peer the server does not know
-            run.note_error(f"{kind.decode(errors='replace')}: {buf[:120]!r}")
+            self.run.note_error(f"{kind.decode(errors='replace')}: {buf[:120]!r}")
 
     async def request(self, frame: dict[str, Any], timeout: float = 15.0) -> None:
         raise SetupError("the PeerJS server has no channels and acks nothing")
@@ -413,6 +412,91 @@ class PeerJsConn(Conn):
 
 CONN_CLASSES: dict[str, type[Conn]] = {"v1": Conn, "nats": NatsConn, "peerjs": PeerJsConn}
 conn_class: type[Conn] = Conn
+
+
+# --------------------------------------------------------------------------- storm clients
+# bench/restart_storm.py and bench/cluster_storm.py: clients that reconnect on their own and
+# keep their room's roster, counted across a whole storm.
+
+
+class Tally:
+    """What every client of a storm counts: close codes, and failed attempts by reason."""
+
+    def __init__(self) -> None:
+        self.close_codes: dict[str, int] = {}
+        self.failures: dict[str, int] = {}
+
+    def note(self, reason: str) -> None:
+        self.failures[reason] = self.failures.get(reason, 0) + 1
+
+    def note_failure(self, exc: Exception) -> None:
+        """A connect attempt that raised: refused while restarting, a 429/503 answer, resets.
+        The HTTP status is only in the text of picows' exception."""
+        text = str(exc)
+        reason = type(exc).__name__
+        for status in ("429", "503", "500"):
+            if status in text:
+                reason += f" {status}"
+        self.note(reason)
+
+
+class RosterClient(WSListener):
+    """A room member: subscribes to ``channel`` after every welcome and keeps its roster (the
+    snapshot, then ``joined`` minus ``left``). A reconnect gets a new peer id, so the roster
+    starts again at each welcome. ``on_welcome``/``on_ack`` are for the driver's waits."""
+
+    def __init__(self, tally: Tally, channel: str) -> None:
+        self.tally = tally
+        self.channel = channel
+        self.subscribe = msgspec.json.encode(
+            {"type": "subscribe", "channel": channel, "requestId": "s"})
+        self.transport: WSTransport | None = None
+        self.peer_id = ""
+        self.acked = False
+        self.roster: set[str] = set()
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        mt = frame.msg_type
+        if mt is CLOSE:
+            codes = self.tally.close_codes
+            code = str(frame.get_close_code())
+            codes[code] = codes.get(code, 0) + 1
+            transport.disconnect()
+            return
+        if mt is not TEXT:
+            return
+        obj = msgspec.json.decode(frame.get_payload_as_bytes())
+        kind = obj.get("type")
+        if kind == "presence":
+            if obj.get("channel") == self.channel:
+                for e in obj.get("joined") or ():
+                    self.roster.add(e["peerId"])
+                for e in obj.get("left") or ():
+                    self.roster.discard(e["peerId"])
+        elif kind == "welcome":
+            self.peer_id = obj["peerId"]
+            self.roster = set()
+            self.on_welcome()
+            transport.send(TEXT, self.subscribe)
+        elif kind == "ack":
+            self.acked = True
+            self.on_ack()
+        elif kind == "error":
+            self.tally.note(f"error frame {obj.get('code')}")
+
+    def on_welcome(self) -> None:
+        pass
+
+    def on_ack(self) -> None:
+        pass
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.transport = None
+        self.acked = False
+        self.peer_id = ""
 
 
 # --------------------------------------------------------------------------- setup helpers

@@ -72,69 +72,34 @@ def backoff(attempt: int, rng: random.Random) -> float:
 
 
 def child(opts: argparse.Namespace) -> int:
-    import msgspec
+    import loadgen
     import uvloop
-    from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+    from picows import WSTransport, ws_connect
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     rng = random.Random(opts.seed)
-    decode = msgspec.json.decode
 
-    class Client(WSListener):
+    class Client(loadgen.RosterClient):
         def __init__(self, st: State, index: int) -> None:
+            super().__init__(st, f"storm-{index // ROOM}")
             self.st = st
-            self.index = index
             self.room = index // ROOM
-            self.channel = f"storm-{self.room}"
-            self.subscribe = msgspec.json.encode(
-                {"type": "subscribe", "channel": self.channel, "requestId": "s"})
-            self.transport: WSTransport | None = None
-            self.peer_id = ""
-            self.acked = False
-            self.roster: set[str] = set()
             self.welcomed: asyncio.Future[None] | None = None
             self.ack: asyncio.Future[None] | None = None
             self.attempts = 0
             self.connecting = False  # inside State.connect: a drop is retried there
 
-        def on_ws_connected(self, transport: WSTransport) -> None:
-            self.transport = transport
+        def on_welcome(self) -> None:
+            if self.welcomed is not None and not self.welcomed.done():
+                self.welcomed.set_result(None)
 
-        def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-            mt = frame.msg_type
-            if mt is WSMsgType.CLOSE:
-                code = str(frame.get_close_code())
-                self.st.close_codes[code] = self.st.close_codes.get(code, 0) + 1
-                transport.disconnect()
-                return
-            if mt is not WSMsgType.TEXT:
-                return
-            obj = decode(frame.get_payload_as_bytes())
-            kind = obj.get("type")
-            if kind == "presence":
-                if obj.get("channel") == self.channel:
-                    for e in obj.get("joined") or ():
-                        self.roster.add(e["peerId"])
-                    for e in obj.get("left") or ():
-                        self.roster.discard(e["peerId"])
-            elif kind == "welcome":
-                self.peer_id = obj["peerId"]
-                self.roster = set()
-                if self.welcomed is not None and not self.welcomed.done():
-                    self.welcomed.set_result(None)
-                transport.send(WSMsgType.TEXT, self.subscribe)
-            elif kind == "ack":
-                self.acked = True
-                if self.ack is not None and not self.ack.done():
-                    self.ack.set_result(None)
-            elif kind == "error":
-                self.st.note(f"error frame {obj.get('code')}")
+        def on_ack(self) -> None:
+            if self.ack is not None and not self.ack.done():
+                self.ack.set_result(None)
 
         def on_ws_disconnected(self, transport: WSTransport) -> None:
-            self.transport = None
-            self.acked = False
-            self.peer_id = ""
+            super().on_ws_disconnected(transport)
             for fut in (self.welcomed, self.ack):
                 if fut is not None and not fut.done():
                     fut.set_exception(ConnectionError("disconnected"))
@@ -144,11 +109,10 @@ def child(opts: argparse.Namespace) -> int:
             if not st.stopping and not self.connecting:
                 asyncio.get_running_loop().create_task(st.connect(self, first=False))
 
-    class State:
+    class State(loadgen.Tally):
         def __init__(self) -> None:
+            super().__init__()
             self.clients: list[Client] = []
-            self.close_codes: dict[str, int] = {}
-            self.failures: dict[str, int] = {}
             self.timeouts: dict[str, int] = {}
             self.attempts = 0
             self.storm_at: float | None = None
@@ -157,9 +121,6 @@ def child(opts: argparse.Namespace) -> int:
             self.sem = asyncio.Semaphore(opts.concurrency) if opts.concurrency else None
             # The first connections are paced: the measurement is the storm after the kill.
             self.setup_sem = asyncio.Semaphore(256)
-
-        def note(self, reason: str) -> None:
-            self.failures[reason] = self.failures.get(reason, 0) + 1
 
         def timeout(self, phase: str) -> None:
             self.timeouts[phase] = self.timeouts.get(phase, 0) + 1
@@ -183,12 +144,7 @@ def child(opts: argparse.Namespace) -> int:
             except TimeoutError:
                 self.timeout(phase)
             except Exception as exc:  # refused while restarting, 429, 503, resets
-                text = str(exc)
-                reason = type(exc).__name__
-                for status in ("429", "503", "500"):
-                    if status in text:
-                        reason += f" {status}"
-                self.note(reason)
+                self.note_failure(exc)
             if c.transport is not None:
                 # Failed with the socket open (a timeout): drop it and retry.
                 c.transport.disconnect(graceful=False)

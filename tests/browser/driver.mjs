@@ -605,6 +605,25 @@ const scenarioPyBrowserFirst = (ctx) => pyMediaScenario(ctx, "browser", env.toke
 // 2 and 3: the Python peer joins first; the browser is "zoe", impolite: the browser offers.
 const scenarioPyPythonFirst = (ctx) => pyMediaScenario(ctx, "python", env.tokens.zoe);
 
+// 7: the Python peer's camera carries no metadata: roomwire sends a metadata clear with kind
+// and streamId for each of its tracks, which the JS SDK must take as a no-op (no data event,
+// no label) while media and data flow both ways.
+async function scenarioPyUnlabelled(ctx) {
+  const room = `py-unlabelled-${Math.random().toString(36).slice(2, 8)}`;
+  const started = await py("start", { width: 320, height: 240, fps: 30, metadata: null });
+  await py("join", { room });
+  const b = await openTab(ctx, "B", { room, name: "Browser", token: env.tokens.zoe });
+  const bs = await until(b, "B sees the Python peer", summary, oneRemote, 15_000);
+  const remote = await py("remote", { id: bs.peerId, timeout: 15 });
+  const statsB = await until(b, "B decodes the Python peer's video and audio", stats, mediaFlowing, 30_000);
+  const pyVideo = await pyFrames("decode the browser's camera video", { remote: bs.peerId, kind: "video", role: "camera" });
+  const data = await pyData(b, bs.peerId, "#u");
+  return {
+    browserId: bs.peerId, remote, started, statsB: Object.values(statsB)[0], pyVideo, data,
+    pyEvents: await py("events"), recB: await b.evaluate(rec),
+  };
+}
+
 // 4: the server restarts (same port and data dir): both sides recover, media flows again.
 async function scenarioPyRestart(ctx) {
   const room = `py-restart-${Math.random().toString(36).slice(2, 8)}`;
@@ -971,7 +990,7 @@ const scenarios = {
   "py-restart": scenarioPyRestart, "py-screen-stop": scenarioPyScreenStop, bench: scenarioBench,
   "sdk-app-browser-first": (ctx) => sdkAppScenario(ctx, "browser"),
   "sdk-app-python-first": (ctx) => sdkAppScenario(ctx, "python"),
-  "py-record": scenarioPyRecord,
+  "py-record": scenarioPyRecord, "py-unlabelled": scenarioPyUnlabelled,
 };
 
 async function main() {

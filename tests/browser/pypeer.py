@@ -361,20 +361,35 @@ class PyPeer:
         160x120 video) labelled ``label``; the sending side of scenario py-record."""
         sender = MeteredPeer(api_key=os.environ["ROOMWIRE_PYPEER_PK"], url=self.url,
                              loopback_candidates="only", timings=TIMINGS)
-        self.sender_up: dict[str, float] = {}
+        audio, video = AudioSource(), VideoSource(160, 120, fps=15)
+        tracks = [audio, video]
+        # Seconds of media each source has stamped: a source that stalls over 100 ms on a
+        # loaded machine restarts its schedule from now (media.py, "re-anchors"), so its
+        # timestamps, which the recorder keeps, then run behind the wall clock.
+        self.media_at = lambda: [audio.sent_seconds, video.frames_sent / video.fps]
+        self.sender_up: dict[str, Any] = {}
+
+        def up(state: Any) -> None:
+            if state.to == "connected" and "at" not in self.sender_up:
+                self.sender_up.update(at=time.time() * 1000, media=self.media_at())
+
         # Its connection to the recorder ("py"), not to the other senders or the browser.
-        sender.on("peer-joined", lambda ev: ev.peer.id == "py" and ev.peer.on(
-            "state-change", lambda s: s.to == "connected" and
-            self.sender_up.setdefault("at", time.time() * 1000)))
-        tracks = [AudioSource(), VideoSource(160, 120, fps=15)]
+        sender.on("peer-joined", lambda ev: ev.peer.id == "py" and ev.peer.on("state-change", up))
         self.peer, self.tap = sender, Tap(sender)
         self.add_stream("camera", tracks, {"role": "camera", "label": req["label"]})
         await sender.join(req["room"])
         return {"peerId": sender.peer_id}
 
     async def op_sender_up(self, req: dict[str, Any]) -> Any:
-        """Wall ms when this sender's connection to the recorder came up, or None."""
-        return self.sender_up.get("at")
+        """Wall ms when this sender's connection to the recorder came up (None: not yet), and
+        ``skipped``: the seconds by which the timestamps of its longer-running source fell
+        behind the wall clock since then (stalls it did not make up)."""
+        if "at" not in self.sender_up:
+            return {"at": None, "skipped": 0.0}
+        wall = time.time() * 1000 - self.sender_up["at"]
+        media = max(now - then for now, then in
+                    zip(self.media_at(), self.sender_up["media"], strict=True))
+        return {"at": self.sender_up["at"], "skipped": max(0.0, wall / 1000 - media)}
 
     async def op_record_wait(self, req: dict[str, Any]) -> Any:
         """Wait (``timeout``) until the file of ``peer`` spans ``seconds`` (or is finalised
@@ -391,15 +406,17 @@ class PyPeer:
             await asyncio.sleep(0.1)
 
     async def op_record_stop(self, req: dict[str, Any]) -> Any:
-        """Stop: the senders' sending windows (both ends of their connection up, until now),
-        the manifest, and ffprobe's view of every file."""
+        """Stop: the senders' sending windows (both ends of their connection up, until now)
+        and the media time their sources skipped in them, the manifest, and ffprobe's view of
+        every file."""
         import subprocess
 
         # Asked before the clock is read: the answers do not change once set.
         ups = {pid: await child.ask("sender_up") for pid, child in self.senders.items()}
         now = time.time() * 1000
-        sent = {pid: (now - max(at, self.rec_up[pid])) / 1000
-                for pid, at in ups.items() if at is not None and pid in self.rec_up}
+        sent = {pid: (now - max(up["at"], self.rec_up[pid])) / 1000
+                for pid, up in ups.items() if up["at"] is not None and pid in self.rec_up}
+        skipped = {pid: up["skipped"] for pid, up in ups.items()}
         await self.recorder.stop()
         await self._close_children()
         manifest = self.recorder.manifest()
@@ -411,7 +428,8 @@ class PyPeer:
                  str(self.recorder.out_dir / f["path"])], capture_output=True, text=True)
             probes[f["path"]] = {"rc": done.returncode, "stderr": done.stderr[-500:],
                                  "info": json.loads(done.stdout or "{}")}
-        return {"manifest": manifest, "probes": probes, "sent": sent, "up": self.rec_up}
+        return {"manifest": manifest, "probes": probes, "sent": sent, "skipped": skipped,
+                "up": self.rec_up}
 
     async def _close_children(self) -> None:
         children, self.children = self.children, []

@@ -215,3 +215,32 @@ def test_browser_stops_screen_transceiver_and_shares_again(run_scenario: Any) ->
     assert r["camStill"]["frames"] >= 5 and r["camStill"]["metadata"] == BROWSER_CAM
     assert r["mediaB"]["video"]["framesDecoded"] > 0
     assert r["final"] == {"state": "stable", "conn": "connected"}
+
+
+def test_python_tracks_without_metadata_reach_the_browser_unlabelled(run_scenario: Any) -> None:
+    """7: the Python peer's camera has no metadata. roomwire sends a metadata clear carrying
+    ``kind``/``streamId`` for each of its tracks (how another roomwire peer recognises a
+    Python peer); the official JS SDK takes it as a clear of nothing: no ``data`` event, no
+    label on the tracks, and media and data flow both ways."""
+    r = run_scenario("py-unlabelled")
+    assert r["rejoins"] == {"B": []}, r["rejoins"]
+    assert r["remote"]["polite"] is True  # "py" < "zoe"
+    wire = r["recB"]["wire"]
+    camera = r["started"]["streams"]["camera"]  # the msid stream of the Python camera
+    sdp_in = [w["sdp"] for w in wire if w["dir"] == "in" and "sdp" in w]
+    py_tracks = {t: s for sdp in sdp_in for s, t in msids(sdp).values() if s == camera}
+    assert len(py_tracks) == 2, (camera, [msids(sdp) for sdp in sdp_in])
+    clears = [w["meta"] for w in wire if w["dir"] == "in" and "meta" in w]
+    assert clears, wire
+    assert all("metadata" not in m for m in clears), clears
+    assert {m["trackId"] for m in clears} == set(py_tracks), (clears, py_tracks)
+    for m in clears:
+        assert m["streamId"] == py_tracks[m["trackId"]] and m["kind"] in ("audio", "video"), m
+    sdk = r["recB"]["sdk"]
+    leaked = [e for e in sdk if e["ev"] == "data" and "__meteredTrackMeta" in str(e["data"])]
+    assert leaked == [], leaked
+    tracks = [e for e in sdk if e["ev"] == "track" and e["peer"] == "py"]
+    assert sorted(e["kind"] for e in tracks) == ["audio", "video"], tracks
+    assert all(e["metadata"] is None for e in tracks), tracks
+    assert [e for e in sdk if e["ev"] == "negotiation-error"] == []
+    assert len(r["data"]["toBrowser"]) >= 2 and len(r["data"]["toPython"]) >= 2, r["data"]

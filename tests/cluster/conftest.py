@@ -7,10 +7,15 @@ and deletes its keys afterwards. Redis and PostgreSQL must be running:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import shutil
+import socket
+import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +59,56 @@ async def delete_prefix(prefix: str) -> None:
         await r.aclose()
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, so it can be killed and restarted."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.tmp = tmp
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail("redis-server is not installed; run scripts/setup-services.sh")
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.tmp)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", self.port), 0.2):
+                return
+            time.sleep(0.02)
+        raise AssertionError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    r = PrivateRedis(tmp_path)
+    r.start()
+    try:
+        yield r
+    finally:
+        r.kill()
+
+
 class Cluster:
     """Nodes sharing one Redis prefix and one store (so one default app and its keys)."""
 
@@ -87,25 +142,28 @@ class Cluster:
                 await srv.node.stop()
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    prefix = f"rwtest:{secrets.token_hex(4)}:"
-    c = Cluster(tmp_path, prefix)
+@contextlib.asynccontextmanager
+async def running_cluster(tmp_path: Path, nodes: int = 3,
+                          **settings: Any) -> AsyncIterator[Cluster]:
+    """``nodes`` nodes under a Redis key prefix of their own (``Cluster.prefix``); stopped,
+    and their keys deleted, afterwards."""
+    c = Cluster(tmp_path, f"rwtest:{secrets.token_hex(4)}:", **settings)
     try:
-        for _ in range(3):
+        for _ in range(nodes):
             await c.add()
         yield c
     finally:
         await c.stop()
-        await delete_prefix(prefix)
+        await delete_prefix(c.prefix)
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with running_cluster(tmp_path) as c:
+        yield c
 
 
 @pytest.fixture
 async def empty_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    prefix = f"rwtest:{secrets.token_hex(4)}:"
-    c = Cluster(tmp_path, prefix)
-    try:
+    async with running_cluster(tmp_path, nodes=0) as c:
         yield c
-    finally:
-        await c.stop()
-        await delete_prefix(prefix)

@@ -6,12 +6,10 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from roomwire.server.broker.redis import RedisBroker
 from roomwire.server.broker.wire import Leave
 from waiting import wait_equal, wait_for
 
-from .conftest import FAST, Cluster, RunningServer, start_node
+from .conftest import FAST, Cluster, PrivateRedis, RunningServer, free_port, start_node
 
 ROOM = "room/1"
 #: docs/cluster.md: a dead node's peers get `left` within presence_ttl + heartbeat_interval;
@@ -96,12 +94,6 @@ async def test_graceful_stop_delivers_left_at_once(empty_cluster: Cluster) -> No
 # -- a node in its own process, killed with SIGKILL ------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _ready(port: int, timeout: float = 15.0) -> None:
     async with aiohttp.ClientSession() as http:
 
@@ -113,7 +105,7 @@ async def _ready(port: int, timeout: float = 15.0) -> None:
 
 
 async def test_kill_9_of_a_node(cluster: Cluster, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, ROOMWIRE_REDIS_PREFIX=cluster.prefix, ROOMWIRE_CONNECT_RATE_LIMIT="0",
                ROOMWIRE_PRESENCE_TTL=str(FAST["presence_ttl"]),
                ROOMWIRE_HEARTBEAT_INTERVAL=str(FAST["heartbeat_interval"]))
@@ -287,50 +279,6 @@ async def test_a_heartbeat_timeout_says_what_timed_out(
 
 
 # -- Redis lost and back ---------------------------------------------------------------------
-
-
-class PrivateRedis:
-    """A redis-server of this test's own, so it can be killed and restarted."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.port = _free_port()
-        self.tmp = tmp
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            pytest.fail("redis-server is not installed; run scripts/setup-services.sh")
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.tmp)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), 0.2):
-                return
-            time.sleep(0.02)
-        raise AssertionError("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    r = PrivateRedis(tmp_path)
-    r.start()
-    try:
-        yield r
-    finally:
-        r.kill()
 
 
 @pytest.fixture

@@ -5,21 +5,26 @@ racing the recovery from two nodes, history lost in Redis, and ``read_after``.""
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from srvkit import Conn, conn
+from srvkit import Conn, conn, opt_in
 
 from roomwire.protocol.history import Position
 from roomwire.server.broker.routing import Keys, shard_of
 from waiting import wait_equal
 
-from .conftest import FAST, REDIS_URL, Cluster, delete_prefix, redis_client
-from .test_cluster_failures import PrivateRedis
+from .conftest import (
+    FAST,
+    REDIS_URL,
+    Cluster,
+    PrivateRedis,
+    redis_client,
+    running_cluster,
+)
 
 RULES = [{"channels": "small/**", "size": 5, "ttl": 60},
          {"channels": "chat/**", "size": 500, "ttl": 60}]
@@ -30,17 +35,6 @@ async def hcluster(empty_cluster: Cluster) -> AsyncIterator[Cluster]:
     for _ in range(3):
         await empty_cluster.add(history=RULES)
     yield empty_cluster
-
-
-async def opt_in(c: Conn, channel: str, **fields: Any) -> dict[str, Any]:
-    """Subscribe with the extension; returns the ack (the snapshot follows it)."""
-    rid = c.rid()
-    await c.send({"type": "subscribe", "channel": channel, "requestId": rid, **fields})
-    ack = await c.recv()
-    assert ack["type"] == "ack" and ack["requestId"] == rid, ack
-    snap = await c.recv()
-    assert snap["type"] == "presence" and snap["channel"] == channel, snap
-    return ack
 
 
 async def publisher(url: str, channel: str) -> Conn:
@@ -62,7 +56,7 @@ async def test_50_missed_come_back_in_order_on_another_node_then_live_ones(
     to node 2: the 50 in order, then live ones, none twice."""
     pub = await publisher(hcluster[0].key_url(), "chat/a")
     sub = await conn(hcluster[1].token_url("bob"))
-    ack = await opt_in(sub, "chat/a", history=True)
+    ack, _ = await opt_in(sub, "chat/a", history=True)
     epoch = ack["history"]["epoch"]
     assert ack["history"] == {"epoch": epoch, "offset": 0} and "recovered" not in ack
     await publish_many(pub, "chat/a", range(3))
@@ -73,7 +67,7 @@ async def test_50_missed_come_back_in_order_on_another_node_then_live_ones(
 
     await publish_many(pub, "chat/a", range(3, 53))
     back = await conn(hcluster[2].token_url("bob"))
-    ack = await opt_in(back, "chat/a", recover={"epoch": epoch, "offset": 3})
+    ack, _ = await opt_in(back, "chat/a", recover={"epoch": epoch, "offset": 3})
     assert ack["history"] == {"epoch": epoch, "offset": 53} and ack["recovered"] is True, ack
     await publish_many(pub, "chat/a", range(53, 56))
     got = await back.frames_until(lambda fs: len(fs) >= 53, what="50 replayed and 3 live")
@@ -91,7 +85,7 @@ async def test_publishes_from_two_nodes_racing_the_recovery_leave_no_gap_and_no_
     exactly once, in order, and each publisher's messages in its order."""
     pubs = [await publisher(hcluster[i].key_url(), "chat/race") for i in (0, 1)]
     sub = await conn(hcluster[2].key_url())
-    ack = await opt_in(sub, "chat/race", history=True)
+    ack, _ = await opt_in(sub, "chat/race", history=True)
     epoch = ack["history"]["epoch"]
     await sub.ws.close()
     for n in range(10):
@@ -110,7 +104,7 @@ async def test_publishes_from_two_nodes_racing_the_recovery_leave_no_gap_and_no_
         # Both are publishing when the subscriber comes back.
         await wait_equal(lambda: min(sent) > 0, True, 5, "both publishers under way")
         back = await conn(hcluster[back_on].key_url())
-        ack = await opt_in(back, "chat/race", recover={"epoch": epoch, "offset": 0})
+        ack, _ = await opt_in(back, "chat/race", recover={"epoch": epoch, "offset": 0})
         assert ack["recovered"] is True, ack
         top = ack["history"]["offset"]
         got = await back.frames_until(lambda fs: len(fs) >= top + 30,
@@ -132,14 +126,14 @@ async def test_publishes_from_two_nodes_racing_the_recovery_leave_no_gap_and_no_
 async def test_overflow_across_nodes_gives_recovered_false(hcluster: Cluster) -> None:
     pub = await publisher(hcluster[0].key_url(), "small/a")
     sub = await conn(hcluster[1].key_url())
-    epoch = (await opt_in(sub, "small/a", history=True))["history"]["epoch"]
+    epoch = (await opt_in(sub, "small/a", history=True))[0]["history"]["epoch"]
     await sub.ws.close()
     await publish_many(pub, "small/a", range(6))  # 5 kept: offset 1 is gone
     back = await conn(hcluster[2].key_url())
-    ack = await opt_in(back, "small/a", recover={"epoch": epoch, "offset": 0})
+    ack, _ = await opt_in(back, "small/a", recover={"epoch": epoch, "offset": 0})
     assert ack["recovered"] is False and ack["history"] == {"epoch": epoch, "offset": 6}, ack
     again = await conn(hcluster[1].key_url())
-    ack = await opt_in(again, "small/a", recover={"epoch": epoch, "offset": 1})
+    ack, _ = await opt_in(again, "small/a", recover={"epoch": epoch, "offset": 1})
     assert ack["recovered"] is True, ack
     assert await again.messages(5) == [1, 2, 3, 4, 5]
 
@@ -148,7 +142,7 @@ async def test_overflow_across_nodes_gives_recovered_false(hcluster: Cluster) ->
 async def test_history_lost_in_redis_starts_a_new_epoch(hcluster: Cluster, lost: str) -> None:
     pub = await publisher(hcluster[0].key_url(), "chat/lost")
     sub = await conn(hcluster[1].key_url())
-    epoch = (await opt_in(sub, "chat/lost", history=True))["history"]["epoch"]
+    epoch = (await opt_in(sub, "chat/lost", history=True))[0]["history"]["epoch"]
     await publish_many(pub, "chat/lost", range(3))
     assert len(await sub.messages(3)) == 3
     await sub.ws.close()
@@ -160,7 +154,7 @@ async def test_history_lost_in_redis_starts_a_new_epoch(hcluster: Cluster, lost:
         await r.aclose()
     await pub.ok({"type": "publish", "channel": "chat/lost", "data": "after"})
     back = await conn(hcluster[2].key_url())
-    ack = await opt_in(back, "chat/lost", recover={"epoch": epoch, "offset": 3})
+    ack, _ = await opt_in(back, "chat/lost", recover={"epoch": epoch, "offset": 3})
     assert ack["recovered"] is False, ack
     assert ack["history"]["epoch"] != epoch and ack["history"]["offset"] == 1, ack
     assert await back.drain(0.3) == []
@@ -292,16 +286,6 @@ async def test_channels_without_a_rule_keep_nothing_in_redis(hcluster: Cluster) 
 # -- Redis restarted without persistence; two Redis servers -----------------------------------
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    r = PrivateRedis(tmp_path)
-    r.start()
-    try:
-        yield r
-    finally:
-        r.kill()
-
-
 async def test_a_redis_restart_without_persistence_gives_a_new_epoch(
         tmp_path: Path, private_redis: PrivateRedis) -> None:
     own_redis = private_redis
@@ -312,7 +296,7 @@ async def test_a_redis_restart_without_persistence_gives_a_new_epoch(
             await c.add(history=RULES)
         pub = await conn(c[0].key_url())
         sub = await conn(c[1].key_url())
-        epoch = (await opt_in(sub, "chat/r", history=True))["history"]["epoch"]
+        epoch = (await opt_in(sub, "chat/r", history=True))[0]["history"]["epoch"]
         await publish_many(pub, "chat/r", range(3))
         assert len(await sub.messages(3)) == 3
         own_redis.kill()
@@ -322,7 +306,7 @@ async def test_a_redis_restart_without_persistence_gives_a_new_epoch(
         await wait_equal(lambda: [n.node.accepting for n in c.nodes], [True, True], 10,
                          "both nodes accept again once Redis is back (accepting per node)")
         back = await conn(c[0].key_url())
-        ack = await opt_in(back, "chat/r", recover={"epoch": epoch, "offset": 3})
+        ack, _ = await opt_in(back, "chat/r", recover={"epoch": epoch, "offset": 3})
         assert ack["recovered"] is False, ack
         assert ack["history"]["epoch"] != epoch and ack["history"]["offset"] == 0, ack
     finally:
@@ -333,25 +317,22 @@ async def test_histories_live_on_their_channels_shard(tmp_path: Path,
                                                      private_redis: PrivateRedis) -> None:
     """Two Redis servers: each channel's history is on the shard of its channel, and a
     subscriber recovers on another node whichever shard that is."""
-    prefix = f"rwtest:{secrets.token_hex(4)}:"
-    c = Cluster(tmp_path, prefix, redis_url=f"{REDIS_URL},{private_redis.url}")
-    try:
-        for _ in range(3):
-            await c.add(history=RULES)
+    async with running_cluster(tmp_path, redis_url=f"{REDIS_URL},{private_redis.url}",
+                               history=RULES) as c:
         app = c[0].app_id
         channels = [f"chat/s{i}" for i in range(6)]
         assert {shard_of(app, ch, 2) for ch in channels} == {0, 1}, "both shards in use"
         for n, ch in enumerate(channels):
             pub = await publisher(c[n % 3].key_url(), ch)
             sub = await conn(c[(n + 1) % 3].key_url())
-            epoch = (await opt_in(sub, ch, history=True))["history"]["epoch"]
+            epoch = (await opt_in(sub, ch, history=True))[0]["history"]["epoch"]
             await sub.ws.close()
             await publish_many(pub, ch, range(4))
             back = await conn(c[(n + 2) % 3].key_url())
-            ack = await opt_in(back, ch, recover={"epoch": epoch, "offset": 1})
+            ack, _ = await opt_in(back, ch, recover={"epoch": epoch, "offset": 1})
             assert ack["recovered"] is True, (ch, ack)
             assert await back.messages(3) == [1, 2, 3], ch
-            stream, _ = Keys(prefix).history(app, ch)
+            stream, _ = Keys(c.prefix).history(app, ch)
             urls = [REDIS_URL, private_redis.url]
             r = aioredis.Redis.from_url(urls[shard_of(app, ch, 2)])
             other = aioredis.Redis.from_url(urls[1 - shard_of(app, ch, 2)])
@@ -360,6 +341,3 @@ async def test_histories_live_on_their_channels_shard(tmp_path: Path,
             finally:
                 await r.aclose()
                 await other.aclose()
-    finally:
-        await c.stop()
-        await delete_prefix(prefix)

@@ -6,7 +6,6 @@ another gets what it missed, with bare protocol clients that behave as the offic
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from srvkit import Conn, conn
 
 from waiting import wait_for as _bounded
 
-from .conftest import Cluster, delete_prefix
+from .conftest import Cluster, running_cluster
 
 HISTORY = [{"channels": "small/**", "size": 5, "ttl": 60},
            {"channels": "chat/**", "size": 1000, "ttl": 60}]
@@ -25,15 +24,8 @@ REPLAY = [{"channels": "small/**", "window": 30}, {"channels": "chat/**", "windo
 
 @pytest.fixture
 async def rcluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    prefix = f"rwtest:{secrets.token_hex(4)}:"
-    c = Cluster(tmp_path, prefix, history=HISTORY, replay=REPLAY, rate_limit=0)
-    try:
-        for _ in range(3):
-            await c.add()
+    async with running_cluster(tmp_path, history=HISTORY, replay=REPLAY, rate_limit=0) as c:
         yield c
-    finally:
-        await c.stop()
-        await delete_prefix(prefix)
 
 
 async def wait_for(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
@@ -127,12 +119,8 @@ async def test_two_connections_of_one_sub_on_two_nodes_each_get_everything(
 
 
 async def test_the_mark_expires_in_redis_after_the_window(tmp_path: Path) -> None:
-    prefix = f"rwtest:{secrets.token_hex(4)}:"
-    c = Cluster(tmp_path, prefix, history=HISTORY,
-                replay=[{"channels": "chat/**", "window": 1}])
-    try:
-        for _ in range(2):
-            await c.add()
+    async with running_cluster(tmp_path, nodes=2, history=HISTORY,
+                               replay=[{"channels": "chat/**", "window": 1}]) as c:
         pub = await conn(c[1].token_url("pub"))
         bob = await conn(c[0].token_url("bob"))
         await plain_subscribe(bob, "chat/w")
@@ -140,7 +128,7 @@ async def test_the_mark_expires_in_redis_after_the_window(tmp_path: Path) -> Non
         await pub.ok({"type": "publish", "channel": "chat/w", "data": 1})
         r: Any = await _redis()
         try:
-            key = f"{prefix}rp:{c[0].app_id}\0chat/w\0bob"
+            key = f"{c.prefix}rp:{c[0].app_id}\0chat/w\0bob"
             ttl = await r.pttl(key)
             assert 0 < ttl <= 1000, ttl
             loop = asyncio.get_running_loop()
@@ -153,9 +141,6 @@ async def test_the_mark_expires_in_redis_after_the_window(tmp_path: Path) -> Non
         back = await conn(c[1].token_url("bob"))
         await plain_subscribe(back, "chat/w")
         await back.expect_silence(0.3)
-    finally:
-        await c.stop()
-        await delete_prefix(prefix)
 
 
 async def _redis() -> Any:

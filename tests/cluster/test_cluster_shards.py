@@ -13,23 +13,18 @@ from srvkit import conn
 from roomwire.server.broker.routing import shard_of
 from roomwire.server.broker.wire import Message, encode
 
-from .conftest import REDIS_URL, Cluster, delete_prefix
-from .test_cluster_failures import PrivateRedis, broker
+from .conftest import REDIS_URL, Cluster, PrivateRedis, delete_prefix, running_cluster
+from .test_cluster_failures import broker
 
 
 @pytest.fixture
 async def sharded(tmp_path: Path) -> AsyncIterator[tuple[Cluster, PrivateRedis]]:
     second = PrivateRedis(tmp_path)
     second.start()
-    prefix = f"rwtest:{secrets.token_hex(4)}:"
-    c = Cluster(tmp_path, prefix, redis_url=f"{REDIS_URL},{second.url}")
     try:
-        for _ in range(3):
-            await c.add()
-        yield c, second
+        async with running_cluster(tmp_path, redis_url=f"{REDIS_URL},{second.url}") as c:
+            yield c, second
     finally:
-        await c.stop()
-        await delete_prefix(prefix)
         second.kill()
 
 

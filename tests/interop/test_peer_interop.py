@@ -115,6 +115,16 @@ async def decoded(track: Any, want: int = 5, timeout: float = 10.0) -> int:
     return n
 
 
+async def join_in_turn(rw: MeteredPeer, off: OfficialPeer, first: str) -> None:
+    """Both join ROOM, ``first`` ("roomwire" or "official") before the other."""
+    if first == "roomwire":
+        await rw.join(ROOM, include_sender_metadata=True)
+        await off.ok("join", channel=ROOM, include_sender_metadata=True, timeout=10)
+    else:
+        await off.ok("join", channel=ROOM, include_sender_metadata=True, timeout=10)
+        await rw.join(ROOM, include_sender_metadata=True)
+
+
 @pytest.mark.parametrize("first", ["roomwire", "official"])
 async def test_roomwire_and_official_peers_share_a_room(
         server: RunningServer, official_peer: Start, first: str) -> None:
@@ -129,12 +139,7 @@ async def test_roomwire_and_official_peers_share_a_room(
     off = await official_peer(off_id)
     await off.ok("add_stream", metadata=OFF_META)
     try:
-        if first == "roomwire":
-            await rw.join(ROOM, include_sender_metadata=True)
-            await off.ok("join", channel=ROOM, include_sender_metadata=True, timeout=10)
-        else:
-            await off.ok("join", channel=ROOM, include_sender_metadata=True, timeout=10)
-            await rw.join(ROOM, include_sender_metadata=True)
+        await join_in_turn(rw, off, first)
 
         # Official -> roomwire: tracks with their metadata label, frames decoded.
         await seen.until(lambda: {"audio", "video"} <= set(seen.tracks))
@@ -217,12 +222,7 @@ async def test_every_roomwire_stream_is_labelled_for_the_official_peer_also_afte
     await off.ok("add_stream", metadata=OFF_META)
     screen_video = VideoSource(320, 240, fps=15)
     try:
-        if first == "roomwire":
-            await rw.join(ROOM, include_sender_metadata=True)
-            await off.ok("join", channel=ROOM, include_sender_metadata=True, timeout=10)
-        else:
-            await off.ok("join", channel=ROOM, include_sender_metadata=True, timeout=10)
-            await rw.join(ROOM, include_sender_metadata=True)
+        await join_in_turn(rw, off, first)
         camera = {cam.id: (RW_META, {"audio", "video"})}
         await official_sees_labels(off, rw_id, camera)
 
@@ -289,3 +289,38 @@ async def test_what_a_polite_official_peer_sends_before_its_deferred_offer(
         added["value"]["track_ids"], ("audio", "video"), strict=True)}
     assert {tid: (m.get("kind"), m.get("streamId"), m.get("metadata"))
             for tid, m in metas.items()} == want, seen
+
+
+@pytest.mark.parametrize("first", ["roomwire", "official"])
+async def test_an_unlabelled_roomwire_stream_reaches_the_official_peer_unlabelled(
+        server: RunningServer, official_peer: Start, first: str) -> None:
+    """A roomwire stream added without metadata sends, for each of its tracks, a metadata
+    clear with ``kind``/``streamId`` (how roomwire peers recognise each other). The official
+    SDK takes it as a clear of nothing: the unlabelled track arrives unlabelled, the labelled
+    stream keeps its label, and no ``data`` event reaches the application."""
+    rw_id, off_id = ("z-rw", "a-off") if first == "roomwire" else ("a-rw", "z-off")
+    rw = MeteredPeer(token_provider=lambda: server.token(rw_id, peer_metadata={"name": rw_id}),
+                     url=server.url)
+    cam = MediaStream([AudioSource(), VideoSource(320, 240)])
+    bare = MediaStream([VideoSource(160, 120)])
+    rw.add_stream(cam, RW_META)
+    rw.add_stream(bare, None)
+    off = await official_peer(off_id)
+    await off.ok("add_stream", metadata=OFF_META)
+    try:
+        if first == "roomwire":
+            await rw.join(ROOM)
+            await off.ok("join", channel=ROOM, timeout=10)
+        else:
+            await off.ok("join", channel=ROOM, timeout=10)
+            await rw.join(ROOM)
+        await official_sees_labels(off, rw_id, {cam.id: (RW_META, {"audio", "video"})})
+        tr = await off.next("track", peer_id=rw_id, timeout=15,
+                            where=lambda e: bool(e["stream_id"] == bare.id))
+        assert tr["kind"] == "video" and tr["metadata"] is None, tr
+        await off.next("frames", peer_id=rw_id, timeout=15, track_id=tr["track_id"])
+        await rw.send_to(off_id, {"after": "media"})
+        d = await off.next("data", timeout=10)
+        assert (d["from"], d["data"]) == (rw_id, {"after": "media"}), d  # the first data event
+    finally:
+        await rw.close()

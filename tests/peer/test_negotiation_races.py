@@ -115,8 +115,8 @@ async def test_impolite_side_answers_an_offer_that_comes_right_after_it_is_ready
     """Both sides have media; the polite side offers at once (like a browser does on
     ``negotiationneeded``) a little after the impolite side is ready: the impolite side
     answers it instead of crossing it with its own offer (no collision, no rebuild)."""
-    # The impolite side waits 2 s for an offer: far more than the 0.1 s head start below,
-    # so a loaded machine cannot turn "right after" into "after it gave up waiting".
+    # The impolite side waits 2 s for an offer; a's offer follows as soon as that wait is
+    # seen under way, so a loaded machine cannot turn "right after" into "after it gave up".
     timings = NegotiationTimings(debounce=0.0, polite_offer_delay=0.0, impolite_offer_delay=2.0,
                                  rebuild_interval=0.2, answer_timeout=4.0,
                                  recovery_ladder=(0.0, 0.2), recovery_probe=4.0,
@@ -125,7 +125,8 @@ async def test_impolite_side_answers_an_offer_that_comes_right_after_it_is_ready
     cam_a, cam_b = VideoSource(160, 120, fps=15), VideoSource(160, 120, fps=15)
     try:
         link.b.add_track(cam_b, "sb", {"role": "camera"})
-        await asyncio.sleep(0.1)
+        await wait_for(lambda: link.b.holding_first_offer, timings.impolite_wait,
+                       "b waits for an offer", step=0.01)
         link.a.add_track(cam_a, "sa", {"role": "camera"})
         await wait_connected(link.a, link.b)
         # b answered a's offer instead of crossing it; its own track then goes out in an
@@ -164,7 +165,10 @@ async def test_python_metadata_cuts_the_impolite_hold_short() -> None:
     cam_a, cam_b = VideoSource(160, 120, fps=15), VideoSource(160, 120, fps=15)
     try:
         link.b.add_track(cam_b, "sb", {"role": "camera"})
-        await asyncio.sleep(0.2)  # b's hold is under way
+        # The hold must be under way for a's metadata to cut it short (3 s long: a loaded
+        # machine starts it well within that).
+        await wait_for(lambda: link.b.holding_first_offer, HOLD.impolite_wait,
+                       "b holds its first offer", step=0.01)
         link.a.add_track(cam_a, "sa", {"role": "camera"})
         a_added = time.monotonic()
         await wait_for(lambda: link.first_at("b", "offer"), 6.0, "b offers",
@@ -218,6 +222,58 @@ async def test_browser_metadata_keeps_the_impolite_hold() -> None:
         b_added = time.monotonic()
         assert link.b.on_remote_signal(
             {"__meteredTrackMeta": {"trackId": "browser-cam", "metadata": {"role": "camera"}}})
+        await wait_for(lambda: link.first_at("b", "offer"), HOLD.impolite_wait + 6.0,
+                       "b offers after its hold", until=lambda t: t is not None, step=0.02)
+        offered = link.first_at("b", "offer")
+        assert offered is not None
+        assert offered - b_added >= HOLD.impolite_wait, (offered - b_added, link.kinds("b"))
+    finally:
+        cam_b.stop()
+        await link.close()
+
+
+async def test_an_unlabelled_python_track_spares_the_hold_and_rides_the_answer() -> None:
+    """A polite roomwire peer whose only track has no metadata sends a clear with its kind and
+    stream id: the impolite side offers at once instead of after its hold (whether the clear
+    is in before its hold starts or cuts it short), and the polite side's track travels in
+    its answer (one round, no offer of its own)."""
+    link = Link(HOLD)
+    cam_a, cam_b = VideoSource(160, 120, fps=15), VideoSource(160, 120, fps=15)
+    try:
+        link.a.add_track(cam_a, "sa", None)
+        sent = await wait_for(lambda: [d for s, d in link.sent if s == "a"], 3.0,
+                              "a announces its track", step=0.01)
+        assert sent[0] == {"__meteredTrackMeta": {"trackId": cam_a.id, "kind": "video",
+                                                  "streamId": "sa"}}, sent
+        link.b.add_track(cam_b, "sb", {"role": "camera"})
+        b_added = time.monotonic()
+        await wait_for(lambda: link.first_at("b", "offer"), 6.0, "b offers",
+                       until=lambda t: t is not None, step=0.01)
+        offered = link.first_at("b", "offer")
+        assert offered is not None
+        assert offered - b_added < HOLD.impolite_wait / 2, (offered - b_added, link.kinds("b"))
+        await wait_connected(link.a, link.b)
+        tracks = await wait_for(
+            lambda: [e for e in link.events["b"] if isinstance(e, TrackEvent)], 6.0,
+            "b receives a's camera", until=bool, step=0.02)
+        assert [t.track.id for t in tracks] == [cam_a.id]
+        assert tracks[0].metadata is None  # it had none: the clear labelled nothing
+        assert [k for k in link.kinds("a") if k in ("offer", "answer")] == ["answer"]
+    finally:
+        cam_a.stop()
+        cam_b.stop()
+        await link.close()
+
+
+async def test_a_clear_without_kind_keeps_the_impolite_hold() -> None:
+    """A clear as the official SDKs send it (``trackId`` only) says nothing about the sender:
+    the hold for a browser's offer stays."""
+    link = Link(HOLD)
+    cam_b = VideoSource(160, 120, fps=15)
+    try:
+        link.b.add_track(cam_b, "sb", {"role": "camera"})
+        b_added = time.monotonic()
+        assert link.b.on_remote_signal({"__meteredTrackMeta": {"trackId": "browser-cam"}})
         await wait_for(lambda: link.first_at("b", "offer"), HOLD.impolite_wait + 6.0,
                        "b offers after its hold", until=lambda t: t is not None, step=0.02)
         offered = link.first_at("b", "offer")

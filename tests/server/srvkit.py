@@ -162,6 +162,18 @@ async def conn(url: str, **kw: Any) -> Conn:
     return c
 
 
+async def opt_in(c: Conn, channel: str, **fields: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Subscribe with roomwire's history extension (``history``, ``recover``): (ack,
+    snapshot), the ack first."""
+    rid = c.rid()
+    await c.send({"type": "subscribe", "channel": channel, "requestId": rid, **fields})
+    ack = await c.recv()
+    assert ack["type"] == "ack" and ack["requestId"] == rid, ack
+    snap = await c.recv()
+    assert snap["type"] == "presence" and snap["channel"] == channel, snap
+    return ack, snap
+
+
 async def wait_close_frame(ws: Any, timeout: float, sink: Any = None) -> int | None:
     """Read until the server's close frame arrives (not until the TCP connection ends: a
     server that is slow to finish the closing handshake is tested separately). Frames before

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from srvkit import Conn, conn
+from srvkit import Conn, conn, opt_in
 
 from conftest import RunningServer, start_server
 from roomwire.server.config import ServerConfig
@@ -28,17 +28,6 @@ async def hsrv(tmp_path: Path) -> AsyncIterator[RunningServer]:
         yield srv
     finally:
         await srv.stop()
-
-
-async def opt_in(c: Conn, channel: str, **fields: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Subscribe with the extension: (ack, snapshot), the ack first."""
-    rid = c.rid()
-    await c.send({"type": "subscribe", "channel": channel, "requestId": rid, **fields})
-    ack = await c.recv()
-    assert ack["type"] == "ack" and ack["requestId"] == rid, ack
-    snap = await c.recv()
-    assert snap["type"] == "presence" and snap["channel"] == channel, snap
-    return ack, snap
 
 
 async def publish_many(c: Conn, channel: str, values: range) -> None:

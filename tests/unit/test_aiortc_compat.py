@@ -13,7 +13,9 @@ import aioice
 import aioice.ice
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RtpPacket
 from av import VideoFrame
 
 from roomwire.client.rtc import aiortc_compat as compat
@@ -293,6 +295,209 @@ async def test_rebundle_moves_a_second_video_off_the_transport_aiortc_closed() -
             assert all(t.receiver.transport is primary and t.sender.transport is primary
                        for t in ts)
             assert compat.rebundle(pc, ("0", "1", "2")) == 0
+    finally:
+        await offerer.close()
+        await answerer.close()
+
+
+# -- ICE check pacing ------------------------------------------------------------------------
+
+
+class StubConnection:
+    """What ``pace_until_idle`` reads on an aioice ``Connection``."""
+
+    def __init__(self, started: bool, pairs: list[Any], expected: bool) -> None:
+        self.started, self._check_list, self.expected = started, pairs, expected
+
+    def _check_periodic(self) -> bool:
+        return self.started
+
+    def _remote_candidates_expected(self) -> bool:
+        return self.expected
+
+
+State = aioice.ice.CandidatePair.State
+STARTED = object()  # stands for the task of a check that has been started
+
+PACING_TABLE = [
+    # (case, aioice's step result, pairs as (state, task), more remote candidates, result)
+    ("the only pair's check was just started: nothing left to pace", True,
+     [(State.WAITING, STARTED)], False, False),
+    ("a frozen pair is left", True, [(State.WAITING, STARTED), (State.FROZEN, None)], False,
+     True),
+    ("a waiting pair without a check is left", True,
+     [(State.IN_PROGRESS, STARTED), (State.WAITING, None)], False, True),
+    ("remote candidates may still come (trickle)", True, [(State.WAITING, STARTED)], True,
+     True),
+    ("nothing started, only waiting for candidates", True, [], True, True),
+    ("aioice's step ends the loop itself", False, [(State.FROZEN, None)], True, False),
+    ("checks in progress or done", True,
+     [(State.IN_PROGRESS, STARTED), (State.SUCCEEDED, None), (State.FAILED, None)], False,
+     False),
+]
+
+
+@pytest.mark.parametrize(("case", "started", "pairs", "expected", "keep_pacing"),
+                         PACING_TABLE, ids=[row[0] for row in PACING_TABLE])
+def test_pacing_stops_once_nothing_is_left_to_start(case: str, started: bool,
+                                                     pairs: list[tuple[Any, Any]],
+                                                     expected: bool, keep_pacing: bool) -> None:
+    connection = StubConnection(started, [
+        type("Pair", (), {"state": state, "task": task})() for state, task in pairs], expected)
+    assert compat.pace_until_idle(connection) is True
+    assert compat.pace_until_idle(connection) is False  # once only
+    assert connection._check_periodic() is keep_pacing, case
+
+
+async def connected_pair(pace: bool) -> tuple[int, int]:
+    """Two aioice connections on 127.0.0.1; how many pacing steps each connect() ran."""
+    original = compat.host_address_lookup()
+    compat.set_host_address_lookup(lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    a = aioice.Connection(ice_controlling=True, use_ipv6=False)
+    b = aioice.Connection(ice_controlling=False, use_ipv6=False)
+    try:
+        await asyncio.wait_for(asyncio.gather(a.gather_candidates(), b.gather_candidates()),
+                               BOUND)
+    finally:
+        compat.set_host_address_lookup(original)
+    try:
+        steps = [0, 0]
+        for i, (me, other) in enumerate(((a, b), (b, a))):
+            me.remote_username, me.remote_password = other.local_username, other.local_password
+            for candidate in other.local_candidates:
+                await me.add_remote_candidate(candidate)
+            await me.add_remote_candidate(None)
+            if pace:
+                assert compat.pace_until_idle(me) is True
+            step = me._check_periodic  # what connect() calls
+
+            def counted(step: Any = step, i: int = i) -> bool:
+                steps[i] += 1
+                return bool(step())
+
+            me._check_periodic = counted  # type: ignore[method-assign]
+        await asyncio.wait_for(asyncio.gather(a.connect(), b.connect()), BOUND)
+        return steps[0], steps[1]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_connect_paces_an_idle_step_after_its_only_check_and_the_fix_ends_it() -> None:
+    # The gap: with one pair, aioice's connect() starts the check, sleeps 20 ms, and only a
+    # second step ends the loop. Paced, the first step ends it; both still connect.
+    assert await connected_pair(pace=False) == (2, 2)
+    assert await connected_pair(pace=True) == (1, 1)
+
+
+async def test_end_idle_check_pacing_reaches_every_transport_of_a_connection() -> None:
+    offerer, answerer = new_pc(), new_pc()
+    try:
+        offerer.addTransceiver("audio", direction="sendrecv")
+        offerer.addTransceiver("video", direction="sendrecv")
+        offerer.createDataChannel("x")
+        await offerer.setLocalDescription(await offerer.createOffer())
+        await answerer.setRemoteDescription(offerer.localDescription)
+        compat.rebundle(answerer, ("0", "1", "2"))
+        assert compat.end_idle_check_pacing(answerer) == 1  # one BUNDLE transport
+        assert compat.end_idle_check_pacing(answerer) == 0
+        gatherer = answerer.getTransceivers()[0].receiver.transport.transport.iceGatherer
+        assert compat.pace_until_idle(gatherer._connection) is False  # done already
+    finally:
+        await offerer.close()
+        await answerer.close()
+
+
+# -- video jitter buffer -------------------------------------------------------------------------
+
+
+def rtp(seq: int, ts: int, marker: bool, data: bytes) -> RtpPacket:
+    packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=ts)
+    packet.marker = int(marker)
+    packet._data = data  # type: ignore[attr-defined]  # what aiortc's receiver puts there
+    return packet
+
+
+def feed(buffer: Any, packets: list[tuple[int, int, bool]]) -> list[tuple[int, int, bytes]]:
+    """(index of the packet that released it, timestamp, data) for every frame released."""
+    out = []
+    for i, (seq, ts, marker) in enumerate(packets):
+        _, frame = buffer.add(rtp(seq, ts, marker, b"%d," % seq))
+        if frame is not None:
+            out.append((i, frame.timestamp, frame.data))
+    return out
+
+
+JITTER_TABLE = [
+    # (case, packets (seq, ts, marker), frames from aiortc's buffer, frames from ours)
+    ("a whole frame goes at its marker, not at the next frame's first packet",
+     [(10, 100, False), (11, 100, False), (12, 100, True), (13, 200, False)],
+     [(3, 100, b"10,11,12,")], [(2, 100, b"10,11,12,")]),
+    ("every frame of a stream at its own marker",
+     [(10, 100, True), (11, 200, False), (12, 200, True), (13, 300, True)],
+     [(1, 100, b"10,"), (3, 200, b"11,12,")], [(0, 100, b"10,"), (2, 200, b"11,12,"),
+                                               (3, 300, b"13,")]),
+    ("misordered: whole once the middle packet arrives",
+     [(10, 100, False), (12, 100, True), (11, 100, False)],
+     [], [(2, 100, b"10,11,12,")]),
+    ("a gap before the marker: nothing early, aiortc's rule later",
+     [(10, 100, False), (12, 100, True), (13, 200, True), (11, 100, False)],
+     [(3, 100, b"10,11,12,")], [(3, 100, b"10,11,12,")]),
+    ("the marker packet lost, the next frame behind a gap: nothing",
+     [(10, 100, False), (11, 100, False), (13, 200, True)],
+     [], [],),
+    ("the marker packet lost, next frame complete: aiortc's rule releases the first",
+     [(10, 100, False), (11, 200, False), (12, 200, True)],
+     [(1, 100, b"10,")], [(1, 100, b"10,"), (2, 200, b"11,12,")]),
+    ("a late copy of a released packet is ignored",
+     [(10, 100, True), (10, 100, True), (11, 200, True)],
+     [(2, 100, b"10,")], [(0, 100, b"10,"), (2, 200, b"11,")]),
+]
+
+
+@pytest.mark.parametrize(("case", "packets", "aiortc_frames", "our_frames"), JITTER_TABLE,
+                         ids=[row[0] for row in JITTER_TABLE])
+def test_marker_jitter_buffer_releases_whole_frames_at_once(
+        case: str, packets: list[tuple[int, int, bool]],
+        aiortc_frames: list[tuple[int, int, bytes]],
+        our_frames: list[tuple[int, int, bytes]]) -> None:
+    assert feed(JitterBuffer(capacity=128, is_video=True), packets) == aiortc_frames, case
+    assert feed(compat.MarkerJitterBuffer(capacity=128, is_video=True), packets) == our_frames, \
+        case
+
+
+def test_marker_release_is_for_video_only() -> None:
+    packets = [(10, 100, True), (11, 200, True), (12, 300, True), (13, 400, True),
+               (14, 500, True), (15, 600, True)]
+    assert feed(compat.MarkerJitterBuffer(capacity=16, prefetch=4), packets) == feed(
+        JitterBuffer(capacity=16, prefetch=4), packets)
+
+
+async def test_release_complete_frames_replaces_only_unused_video_buffers() -> None:
+    offerer, answerer = new_pc(), new_pc()
+    try:
+        offerer.addTransceiver("audio", direction="sendrecv")
+        offerer.addTransceiver("video", direction="sendrecv")
+        await offerer.setLocalDescription(await offerer.createOffer())
+        await answerer.setRemoteDescription(offerer.localDescription)
+
+        def buffers(pc: RTCPeerConnection) -> list[Any]:
+            return [t.receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+                    for t in pc.getTransceivers()]
+
+        assert [type(b) for b in buffers(answerer)] == [JitterBuffer, JitterBuffer]
+        video = buffers(answerer)[1]
+        assert compat.release_complete_frames(answerer) == 1
+        audio, ours = buffers(answerer)
+        assert type(audio) is JitterBuffer and isinstance(ours, compat.MarkerJitterBuffer)
+        assert (ours.capacity, ours._prefetch, ours._is_video) == (
+            video.capacity, video._prefetch, True)
+        assert compat.release_complete_frames(answerer) == 0
+        # A buffer that has packets already is never swapped (they would be lost).
+        used = buffers(offerer)[1]
+        used.add(rtp(1, 100, False, b""))
+        assert compat.release_complete_frames(offerer) == 0
+        assert buffers(offerer)[1] is used
     finally:
         await offerer.close()
         await answerer.close()

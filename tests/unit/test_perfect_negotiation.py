@@ -24,6 +24,7 @@ from roomwire.client.rtc.perfect_negotiation import (
     local_track_may_use,
     needs_offer,
     new_mlines_this_offer,
+    offer_debounce,
     outbound_still_current,
     remote_defers_first_offer,
     remote_rebuild_hold,
@@ -258,10 +259,38 @@ def test_first_offer_wait(case: str, polite: bool, force: bool, sent: int, seen:
     ("a Python SDK, track without a stream", "audio", None, True),
     ("only a stream id", None, "s1", True),
     ("the JS SDK: trackId and metadata only (a browser offers at once)", None, None, False),
+    ("a roomwire peer's clear for a track without metadata", "video", "s1", True),
+    ("a clear from any official SDK: trackId only", None, None, False),
 ])
 def test_remote_defers_first_offer(case: str, kind: str | None, stream_id: str | None,
                                    defers: bool) -> None:
     assert remote_defers_first_offer(meta_kind=kind, meta_stream_id=stream_id) is defers, case
+
+
+DEBOUNCE_TABLE = [
+    # (case, first_wait, first_offer, polite, remote_defers, debounce)
+    ("a renegotiation coalesces its burst", 0.0, False, False, False, 0.01),
+    ("a renegotiation toward a Python peer too", 0.0, False, False, True, 0.01),
+    ("a first-offer wait follows: it coalesces instead", 0.5, True, False, False, 0.0),
+    ("the polite side's wait follows", 2.0, True, True, False, 0.0),
+    ("impolite, first offer to a Python peer: it waits for ours", 0.0, True, False, True, 0.0),
+    ("polite, first offer to a Python peer without a wait: kept", 0.0, True, True, True, 0.01),
+    ("first offer toward a browser, hold turned off: kept", 0.0, True, False, False, 0.01),
+]
+
+
+@pytest.mark.parametrize(("case", "first_wait", "first_offer", "polite", "defers", "debounce"),
+                         DEBOUNCE_TABLE, ids=[row[0] for row in DEBOUNCE_TABLE])
+def test_offer_debounce(case: str, first_wait: float, first_offer: bool, polite: bool,
+                        defers: bool, debounce: float) -> None:
+    got = offer_debounce(0.01, first_wait=first_wait, first_offer=first_offer, polite=polite,
+                         remote_defers=defers)
+    assert got == pytest.approx(debounce), case
+
+
+def test_a_negative_debounce_is_none() -> None:
+    assert offer_debounce(-1.0, first_wait=0.0, first_offer=False, polite=False,
+                          remote_defers=False) == 0.0
 
 
 def test_a_zero_delay_never_waits() -> None:

@@ -24,7 +24,7 @@ from roomwire.client.media import (
     from_microphone,
     iter_frames,
 )
-from waiting import quiet_period
+from waiting import quiet_period, wait_for
 
 
 def sine_pcm(seconds: float, rate: int = 16_000, channels: int = 1, freq: float = 440) -> bytes:
@@ -148,7 +148,9 @@ async def test_recorder_then_from_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         rec.add_track(VideoSource(16, 16))
     async with rec:
-        await asyncio.sleep(0.6)
+        # 0.6 s of video taken by the recorder (a loaded machine makes that take longer).
+        await wait_for(lambda: video.frames_sent, 10.0, "18 frames recorded",
+                       until=lambda n: n >= 18)
         with pytest.raises(RuntimeError):
             rec.add_track(VideoSource(16, 16))
     await rec.stop()  # idempotent

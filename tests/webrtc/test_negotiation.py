@@ -616,7 +616,12 @@ async def test_record_a_remote_peer(mesh_factory: Any, tmp_path: Path) -> None:
     added = (await b.log.wait_for(RemoteStreamAddedEvent))[0]
     path = tmp_path / "call.mp4"
     async with Recorder(path, tracks=added.stream.tracks):
-        await asyncio.sleep(1.0)
+        # A second of both: the whole tone and 20 more frames handed to a's senders while
+        # b records (a loaded machine makes that take longer, not fewer).
+        start = cam.frames_sent
+        await wait_for(lambda: (cam.frames_sent - start, voice.sent_seconds), 10.0,
+                       "a second of video and the tone sent",
+                       until=lambda v: v[0] >= 20 and v[1] >= 1.0)
     player = from_file(path)
     assert player.video is not None and player.audio is not None
     counts = {"video": 0, "loud": 0}

@@ -195,3 +195,18 @@ def test_metadata_cache_fifo_and_lookup() -> None:
     got["n"] = 99  # callers get copies
     assert cache.get("t5") == {"n": 5}
     assert TrackMetadataCache().capacity == 512
+
+
+def test_a_clear_for_a_track_without_metadata_says_a_python_peer_sent_it() -> None:
+    # What a roomwire peer sends for a track added without metadata: a clear (every SDK drops
+    # what it holds under that id: nothing) with the kind and stream id a Python SDK sends.
+    wire = build_track_meta_clear("t1", kind="video", stream_id="s1")
+    assert wire == {"__meteredTrackMeta": {"trackId": "t1", "kind": "video", "streamId": "s1"}}
+    meta = classify(json.loads(json.dumps(wire)))
+    assert isinstance(meta, TrackMeta) and meta.is_clear
+    assert (meta.kind, meta.stream_id) == ("video", "s1")
+    assert build_track_meta_clear("t1") == {"__meteredTrackMeta": {"trackId": "t1"}}
+    cache = TrackMetadataCache()
+    cache.apply(TrackMeta("other", {"role": "camera"}))
+    assert cache.apply(meta) is False  # nothing held under t1: nothing changes
+    assert cache.get("other") == {"role": "camera"}

@@ -653,16 +653,8 @@ class Hub:
             floor = room.floor
             bare = room.bare
             if not floor and not bare and len(positioned) == len(room):
-                # Everyone opted in (a room of roomwire SDKs): one variant per group, no
-                # lookups per subscriber.
-                for group, metadata in ((room.plain, None), (room.with_meta, sender_metadata)):
-                    if group:
-                        wire = self._wire(frames.encode_message_at(
-                            room.name_json, sender_json, data, metadata, suffix))
-                        for sub in group:
-                            if sub is not skip:
-                                sub.send_wire(wire)
-                                n += 1
+                n += self._send_all_positioned(room, data, sender_json, sender_metadata,
+                                               suffix, skip)
                 self.counters.frames_sent["message"] += n
                 return n
             at = at_meta = plain = plain_meta = b""
@@ -770,6 +762,23 @@ class Hub:
                     n += 1
         return n
 
+    def _send_all_positioned(
+        self, room: Room, data: bytes, sender_json: bytes, sender_metadata: bytes | None,
+        suffix: bytes, skip: Link | None,
+    ) -> int:
+        """Every subscriber of ``room`` opted in (a room of roomwire SDKs): one variant per
+        group (sender metadata or not), no lookups per subscriber."""
+        n = 0
+        for group, metadata in ((room.plain, None), (room.with_meta, sender_metadata)):
+            if group:
+                wire = self._wire(frames.encode_message_at(
+                    room.name_json, sender_json, data, metadata, suffix))
+                for sub in group:
+                    if sub is not skip:
+                        sub.send_wire(wire)
+                        n += 1
+        return n
+
     def _fan_out_positioned(
         self, room: Room, data: bytes, sender_json: bytes, sender_metadata: bytes | None,
         skip: Link | None, stream: Stream,
@@ -778,18 +787,10 @@ class Hub:
         metadata or not, position or not), each encoded once."""
         suffix = encode_position_suffix(stream.top, stream.epoch_json)
         positioned = room.positioned
-        n = 0
         if len(positioned) == len(room):
-            # Everyone opted in (a room of roomwire SDKs): one variant per group, no lookups.
-            for group, metadata in ((room.plain, None), (room.with_meta, sender_metadata)):
-                if group:
-                    at = self._wire(frames.encode_message_at(
-                        room.name_json, sender_json, data, metadata, suffix))
-                    for sub in group:
-                        if sub is not skip:
-                            sub.send_wire(at)
-                            n += 1
-            return n
+            return self._send_all_positioned(room, data, sender_json, sender_metadata, suffix,
+                                             skip)
+        n = 0
         for group, metadata in ((room.plain, None), (room.with_meta, sender_metadata)):
             if not group:
                 continue

@@ -30,6 +30,15 @@ What each helper relies on:
   ``_source``, ``_queue`` (buffered), ``_new_frame_event`` and ``_frame`` (unbuffered).
 * ``set_host_address_lookup``: the module function ``aioice.ice.get_host_addresses(use_ipv4,
   use_ipv6)``, looked up by aioice at gather time.
+* ``end_idle_check_pacing``: ``RTCIceGatherer._connection`` (the aioice ``Connection``) and,
+  on it, ``_check_periodic`` (the pacing step ``connect()`` calls every 20 ms while it returns
+  True), ``_check_list`` (its pairs, with ``CandidatePair.State``) and
+  ``_remote_candidates_expected``.
+* ``release_complete_frames`` / ``MarkerJitterBuffer``: the name-mangled
+  ``RTCRtpReceiver.__jitter_buffer`` (replaced before any packet arrives), and, on aiortc's
+  ``JitterBuffer``, ``_remove_frame`` (called by ``add`` for every packet), ``_origin``,
+  ``_capacity``, ``_packets``, ``_prefetch``, ``_is_video`` and ``remove``, and the ``_data``
+  (depayloaded bytes) aiortc's receiver puts on each ``RtpPacket``.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ try:
         RTCRtpTransceiver,
     )
     from aiortc.contrib.media import MediaRelay, RelayStreamTrack
+    from aiortc.jitterbuffer import JitterBuffer, JitterFrame
     from aiortc.mediastreams import MediaStreamError
     from av.frame import Frame
     from av.packet import Packet
@@ -61,11 +71,15 @@ except ImportError as exc:  # the optional WebRTC stack is not installed
 __all__ = [
     "AIOICE_HOST_ADDRESSES",
     "HostAddressLookup",
+    "MarkerJitterBuffer",
     "SourceRelay",
+    "end_idle_check_pacing",
     "host_address_lookup",
     "label_sender",
     "mark_unoffered_inactive",
     "move_pending_channel",
+    "pace_until_idle",
+    "release_complete_frames",
     "repoint_proxy",
     "reset_encoder",
     "retire_proxy",
@@ -94,6 +108,121 @@ def set_host_address_lookup(lookup: HostAddressLookup | None) -> None:
     """Replace aioice's host-address lookup for every later gathering (``None``: aioice's
     own). aioice resolves the name at gather time, so connections created earlier follow."""
     aioice.ice.get_host_addresses = lookup if lookup is not None else AIOICE_HOST_ADDRESSES
+
+
+def _ice_connections(pc: RTCPeerConnection) -> list[Any]:
+    """The aioice connections of every transport ``pc`` has now (one per BUNDLE group)."""
+    dtls: list[Any] = [t.receiver.transport for t in pc.getTransceivers()]
+    if pc.sctp is not None:
+        dtls.append(pc.sctp.transport)
+    seen: dict[int, Any] = {}
+    for transport in dtls:
+        connection = getattr(transport.transport.iceGatherer, "_connection", None)
+        if connection is not None:
+            seen.setdefault(id(connection), connection)
+    return list(seen.values())
+
+
+def _left_to_start(pair: Any) -> bool:
+    # A waiting pair with a task is the check just started (it turns in-progress when the
+    # task runs); only a frozen pair, or a waiting one without a task, needs a pacing step.
+    state = pair.state
+    if state == aioice.ice.CandidatePair.State.FROZEN:
+        return True
+    return state == aioice.ice.CandidatePair.State.WAITING and pair.task is None
+
+
+def end_idle_check_pacing(pc: RTCPeerConnection) -> int:
+    """Make the ICE check pacing of ``pc``'s transports stop once it has nothing left to
+    start (call after each ``set*Description``, before the connect task runs; idempotent).
+    Returns how many connections were changed.
+
+    aioice's ``connect()`` starts one check per pacing step and sleeps 20 ms (RFC 8445's Ta)
+    after each, until a step starts nothing. With one candidate pair (every loopback call,
+    most calls with one host candidate a side) the check completes in a round trip, but
+    ``connect()`` returns only after the sleep behind it: 20 ms on both sides before DTLS can
+    start. The step is wrapped so that it reports "nothing left" as soon as the check it
+    started was the last one: no pair is frozen or waiting for a check to be started, and no
+    more remote candidates can come. aioice's own next step would then start nothing either:
+    every later way a pair becomes waiting (a triggered check, a peer-reflexive pair) starts
+    its check itself, and pairs only unfreeze from the frozen state. Checks are never started
+    faster than before; only the idle sleep after the last one goes."""
+    return sum(1 for connection in _ice_connections(pc) if pace_until_idle(connection))
+
+
+def pace_until_idle(connection: Any) -> bool:
+    """``end_idle_check_pacing`` for one aioice ``Connection``; False when it was done
+    already."""
+    step = connection._check_periodic
+    if getattr(step, "_until_idle", False):
+        return False
+
+    def paced() -> bool:
+        if not step():
+            return False
+        return (any(_left_to_start(pair) for pair in connection._check_list)
+                or bool(connection._remote_candidates_expected()))
+
+    paced._until_idle = True  # type: ignore[attr-defined]
+    connection._check_periodic = paced
+    return True
+
+
+# -- video receivers -----------------------------------------------------------------------------
+
+
+class MarkerJitterBuffer(JitterBuffer):
+    """aiortc's video jitter buffer, which also releases a frame as soon as it is complete.
+
+    aiortc's buffer releases a frame when the first packet of the next frame (another RTP
+    timestamp) arrives: every frame, the first one of a call included, waits one frame
+    interval (33 ms at 30 fps) for its successor. A video frame ends with the packet whose
+    marker bit is set (RFC 3550; VP8 RFC 7741, H.264 RFC 6184; aiortc and browsers set it),
+    so when the packets from the buffer's origin to a marker packet are all there and share
+    one timestamp, that frame is whole and goes to the decoder at once. Everything else
+    (misordering, losses, PLI, capacity) is aiortc's: a frame with a gap is still released
+    by aiortc's rule, exactly as before."""
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        frame = super()._remove_frame(sequence_number)
+        if frame is None and self._is_video:
+            frame = self._complete_frame_at_origin()
+        return frame
+
+    def _complete_frame_at_origin(self) -> JitterFrame | None:
+        if self._origin is None:
+            return None
+        timestamp: int | None = None
+        packets: list[Any] = []
+        for count in range(self._capacity):
+            packet = self._packets[(self._origin + count) % self._capacity]
+            if packet is None or (timestamp is not None and packet.timestamp != timestamp):
+                return None  # a gap, or the previous frame's marker was lost: aiortc's rule
+            timestamp = packet.timestamp
+            packets.append(packet)
+            if packet.marker:
+                self.remove(count + 1)
+                return JitterFrame(data=b"".join(p._data for p in packets),
+                                   timestamp=timestamp)
+        return None
+
+
+def release_complete_frames(pc: RTCPeerConnection) -> int:
+    """Give every video receiver of ``pc`` that has not received a packet yet a
+    ``MarkerJitterBuffer`` (call after each ``set*Description``, before the connect task
+    runs; idempotent). Returns how many were replaced. Changes only what this process
+    receives: nothing on the wire."""
+    replaced = 0
+    for transceiver in pc.getTransceivers():
+        receiver: Any = transceiver.receiver
+        buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+        if (type(buffer) is not JitterBuffer or not buffer._is_video
+                or buffer._origin is not None):
+            continue
+        receiver._RTCRtpReceiver__jitter_buffer = MarkerJitterBuffer(
+            capacity=buffer.capacity, prefetch=buffer._prefetch, is_video=True)
+        replaced += 1
+    return replaced
 
 
 # -- tracks, transceivers and senders --------------------------------------------------------

@@ -34,8 +34,9 @@ What it does (docs/protocol.md, Peer-to-peer signalling; docs/webrtc-notes.md):
 * ICE failure: the connection is rebuilt on a ladder (immediate, 1, 2, 4, 8, 16, 30, 30, 30 s),
   each attempt probing for "connected"; then one fatal ``RemoteNegotiationErrorEvent``.
 * Track metadata: ``__meteredTrackMeta`` for each local track goes out before the track is
-  attached (so before the offer); inbound metadata fills a FIFO cache consulted when a remote
-  track appears.
+  attached (so before the offer), a clear with ``kind``/``streamId`` for a track without
+  metadata (it tells a Python remote that we are one); inbound metadata fills a FIFO cache
+  consulted when a remote track appears.
 
 Events are the public ``RemotePeer`` events (``remote_events``), delivered synchronously to
 the listeners added with ``add_listener``; a ``RemotePeer`` passes the same objects on.
@@ -75,10 +76,12 @@ except ImportError as exc:  # the optional WebRTC stack is not installed
 
 from .aiortc_compat import (
     SourceRelay,
+    end_idle_check_pacing,
     label_sender,
     mark_unoffered_inactive,
     move_pending_channel,
     rebundle,
+    release_complete_frames,
     repoint_proxy,
     reset_encoder,
     retire_proxy,
@@ -104,6 +107,7 @@ from .perfect_negotiation import (
     local_track_may_use,
     needs_offer,
     new_mlines_this_offer,
+    offer_debounce,
     outbound_still_current,
     remote_defers_first_offer,
     remote_rebuild_hold,
@@ -191,7 +195,9 @@ class NegotiationTimings:
     """Every delay of the engine (seconds), injectable so tests run fast."""
 
     debounce: float = 0.01
-    """Coalesces bursts of changes (add two tracks, create a channel) into one offer."""
+    """Coalesces bursts of changes (add two tracks, create a channel) into one offer; skipped
+    before a first-offer wait and before the first offer to a Python peer
+    (``perfect_negotiation.offer_debounce``)."""
     polite_offer_delay: float = 2.0
     """How long the polite side waits for the impolite side's offer on a new connection."""
     impolite_offer_delay: float | None = None
@@ -404,6 +410,8 @@ class _Generation:
     hold_over: asyncio.Event = field(default_factory=asyncio.Event)
     """Ends the first-offer wait: the remote offered, or (impolite side only) it turned out
     to be a Python peer, which defers its own first offer (``remote_defers_first_offer``)."""
+    holding_first_offer: bool = False
+    """Inside the first-offer wait (``first_offer_wait``), until ``hold_over`` or its end."""
     state_changed: asyncio.Event = field(default_factory=asyncio.Event)
     budget: CandidateBudget = field(default_factory=CandidateBudget)
     pending_candidates: list[IceCandidateInit] = field(default_factory=list)
@@ -533,6 +541,12 @@ class PeerNegotiator:
     @property
     def state(self) -> PeerState:
         return self._state
+
+    @property
+    def holding_first_offer(self) -> bool:
+        """The first offer of the current connection is held back, leaving the remote's own
+        offer a head start (``polite_offer_delay`` / ``impolite_wait``)."""
+        return self._gen.holding_first_offer
 
     @property
     def closed(self) -> bool:
@@ -744,6 +758,8 @@ class PeerNegotiator:
         gen.ignoring_offer = False
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         rebundle(pc, parse_sdp(sdp).bundle)
+        end_idle_check_pacing(pc)
+        release_complete_frames(pc)
         self._remote_description_applied(gen, ufrag)
         await self._flush_pending_candidates(gen)
         gen.remote_offer.set()
@@ -787,6 +803,8 @@ class PeerNegotiator:
         gen.ignoring_offer = False
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         rebundle(pc, parse_sdp(sdp).bundle)
+        end_idle_check_pacing(pc)
+        release_complete_frames(pc)
         self._remote_description_applied(gen, ufrag)
         await self._flush_pending_candidates(gen)
         if self._dirty or any(e.transceiver is None for e in self._local.values()):
@@ -857,7 +875,12 @@ class PeerNegotiator:
             self._negotiation_task = self._spawn(self._negotiation_loop(), "negotiate")
 
     async def _negotiation_loop(self) -> None:
-        await asyncio.sleep(self.timings.debounce)
+        debounce = offer_debounce(
+            self.timings.debounce, first_wait=self._first_offer_wait(self._gen),
+            first_offer=self._first_offer(self._gen), polite=self.polite,
+            remote_defers=self._remote_defers)
+        if debounce > 0:
+            await asyncio.sleep(debounce)
         while self._dirty and not self._closed:
             gen = self._gen
             hold = remote_rebuild_hold(
@@ -868,17 +891,16 @@ class PeerNegotiator:
                 if gen is not self._gen:
                     continue  # the remote's fresh offer replaced it: offer on the new one
                 gen.remote_rebuild_expected = False  # waited once; offer after all
-            wait = first_offer_wait(
-                polite=self.polite, polite_delay=self.timings.polite_offer_delay,
-                impolite_delay=self.timings.impolite_wait, force_offer=self._force_offer,
-                offers_sent=gen.offers_sent, remote_offer_seen=gen.remote_offer.is_set(),
-                has_something=self._has_something_to_negotiate(gen),
-                remote_defers=self._remote_defers)
+            wait = self._first_offer_wait(gen)
             if wait > 0:
                 # The first offer of a connection: give the remote's own offer (if it makes
                 # one) a head start, so the two do not collide.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(gen.hold_over.wait(), wait)
+                gen.holding_first_offer = True
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(gen.hold_over.wait(), wait)
+                finally:
+                    gen.holding_first_offer = False
                 if gen is not self._gen:
                     continue
             async with self._op_lock:
@@ -896,6 +918,18 @@ class PeerNegotiator:
                 self._force_offer = False
                 if self._needs_offer(gen):
                     await self._make_offer(gen)
+
+    def _first_offer_wait(self, gen: _Generation) -> float:
+        return first_offer_wait(
+            polite=self.polite, polite_delay=self.timings.polite_offer_delay,
+            impolite_delay=self.timings.impolite_wait, force_offer=self._force_offer,
+            offers_sent=gen.offers_sent, remote_offer_seen=gen.remote_offer.is_set(),
+            has_something=self._has_something_to_negotiate(gen),
+            remote_defers=self._remote_defers)
+
+    @staticmethod
+    def _first_offer(gen: _Generation) -> bool:
+        return not gen.offers_sent and not gen.remote_offer.is_set()
 
     async def _hold_for_remote_rebuild(self, gen: _Generation, timeout: float) -> None:
         """Wait until ``gen`` is replaced or connected, or ``timeout`` passes."""
@@ -1234,6 +1268,14 @@ class PeerNegotiator:
         if entry.metadata is not None:
             self._enqueue(build_track_meta(entry.wire_id, entry.metadata, kind=entry.kind,
                                            stream_id=entry.stream_id))
+        else:
+            # A track without metadata still tells a Python remote that we are a Python
+            # peer, which never offers first when polite: without it an impolite remote
+            # would hold its first offer for a browser's (impolite_offer_delay), and answer
+            # ours without its tracks. A clear is a no-op for every SDK (there is nothing
+            # to clear); only its kind/streamId say who sent it.
+            self._enqueue(build_track_meta_clear(entry.wire_id, kind=entry.kind,
+                                                 stream_id=entry.stream_id))
 
     def announce_metadata(self) -> None:
         """(Re-)send the metadata of every local track."""

@@ -36,6 +36,7 @@ __all__ = [
     "local_track_may_use",
     "needs_offer",
     "new_mlines_this_offer",
+    "offer_debounce",
     "outbound_still_current",
     "remote_defers_first_offer",
     "remote_rebuild_hold",
@@ -294,6 +295,28 @@ def first_offer_wait(*, polite: bool, polite_delay: float, impolite_delay: float
     if wait <= 0 or force_offer or offers_sent or remote_offer_seen or not has_something:
         return 0.0
     return wait
+
+
+def offer_debounce(debounce: float, *, first_wait: float, first_offer: bool, polite: bool,
+                   remote_defers: bool) -> float:
+    """How long the negotiation loop lets changes gather before it considers an offer.
+
+    The debounce coalesces a burst of changes (two tracks, then a data channel) into one
+    offer. It is skipped:
+
+    * when a first-offer wait follows (``first_wait`` > 0, ``first_offer_wait``): that wait
+      is longer and ends only on a remote signal (its offer, or a Python peer's track
+      metadata), by which time the burst that started the negotiation is in;
+    * on the impolite side's first offer of a connection toward a Python peer
+      (``remote_defers``): it waits for our offer, so every millisecond here is added to the
+      call's setup.
+
+    Otherwise (a renegotiation, a polite or browser-facing offer without a wait) it is kept."""
+    if first_wait > 0:
+        return 0.0
+    if first_offer and remote_defers and not polite:
+        return 0.0
+    return max(0.0, debounce)
 
 
 def remote_rebuild_hold(*, remote_rebuild_expected: bool, connected: bool,

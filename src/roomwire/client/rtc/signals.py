@@ -168,11 +168,21 @@ def build_track_meta(
     return {TRACK_META_KEY: body}
 
 
-def build_track_meta_clear(track_id: str) -> dict[str, Any]:
-    """A metadata "clear" message: only ``trackId``."""
+def build_track_meta_clear(track_id: str, *, kind: str | None = None,
+                           stream_id: str | None = None) -> dict[str, Any]:
+    """A metadata "clear" message: ``trackId``, plus ``kind``/``streamId`` when given.
+
+    With them it is what a roomwire peer sends for a track without metadata: every SDK
+    drops the metadata it holds for that track id (none), and a Python receiver learns from
+    ``kind``/``streamId`` that we are a Python peer (``remote_defers_first_offer``)."""
     if not isinstance(track_id, str) or not track_id:
         raise ValueError("trackId must be a non-empty string")
-    return {TRACK_META_KEY: {"trackId": track_id}}
+    body: dict[str, Any] = {"trackId": track_id}
+    if kind is not None:
+        body["kind"] = kind
+    if stream_id is not None:
+        body["streamId"] = stream_id
+    return {TRACK_META_KEY: body}
 
 
 def has_reserved_key(data: object) -> bool:

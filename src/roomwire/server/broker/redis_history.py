@@ -256,12 +256,15 @@ class HistoryRunner(Protocol):
         ...
 
 
-def _resolve(fut: asyncio.Future[Any], parse: Callable[[Any], Any]) -> Callable[[Any], None]:
+def resolve_reply(fut: asyncio.Future[Any], parse: Callable[[Any], Any],
+                  what: str = "history") -> Callable[[Any], None]:
+    """The callback that settles ``fut`` with a script's parsed reply, or fails it naming
+    ``what`` of the cluster did not answer (Redis failed or is out of reach)."""
     def done(res: Any) -> None:
         if fut.done():
             return
         if isinstance(res, BaseException):
-            fut.set_exception(RuntimeError(f"the cluster's history did not answer: {res}"))
+            fut.set_exception(RuntimeError(f"the cluster's {what} did not answer: {res}"))
         else:
             fut.set_result(parse(res))
     return done
@@ -352,7 +355,7 @@ class ClusterHistory:
         every = renew_every(rule.ttl)
         if want_position:
             fut = asyncio.get_running_loop().create_future()
-            then = _resolve(fut, _position)
+            then = resolve_reply(fut, _position)
         runner.run_history(app_id, channel, "append", (
             f"{rule.size} {int((rule.ttl + every) * 1000)} {self._epochs()} "
             f"{'1' if self.renewals.due((app_id, channel), now, every) else '0'} "
@@ -373,7 +376,7 @@ class ClusterHistory:
             # As the appends' expiry: a read must not shorten what an append set.
             int((rule.ttl + renew_every(rule.ttl)) * 1000), f"0-{after + 1}",
             count if count is not None else rule.size, max_bytes or 0,
-            "1" if newest_first else "0", rule.size), _resolve(fut, parse_read))
+            "1" if newest_first else "0", rule.size), resolve_reply(fut, parse_read))
         return fut
 
     async def read_after(self, app_id: str, channel: str, position: Position,

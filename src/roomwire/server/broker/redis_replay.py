@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from ...protocol.history import Position
+from .redis_history import resolve_reply
 
 __all__ = ["MARK", "TAKE", "ClusterLedger", "LedgerRunner", "parse_take"]
 
@@ -86,14 +87,6 @@ class ClusterLedger:
         """The position one returning connection of ``sub`` is owed on ``channel``, if any;
         the future fails when Redis did not answer."""
         fut: asyncio.Future[Position | None] = asyncio.get_running_loop().create_future()
-
-        def done(res: Any) -> None:
-            if fut.done():
-                return
-            if isinstance(res, BaseException):
-                fut.set_exception(RuntimeError(f"the cluster's ledger did not answer: {res}"))
-            else:
-                fut.set_result(parse_take(res))
-
-        self.runner.run_replay(app_id, channel, sub, "take", (), done)
+        self.runner.run_replay(app_id, channel, sub, "take", (),
+                               resolve_reply(fut, parse_take, "ledger"))
         return fut
