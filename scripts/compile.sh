@@ -8,8 +8,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-# Adds the `compile` extra (mypyc) to whatever .venv already has.
-ROOMWIRE_EXTRAS=compile scripts/bootstrap.sh
 clean() {
     find src -name '*.cpython-*.so' -delete
     rm -rf src/build
@@ -19,6 +17,8 @@ if [ "${1:-}" = "--clean" ]; then
     echo "compile: removed the compiled modules; roomwire runs as pure Python"
     exit 0
 fi
+# Adds the `compile` extra (mypyc) to whatever .venv already has.
+ROOMWIRE_EXTRAS=compile scripts/bootstrap.sh
 if ! command -v gcc >/dev/null 2>&1 && ! command -v cc >/dev/null 2>&1; then
     echo "compile: no C compiler (gcc or cc) on PATH; install one (apt-get install gcc)" >&2
     exit 1

@@ -20,8 +20,8 @@ from roomwire.server.store import NotFoundError, StoreError, UsageRow
 from roomwire.server.store.postgres import PostgresStore
 from waiting import wait_for
 
-from .conftest import PG_URL, REDIS_URL, delete_prefix, start_node
-from .test_cluster_failures import _free_port, _ready
+from .conftest import PG_URL, REDIS_URL, delete_prefix, free_port, start_node
+from .test_cluster_failures import _ready
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_workers_need_redis(tmp_path: Path) -> None:
 
 
 async def test_workers_share_the_port_and_the_cluster(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     prefix = f"rwtest:{secrets.token_hex(4)}:"
     env = dict(os.environ, ROOMWIRE_REDIS_PREFIX=prefix, ROOMWIRE_CONNECT_RATE_LIMIT="0")
     proc = subprocess.Popen(

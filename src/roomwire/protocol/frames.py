@@ -71,6 +71,9 @@ class Request(msgspec.Struct):
     to: Any = None
     includeSenderMetadata: Any = None
     data: msgspec.Raw = _EMPTY_RAW
+    """The value's JSON text, undecoded. A ``msgspec.Raw`` is bytes-like but, whatever its
+    type stub says, not ``bytes`` at run time: the session takes ``bytes(data)`` before
+    anything typed ``bytes`` (and compiled code checks that type) sees it."""
     history: Any = None
     """roomwire's history extension (``protocol.history``): ``true`` opts a subscribe in."""
     recover: Any = None
@@ -170,7 +173,7 @@ def encode_message_at(
 
 def encode_direct(sender_json: bytes, data: bytes, sender_metadata: bytes | None = None) -> bytes:
     """A ``direct`` frame from already-encoded parts."""
-    # One join copies once; chained ``+`` copies at every step (and ``data`` is a Raw).
+    # One join copies once; chained ``+`` copies at every step.
     if sender_metadata is None:
         return b"".join((b'{"type":"direct","from":', sender_json, b',"data":', data, b"}"))
     return b"".join(

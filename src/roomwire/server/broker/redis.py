@@ -158,11 +158,6 @@ _Result = Any
 _Op = tuple[tuple[Any, ...], Callable[[_Result], None] | None]
 
 
-def _raw(data: bytes) -> bytes:
-    # The session hands ``data`` over as msgspec.Raw, which msgpack would embed verbatim.
-    return data if type(data) is bytes else bytes(data)
-
-
 def _reraise_cancellation() -> None:
     # The Redis client can swallow a cancellation that lands while it writes a command;
     # without this a cancelled loop would go round again and outlive stop().
@@ -595,7 +590,7 @@ class RedisBroker(Broker):
                 sender_metadata: bytes | None) -> None:
         if not self._live:
             return
-        frame = encode(Message(self.inst, _raw(data), sender_json, sender_metadata))
+        frame = encode(Message(self.inst, data, sender_json, sender_metadata))
         self._send(self._shard(app_id, channel),
                    ("PUBLISH", self.keys.channel(app_id, channel), frame))
 
@@ -629,7 +624,7 @@ class RedisBroker(Broker):
             return local if local else None
         shard = self._shard(app_id, peer_id)
         rch = self.keys.peer(app_id, peer_id)
-        args = ("PUBLISH", rch, encode(Direct(self.inst, _raw(data), sender_json,
+        args = ("PUBLISH", rch, encode(Direct(self.inst, data, sender_json,
                                               sender_metadata)))
         if local:
             self._send(shard, args)

@@ -346,10 +346,6 @@ class ClusterHistory:
         subscribers get it from Redis, with the offset). A future of the position when
         ``want_position`` (the ack of an opted-in publisher), else None."""
         runner = self.runner
-        if type(data) is not bytes:
-            # The session hands ``data`` over as msgspec.Raw, which msgpack would embed
-            # verbatim rather than as bytes.
-            data = bytes(data)
         fut: asyncio.Future[Position] | None = None
         then = None
         every = renew_every(rule.ttl)

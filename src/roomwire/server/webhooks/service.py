@@ -332,11 +332,10 @@ class WebhookService:
         if not any(wants(e, MESSAGE_PUBLISHED, channel) for e in self._by_app.get(app_id, ())):
             return
         limit = self.config.webhook_message_max_bytes
-        raw = bytes(data)  # a msgspec.Raw from a frame, bytes from REST
-        body: dict[str, Any] = {"size": len(raw)}
-        if len(raw) <= limit:
+        body: dict[str, Any] = {"size": len(data)}
+        if len(data) <= limit:
             try:
-                body["data"] = json.loads(raw)
+                body["data"] = json.loads(data)
             except ValueError:
                 body["truncated"] = True
         else:
