@@ -16,12 +16,17 @@ per-round ratios roomwire/bare); progress goes to stderr.
 
     python bench/run.py             # 3 rounds, 5 s per scenario
     python bench/run.py --quick     # 1 round, 1 s per scenario, small N (under a minute)
+
+``--servers`` picks from bare, coalesce, nats, peerjs, roomwire-pure and roomwire; after
+scripts/compile.sh, ``roomwire`` runs compiled and ``roomwire-pure`` is the same tree as pure
+Python, so ``roomwire/roomwire-pure`` is what compiling buys.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -42,11 +47,13 @@ from typing import Any
 
 import procstat
 
+from roomwire.compiled import compiled_modules
+
 BENCH_DIR = Path(__file__).resolve().parent
 PYTHON = sys.executable
 ROOMWIRE_ENV = {"ROOMWIRE_CONNECT_RATE_LIMIT": "0", "ROOMWIRE_RATE_LIMIT": "0"}
-SERVERS = ("bare", "coalesce", "nats", "peerjs", "roomwire")
-BASELINES = ("bare", "coalesce", "nats", "peerjs")
+SERVERS = ("bare", "coalesce", "nats", "peerjs", "roomwire-pure", "roomwire")
+BASELINES = ("bare", "coalesce", "nats", "peerjs", "roomwire-pure")
 NATS_SERVER = os.environ.get("NATS_SERVER", "/usr/sbin/nats-server")
 # The PeerJS server (npm package ``peer``), installed by bench/setup-peerjs.sh.
 PEERJS_DIR = BENCH_DIR / "peerjs"
@@ -219,6 +226,10 @@ class Server:
                 argv.append("--coalesce")
         else:
             env.update(ROOMWIRE_ENV)
+            if self.name == "roomwire-pure":
+                # The same tree without its compiled modules (scripts/compile.sh): what
+                # compiling buys, measured in the same run.
+                env["PYTHONPATH"] = str(pure_source(self.workdir))
             argv = [PYTHON, "-m", "roomwire", "serve", "--host", "127.0.0.1",
                     "--data-dir", str(data_dir)]  # fmt: skip
         try:
@@ -291,6 +302,18 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+
+
+def pure_source(workdir: Path) -> Path:
+    """A copy of roomwire's source tree without extension modules (made once per run)."""
+    dest = workdir / "pure-src"
+    if not dest.is_dir():
+        spec = importlib.util.find_spec("roomwire")
+        assert spec is not None and spec.origin is not None
+        src = Path(spec.origin).parent.parent
+        shutil.copytree(src / "roomwire", dest / "roomwire",
+                        ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    return dest
 
 
 def roomwire_cli(data_dir: Path, *args: str) -> Any:
@@ -424,6 +447,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "versions": versions,
         "loadavg_start": os.getloadavg(),
+        "compiled": compiled_modules(),
     }
 
 
@@ -481,6 +505,8 @@ def report(
         f"{rounds} round(s) of {cfg.duration:g} s per scenario after {cfg.warmup:g} s warm-up; "
         f"loopback 127.0.0.1; total {time.monotonic() - started:.0f} s",
         f"- roomwire's environment: {ROOMWIRE_ENV or 'none (the default limits, as shipped)'}",
+        f"- roomwire's compiled modules (scripts/compile.sh): "
+        f"{', '.join(info['compiled']) or 'none (pure Python)'}; roomwire-pure: none",
         "- cells: median over rounds [min-max]; ratio: median of the per-round ratios "
         "roomwire/bare (for rates higher is better for roomwire, for costs and latencies lower)",
         "",
@@ -564,8 +590,8 @@ def parse_args() -> argparse.Namespace:
         help="unmeasured seconds before each measurement (default 0.5, quick 0.2)",
     )
     p.add_argument("--servers", default="bare,coalesce,nats,peerjs,roomwire",
-                   help="which servers to run (bare, coalesce, nats, peerjs, roomwire); "
-                   "peerjs runs the direct scenarios without requestId only")
+                   help="which servers to run (bare, coalesce, nats, peerjs, roomwire-pure, "
+                   "roomwire); peerjs runs the direct scenarios without requestId only")
     p.add_argument("--roomwire-env", default="",
                    help="KEY=VALUE,... for roomwire instead of the lifted limits "
                    "('shipped': no override, the default limits)")
@@ -624,7 +650,7 @@ def main() -> int:
             data_dir = workdir / f"roomwire-data-{rnd}"
             up = []
             for srv in servers:
-                if srv.start(data_dir, 15.0 if args.quick else 30.0):
+                if srv.start(data_dir / srv.name, 15.0 if args.quick else 30.0):
                     log(f"started {srv.name} pid {srv.pid} on port {srv.port}")
                     up.append(srv)
                 else:
