@@ -1,10 +1,11 @@
 """In-process cost of roomwire's hot path, without sockets: what a frame costs in Python.
 
 Builds a real ``Node`` (not started: no port, no store) with one app, and ``WsSession``s whose
-transport is a stub that drops the bytes, then times ``on_ws_frame`` on frames shaped like the
-ones picows hands over: a direct ``send`` (with and without ``requestId``) and a ``publish``
-to N subscribers. This is the part of the server CPU per message that roomwire's own code
-adds; the socket runs (``run.py``) add the read and write syscalls and picows' parsing.
+transport is a stub that drops the bytes, then times their listeners' ``on_ws_frame`` (what
+picows calls) on frames shaped like the ones picows hands over: a direct ``send`` (with and
+without ``requestId``) and a ``publish`` to N subscribers. This is the part of the server CPU
+per message that roomwire's own code adds; the socket runs (``run.py``) add the read and write
+syscalls and picows' parsing.
 
     python bench/hot_path.py                 # every case, best of 5 x 200,000 frames
     python bench/hot_path.py --case send     # one case
@@ -26,6 +27,7 @@ import picows
 from roomwire.protocol import Action
 from roomwire.server.auth import Keyring, Principal
 from roomwire.server.config import ServerConfig
+from roomwire.server.gateway.listener import SessionListener
 from roomwire.server.gateway.websocket import WsSession
 from roomwire.server.node import Node
 from roomwire.server.store import App
@@ -116,7 +118,8 @@ def case_send(request_id: bool, quota: bool = True) -> tuple[Callable[[], None],
     ).encode()
     frame = _Frame(payload)
     ws = a._ws
-    on_frame = a.on_ws_frame
+    # What picows calls: the session's listener, which forwards to the session.
+    on_frame = SessionListener(a).on_ws_frame
 
     def step() -> None:
         on_frame(ws, frame)
@@ -137,9 +140,10 @@ def case_publish(n: int) -> tuple[Callable[[], None], int]:
     ).encode()
     frame = _Frame(payload)
     ws = pub._ws
+    on_frame = SessionListener(pub).on_ws_frame
 
     def step() -> None:
-        pub.on_ws_frame(ws, frame)
+        on_frame(ws, frame)
 
     return step, n
 
