@@ -681,12 +681,15 @@ class FanoutFlow:
             w.set_result(None)
 
 
-def publish_frame_parts(channel: str, payload_bytes: int) -> tuple[bytes, bytes]:
-    """Frame = head + <perf_counter_ns> + tail + <seq> + b'"}' (data is ~payload_bytes)."""
+def publish_frame_parts(channel: str, payload_bytes: int,
+                        request_id: bool = True) -> tuple[bytes, bytes]:
+    """Frame = head + <perf_counter_ns> + tail + <seq> + b'"}' (data is ~payload_bytes). The
+    sequence number is the frame's ``requestId`` (every publish acked, as the official SDKs
+    do), or with ``request_id=False`` a field ``seq`` that servers ignore (no acks)."""
     head = b'{"type":"publish","channel":' + msgspec.json.encode(channel) + b',"data":{"bt":'
     # data = {"bt":<19 digits>,"pad":"..."}
     pad = padding(payload_bytes, len('{"bt":,"pad":""}') + 19)
-    tail = b',"pad":"' + pad + b'"},"requestId":"p'
+    tail = b',"pad":"' + pad + (b'"},"requestId":"p' if request_id else b'"},"seq":"p')
     return head, tail
 
 
@@ -703,7 +706,8 @@ async def scenario_fanout(opts: Options, creds: Credentials, n: int) -> dict[str
             sub.deliver = flow.on_delivery
         window = max(1, min(opts.window, opts.max_inflight_deliveries // n))
         low = window - max(1, window // 2)  # resume when in-flight drops to this
-        head, tail = publish_frame_parts(opts.channel, opts.payload_bytes)
+        head, tail = publish_frame_parts(opts.channel, opts.payload_bytes,
+                                         request_id=not opts.no_request_id)
         stop = False
 
         async def publish() -> None:
@@ -760,6 +764,7 @@ async def scenario_fanout(opts: Options, creds: Credentials, n: int) -> dict[str
         result: dict[str, Any] = {
             "scenario": "fanout",
             "subscribers": n,
+            "request_ids": not opts.no_request_id,
             "window_publishes": window,
             **window_stats(s0, s1, "deliveries", "delivery"),
             "publishes": sent1 - sent0,
@@ -1139,7 +1144,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p.add_argument(
         "--no-request-id",
         action="store_true",
-        help="direct: send without a requestId (no acks); by default every send has one",
+        help="direct and fanout: send and publish without a requestId (no acks); by default "
+        "every frame has one",
     )
     p.add_argument("--connections", type=int, default=2000, help="idle: connections to open")
     p.add_argument(
