@@ -8,6 +8,8 @@ import json
 import time
 from typing import Any
 
+import pytest
+
 from roomwire.client.media import VideoSource
 from roomwire.client.rtc.negotiation import (
     NegotiationTimings,
@@ -216,17 +218,22 @@ async def test_a_remote_known_as_python_gets_our_first_offer_without_a_hold() ->
         await link.close()
 
 
-async def test_browser_metadata_keeps_the_impolite_hold() -> None:
-    """Track metadata as the official JS SDK sends it (trackId and metadata only) does not
-    end the hold: a browser offers at once even when polite, and answering its offer is what
-    keeps its connection from wedging in a collision."""
+@pytest.mark.parametrize("signal", [
+    # track metadata as the official JS SDK sends it: trackId and metadata only
+    {"__meteredTrackMeta": {"trackId": "browser-cam", "metadata": {"role": "camera"}}},
+    # a clear as the official SDKs send it: trackId only
+    {"__meteredTrackMeta": {"trackId": "browser-cam"}},
+], ids=["browser-metadata", "clear-without-kind"])
+async def test_signals_without_kind_keep_the_impolite_hold(signal: dict[str, Any]) -> None:
+    """Neither says the sender is a Python peer, so the hold for a browser's offer stays: a
+    browser offers at once even when polite, and answering its offer is what keeps its
+    connection from wedging in a collision."""
     link = Link(HOLD)
     cam_b = VideoSource(160, 120, fps=15)
     try:
         link.b.add_track(cam_b, "sb", {"role": "camera"})
         b_added = time.monotonic()
-        assert link.b.on_remote_signal(
-            {"__meteredTrackMeta": {"trackId": "browser-cam", "metadata": {"role": "camera"}}})
+        assert link.b.on_remote_signal(signal)
         await wait_for(lambda: link.first_at("b", "offer"), HOLD.impolite_wait + 6.0,
                        "b offers after its hold", until=lambda t: t is not None, step=0.02)
         offered = link.first_at("b", "offer")
@@ -262,24 +269,5 @@ async def test_an_unlabelled_python_track_spares_the_hold_and_rides_the_answer()
         assert [k for k in link.kinds("a") if k in ("offer", "answer")] == ["answer"]
     finally:
         cam_a.stop()
-        cam_b.stop()
-        await link.close()
-
-
-async def test_a_clear_without_kind_keeps_the_impolite_hold() -> None:
-    """A clear as the official SDKs send it (``trackId`` only) says nothing about the sender:
-    the hold for a browser's offer stays."""
-    link = Link(HOLD)
-    cam_b = VideoSource(160, 120, fps=15)
-    try:
-        link.b.add_track(cam_b, "sb", {"role": "camera"})
-        b_added = time.monotonic()
-        assert link.b.on_remote_signal({"__meteredTrackMeta": {"trackId": "browser-cam"}})
-        await wait_for(lambda: link.first_at("b", "offer"), HOLD.impolite_wait + 6.0,
-                       "b offers after its hold", until=lambda t: t is not None, step=0.02)
-        offered = link.first_at("b", "offer")
-        assert offered is not None
-        assert offered - b_added >= HOLD.impolite_wait, (offered - b_added, link.kinds("b"))
-    finally:
         cam_b.stop()
         await link.close()
