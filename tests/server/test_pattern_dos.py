@@ -12,16 +12,30 @@ import json
 import os
 import threading
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import websockets.sync.client
 from srvkit import Conn, claims_for, conn, new_app, signed, token_url
 
-from conftest import RunningServer
+from conftest import RunningServer, start_server
 from ops.helpers import Http, bearer
 from roomwire.protocol.limits import MAX_CHANNEL_BYTES
 
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    """The suite's server with a ping budget the bystander never spends: it pings back to back
+    for as long as the attack takes, and the default budget (10 saved up, 1 a second) would
+    close it 4011 once an attack took longer than its first ten round trips."""
+    srv = await start_server(tmp_path, ping_rate=100_000.0, ping_burst=100_000)
+    try:
+        yield srv
+    finally:
+        await srv.stop()
 
 #: The longest channel by default; a shorter one (e.g. 120) lets a before/after measurement
 #: against a backtracking matcher finish.
