@@ -637,12 +637,19 @@ class Session(ABC):
         """Handle the frames held while a request waited for the cluster."""
         held, self._held = self._held or [], None
         for n, payload in enumerate(held):
-            if self._held is not None:  # another request waits: keep the rest in order
-                self._held.extend(held[n:])
+            waiting = self._waiting()
+            if waiting is not None:  # another request waits: keep the rest in order
+                waiting.extend(held[n:])
                 return
             if self.closed:
                 return
             self.handle_text(payload)
+
+    def _waiting(self) -> list[bytes | str] | None:
+        # Read through a call: after ``self._held = None`` mypy takes the attribute to stay
+        # None across ``handle_text`` (which may start holding again), and compiled code
+        # would trust that and fail (docs/operations.md, "Compiled modules").
+        return self._held
 
     def _unsubscribe(self, req: frames.Request, rid: str | None) -> None:
         channel = req.channel
