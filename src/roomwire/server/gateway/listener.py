@@ -3,7 +3,7 @@ callbacks to the session, and the listener of a refused upgrade.
 
 Kept apart from ``websocket.py`` and never compiled: a compiled class cannot derive from
 ``picows.WSListener`` (another extension type), so the session holds none of picows' layout and
-these small classes are the ones picows sees (docs/performance.md, "Compiled modules").
+these small classes are the ones picows sees (docs/operations.md, "Compiled modules").
 """
 
 from __future__ import annotations

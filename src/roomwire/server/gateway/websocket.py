@@ -138,8 +138,8 @@ class Outbox:
 class WsSession(Session):
     """A session on a picows WebSocket: picows calls it through a ``SessionListener``.
 
-    It holds its listener rather than deriving from ``picows.WSListener`` so that it can be
-    compiled (docs/performance.md, "Compiled modules"): a compiled class cannot also derive
+    Its listener holds it, rather than it deriving from ``picows.WSListener``, so that it can be
+    compiled (docs/operations.md, "Compiled modules"): a compiled class cannot also derive
     from another extension type.
     """
 
